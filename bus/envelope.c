@@ -1,0 +1,985 @@
+#include <fnmatch.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "lib/buf.h"
+#include "lib/clock.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "envelope.h"
+
+struct envelope {
+    int v;
+    char *id, *re, *trace, *type, *from;
+    int64_t ts, deadline;
+    enum env_type type_id;
+    value_t *body;
+};
+
+static void set_why(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+set_why(char *why, size_t whylen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (why == NULL || whylen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+}
+
+/* Ids: a random 64-bit prefix drawn once per process, then a counter. The
+ * prefix is drawn again after fork() so that children never repeat their
+ * parent's ids. */
+static char id_prefix[17];
+static pid_t id_pid;
+static uint64_t id_counter;
+
+static void
+random_hex(char *out, size_t nbytes)
+{
+    unsigned char r[32];
+    size_t got = 0;
+
+    while (got < nbytes) {
+        ssize_t n = getrandom(r + got, nbytes - got, 0);
+
+        if (n > 0)
+            got += (size_t)n;
+    }
+    for (size_t i = 0; i < nbytes; i++)
+        sprintf(out + 2 * i, "%02x", r[i]);
+}
+
+static void
+next_id(char *out, size_t outlen)
+{
+    if (id_pid != getpid()) {
+        random_hex(id_prefix, 8);
+        id_pid = getpid();
+        id_counter = 0;
+    }
+    snprintf(out, outlen, "%s-%llx", id_prefix,
+             (unsigned long long)++id_counter);
+}
+
+void
+envelope_new_trace(char out[ENVELOPE_TRACE_LEN])
+{
+    random_hex(out, 8);
+}
+
+static enum env_type
+lookup_type(const char *type)
+{
+    for (int i = 1; i < ENV__COUNT; i++) {
+        const char *pat = env_type_descs[i].pattern;
+
+        if (strchr(pat, '*') ? fnmatch(pat, type, 0) == 0
+                             : strcmp(pat, type) == 0)
+            return (enum env_type)i;
+    }
+    return ENV_NONE;
+}
+
+envelope_t *
+envelope_new(const char *type, const char *trace, int64_t timeout_ms)
+{
+    envelope_t *env = xcalloc(1, sizeof(*env));
+    char id[64], tr[ENVELOPE_TRACE_LEN];
+
+    next_id(id, sizeof(id));
+    if (trace == NULL) {
+        envelope_new_trace(tr);
+        trace = tr;
+    }
+    env->v = ENVELOPE_VERSION;
+    env->id = xstrdup(id);
+    env->trace = xstrdup(trace);
+    env->type = xstrdup(type);
+    env->type_id = lookup_type(type);
+    env->from = xstrdup(log_actor());
+    env->ts = clock_wall_us();
+    env->deadline = env->ts + timeout_ms * 1000;
+    env->body = value_new_map();
+    return env;
+}
+
+envelope_t *
+envelope_new_reply(const envelope_t *req, int code, const char *ecode,
+                   const char *text)
+{
+    char *type = xasprintf("%s.reply", req->type);
+    envelope_t *env = envelope_new(type, req->trace, 0);
+
+    free(type);
+    env->re = xstrdup(req->id);
+    env->deadline = req->deadline;
+    value_set_int(env->body, ENV_KEY_CODE, code);
+    value_set_str(env->body, ENV_KEY_ECODE, ecode);
+    value_set_str(env->body, ENV_KEY_TEXT, text);
+    return env;
+}
+
+envelope_t *
+envelope_dup(const envelope_t *env)
+{
+    envelope_t *d = xcalloc(1, sizeof(*d));
+
+    *d = *env;
+    d->id = xstrdup(env->id);
+    d->re = env->re ? xstrdup(env->re) : NULL;
+    d->trace = xstrdup(env->trace);
+    d->type = xstrdup(env->type);
+    d->from = xstrdup(env->from);
+    d->body = value_dup(env->body);
+    return d;
+}
+
+void
+envelope_destroy(envelope_t **env_p)
+{
+    envelope_t *env = *env_p;
+
+    if (env == NULL)
+        return;
+    free(env->id);
+    free(env->re);
+    free(env->trace);
+    free(env->type);
+    free(env->from);
+    value_destroy(&env->body);
+    free(env);
+    *env_p = NULL;
+}
+
+int
+envelope_version(const envelope_t *env)
+{
+    return env->v;
+}
+
+const char *
+envelope_id(const envelope_t *env)
+{
+    return env->id;
+}
+
+const char *
+envelope_re(const envelope_t *env)
+{
+    return env->re;
+}
+
+const char *
+envelope_trace(const envelope_t *env)
+{
+    return env->trace;
+}
+
+const char *
+envelope_type(const envelope_t *env)
+{
+    return env->type;
+}
+
+const char *
+envelope_from(const envelope_t *env)
+{
+    return env->from;
+}
+
+int64_t
+envelope_ts(const envelope_t *env)
+{
+    return env->ts;
+}
+
+int64_t
+envelope_deadline(const envelope_t *env)
+{
+    return env->deadline;
+}
+
+enum env_type
+envelope_type_id(const envelope_t *env)
+{
+    return env->type_id;
+}
+
+void
+envelope_set_id(envelope_t *env, const char *id)
+{
+    free(env->id);
+    env->id = xstrdup(id);
+}
+
+void
+envelope_set_from(envelope_t *env, const char *from)
+{
+    free(env->from);
+    env->from = xstrdup(from);
+}
+
+void
+envelope_set_deadline(envelope_t *env, int64_t deadline_us)
+{
+    env->deadline = deadline_us;
+}
+
+void
+envelope_set_ts(envelope_t *env, int64_t ts_us)
+{
+    env->ts = ts_us;
+}
+
+value_t *
+envelope_body(envelope_t *env)
+{
+    return env->body;
+}
+
+const value_t *
+envelope_body_peek(const envelope_t *env)
+{
+    return env->body;
+}
+
+const char *
+envelope_get_str(const envelope_t *env, const char *key)
+{
+    return value_get_str(env->body, key);
+}
+
+int64_t
+envelope_get_int(const envelope_t *env, const char *key, int64_t fallback)
+{
+    return value_get_int(env->body, key, fallback);
+}
+
+int
+envelope_code(const envelope_t *env)
+{
+    return (int)value_get_int(env->body, ENV_KEY_CODE, 0);
+}
+
+/* Encoding. */
+
+static void
+pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static void
+pack_cstr(msgpack_packer *pk, const char *s)
+{
+    pack_str(pk, s, strlen(s));
+}
+
+static void
+pack_value(msgpack_packer *pk, const value_t *v)
+{
+    const char *s;
+    size_t n;
+
+    switch (value_kind(v)) {
+    case VAL_NIL:
+        msgpack_pack_nil(pk);
+        break;
+    case VAL_BOOL:
+        if (value_bool(v))
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        break;
+    case VAL_INT:
+        msgpack_pack_int64(pk, value_int(v));
+        break;
+    case VAL_FLOAT:
+        msgpack_pack_double(pk, value_float(v));
+        break;
+    case VAL_STR:
+        s = value_str(v, &n);
+        pack_str(pk, s, n);
+        break;
+    case VAL_BIN:
+        s = value_str(v, &n);
+        msgpack_pack_bin(pk, n);
+        msgpack_pack_bin_body(pk, s, n);
+        break;
+    case VAL_ARRAY:
+        msgpack_pack_array(pk, value_count(v));
+        for (size_t i = 0; i < value_count(v); i++)
+            pack_value(pk, value_at(v, i));
+        break;
+    case VAL_MAP:
+        msgpack_pack_map(pk, value_count(v));
+        for (size_t i = 0; i < value_count(v); i++) {
+            pack_cstr(pk, value_key_at(v, i));
+            pack_value(pk, value_at(v, i));
+        }
+        break;
+    }
+}
+
+int
+envelope_encode(const envelope_t *env, char **buf_out, size_t *len_out)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, env->re ? 9 : 8);
+    pack_cstr(&pk, ENV_KEY_V);
+    msgpack_pack_int(&pk, env->v);
+    pack_cstr(&pk, ENV_KEY_ID);
+    pack_cstr(&pk, env->id);
+    if (env->re) {
+        pack_cstr(&pk, ENV_KEY_RE);
+        pack_cstr(&pk, env->re);
+    }
+    pack_cstr(&pk, ENV_KEY_TRACE);
+    pack_cstr(&pk, env->trace);
+    pack_cstr(&pk, ENV_KEY_TYPE);
+    pack_cstr(&pk, env->type);
+    pack_cstr(&pk, ENV_KEY_FROM);
+    pack_cstr(&pk, env->from);
+    pack_cstr(&pk, ENV_KEY_TS);
+    msgpack_pack_int64(&pk, env->ts);
+    pack_cstr(&pk, ENV_KEY_DEADLINE);
+    msgpack_pack_int64(&pk, env->deadline);
+    pack_cstr(&pk, ENV_KEY_BODY);
+    pack_value(&pk, env->body);
+    if (sb.data == NULL) /* cannot happen: the map header was written */
+        return ERR_NOMEM;
+    *buf_out = sb.data; /* sbuffer memory is malloc'd: the caller frees */
+    *len_out = sb.size;
+    return 0;
+}
+
+/* Decoding, step 1: a walk over the raw bytes that allocates nothing. It
+ * proves the input is one complete msgpack object no deeper than allowed,
+ * with string keys in every map and no container declaring more items than
+ * bytes remain, before msgpack-c (which allocates a container's slots from
+ * its declared count) ever sees it. */
+
+static uint64_t
+be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static int
+prescan(const unsigned char *p, size_t len, char *why, size_t whylen)
+{
+    struct {
+        uint64_t left; /* items still to read in this container */
+        int is_map;
+    } st[ENVELOPE_MAX_DEPTH + 2];
+    int depth = 0;
+    size_t off = 0;
+
+    st[0].left = 1; /* the top-level object */
+    st[0].is_map = 0;
+    for (;;) {
+        unsigned char b;
+        uint64_t n = 0, payload = 0;
+        int container = 0, is_map = 0, is_str = 0;
+
+        while (depth >= 0 && st[depth].left == 0)
+            depth--;
+        if (depth < 0)
+            break;
+        if (off >= len) {
+            set_why(why, whylen, "input ends inside the envelope");
+            return ERR_TRUNCATED;
+        }
+        /* In a map, items alternate key, value starting with a key; with
+         * 2n items declared, a key comes when the count left is even. */
+        int want_key = st[depth].is_map && st[depth].left % 2 == 0;
+
+        b = p[off++];
+        st[depth].left--;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            payload = 0;
+        } else if (b >= 0x80 && b <= 0x8f) {
+            container = 1, is_map = 1, n = b & 0x0f;
+        } else if (b >= 0x90 && b <= 0x9f) {
+            container = 1, n = b & 0x0f;
+        } else if (b >= 0xa0 && b <= 0xbf) {
+            is_str = 1, payload = b & 0x1f;
+        } else {
+            static const int lenbytes[] = {
+                [0xc4 - 0xc4] = 1, [0xc5 - 0xc4] = 2, [0xc6 - 0xc4] = 4,
+                [0xd9 - 0xc4] = 1, [0xda - 0xc4] = 2, [0xdb - 0xc4] = 4,
+                [0xdc - 0xc4] = 2, [0xdd - 0xc4] = 4, [0xde - 0xc4] = 2,
+                [0xdf - 0xc4] = 4};
+            int lb;
+
+            switch (b) {
+            case 0xc1:
+                set_why(why, whylen, "byte 0xc1 at offset %zu is never "
+                        "used in msgpack", off - 1);
+                return ERR_MALFORMED;
+            case 0xc7: case 0xc8: case 0xc9:
+            case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+                set_why(why, whylen, "msgpack ext type at offset %zu",
+                        off - 1);
+                return ERR_UNSUPPORTED;
+            case 0xca: payload = 4; break;
+            case 0xcb: payload = 8; break;
+            case 0xcc: case 0xd0: payload = 1; break;
+            case 0xcd: case 0xd1: payload = 2; break;
+            case 0xce: case 0xd2: payload = 4; break;
+            case 0xcf: case 0xd3: payload = 8; break;
+            default:
+                lb = lenbytes[b - 0xc4];
+                if (len - off < (size_t)lb) {
+                    set_why(why, whylen, "input ends inside a length");
+                    return ERR_TRUNCATED;
+                }
+                n = be(p + off, lb);
+                off += (size_t)lb;
+                if (b >= 0xdc) {
+                    container = 1;
+                    is_map = b >= 0xde;
+                } else {
+                    is_str = b >= 0xd9;
+                    payload = n;
+                }
+            }
+        }
+        if (want_key && !is_str) {
+            set_why(why, whylen, "map key at offset %zu is not a string",
+                    off - 1);
+            return ERR_KEY;
+        }
+        if (container) {
+            uint64_t items = is_map ? 2 * n : n;
+
+            if (items > len - off) {
+                set_why(why, whylen, "container at offset %zu declares "
+                        "%llu items, more than the input holds", off - 1,
+                        (unsigned long long)items);
+                return ERR_TRUNCATED;
+            }
+            if (items == 0)
+                continue;
+            if (depth + 1 > ENVELOPE_MAX_DEPTH) {
+                set_why(why, whylen, "nesting deeper than %d",
+                        ENVELOPE_MAX_DEPTH);
+                return ERR_DEPTH;
+            }
+            depth++;
+            st[depth].left = items;
+            st[depth].is_map = is_map;
+        } else {
+            if (payload > len - off) {
+                set_why(why, whylen, "input ends inside a value at offset "
+                        "%zu", off - 1);
+                return ERR_TRUNCATED;
+            }
+            off += (size_t)payload;
+        }
+    }
+    if (off != len) {
+        set_why(why, whylen, "%zu bytes after the envelope", len - off);
+        return ERR_TRAILING;
+    }
+    return 0;
+}
+
+/* Step 2: msgpack-c's object tree into our values. The prescan bounded
+ * the depth, so recursion is safe. */
+static int
+to_value(const msgpack_object *o, value_t **out, char *why, size_t whylen)
+{
+    value_t *v = NULL;
+    int rc;
+
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        v = value_new_nil();
+        break;
+    case MSGPACK_OBJECT_BOOLEAN:
+        v = value_new_bool(o->via.boolean);
+        break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > INT64_MAX) {
+            set_why(why, whylen, "integer %llu over 2^63-1",
+                    (unsigned long long)o->via.u64);
+            return ERR_UNSUPPORTED;
+        }
+        v = value_new_int((int64_t)o->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        v = value_new_int(o->via.i64);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        v = value_new_float(o->via.f64);
+        break;
+    case MSGPACK_OBJECT_STR:
+        v = value_new_strn(o->via.str.ptr, o->via.str.size);
+        break;
+    case MSGPACK_OBJECT_BIN:
+        v = value_new_bin(o->via.bin.ptr, o->via.bin.size);
+        break;
+    case MSGPACK_OBJECT_ARRAY:
+        v = value_new_array();
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            value_t *item;
+
+            if ((rc = to_value(&o->via.array.ptr[i], &item, why, whylen))) {
+                value_destroy(&v);
+                return rc;
+            }
+            value_push_take(v, &item);
+        }
+        break;
+    case MSGPACK_OBJECT_MAP:
+        v = value_new_map();
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            value_t *item;
+
+            if (kv->key.type != MSGPACK_OBJECT_STR) { /* prescan's job */
+                value_destroy(&v);
+                return ERR_KEY;
+            }
+            if ((rc = to_value(&kv->val, &item, why, whylen))) {
+                value_destroy(&v);
+                return rc;
+            }
+            value_map_append_take(v, kv->key.via.str.ptr,
+                                  kv->key.via.str.size, &item);
+        }
+        break;
+    default:
+        set_why(why, whylen, "unsupported msgpack type %d", (int)o->type);
+        return ERR_UNSUPPORTED;
+    }
+    *out = v;
+    return 0;
+}
+
+static const msgpack_object *
+map_lookup(const msgpack_object *map, const char *key)
+{
+    size_t kl = strlen(key);
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
+            memcmp(k->via.str.ptr, key, kl) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static int
+get_name(const msgpack_object *map, const char *key, bool required,
+         char **out, char *why, size_t whylen)
+{
+    const msgpack_object *o = map_lookup(map, key);
+
+    *out = NULL;
+    if (o == NULL) {
+        if (!required)
+            return 0;
+        set_why(why, whylen, "%s: missing", key);
+        return ERR_MISSING;
+    }
+    if (o->type != MSGPACK_OBJECT_STR) {
+        set_why(why, whylen, "%s: not a string", key);
+        return ERR_TYPE;
+    }
+    if (o->via.str.size == 0 || o->via.str.size > ENVELOPE_MAX_NAME ||
+        memchr(o->via.str.ptr, '\0', o->via.str.size)) {
+        set_why(why, whylen, "%s: empty, over %d bytes or holding NUL", key,
+                ENVELOPE_MAX_NAME);
+        return ERR_TYPE;
+    }
+    *out = xstrndup(o->via.str.ptr, o->via.str.size);
+    return 0;
+}
+
+static int
+get_time(const msgpack_object *map, const char *key, int64_t *out, char *why,
+         size_t whylen)
+{
+    const msgpack_object *o = map_lookup(map, key);
+
+    if (o == NULL) {
+        set_why(why, whylen, "%s: missing", key);
+        return ERR_MISSING;
+    }
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX)
+        *out = (int64_t)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *out = o->via.i64;
+    else {
+        set_why(why, whylen, "%s: not an integer", key);
+        return ERR_TYPE;
+    }
+    return 0;
+}
+
+static bool
+type_name_ok(const char *t)
+{
+    int dots = 0;
+    char prev = '.';
+
+    for (const char *p = t; *p; prev = *p++) {
+        if (*p == '.') {
+            if (prev == '.')
+                return false;
+            dots++;
+        } else if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+                     *p == '_' || *p == '-')) {
+            return false;
+        }
+    }
+    return dots > 0 && prev != '.';
+}
+
+static bool
+kind_ok(enum env_kind want, value_kind_t got)
+{
+    switch (want) {
+    case ENV_KIND_ANY: return true;
+    case ENV_KIND_NIL: return got == VAL_NIL;
+    case ENV_KIND_BOOL: return got == VAL_BOOL;
+    case ENV_KIND_INT: return got == VAL_INT;
+    case ENV_KIND_NUMBER: return got == VAL_INT || got == VAL_FLOAT;
+    case ENV_KIND_STR: return got == VAL_STR;
+    case ENV_KIND_BIN: return got == VAL_BIN;
+    case ENV_KIND_ARRAY: return got == VAL_ARRAY;
+    case ENV_KIND_MAP: return got == VAL_MAP;
+    }
+    return false;
+}
+
+int
+envelope_check_body(const envelope_t *env, char *why, size_t whylen)
+{
+    const struct env_field *f;
+    int64_t code = value_get_int(env->body, ENV_KEY_CODE, 0);
+
+    if (env->type_id == ENV_NONE)
+        return 0;
+    for (f = env_type_descs[env->type_id].fields; f->key; f++) {
+        const value_t *v = value_get(env->body, f->key);
+
+        if (v == NULL) {
+            if (f->required == ENV_REQ_ALWAYS ||
+                (f->required == ENV_REQ_ON_SUCCESS && code < 400)) {
+                set_why(why, whylen, "body.%s: missing (required by %s)",
+                        f->key, env_type_descs[env->type_id].name);
+                return ERR_MISSING;
+            }
+            continue;
+        }
+        if (!kind_ok(f->kind, value_kind(v))) {
+            set_why(why, whylen, "body.%s: %s where %s wants another type",
+                    f->key, value_kind_name(value_kind(v)),
+                    env_type_descs[env->type_id].name);
+            return ERR_TYPE;
+        }
+    }
+    return 0;
+}
+
+int
+envelope_decode(const void *buf, size_t len, size_t max,
+                envelope_t **env_out, char *why, size_t whylen)
+{
+    msgpack_unpacked result;
+    const msgpack_object *top, *o;
+    envelope_t *env = NULL;
+    size_t off = 0;
+    int rc;
+
+    *env_out = NULL;
+    set_why(why, whylen, "ok");
+    if (len > max) {
+        set_why(why, whylen, "%zu bytes over the limit of %zu", len, max);
+        return ERR_TOO_BIG;
+    }
+    if (len == 0) {
+        set_why(why, whylen, "empty input");
+        return ERR_TRUNCATED;
+    }
+    if ((rc = prescan(buf, len, why, whylen)) != 0)
+        return rc;
+    msgpack_unpacked_init(&result);
+    if (msgpack_unpack_next(&result, buf, len, &off) !=
+        MSGPACK_UNPACK_SUCCESS) {
+        set_why(why, whylen, "msgpack-c refused the input");
+        rc = ERR_MALFORMED;
+        goto out;
+    }
+    top = &result.data;
+    if (top->type != MSGPACK_OBJECT_MAP) {
+        set_why(why, whylen, "top level is not a map");
+        rc = ERR_NOT_MAP;
+        goto out;
+    }
+    env = xcalloc(1, sizeof(*env));
+    /* The version first: a newer envelope may differ in everything else. */
+    o = map_lookup(top, ENV_KEY_V);
+    if (o == NULL) {
+        set_why(why, whylen, "v: missing");
+        rc = ERR_MISSING;
+        goto out;
+    }
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        set_why(why, whylen, "v: not a positive integer");
+        rc = ERR_TYPE;
+        goto out;
+    }
+    if (o->via.u64 != ENVELOPE_VERSION) {
+        set_why(why, whylen, "v: version %llu, this build speaks %d",
+                (unsigned long long)o->via.u64, ENVELOPE_VERSION);
+        rc = ERR_VERSION;
+        goto out;
+    }
+    env->v = ENVELOPE_VERSION;
+    if ((rc = get_name(top, ENV_KEY_ID, true, &env->id, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_TRACE, true, &env->trace, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_TYPE, true, &env->type, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_FROM, true, &env->from, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_RE, false, &env->re, why, whylen)) ||
+        (rc = get_time(top, ENV_KEY_TS, &env->ts, why, whylen)) ||
+        (rc = get_time(top, ENV_KEY_DEADLINE, &env->deadline, why, whylen)))
+        goto out;
+    if (!type_name_ok(env->type)) {
+        set_why(why, whylen, "type: \"%s\" is not a dotted lower-case name",
+                env->type);
+        rc = ERR_TYPE;
+        goto out;
+    }
+    if (env->re == NULL) {
+        size_t tl = strlen(env->type);
+
+        if (tl > 6 && strcmp(env->type + tl - 6, ".reply") == 0) {
+            set_why(why, whylen, "re: missing in a reply");
+            rc = ERR_MISSING;
+            goto out;
+        }
+    }
+    o = map_lookup(top, ENV_KEY_BODY);
+    if (o == NULL) {
+        set_why(why, whylen, "body: missing");
+        rc = ERR_MISSING;
+        goto out;
+    }
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        set_why(why, whylen, "body: not a map");
+        rc = ERR_TYPE;
+        goto out;
+    }
+    if ((rc = to_value(o, &env->body, why, whylen)) != 0)
+        goto out;
+    env->type_id = lookup_type(env->type);
+    if ((rc = envelope_check_body(env, why, whylen)) != 0)
+        goto out;
+    *env_out = env;
+    env = NULL;
+out:
+    envelope_destroy(&env);
+    msgpack_unpacked_destroy(&result);
+    return rc;
+}
+
+bool
+envelope_key_is_secret(const char *key)
+{
+    for (const char *const *k = env_secret_keys; *k; k++)
+        if (strcmp(*k, key) == 0)
+            return true;
+    return false;
+}
+
+/* JSON output, for the tap. */
+
+static void
+json_str(buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+
+    buf_addc(b, '"');
+    while (p < end) {
+        unsigned char c = *p;
+        size_t seq = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2
+                                  : (c & 0xf0) == 0xe0 ? 3
+                                  : (c & 0xf8) == 0xf0 ? 4 : 0;
+        bool valid = seq > 0 && (size_t)(end - p) >= seq;
+
+        for (size_t i = 1; valid && i < seq; i++)
+            valid = (p[i] & 0xc0) == 0x80;
+        if (valid && seq == 2 && c < 0xc2)
+            valid = false; /* overlong */
+        if (!valid) {
+            buf_adds(b, "\\ufffd");
+            p++;
+            continue;
+        }
+        if (seq > 1) {
+            buf_add(b, p, seq);
+            p += seq;
+            continue;
+        }
+        if (c == '"' || c == '\\') {
+            buf_addc(b, '\\');
+            buf_addc(b, (char)c);
+        } else if (c < 0x20 || c == 0x7f) {
+            char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
+
+            buf_adds(b, esc);
+        } else {
+            buf_addc(b, (char)c);
+        }
+        p++;
+    }
+    buf_addc(b, '"');
+}
+
+static void
+json_base64(buf_t *b, const unsigned char *p, size_t n)
+{
+    static const char tbl[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    buf_addc(b, '"');
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t w = (uint32_t)p[i] << 16 |
+                     (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        char q[4] = {tbl[w >> 18], tbl[(w >> 12) & 63],
+                     i + 1 < n ? tbl[(w >> 6) & 63] : '=',
+                     i + 2 < n ? tbl[w & 63] : '='};
+
+        buf_add(b, q, 4);
+    }
+    buf_addc(b, '"');
+}
+
+#define JSON_ABBREV_AT 256
+
+static void
+json_value(buf_t *b, const value_t *v, int flags)
+{
+    const char *s;
+    size_t n;
+
+    switch (value_kind(v)) {
+    case VAL_NIL:
+        buf_adds(b, "null");
+        break;
+    case VAL_BOOL:
+        buf_adds(b, value_bool(v) ? "true" : "false");
+        break;
+    case VAL_INT:
+        buf_printf(b, "%lld", (long long)value_int(v));
+        break;
+    case VAL_FLOAT: {
+        double d = value_float(v);
+
+        if (d != d || d - d != 0) /* NaN and infinities: JSON has none */
+            buf_adds(b, "null");
+        else
+            buf_printf(b, "%.17g", d);
+        break;
+    }
+    case VAL_STR:
+        s = value_str(v, &n);
+        if ((flags & ENVELOPE_JSON_ABBREV) && n > JSON_ABBREV_AT) {
+            buf_t t = BUF_INIT;
+
+            buf_add(&t, s, JSON_ABBREV_AT);
+            buf_printf(&t, "...(%zu bytes)", n);
+            json_str(b, t.data, t.len);
+            buf_free(&t);
+        } else {
+            json_str(b, s, n);
+        }
+        break;
+    case VAL_BIN:
+        s = value_str(v, &n);
+        if ((flags & ENVELOPE_JSON_ABBREV) && n > JSON_ABBREV_AT)
+            buf_printf(b, "\"(%zu bytes)\"", n);
+        else
+            json_base64(b, (const unsigned char *)s, n);
+        break;
+    case VAL_ARRAY:
+        buf_addc(b, '[');
+        for (size_t i = 0; i < value_count(v); i++) {
+            if (i)
+                buf_addc(b, ',');
+            json_value(b, value_at(v, i), flags);
+        }
+        buf_addc(b, ']');
+        break;
+    case VAL_MAP:
+        buf_addc(b, '{');
+        for (size_t i = 0; i < value_count(v); i++) {
+            const char *k = value_key_at(v, i);
+
+            if (i)
+                buf_addc(b, ',');
+            json_str(b, k, strlen(k));
+            buf_addc(b, ':');
+            if ((flags & ENVELOPE_JSON_MASK) && envelope_key_is_secret(k))
+                buf_adds(b, "\"***\"");
+            else
+                json_value(b, value_at(v, i), flags);
+        }
+        buf_addc(b, '}');
+        break;
+    }
+}
+
+char *
+envelope_to_json(const envelope_t *env, int flags)
+{
+    buf_t b = BUF_INIT;
+
+    buf_printf(&b, "{\"v\":%d,\"id\":", env->v);
+    json_str(&b, env->id, strlen(env->id));
+    if (env->re) {
+        buf_adds(&b, ",\"re\":");
+        json_str(&b, env->re, strlen(env->re));
+    }
+    buf_adds(&b, ",\"trace\":");
+    json_str(&b, env->trace, strlen(env->trace));
+    buf_adds(&b, ",\"type\":");
+    json_str(&b, env->type, strlen(env->type));
+    buf_adds(&b, ",\"from\":");
+    json_str(&b, env->from, strlen(env->from));
+    buf_printf(&b, ",\"ts\":%lld,\"deadline\":%lld,\"body\":",
+               (long long)env->ts, (long long)env->deadline);
+    json_value(&b, env->body, flags);
+    buf_addc(&b, '}');
+    return buf_take(&b);
+}

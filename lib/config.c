@@ -1,0 +1,463 @@
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "err.h"
+#include "xalloc.h"
+
+enum ckind { C_STR, C_INT, C_BOOL, C_ADDR, C_ENDPOINTS, C_PATH, C_LEVEL };
+
+struct ckey {
+    const char *key;
+    enum ckind kind;
+    const char *def;
+    long min, max;
+    bool secret;
+    const char *help;
+};
+
+/* The one list of keys. Defaults are the local profile (DESIGN.md). */
+static const struct ckey ckeys[] = {
+    {"data", C_PATH, "./var", 0, 0, false, "data folder: mail, redis, tls"},
+    {"hostname", C_STR, "", 0, 0, false, "name in greetings (default: host)"},
+    {"log.level", C_LEVEL, "info", 0, 0, false, "debug|info|warn|err|fatal"},
+    {"redis.host", C_STR, "127.0.0.1", 0, 0, false, "redis host"},
+    {"redis.port", C_INT, "6380", 1, 65535, false, "redis port"},
+    {"redis.password", C_STR, "", 0, 0, true, "redis AUTH password"},
+    {"bus.clients", C_ENDPOINTS, "tcp://127.0.0.1:5570", 0, 0, false,
+     "broker endpoints for requests, comma list (fail-over)"},
+    {"bus.workers", C_ENDPOINTS, "tcp://127.0.0.1:5571", 0, 0, false,
+     "broker endpoints workers register with, comma list"},
+    {"bus.trace", C_ENDPOINTS, "tcp://127.0.0.1:5572", 0, 0, false,
+     "broker trace feeds, comma list"},
+    {"bus.heartbeat_ms", C_INT, "250", 10, 60000, false,
+     "heartbeat interval between broker and workers"},
+    {"bus.liveness", C_INT, "4", 2, 100, false,
+     "missed heartbeats before a peer is taken for dead"},
+    {"bus.timeout_ms", C_INT, "5000", 10, 600000, false,
+     "default deadline of a request"},
+    {"bus.max_envelope", C_INT, "67108864", 1024, 1073741824, false,
+     "largest envelope accepted, bytes"},
+    {"bus.worker_capacity", C_INT, "64", 1, 100000, false,
+     "requests a worker takes at once"},
+    {"broker.clients", C_ENDPOINTS, "tcp://127.0.0.1:5570", 0, 0, false,
+     "where the broker binds for clients"},
+    {"broker.workers", C_ENDPOINTS, "tcp://127.0.0.1:5571", 0, 0, false,
+     "where the broker binds for workers"},
+    {"broker.trace", C_ENDPOINTS, "tcp://127.0.0.1:5572", 0, 0, false,
+     "where the broker binds its trace feed"},
+    {"listen.mta", C_ADDR, "127.0.0.1:2525", 0, 0, false, "inbound SMTP"},
+    {"listen.msa", C_ADDR, "127.0.0.1:2587", 0, 0, false,
+     "submission (STARTTLS)"},
+    {"listen.smtps", C_ADDR, "127.0.0.1:2465", 0, 0, false,
+     "submission (implicit TLS)"},
+    {"listen.imap", C_ADDR, "127.0.0.1:2143", 0, 0, false, "IMAP"},
+    {"listen.imaps", C_ADDR, "127.0.0.1:2993", 0, 0, false, "IMAPS"},
+    {"listen.lmtp", C_ADDR, "127.0.0.1:2424", 0, 0, false, "LMTP"},
+    {"tls.cert", C_PATH, "", 0, 0, false,
+     "certificate chain (PEM); empty: self-signed in data/tls"},
+    {"tls.key", C_PATH, "", 0, 0, false, "private key (PEM)"},
+    {"supervisor.redis", C_BOOL, "yes", 0, 0, false,
+     "start a redis-server for the local profile"},
+    {"supervisor.redis_server", C_STR, "redis-server", 0, 0, false,
+     "redis-server executable"},
+    {"supervisor.bin", C_PATH, "", 0, 0, false,
+     "folder of the actor executables (default: samotopd's own)"},
+    {"supervisor.bus", C_INT, "1", 0, 16, false, "broker processes"},
+    {"supervisor.listener", C_INT, "1", 0, 256, false, "listener copies"},
+    {"supervisor.auth", C_INT, "1", 0, 256, false, "auth copies"},
+    {"supervisor.guard", C_INT, "1", 0, 256, false, "guard copies"},
+    {"supervisor.mailbox", C_INT, "1", 0, 256, false, "mailbox copies"},
+    {"supervisor.queue", C_INT, "1", 0, 256, false, "queue copies"},
+    {"supervisor.relay", C_INT, "1", 0, 256, false, "relay copies"},
+    {"supervisor.backoff_min_ms", C_INT, "200", 10, 600000, false,
+     "first restart delay"},
+    {"supervisor.backoff_max_ms", C_INT, "30000", 10, 3600000, false,
+     "longest restart delay"},
+    {"supervisor.stop_timeout_ms", C_INT, "10000", 100, 600000, false,
+     "grace before SIGKILL at stop"},
+};
+
+#define NKEYS (sizeof(ckeys) / sizeof(ckeys[0]))
+
+struct config {
+    char *val[NKEYS];
+};
+
+static int
+ckey_find(const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(ckeys[i].key, key) == 0)
+            return (int)i;
+    return -1;
+}
+
+config_t *
+config_new(void)
+{
+    config_t *cfg = xcalloc(1, sizeof(*cfg));
+
+    for (size_t i = 0; i < NKEYS; i++)
+        cfg->val[i] = xstrdup(ckeys[i].def);
+    return cfg;
+}
+
+void
+config_destroy(config_t **cfg_p)
+{
+    config_t *cfg = *cfg_p;
+
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < NKEYS; i++)
+        free(cfg->val[i]);
+    free(cfg);
+    *cfg_p = NULL;
+}
+
+int
+config_split_addr(const char *addr, char *host, size_t hostlen, int *port)
+{
+    const char *colon, *h = addr;
+    size_t hl;
+    char *end;
+    long p;
+
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+
+        if (rb == NULL || rb[1] != ':')
+            return ERR_INVAL;
+        h = addr + 1;
+        hl = (size_t)(rb - h);
+        colon = rb + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (colon == NULL)
+            return ERR_INVAL;
+        hl = (size_t)(colon - addr);
+    }
+    if (hl == 0 || hl >= hostlen)
+        return ERR_INVAL;
+    errno = 0;
+    p = strtol(colon + 1, &end, 10);
+    if (errno || *end || colon[1] == '\0' || p < 1 || p > 65535)
+        return ERR_INVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+static int
+check_endpoint(const char *ep, char *why, size_t whylen)
+{
+    char host[256];
+    int port;
+
+    if (strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0) {
+        if (strstr(ep, "://")[3] != '\0')
+            return 0;
+        snprintf(why, whylen, "endpoint \"%s\" has no address", ep);
+        return ERR_CONFIG;
+    }
+    if (strncmp(ep, "tcp://", 6) != 0) {
+        snprintf(why, whylen, "endpoint \"%s\" is not tcp://, ipc:// or "
+                 "inproc://", ep);
+        return ERR_CONFIG;
+    }
+    if (config_split_addr(ep + 6, host, sizeof(host), &port) != 0) {
+        snprintf(why, whylen, "endpoint \"%s\" is not tcp://HOST:PORT", ep);
+        return ERR_CONFIG;
+    }
+    return 0;
+}
+
+static int
+check_value(const struct ckey *k, const char *v, char *why, size_t whylen)
+{
+    char host[256], *end;
+    int port;
+    long n;
+
+    switch (k->kind) {
+    case C_STR:
+    case C_PATH:
+        for (const char *p = v; *p; p++)
+            if ((unsigned char)*p < ' ') {
+                snprintf(why, whylen, "control character in value");
+                return ERR_CONFIG;
+            }
+        return 0;
+    case C_INT:
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (errno || *v == '\0' || *end) {
+            snprintf(why, whylen, "\"%s\" is not an integer", v);
+            return ERR_CONFIG;
+        }
+        if (n < k->min || n > k->max) {
+            snprintf(why, whylen, "%ld is outside %ld..%ld", n, k->min,
+                     k->max);
+            return ERR_CONFIG;
+        }
+        return 0;
+    case C_BOOL:
+        if (strcmp(v, "yes") && strcmp(v, "no") && strcmp(v, "true") &&
+            strcmp(v, "false") && strcmp(v, "1") && strcmp(v, "0")) {
+            snprintf(why, whylen, "\"%s\" is not yes/no/true/false/1/0", v);
+            return ERR_CONFIG;
+        }
+        return 0;
+    case C_ADDR:
+        if (config_split_addr(v, host, sizeof(host), &port) != 0) {
+            snprintf(why, whylen, "\"%s\" is not HOST:PORT with a port in "
+                     "1..65535", v);
+            return ERR_CONFIG;
+        }
+        return 0;
+    case C_LEVEL:
+        if (strcmp(v, "debug") && strcmp(v, "info") && strcmp(v, "warn") &&
+            strcmp(v, "err") && strcmp(v, "fatal")) {
+            snprintf(why, whylen, "\"%s\" is not debug|info|warn|err|fatal",
+                     v);
+            return ERR_CONFIG;
+        }
+        return 0;
+    case C_ENDPOINTS: {
+        char **items;
+        int cnt = config_list(v, &items), rc = 0;
+
+        if (cnt == 0) {
+            snprintf(why, whylen, "no endpoint given");
+            rc = ERR_CONFIG;
+        }
+        for (int i = 0; i < cnt && rc == 0; i++)
+            if (check_endpoint(items[i], why, whylen) != 0) {
+                if (!*why)
+                    snprintf(why, whylen, "bad endpoint \"%s\"", items[i]);
+                rc = ERR_CONFIG;
+            }
+        config_list_free(&items, cnt);
+        return rc;
+    }
+    }
+    return 0;
+}
+
+int
+config_set(config_t *cfg, const char *key, const char *value, char *why,
+           size_t whylen)
+{
+    char reason[400] = "";
+    int i = ckey_find(key);
+
+    if (i < 0) {
+        snprintf(why, whylen, "%s: unknown key", key);
+        return ERR_CONFIG;
+    }
+    if (check_value(&ckeys[i], value, reason, sizeof(reason)) != 0) {
+        snprintf(why, whylen, "%s: %s", key, reason);
+        return ERR_CONFIG;
+    }
+    free(cfg->val[i]);
+    cfg->val[i] = xstrdup(value);
+    return 0;
+}
+
+static char *
+trim(char *s)
+{
+    char *e;
+
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static int
+load_file(config_t *cfg, const char *path, char *why, size_t whylen)
+{
+    char line[4096], section[128] = "", key[300], reason[512];
+    FILE *f = fopen(path, "r");
+    int lineno = 0, rc = 0;
+
+    if (f == NULL) {
+        snprintf(why, whylen, "%s: cannot open: %s", path, strerror(errno));
+        return ERR_CONFIG;
+    }
+    while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
+        char *s, *eq, *k, *v;
+        size_t vl;
+
+        lineno++;
+        if (strchr(line, '\n') == NULL && !feof(f)) {
+            snprintf(why, whylen, "%s:%d: line too long", path, lineno);
+            rc = ERR_CONFIG;
+            break;
+        }
+        s = trim(line);
+        if (*s == '\0' || *s == '#' || *s == ';')
+            continue;
+        if (*s == '[') {
+            char *rb = strchr(s, ']');
+
+            if (rb == NULL || rb[1] != '\0' || rb - s - 1 >= 120) {
+                snprintf(why, whylen, "%s:%d: bad section header", path,
+                         lineno);
+                rc = ERR_CONFIG;
+                break;
+            }
+            *rb = '\0';
+            snprintf(section, sizeof(section), "%s", trim(s + 1));
+            continue;
+        }
+        eq = strchr(s, '=');
+        if (eq == NULL) {
+            snprintf(why, whylen, "%s:%d: expected key = value", path,
+                     lineno);
+            rc = ERR_CONFIG;
+            break;
+        }
+        *eq = '\0';
+        k = trim(s);
+        v = trim(eq + 1);
+        vl = strlen(v);
+        if (vl >= 2 && v[0] == '"' && v[vl - 1] == '"') {
+            v[vl - 1] = '\0';
+            v++;
+        }
+        if (*section)
+            snprintf(key, sizeof(key), "%s.%s", section, k);
+        else
+            snprintf(key, sizeof(key), "%s", k);
+        if (config_set(cfg, key, v, reason, sizeof(reason)) != 0) {
+            snprintf(why, whylen, "%s:%d: %s", path, lineno, reason);
+            rc = ERR_CONFIG;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+const char *
+config_env_name(const char *key)
+{
+    static char buf[160];
+    size_t n = (size_t)snprintf(buf, sizeof(buf), "SAMOTOP_");
+
+    for (const char *p = key; *p && n < sizeof(buf) - 1; p++)
+        buf[n++] = *p == '.' ? '_' : (char)toupper((unsigned char)*p);
+    buf[n] = '\0';
+    return buf;
+}
+
+int
+config_load(config_t *cfg, const char *path, char *why, size_t whylen)
+{
+    char reason[512];
+
+    if (path == NULL || *path == '\0')
+        path = getenv("SAMOTOP_CONFIG");
+    if (path && *path && load_file(cfg, path, why, whylen) != 0)
+        return ERR_CONFIG;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *env = config_env_name(ckeys[i].key);
+        const char *v = getenv(env);
+
+        if (v == NULL)
+            continue;
+        if (config_set(cfg, ckeys[i].key, v, reason, sizeof(reason)) != 0) {
+            snprintf(why, whylen, "%s (from %s)", reason,
+                     config_env_name(ckeys[i].key));
+            return ERR_CONFIG;
+        }
+    }
+    return 0;
+}
+
+static int
+must_find(const char *key)
+{
+    int i = ckey_find(key);
+
+    if (i < 0) {
+        fprintf(stderr, "level=fatal event=bug reason=\"undeclared config "
+                "key %s\"\n", key);
+        abort();
+    }
+    return i;
+}
+
+const char *
+config_str(const config_t *cfg, const char *key)
+{
+    return cfg->val[must_find(key)];
+}
+
+long
+config_int(const config_t *cfg, const char *key)
+{
+    return strtol(cfg->val[must_find(key)], NULL, 10);
+}
+
+bool
+config_bool(const config_t *cfg, const char *key)
+{
+    const char *v = cfg->val[must_find(key)];
+
+    return strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 ||
+           strcmp(v, "1") == 0;
+}
+
+void
+config_dump(const config_t *cfg, void *file)
+{
+    FILE *f = file;
+
+    for (size_t i = 0; i < NKEYS; i++)
+        fprintf(f, "%s = %s\t# %s; %s\n", ckeys[i].key,
+                ckeys[i].secret && *cfg->val[i] ? "***" : cfg->val[i],
+                config_env_name(ckeys[i].key), ckeys[i].help);
+}
+
+int
+config_list(const char *value, char ***items_out)
+{
+    char *copy = xstrdup(value), *save = NULL, *tok;
+    char **items = NULL;
+    int n = 0;
+
+    for (tok = strtok_r(copy, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *t = trim(tok);
+
+        if (*t == '\0')
+            continue;
+        items = xrealloc(items, sizeof(*items) * (size_t)(n + 1));
+        items[n++] = xstrdup(t);
+    }
+    free(copy);
+    *items_out = items;
+    return n;
+}
+
+void
+config_list_free(char ***items_p, int n)
+{
+    char **items = *items_p;
+
+    if (items == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        free(items[i]);
+    free(items);
+    *items_p = NULL;
+}

@@ -1,0 +1,468 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "clock.h"
+#include "err.h"
+#include "loop.h"
+#include "xalloc.h"
+
+/* How many messages one ZeroMQ socket may deliver before the loop looks at
+ * its other sources again: keeps one busy socket from starving the rest. */
+#define ZMQ_BATCH 64
+#define MAX_EVENTS 256
+
+enum slot_kind { SLOT_FREE, SLOT_FD, SLOT_ZMQ, SLOT_SIGNAL };
+
+struct slot {
+    enum slot_kind kind;
+    uint32_t gen;
+    int events;
+    loop_fd_fn *fn;
+    loop_zmq_fn *zfn;
+    void *zsock;
+    void *arg;
+};
+
+struct loop_timer {
+    int64_t when;
+    uint64_t seq;
+    size_t idx;
+    loop_timer_fn *fn;
+    void *arg;
+};
+
+struct sigh {
+    int signo;
+    loop_signal_fn *fn;
+    void *arg;
+};
+
+struct loop {
+    int ep;
+    bool stop;
+    int64_t now;
+    struct slot *slots;
+    int nslots;
+    int *zfds; /* fds of the ZeroMQ watchers, for the pre-wait check */
+    int nzfds;
+    loop_timer_t **heap;
+    size_t nheap, capheap;
+    uint64_t seq;
+    int sigfd;
+    sigset_t sigmask;
+    struct sigh sigs[16];
+    int nsigs;
+};
+
+loop_t *
+loop_new(void)
+{
+    loop_t *loop = xcalloc(1, sizeof(*loop));
+
+    loop->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (loop->ep < 0) {
+        free(loop);
+        return NULL;
+    }
+    loop->sigfd = -1;
+    sigemptyset(&loop->sigmask);
+    loop->now = clock_mono_ms();
+    return loop;
+}
+
+void
+loop_destroy(loop_t **loop_p)
+{
+    loop_t *loop = *loop_p;
+
+    if (loop == NULL)
+        return;
+    close(loop->ep);
+    if (loop->sigfd >= 0)
+        close(loop->sigfd);
+    for (size_t i = 0; i < loop->nheap; i++)
+        free(loop->heap[i]);
+    free(loop->heap);
+    free(loop->slots);
+    free(loop->zfds);
+    free(loop);
+    *loop_p = NULL;
+}
+
+int64_t
+loop_now_ms(const loop_t *loop)
+{
+    return loop->now;
+}
+
+static struct slot *
+slot_get(loop_t *loop, int fd)
+{
+    if (fd >= loop->nslots) {
+        int n = loop->nslots ? loop->nslots : 64;
+
+        while (n <= fd)
+            n *= 2;
+        loop->slots = xrealloc(loop->slots, sizeof(struct slot) * (size_t)n);
+        memset(loop->slots + loop->nslots, 0,
+               sizeof(struct slot) * (size_t)(n - loop->nslots));
+        loop->nslots = n;
+    }
+    return &loop->slots[fd];
+}
+
+static uint32_t
+to_epoll(int events)
+{
+    return (events & LOOP_READ ? EPOLLIN : 0) |
+           (events & LOOP_WRITE ? EPOLLOUT : 0);
+}
+
+static int
+slot_add(loop_t *loop, int fd, enum slot_kind kind, int events)
+{
+    struct slot *s = slot_get(loop, fd);
+    struct epoll_event ev = {0};
+
+    if (s->kind != SLOT_FREE)
+        return ERR_INVAL;
+    s->gen++;
+    ev.events = to_epoll(events);
+    ev.data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)s->gen << 32;
+    if (epoll_ctl(loop->ep, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return ERR_SYS;
+    s->kind = kind;
+    s->events = events;
+    return 0;
+}
+
+int
+loop_fd_add(loop_t *loop, int fd, int events, loop_fd_fn *fn, void *arg)
+{
+    int rc = slot_add(loop, fd, SLOT_FD, events);
+
+    if (rc == 0) {
+        loop->slots[fd].fn = fn;
+        loop->slots[fd].arg = arg;
+    }
+    return rc;
+}
+
+int
+loop_fd_mod(loop_t *loop, int fd, int events)
+{
+    struct slot *s;
+    struct epoll_event ev = {0};
+
+    if (fd < 0 || fd >= loop->nslots || loop->slots[fd].kind != SLOT_FD)
+        return ERR_INVAL;
+    s = &loop->slots[fd];
+    if (s->events == events)
+        return 0;
+    ev.events = to_epoll(events);
+    ev.data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)s->gen << 32;
+    if (epoll_ctl(loop->ep, EPOLL_CTL_MOD, fd, &ev) != 0)
+        return ERR_SYS;
+    s->events = events;
+    return 0;
+}
+
+static void
+slot_del(loop_t *loop, int fd)
+{
+    if (fd < 0 || fd >= loop->nslots || loop->slots[fd].kind == SLOT_FREE)
+        return;
+    epoll_ctl(loop->ep, EPOLL_CTL_DEL, fd, NULL);
+    loop->slots[fd].kind = SLOT_FREE;
+    loop->slots[fd].gen++;
+}
+
+void
+loop_fd_del(loop_t *loop, int fd)
+{
+    slot_del(loop, fd);
+}
+
+int
+loop_zmq_add(loop_t *loop, void *zsocket, loop_zmq_fn *fn, void *arg)
+{
+    int fd, rc;
+    size_t len = sizeof(fd);
+
+    if (zmq_getsockopt(zsocket, ZMQ_FD, &fd, &len) != 0)
+        return ERR_SYS;
+    rc = slot_add(loop, fd, SLOT_ZMQ, LOOP_READ);
+    if (rc != 0)
+        return rc;
+    loop->slots[fd].zfn = fn;
+    loop->slots[fd].zsock = zsocket;
+    loop->slots[fd].arg = arg;
+    loop->zfds = xrealloc(loop->zfds, sizeof(int) * (size_t)(loop->nzfds + 1));
+    loop->zfds[loop->nzfds++] = fd;
+    return 0;
+}
+
+void
+loop_zmq_del(loop_t *loop, void *zsocket)
+{
+    for (int i = 0; i < loop->nzfds; i++) {
+        int fd = loop->zfds[i];
+
+        if (loop->slots[fd].kind == SLOT_ZMQ &&
+            loop->slots[fd].zsock == zsocket) {
+            slot_del(loop, fd);
+            loop->zfds[i] = loop->zfds[--loop->nzfds];
+            return;
+        }
+    }
+}
+
+/* Timers: a binary min-heap ordered by (when, seq). */
+
+static bool
+timer_less(const loop_timer_t *a, const loop_timer_t *b)
+{
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+}
+
+static void
+heap_set(loop_t *loop, size_t i, loop_timer_t *t)
+{
+    loop->heap[i] = t;
+    t->idx = i;
+}
+
+static void
+heap_up(loop_t *loop, size_t i)
+{
+    loop_timer_t *t = loop->heap[i];
+
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+
+        if (!timer_less(t, loop->heap[parent]))
+            break;
+        heap_set(loop, i, loop->heap[parent]);
+        i = parent;
+    }
+    heap_set(loop, i, t);
+}
+
+static void
+heap_down(loop_t *loop, size_t i)
+{
+    loop_timer_t *t = loop->heap[i];
+
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        loop_timer_t *best = t;
+
+        if (l < loop->nheap && timer_less(loop->heap[l], best)) {
+            m = l;
+            best = loop->heap[l];
+        }
+        if (r < loop->nheap && timer_less(loop->heap[r], best))
+            m = r;
+        if (m == i)
+            break;
+        heap_set(loop, i, loop->heap[m]);
+        i = m;
+    }
+    heap_set(loop, i, t);
+}
+
+static void
+heap_remove(loop_t *loop, loop_timer_t *t)
+{
+    size_t i = t->idx;
+    loop_timer_t *last = loop->heap[--loop->nheap];
+
+    if (i == loop->nheap)
+        return;
+    heap_set(loop, i, last);
+    heap_up(loop, i);
+    heap_down(loop, last->idx);
+}
+
+loop_timer_t *
+loop_timer_add(loop_t *loop, int64_t ms, loop_timer_fn *fn, void *arg)
+{
+    loop_timer_t *t = xcalloc(1, sizeof(*t));
+
+    t->when = clock_mono_ms() + (ms > 0 ? ms : 0);
+    t->seq = loop->seq++;
+    t->fn = fn;
+    t->arg = arg;
+    if (loop->nheap == loop->capheap) {
+        loop->capheap = loop->capheap ? loop->capheap * 2 : 64;
+        loop->heap = xrealloc(loop->heap, sizeof(*loop->heap) * loop->capheap);
+    }
+    loop->heap[loop->nheap] = t;
+    t->idx = loop->nheap++;
+    heap_up(loop, t->idx);
+    return t;
+}
+
+void
+loop_timer_cancel(loop_t *loop, loop_timer_t **timer_p)
+{
+    loop_timer_t *t = *timer_p;
+
+    if (t == NULL)
+        return;
+    heap_remove(loop, t);
+    free(t);
+    *timer_p = NULL;
+}
+
+static void
+run_timers(loop_t *loop)
+{
+    while (loop->nheap > 0 && !loop->stop) {
+        loop_timer_t *t = loop->heap[0];
+
+        if (t->when > loop->now)
+            break;
+        heap_remove(loop, t);
+        t->fn(loop, t->arg);
+        free(t);
+    }
+}
+
+int
+loop_signal_add(loop_t *loop, int signo, loop_signal_fn *fn, void *arg)
+{
+    int fd;
+
+    if (loop->nsigs == (int)(sizeof(loop->sigs) / sizeof(loop->sigs[0])))
+        return ERR_INVAL;
+    sigaddset(&loop->sigmask, signo);
+    if (sigprocmask(SIG_BLOCK, &loop->sigmask, NULL) != 0)
+        return ERR_SYS;
+    fd = signalfd(loop->sigfd, &loop->sigmask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (fd < 0)
+        return ERR_SYS;
+    if (loop->sigfd < 0) {
+        loop->sigfd = fd;
+        if (slot_add(loop, fd, SLOT_SIGNAL, LOOP_READ) != 0)
+            return ERR_SYS;
+    }
+    loop->sigs[loop->nsigs++] = (struct sigh){signo, fn, arg};
+    return 0;
+}
+
+static void
+run_signals(loop_t *loop)
+{
+    struct signalfd_siginfo si;
+
+    while (read(loop->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        for (int i = 0; i < loop->nsigs; i++)
+            if (loop->sigs[i].signo == (int)si.ssi_signo)
+                loop->sigs[i].fn(loop, (int)si.ssi_signo, loop->sigs[i].arg);
+}
+
+/* Gives each ZeroMQ socket with waiting input up to ZMQ_BATCH calls.
+ * Returns true when some socket still has input after its batch. */
+static bool
+run_zmq(loop_t *loop)
+{
+    bool more = false;
+
+    for (int i = 0; i < loop->nzfds && !loop->stop; i++) {
+        int fd = loop->zfds[i];
+        struct slot *s = &loop->slots[fd];
+        uint32_t gen = s->gen;
+
+        for (int n = 0; n < ZMQ_BATCH; n++) {
+            int zev = 0;
+            size_t len = sizeof(zev);
+
+            s = &loop->slots[fd];
+            if (s->kind != SLOT_ZMQ || s->gen != gen || loop->stop)
+                break;
+            if (zmq_getsockopt(s->zsock, ZMQ_EVENTS, &zev, &len) != 0 ||
+                !(zev & ZMQ_POLLIN))
+                break;
+            if (n == ZMQ_BATCH - 1) {
+                more = true;
+                break;
+            }
+            s->zfn(loop, s->zsock, s->arg);
+        }
+    }
+    return more;
+}
+
+int
+loop_run(loop_t *loop)
+{
+    struct epoll_event evs[MAX_EVENTS];
+
+    loop->stop = false;
+    while (!loop->stop) {
+        int timeout = -1, n;
+
+        loop->now = clock_mono_ms();
+        run_timers(loop);
+        if (loop->stop)
+            break;
+        if (run_zmq(loop))
+            timeout = 0;
+        if (loop->stop)
+            break;
+        if (timeout != 0 && loop->nheap > 0) {
+            int64_t d = loop->heap[0]->when - clock_mono_ms();
+
+            timeout = d <= 0 ? 0 : d > 60000 ? 60000 : (int)d;
+        }
+        n = epoll_wait(loop->ep, evs, MAX_EVENTS, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return ERR_SYS;
+        }
+        loop->now = clock_mono_ms();
+        for (int i = 0; i < n && !loop->stop; i++) {
+            int fd = (int)(uint32_t)evs[i].data.u64;
+            uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32);
+            struct slot *s = &loop->slots[fd];
+            int events = 0;
+
+            if (s->gen != gen)
+                continue; /* removed by an earlier callback */
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+                events |= LOOP_READ;
+            if (evs[i].events & EPOLLOUT)
+                events |= LOOP_WRITE;
+            if (evs[i].events & EPOLLERR)
+                events |= LOOP_ERROR | LOOP_READ;
+            switch (s->kind) {
+            case SLOT_FD:
+                s->fn(loop, fd, events, s->arg);
+                break;
+            case SLOT_SIGNAL:
+                run_signals(loop);
+                break;
+            case SLOT_ZMQ:
+            case SLOT_FREE:
+                break; /* ZeroMQ input is read in run_zmq() */
+            }
+        }
+    }
+    return 0;
+}
+
+void
+loop_stop(loop_t *loop)
+{
+    loop->stop = true;
+}
