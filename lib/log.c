@@ -7,7 +7,7 @@
 #include "log.h"
 
 static char log_who[96] = "samotop";
-static enum log_level log_min = LOG_INFO;
+static enum log_level log_min = LL_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "err",
                                           "fatal"};
@@ -94,7 +94,7 @@ log_fatal(const char *trace, const char *event, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    log_eventv(LOG_FATAL, trace, event, fmt, ap);
+    log_eventv(LL_FATAL, trace, event, fmt, ap);
     va_end(ap);
     exit(1);
 }

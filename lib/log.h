@@ -14,7 +14,7 @@
 
 #include <stdarg.h>
 
-enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERR, LOG_FATAL };
+enum log_level { LL_DEBUG, LL_INFO, LL_WARN, LL_ERR, LL_FATAL };
 
 /* Names this process in every line, e.g. ("queue", "3f2a"). */
 void log_init(const char *actor, const char *instance);
@@ -40,9 +40,9 @@ void log_fatal(const char *trace, const char *event, const char *fmt, ...)
 /* s quoted for a log value when it needs it (spaces, quotes, controls). */
 const char *log_q(const char *s);
 
-#define log_debug(trace, event, ...) log_event(LOG_DEBUG, trace, event, __VA_ARGS__)
-#define log_info(trace, event, ...) log_event(LOG_INFO, trace, event, __VA_ARGS__)
-#define log_warn(trace, event, ...) log_event(LOG_WARN, trace, event, __VA_ARGS__)
-#define log_err(trace, event, ...) log_event(LOG_ERR, trace, event, __VA_ARGS__)
+#define log_debug(trace, event, ...) log_event(LL_DEBUG, trace, event, __VA_ARGS__)
+#define log_info(trace, event, ...) log_event(LL_INFO, trace, event, __VA_ARGS__)
+#define log_warn(trace, event, ...) log_event(LL_WARN, trace, event, __VA_ARGS__)
+#define log_err(trace, event, ...) log_event(LL_ERR, trace, event, __VA_ARGS__)
 
 #endif

@@ -1,0 +1,616 @@
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <czmq.h>
+
+#include "broker.h"
+#include "frames.h"
+#include "lib/clock.h"
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "proto.h"
+
+/* Requests waiting for a free worker, per service, at most. */
+#define QUEUE_MAX 100000
+
+struct inflight {
+    void *client;
+    size_t client_len;
+    char *reqid;
+};
+
+struct service;
+
+struct worker {
+    char key[2 * 256 + 1]; /* identity in hex, the workers table key */
+    void *id;
+    size_t id_len;
+    struct service *svc;
+    int capacity;
+    struct inflight *held; /* requests in hand */
+    int nheld, capheld;
+    int64_t last_heard;
+};
+
+/* A request waiting for a worker: its frames, moved in. */
+struct waiting {
+    zmq_msg_t client, reqid, trace, env;
+    int64_t since;
+    struct waiting *next;
+};
+
+struct service {
+    char *name;
+    struct worker **workers;
+    int nworkers, capworkers;
+    int rr;
+    struct waiting *qhead, *qtail;
+    int qlen;
+};
+
+struct broker {
+    loop_t *loop;
+    struct broker_opts o;
+    zsock_t *front_zs, *back_zs, *trace_zs;
+    void *front, *back, *trace;
+    zhashx_t *services; /* name -> struct service */
+    zhashx_t *workers;  /* hex identity -> struct worker */
+    int subscribers;    /* topics subscribed on the trace feed */
+    loop_timer_t *hb_timer;
+    uint64_t routed;
+};
+
+static void broker_on_front(loop_t *loop, void *zsocket, void *arg);
+static void broker_on_back(loop_t *loop, void *zsocket, void *arg);
+static void broker_on_trace(loop_t *loop, void *zsocket, void *arg);
+static void broker_on_tick(loop_t *loop, void *arg);
+
+static void
+hex_key(const void *id, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = id;
+
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static int
+bind_all(void *sock, const char *endpoints, char *why, size_t whylen)
+{
+    char **eps;
+    int n = config_list(endpoints, &eps), rc = 0;
+
+    for (int i = 0; i < n && rc == 0; i++)
+        if (zmq_bind(sock, eps[i]) != 0) {
+            snprintf(why, whylen, "cannot bind %s: %s", eps[i],
+                     zmq_strerror(errno));
+            rc = ERR_SYS;
+        }
+    config_list_free(&eps, n);
+    return rc;
+}
+
+static void
+service_free(void **item_p)
+{
+    struct service *s = *item_p;
+
+    if (s == NULL)
+        return;
+    while (s->qhead) {
+        struct waiting *w = s->qhead;
+
+        s->qhead = w->next;
+        zmq_msg_close(&w->client);
+        zmq_msg_close(&w->reqid);
+        zmq_msg_close(&w->trace);
+        zmq_msg_close(&w->env);
+        free(w);
+    }
+    free(s->workers);
+    free(s->name);
+    free(s);
+    *item_p = NULL;
+}
+
+static void
+worker_free(void **item_p)
+{
+    struct worker *w = *item_p;
+
+    if (w == NULL)
+        return;
+    for (int i = 0; i < w->nheld; i++) {
+        free(w->held[i].client);
+        free(w->held[i].reqid);
+    }
+    free(w->held);
+    free(w->id);
+    free(w);
+    *item_p = NULL;
+}
+
+broker_t *
+broker_new(loop_t *loop, const struct broker_opts *opts, char *why,
+           size_t whylen)
+{
+    broker_t *b = xcalloc(1, sizeof(*b));
+    int zero = 0, hwm = 200000;
+
+    b->loop = loop;
+    b->o = *opts;
+    b->services = zhashx_new();
+    zhashx_set_destructor(b->services, service_free);
+    b->workers = zhashx_new();
+    zhashx_set_destructor(b->workers, worker_free);
+    b->front_zs = zsock_new(ZMQ_ROUTER);
+    b->back_zs = zsock_new(ZMQ_ROUTER);
+    b->trace_zs = zsock_new(ZMQ_XPUB);
+    if (!b->front_zs || !b->back_zs || !b->trace_zs) {
+        snprintf(why, whylen, "cannot make sockets");
+        goto fail;
+    }
+    b->front = zsock_resolve(b->front_zs);
+    b->back = zsock_resolve(b->back_zs);
+    b->trace = zsock_resolve(b->trace_zs);
+    for (int i = 0; i < 3; i++) {
+        void *s = i == 0 ? b->front : i == 1 ? b->back : b->trace;
+
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+        zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    }
+    if (bind_all(b->front, opts->clients, why, whylen) ||
+        bind_all(b->back, opts->workers, why, whylen) ||
+        bind_all(b->trace, opts->trace, why, whylen))
+        goto fail;
+    if (loop_zmq_add(loop, b->front, broker_on_front, b) ||
+        loop_zmq_add(loop, b->back, broker_on_back, b) ||
+        loop_zmq_add(loop, b->trace, broker_on_trace, b)) {
+        snprintf(why, whylen, "cannot watch the sockets");
+        goto fail;
+    }
+    b->hb_timer = loop_timer_add(loop, opts->heartbeat_ms, broker_on_tick, b);
+    return b;
+fail:
+    broker_destroy(&b);
+    return NULL;
+}
+
+void
+broker_destroy(broker_t **broker_p)
+{
+    broker_t *b = *broker_p;
+
+    if (b == NULL)
+        return;
+    loop_timer_cancel(b->loop, &b->hb_timer);
+    if (b->front)
+        loop_zmq_del(b->loop, b->front);
+    if (b->back)
+        loop_zmq_del(b->loop, b->back);
+    if (b->trace)
+        loop_zmq_del(b->loop, b->trace);
+    zhashx_destroy(&b->workers);
+    zhashx_destroy(&b->services);
+    zsock_destroy(&b->front_zs);
+    zsock_destroy(&b->back_zs);
+    zsock_destroy(&b->trace_zs);
+    free(b);
+    *broker_p = NULL;
+}
+
+/* Sending. */
+
+static void
+send_to_client_err(broker_t *b, const void *client, size_t client_len,
+                   const void *reqid, size_t reqid_len, int err,
+                   const char *text)
+{
+    const char *name = err_name(err);
+    const void *parts[6] = {client, PROTO_CLIENT, PROTO_ERR, reqid, name,
+                            text};
+    size_t lens[6] = {client_len, strlen(PROTO_CLIENT), strlen(PROTO_ERR),
+                      reqid_len, strlen(name), strlen(text)};
+
+    frames_send(b->front, 6, parts, lens);
+}
+
+static void
+publish(broker_t *b, zmq_msg_t *trace, const char *service, zmq_msg_t *env)
+{
+    zmq_msg_t t, e;
+
+    if (b->subscribers <= 0)
+        return;
+    zmq_msg_init(&t);
+    zmq_msg_init(&e);
+    zmq_msg_copy(&t, trace);
+    zmq_msg_copy(&e, env); /* shares the bytes: no copy of the body */
+    if (zmq_msg_send(&t, b->trace, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&t);
+        zmq_msg_close(&e);
+        return;
+    }
+    zmq_send(b->trace, service, strlen(service), ZMQ_SNDMORE);
+    if (zmq_msg_send(&e, b->trace, 0) < 0)
+        zmq_msg_close(&e);
+}
+
+/* Picks the worker with the fewest requests in hand for its capacity,
+ * starting the scan after the last one chosen so that equals take turns. */
+static struct worker *
+pick_worker(struct service *s)
+{
+    struct worker *best = NULL;
+    int besti = -1;
+
+    for (int k = 0; k < s->nworkers; k++) {
+        int i = (s->rr + k) % s->nworkers;
+        struct worker *w = s->workers[i];
+
+        if (w->nheld >= w->capacity)
+            continue;
+        if (best == NULL ||
+            (int64_t)w->nheld * best->capacity <
+                (int64_t)best->nheld * w->capacity) {
+            best = w;
+            besti = i;
+        }
+    }
+    if (best)
+        s->rr = (besti + 1) % s->nworkers;
+    return best;
+}
+
+/* Hands a request to w; the frames are moved (closed) whatever happens. */
+static void
+dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, zmq_msg_t *reqid,
+         zmq_msg_t *trace, zmq_msg_t *env)
+{
+    struct inflight *h;
+
+    if (w->nheld == w->capheld) {
+        w->capheld = w->capheld ? w->capheld * 2 : 8;
+        w->held = xrealloc(w->held, sizeof(*w->held) * (size_t)w->capheld);
+    }
+    h = &w->held[w->nheld++];
+    h->client = xmemdup(zmq_msg_data(client), zmq_msg_size(client));
+    h->client_len = zmq_msg_size(client);
+    h->reqid = xstrndup(zmq_msg_data(reqid), zmq_msg_size(reqid));
+    publish(b, trace, w->svc->name, env);
+    b->routed++;
+    zmq_send(b->back, w->id, w->id_len, ZMQ_SNDMORE);
+    zmq_send(b->back, PROTO_WORKER, strlen(PROTO_WORKER), ZMQ_SNDMORE);
+    zmq_send(b->back, PROTO_REQ, strlen(PROTO_REQ), ZMQ_SNDMORE);
+    zmq_msg_send(client, b->back, ZMQ_SNDMORE);
+    zmq_msg_send(reqid, b->back, ZMQ_SNDMORE);
+    zmq_msg_send(trace, b->back, ZMQ_SNDMORE);
+    zmq_msg_send(env, b->back, 0);
+}
+
+/* Gives queued requests of s to workers with room. */
+static void
+drain_queue(broker_t *b, struct service *s)
+{
+    struct worker *w;
+
+    while (s->qhead && (w = pick_worker(s)) != NULL) {
+        struct waiting *q = s->qhead;
+
+        s->qhead = q->next;
+        if (s->qhead == NULL)
+            s->qtail = NULL;
+        s->qlen--;
+        dispatch(b, w, &q->client, &q->reqid, &q->trace, &q->env);
+        free(q);
+    }
+}
+
+/* Client side: C1 | service | reqid | trace | envelope after the ROUTER's
+ * identity frame. */
+static void
+broker_on_front(loop_t *loop, void *zsocket, void *arg)
+{
+    broker_t *b = arg;
+    zmq_msg_t f[FRAMES_MAX];
+    char name[PROTO_MAX_NAME];
+    struct service *s;
+    struct worker *w;
+    int n = frames_recv(zsocket, f, FRAMES_MAX);
+
+    (void)loop;
+    if (n <= 0)
+        return;
+    if (n != 6 || !frame_is(&f[1], PROTO_CLIENT) ||
+        !frame_str(&f[2], name, sizeof(name)) || zmq_msg_size(&f[3]) == 0 ||
+        zmq_msg_size(&f[3]) > 128) {
+        log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
+        goto out;
+    }
+    s = zhashx_lookup(b->services, name);
+    if (s == NULL || s->nworkers == 0) {
+        char text[128];
+
+        snprintf(text, sizeof(text), "no worker for service %s", name);
+        send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
+                           zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
+                           ERR_NOWORKER, text);
+        goto out;
+    }
+    if ((w = pick_worker(s)) != NULL && s->qhead == NULL) {
+        dispatch(b, w, &f[0], &f[3], &f[4], &f[5]);
+    } else if (s->qlen >= QUEUE_MAX) {
+        send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
+                           zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
+                           ERR_NOWORKER, "service queue full");
+    } else {
+        struct waiting *q = xcalloc(1, sizeof(*q));
+
+        zmq_msg_init(&q->client);
+        zmq_msg_init(&q->reqid);
+        zmq_msg_init(&q->trace);
+        zmq_msg_init(&q->env);
+        zmq_msg_move(&q->client, &f[0]);
+        zmq_msg_move(&q->reqid, &f[3]);
+        zmq_msg_move(&q->trace, &f[4]);
+        zmq_msg_move(&q->env, &f[5]);
+        q->since = clock_mono_ms();
+        if (s->qtail)
+            s->qtail->next = q;
+        else
+            s->qhead = q;
+        s->qtail = q;
+        s->qlen++;
+    }
+out:
+    frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+}
+
+static struct service *
+service_get(broker_t *b, const char *name)
+{
+    struct service *s = zhashx_lookup(b->services, name);
+
+    if (s == NULL) {
+        s = xcalloc(1, sizeof(*s));
+        s->name = xstrdup(name);
+        zhashx_insert(b->services, name, s);
+    }
+    return s;
+}
+
+static void
+service_remove_worker(struct service *s, struct worker *w)
+{
+    for (int i = 0; i < s->nworkers; i++)
+        if (s->workers[i] == w) {
+            s->workers[i] = s->workers[--s->nworkers];
+            break;
+        }
+    if (s->rr >= s->nworkers)
+        s->rr = 0;
+}
+
+/* Forgets a worker; the callers of what it held hear at once. */
+static void
+worker_drop(broker_t *b, struct worker *w, const char *why)
+{
+    log_warn(NULL, "broker_worker_lost", "service=%s worker=%s held=%d "
+             "why=%s", w->svc->name, w->key, w->nheld, log_q(why));
+    for (int i = 0; i < w->nheld; i++)
+        send_to_client_err(b, w->held[i].client, w->held[i].client_len,
+                           w->held[i].reqid, strlen(w->held[i].reqid),
+                           ERR_WORKER_LOST, "worker died with the request");
+    service_remove_worker(w->svc, w);
+    zhashx_delete(b->workers, w->key);
+}
+
+static void
+send_to_worker(broker_t *b, const void *id, size_t id_len, const char *what)
+{
+    const void *parts[3] = {id, PROTO_WORKER, what};
+    size_t lens[3] = {id_len, strlen(PROTO_WORKER), strlen(what)};
+
+    frames_send(b->back, 3, parts, lens);
+}
+
+static void
+worker_ready(broker_t *b, zmq_msg_t *f, const char *key)
+{
+    char name[PROTO_MAX_NAME], cap[16], *end;
+    struct worker *w = zhashx_lookup(b->workers, key);
+    struct service *s;
+    long capacity;
+
+    if (!frame_str(&f[3], name, sizeof(name)) || name[0] == '\0' ||
+        !frame_str(&f[4], cap, sizeof(cap))) {
+        log_warn(NULL, "broker_bad_ready", "worker=%s", key);
+        return;
+    }
+    capacity = strtol(cap, &end, 10);
+    if (*end || capacity < 1 || capacity > 1000000)
+        capacity = 1;
+    if (w) /* registering again: start afresh */
+        worker_drop(b, w, "registered again");
+    s = service_get(b, name);
+    w = xcalloc(1, sizeof(*w));
+    snprintf(w->key, sizeof(w->key), "%s", key);
+    w->id = xmemdup(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
+    w->id_len = zmq_msg_size(&f[0]);
+    w->svc = s;
+    w->capacity = (int)capacity;
+    w->last_heard = clock_mono_ms();
+    zhashx_insert(b->workers, key, w);
+    if (s->nworkers == s->capworkers) {
+        s->capworkers = s->capworkers ? s->capworkers * 2 : 4;
+        s->workers = xrealloc(s->workers,
+                              sizeof(*s->workers) * (size_t)s->capworkers);
+    }
+    s->workers[s->nworkers++] = w;
+    log_info(NULL, "broker_worker_ready", "service=%s worker=%s capacity=%d "
+             "workers=%d", name, key, w->capacity, s->nworkers);
+    drain_queue(b, s);
+}
+
+/* Takes reqid out of w's hand; false when it was not there. */
+static bool
+worker_release(struct worker *w, zmq_msg_t *reqid)
+{
+    size_t len = zmq_msg_size(reqid);
+
+    for (int i = 0; i < w->nheld; i++) {
+        struct inflight *h = &w->held[i];
+
+        if (strlen(h->reqid) == len &&
+            memcmp(h->reqid, zmq_msg_data(reqid), len) == 0) {
+            free(h->client);
+            free(h->reqid);
+            w->held[i] = w->held[--w->nheld];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Worker side: the ROUTER identity, then W1 | command | ... */
+static void
+broker_on_back(loop_t *loop, void *zsocket, void *arg)
+{
+    broker_t *b = arg;
+    zmq_msg_t f[FRAMES_MAX];
+    char key[2 * 256 + 1];
+    struct worker *w;
+    int n = frames_recv(zsocket, f, FRAMES_MAX);
+
+    (void)loop;
+    if (n <= 0)
+        return;
+    if (n > FRAMES_MAX || n < 3 || !frame_is(&f[1], PROTO_WORKER)) {
+        log_warn(NULL, "broker_bad_worker_frame", "frames=%d", n);
+        goto out;
+    }
+    hex_key(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), key);
+    w = zhashx_lookup(b->workers, key);
+    if (frame_is(&f[2], PROTO_READY) && n == 5) {
+        worker_ready(b, f, key);
+        goto out;
+    }
+    if (w == NULL) {
+        /* A worker of a broker that is no more: have it register here. */
+        if (!frame_is(&f[2], PROTO_BYE))
+            send_to_worker(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
+                           PROTO_BYE);
+        if ((!frame_is(&f[2], PROTO_REP) && !frame_is(&f[2], PROTO_ERR)) ||
+            n != 7)
+            goto out;
+    } else {
+        w->last_heard = clock_mono_ms();
+    }
+    if (frame_is(&f[2], PROTO_REP) && n == 7) {
+        /* W1 REP client reqid trace envelope -> C1 REP reqid envelope */
+        if (w)
+            worker_release(w, &f[4]);
+        publish(b, &f[5], w ? w->svc->name : "-", &f[6]);
+        zmq_msg_send(&f[3], b->front, ZMQ_SNDMORE);
+        zmq_send(b->front, PROTO_CLIENT, strlen(PROTO_CLIENT), ZMQ_SNDMORE);
+        zmq_send(b->front, PROTO_REP, strlen(PROTO_REP), ZMQ_SNDMORE);
+        zmq_msg_send(&f[4], b->front, ZMQ_SNDMORE);
+        zmq_msg_send(&f[6], b->front, 0);
+        if (w)
+            drain_queue(b, w->svc);
+    } else if (frame_is(&f[2], PROTO_ERR) && n == 7) {
+        /* W1 ERR client reqid name text -> C1 ERR reqid name text */
+        char ename[64], etext[512];
+
+        if (!frame_str(&f[5], ename, sizeof(ename)))
+            snprintf(ename, sizeof(ename), "PROTO");
+        if (!frame_str(&f[6], etext, sizeof(etext)))
+            etext[0] = '\0';
+        if (w)
+            worker_release(w, &f[4]);
+        send_to_client_err(b, zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
+                           zmq_msg_data(&f[4]), zmq_msg_size(&f[4]),
+                           err_from_name(ename), etext);
+        if (w)
+            drain_queue(b, w->svc);
+    } else if (frame_is(&f[2], PROTO_BYE) && w) {
+        worker_drop(b, w, "said goodbye");
+    } else if (!frame_is(&f[2], PROTO_HB)) {
+        log_warn(NULL, "broker_bad_worker_frame", "frames=%d", n);
+    }
+out:
+    frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+}
+
+/* XPUB hands us subscriptions: count them, to publish only when someone
+ * listens. Without XPUB_VERBOSE, a topic's first subscribe and last
+ * unsubscribe are all that arrive. */
+static void
+broker_on_trace(loop_t *loop, void *zsocket, void *arg)
+{
+    broker_t *b = arg;
+    zmq_msg_t m;
+
+    (void)loop;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, zsocket, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) > 0) {
+        const unsigned char *p = zmq_msg_data(&m);
+
+        b->subscribers += p[0] == 1 ? 1 : p[0] == 0 ? -1 : 0;
+        log_info(NULL, "broker_trace_subscribers", "topics=%d",
+                 b->subscribers);
+    }
+    zmq_msg_close(&m);
+}
+
+static void
+broker_on_tick(loop_t *loop, void *arg)
+{
+    broker_t *b = arg;
+    int64_t now = clock_mono_ms();
+    int64_t dead = (int64_t)b->o.heartbeat_ms * b->o.liveness;
+    struct worker *w;
+    struct service *s;
+    zlistx_t *lost = zlistx_new();
+
+    for (w = zhashx_first(b->workers); w; w = zhashx_next(b->workers)) {
+        if (now - w->last_heard > dead)
+            zlistx_add_end(lost, w);
+        else
+            send_to_worker(b, w->id, w->id_len, PROTO_HB);
+    }
+    for (w = zlistx_first(lost); w; w = zlistx_next(lost))
+        worker_drop(b, w, "heartbeats stopped");
+    zlistx_destroy(&lost);
+    for (s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
+        while (s->qhead && now - s->qhead->since > b->o.queue_ms) {
+            struct waiting *q = s->qhead;
+
+            s->qhead = q->next;
+            if (s->qhead == NULL)
+                s->qtail = NULL;
+            s->qlen--;
+            send_to_client_err(b, zmq_msg_data(&q->client),
+                               zmq_msg_size(&q->client),
+                               zmq_msg_data(&q->reqid),
+                               zmq_msg_size(&q->reqid), ERR_TIMEOUT,
+                               "no worker free before the deadline");
+            zmq_msg_close(&q->client);
+            zmq_msg_close(&q->reqid);
+            zmq_msg_close(&q->trace);
+            zmq_msg_close(&q->env);
+            free(q);
+        }
+    }
+    b->hb_timer = loop_timer_add(loop, b->o.heartbeat_ms, broker_on_tick, b);
+}

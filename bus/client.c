@@ -1,0 +1,428 @@
+/*
+ * client.c - the client side of the bus (bus.h).
+ *
+ * Each request waits in a table keyed by its envelope id until its reply,
+ * an error from the broker, or its deadline. A request that cannot be
+ * handed to any broker yet (none connected: ZMQ_IMMEDIATE refuses it) is
+ * kept encoded and retried every RETRY_MS until it goes or its deadline
+ * passes, so a client that starts before its broker simply waits.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <czmq.h>
+
+#include "bus.h"
+#include "frames.h"
+#include "lib/clock.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "proto.h"
+
+#define RETRY_MS 10
+
+struct pending {
+    bus_client_t *client;
+    char *id;
+    bus_reply_fn *fn;
+    void *arg;
+    int64_t deadline_us;
+    loop_timer_t *timer;
+    /* Set while the request is not yet with a broker. */
+    char *service, *trace, *payload;
+    size_t payload_len;
+    struct pending *next_unsent;
+};
+
+struct bus_client {
+    loop_t *loop;
+    zsock_t *zs;
+    void *sock;
+    size_t max_envelope;
+    zhashx_t *pending; /* id -> struct pending */
+    struct pending *unsent_head, *unsent_tail;
+    loop_timer_t *retry_timer;
+};
+
+static void client_on_readable(loop_t *loop, void *zsocket, void *arg);
+
+int
+bus_service_of(const char *type, char *out, size_t outlen)
+{
+    const char *dot = strchr(type, '.');
+    size_t n;
+
+    if (dot == NULL)
+        return ERR_INVAL;
+    n = (size_t)(dot - type);
+    if (n == 0 || n >= outlen || n >= PROTO_MAX_NAME)
+        return ERR_INVAL;
+    memcpy(out, type, n);
+    out[n] = '\0';
+    return 0;
+}
+
+bus_client_t *
+bus_client_new(loop_t *loop, const char *endpoints, size_t max_envelope,
+               char *why, size_t whylen)
+{
+    bus_client_t *c = xcalloc(1, sizeof(*c));
+    char *list = xstrdup(endpoints), *save = NULL, *ep;
+    int one = 1, zero = 0, hb_ivl = 1000, hb_ttl = 3000;
+    int hwm = 100000;
+
+    c->loop = loop;
+    c->max_envelope = max_envelope;
+    c->pending = zhashx_new();
+    c->zs = zsock_new(ZMQ_DEALER);
+    if (c->zs == NULL) {
+        snprintf(why, whylen, "cannot make a DEALER socket");
+        goto fail;
+    }
+    c->sock = zsock_resolve(c->zs);
+    /* Only brokers that are connected get requests: with several brokers,
+     * one that is down is skipped instead of queueing into the void. */
+    zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &one, sizeof(one));
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    /* ZMTP heartbeats find a broker that vanished without closing TCP. */
+    zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof(hb_ivl));
+    zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_ttl, sizeof(hb_ttl));
+    for (ep = strtok_r(list, ",", &save); ep; ep = strtok_r(NULL, ",", &save)) {
+        while (*ep == ' ')
+            ep++;
+        if (*ep == '\0')
+            continue;
+        if (zmq_connect(c->sock, ep) != 0) {
+            snprintf(why, whylen, "cannot connect to %s: %s", ep,
+                     zmq_strerror(errno));
+            goto fail;
+        }
+    }
+    free(list);
+    if (loop && loop_zmq_add(loop, c->sock, client_on_readable, c) != 0) {
+        snprintf(why, whylen, "cannot watch the client socket");
+        list = NULL;
+        goto fail;
+    }
+    return c;
+fail:
+    free(list);
+    zsock_destroy(&c->zs);
+    zhashx_destroy(&c->pending);
+    free(c);
+    return NULL;
+}
+
+static void
+pending_free(struct pending *p)
+{
+    free(p->id);
+    free(p->service);
+    free(p->trace);
+    free(p->payload);
+    free(p);
+}
+
+static void
+unsent_remove(bus_client_t *c, struct pending *p)
+{
+    struct pending **pp = &c->unsent_head, *prev = NULL;
+
+    while (*pp && *pp != p) {
+        prev = *pp;
+        pp = &(*pp)->next_unsent;
+    }
+    if (*pp == NULL)
+        return;
+    *pp = p->next_unsent;
+    if (c->unsent_tail == p)
+        c->unsent_tail = prev;
+    p->next_unsent = NULL;
+}
+
+/* Ends a request: takes it out of the tables, then calls back. */
+static void
+finish(bus_client_t *c, struct pending *p, int err, const char *text,
+       const envelope_t *reply)
+{
+    zhashx_delete(c->pending, p->id);
+    if (p->payload)
+        unsent_remove(c, p);
+    if (c->loop)
+        loop_timer_cancel(c->loop, &p->timer);
+    p->fn(p->arg, err, text ? text : err_str(err), reply);
+    pending_free(p);
+}
+
+void
+bus_client_destroy(bus_client_t **client_p)
+{
+    bus_client_t *c = *client_p;
+    struct pending *p;
+
+    if (c == NULL)
+        return;
+    while ((p = zhashx_first(c->pending)) != NULL)
+        finish(c, p, ERR_CLOSED, "client closed", NULL);
+    if (c->loop) {
+        loop_zmq_del(c->loop, c->sock);
+        loop_timer_cancel(c->loop, &c->retry_timer);
+    }
+    zsock_destroy(&c->zs);
+    zhashx_destroy(&c->pending);
+    free(c);
+    *client_p = NULL;
+}
+
+size_t
+bus_client_pending(const bus_client_t *c)
+{
+    return zhashx_size(c->pending);
+}
+
+static int
+send_request(bus_client_t *c, const char *service, const char *reqid,
+             const char *trace, const char *payload, size_t len)
+{
+    const void *parts[] = {PROTO_CLIENT, service, reqid, trace, payload};
+    size_t lens[] = {strlen(PROTO_CLIENT), strlen(service), strlen(reqid),
+                     strlen(trace), len};
+
+    return frames_send(c->sock, 5, parts, lens);
+}
+
+static void flush_unsent(bus_client_t *c);
+
+static void
+on_retry(loop_t *loop, void *arg)
+{
+    bus_client_t *c = arg;
+
+    (void)loop;
+    c->retry_timer = NULL;
+    flush_unsent(c);
+}
+
+/* Hands waiting requests to a broker, oldest first; stops at the first
+ * that cannot go (none can then). */
+static void
+flush_unsent(bus_client_t *c)
+{
+    struct pending *p;
+
+    while ((p = c->unsent_head) != NULL) {
+        if (send_request(c, p->service, p->id, p->trace, p->payload,
+                         p->payload_len) != 0)
+            break;
+        c->unsent_head = p->next_unsent;
+        if (c->unsent_head == NULL)
+            c->unsent_tail = NULL;
+        p->next_unsent = NULL;
+        free(p->payload);
+        p->payload = NULL;
+    }
+    if (c->unsent_head && c->loop && c->retry_timer == NULL)
+        c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
+}
+
+static void
+on_deadline(loop_t *loop, void *arg)
+{
+    struct pending *p = arg;
+
+    (void)loop;
+    p->timer = NULL; /* it is firing: finish() must not cancel it */
+    finish(p->client, p, ERR_TIMEOUT,
+           p->payload ? "no broker reachable before the deadline"
+                      : "no reply before the deadline",
+           NULL);
+}
+
+static struct pending *
+pending_start(bus_client_t *c, envelope_t **req_p, bus_reply_fn *fn,
+              void *arg, int *err)
+{
+    envelope_t *req = *req_p;
+    char service[PROTO_MAX_NAME];
+    struct pending *p;
+    char *payload;
+    size_t len;
+
+    *req_p = NULL;
+    if (bus_service_of(envelope_type(req), service, sizeof(service)) != 0 ||
+        zhashx_lookup(c->pending, envelope_id(req)) != NULL) {
+        envelope_destroy(&req);
+        *err = ERR_INVAL;
+        return NULL;
+    }
+    envelope_encode(req, &payload, &len);
+    p = xcalloc(1, sizeof(*p));
+    p->client = c;
+    p->id = xstrdup(envelope_id(req));
+    p->fn = fn;
+    p->arg = arg;
+    p->deadline_us = envelope_deadline(req);
+    zhashx_insert(c->pending, p->id, p);
+    if (c->unsent_head == NULL &&
+        send_request(c, service, p->id, envelope_trace(req), payload, len) ==
+            0) {
+        free(payload);
+    } else {
+        p->service = xstrdup(service);
+        p->trace = xstrdup(envelope_trace(req));
+        p->payload = payload;
+        p->payload_len = len;
+        if (c->unsent_tail)
+            c->unsent_tail->next_unsent = p;
+        else
+            c->unsent_head = p;
+        c->unsent_tail = p;
+        if (c->loop && c->retry_timer == NULL)
+            c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
+    }
+    if (c->loop) {
+        int64_t left_ms = (p->deadline_us - clock_wall_us() + 999) / 1000;
+
+        p->timer = loop_timer_add(c->loop, left_ms, on_deadline, p);
+    }
+    envelope_destroy(&req);
+    *err = 0;
+    return p;
+}
+
+int
+bus_client_send_take(bus_client_t *c, envelope_t **req_p, bus_reply_fn *fn,
+                     void *arg)
+{
+    int err;
+
+    if (c->loop == NULL) {
+        envelope_destroy(req_p);
+        return ERR_INVAL;
+    }
+    pending_start(c, req_p, fn, arg, &err);
+    return err;
+}
+
+/* Reads and dispatches one message from the broker. Returns 1 when a
+ * message was handled, 0 when none was waiting, or an error. */
+static int
+client_read_one(bus_client_t *c)
+{
+    zmq_msg_t f[FRAMES_MAX];
+    char reqid[ENVELOPE_MAX_NAME + 1], why[256], name[64], text[512];
+    struct pending *p;
+    envelope_t *reply = NULL;
+    int n = frames_recv(c->sock, f, FRAMES_MAX), rc;
+
+    if (n <= 0)
+        return n;
+    if (n < 4 || n > FRAMES_MAX || !frame_is(&f[0], PROTO_CLIENT) ||
+        !frame_str(&f[2], reqid, sizeof(reqid))) {
+        log_warn(NULL, "bus_client_bad_frame", "frames=%d", n);
+        goto out;
+    }
+    p = zhashx_lookup(c->pending, reqid);
+    if (p == NULL)
+        goto out; /* late reply to a request that already timed out */
+    if (frame_is(&f[1], PROTO_REP)) {
+        rc = envelope_decode(zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
+                             c->max_envelope, &reply, why, sizeof(why));
+        if (rc != 0) {
+            log_warn(NULL, "bus_client_bad_reply", "req=%s err=%s why=%s",
+                     reqid, err_name(rc), log_q(why));
+            finish(c, p, ERR_PROTO, why, NULL);
+        } else {
+            finish(c, p, 0, "ok", reply);
+        }
+    } else if (frame_is(&f[1], PROTO_ERR) && n >= 5 &&
+               frame_str(&f[3], name, sizeof(name)) &&
+               frame_str(&f[4], text, sizeof(text))) {
+        finish(c, p, err_from_name(name), text, NULL);
+    } else {
+        log_warn(NULL, "bus_client_bad_frame", "req=%s", reqid);
+    }
+out:
+    envelope_destroy(&reply);
+    frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+    return 1;
+}
+
+static void
+client_on_readable(loop_t *loop, void *zsocket, void *arg)
+{
+    (void)loop;
+    (void)zsocket;
+    client_read_one(arg);
+}
+
+struct call_result {
+    int done, err;
+    envelope_t *reply;
+    char text[256];
+};
+
+static void
+call_done(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct call_result *r = arg;
+
+    r->done = 1;
+    r->err = err;
+    snprintf(r->text, sizeof(r->text), "%s", text);
+    if (reply)
+        r->reply = envelope_dup(reply);
+}
+
+int
+bus_client_call(bus_client_t *c, envelope_t **req_p, envelope_t **reply_out,
+                char *why, size_t whylen)
+{
+    struct call_result r = {0};
+    struct pending *p;
+    char id[ENVELOPE_MAX_NAME + 1];
+    int err;
+
+    *reply_out = NULL;
+    p = pending_start(c, req_p, call_done, &r, &err);
+    if (p == NULL) {
+        snprintf(why, whylen, "%s", err_str(err));
+        return err;
+    }
+    snprintf(id, sizeof(id), "%s", p->id);
+    while (!r.done) {
+        int64_t left = (p->deadline_us - clock_wall_us()) / 1000;
+        zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
+
+        if (left <= 0) {
+            finish(c, p, ERR_TIMEOUT,
+                   p->payload ? "no broker reachable before the deadline"
+                              : "no reply before the deadline",
+                   NULL);
+            break;
+        }
+        if (c->unsent_head) {
+            flush_unsent(c);
+            if (left > RETRY_MS)
+                left = RETRY_MS;
+        }
+        if (zmq_poll(&item, 1, (long)left) < 0 && errno != EINTR) {
+            finish(c, p, ERR_SYS, "poll failed", NULL);
+            break;
+        }
+        while (!r.done && client_read_one(c) > 0)
+            ;
+        /* Replies to other requests may have finished p's neighbours; p
+         * itself is alive until r.done. */
+        p = r.done ? NULL : zhashx_lookup(c->pending, id);
+        if (p == NULL && !r.done)
+            break;
+    }
+    snprintf(why, whylen, "%s", r.text);
+    *reply_out = r.reply;
+    return r.done ? r.err : ERR_SYS;
+}

@@ -1,0 +1,379 @@
+/*
+ * worker.c - the worker side of the bus (bus.h).
+ *
+ * One DEALER link per broker. Each link sends READY with the service and
+ * capacity, a heartbeat every heartbeat_ms, and takes the broker for dead
+ * when it has heard nothing for liveness heartbeats: it then makes a new
+ * socket and registers again, which is how a restarted broker is rejoined.
+ * A broker that does not know us (it restarted between two heartbeats)
+ * says BYE, and we register again at once.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <czmq.h>
+
+#include "bus.h"
+#include "frames.h"
+#include "lib/clock.h"
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "proto.h"
+
+struct link {
+    bus_worker_t *worker;
+    char *endpoint;
+    zsock_t *zs;
+    void *sock;
+    unsigned gen; /* bumped at every reconnect */
+    int64_t last_heard;
+};
+
+struct bus_worker {
+    loop_t *loop;
+    struct bus_worker_opts o;
+    char *service;
+    struct link *links;
+    int nlinks;
+    int inflight;
+    loop_timer_t *hb_timer;
+    bus_request_fn *fn;
+    void *arg;
+};
+
+struct bus_request {
+    bus_worker_t *worker;
+    bool answered;
+    int link;
+    unsigned gen;
+    void *client_id;
+    size_t client_len;
+    char *reqid;
+    envelope_t *env;
+};
+
+static void worker_on_readable(loop_t *loop, void *zsocket, void *arg);
+static void on_heartbeat(loop_t *loop, void *arg);
+
+static void
+link_send(struct link *l, int n, const void *const *parts, const size_t *lens)
+{
+    if (l->sock)
+        frames_send(l->sock, n, parts, lens);
+}
+
+static void
+link_ready(bus_worker_t *w, struct link *l)
+{
+    char cap[16];
+    const void *parts[4] = {PROTO_WORKER, PROTO_READY, w->service, cap};
+    size_t lens[4];
+
+    snprintf(cap, sizeof(cap), "%d", w->o.capacity);
+    lens[0] = strlen(PROTO_WORKER);
+    lens[1] = strlen(PROTO_READY);
+    lens[2] = strlen(w->service);
+    lens[3] = strlen(cap);
+    link_send(l, 4, parts, lens);
+}
+
+static void
+link_signal(struct link *l, const char *what)
+{
+    const void *parts[2] = {PROTO_WORKER, what};
+    size_t lens[2] = {strlen(PROTO_WORKER), strlen(what)};
+
+    link_send(l, 2, parts, lens);
+}
+
+static int
+link_open(bus_worker_t *w, struct link *l)
+{
+    int zero = 0, hwm = 100000;
+
+    l->zs = zsock_new(ZMQ_DEALER);
+    if (l->zs == NULL)
+        return ERR_SYS;
+    l->sock = zsock_resolve(l->zs);
+    zmq_setsockopt(l->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(l->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    if (zmq_connect(l->sock, l->endpoint) != 0 ||
+        loop_zmq_add(w->loop, l->sock, worker_on_readable, l) != 0) {
+        zsock_destroy(&l->zs);
+        l->sock = NULL;
+        return ERR_SYS;
+    }
+    l->gen++;
+    l->last_heard = clock_mono_ms();
+    link_ready(w, l);
+    return 0;
+}
+
+static void
+link_close(bus_worker_t *w, struct link *l)
+{
+    if (l->zs == NULL)
+        return;
+    loop_zmq_del(w->loop, l->sock);
+    zsock_destroy(&l->zs);
+    l->sock = NULL;
+}
+
+bus_worker_t *
+bus_worker_new(loop_t *loop, const struct bus_worker_opts *opts,
+               bus_request_fn *fn, void *arg, char *why, size_t whylen)
+{
+    bus_worker_t *w = xcalloc(1, sizeof(*w));
+    char **eps;
+    int n = config_list(opts->endpoints, &eps);
+
+    w->loop = loop;
+    w->o = *opts;
+    w->service = xstrdup(opts->service);
+    w->o.service = w->service;
+    w->o.endpoints = NULL;
+    w->fn = fn;
+    w->arg = arg;
+    w->links = xcalloc((size_t)(n ? n : 1), sizeof(*w->links));
+    if (n == 0 || strlen(opts->service) >= PROTO_MAX_NAME) {
+        snprintf(why, whylen, n ? "service name too long" : "no endpoint");
+        goto fail;
+    }
+    for (int i = 0; i < n; i++) {
+        struct link *l = &w->links[w->nlinks++];
+
+        l->worker = w;
+        l->endpoint = xstrdup(eps[i]);
+        if (link_open(w, l) != 0) {
+            snprintf(why, whylen, "cannot connect to %s: %s", eps[i],
+                     zmq_strerror(errno));
+            goto fail;
+        }
+    }
+    config_list_free(&eps, n);
+    w->hb_timer = loop_timer_add(loop, w->o.heartbeat_ms, on_heartbeat, w);
+    return w;
+fail:
+    config_list_free(&eps, n);
+    bus_worker_destroy(&w);
+    return NULL;
+}
+
+void
+bus_worker_destroy(bus_worker_t **worker_p)
+{
+    bus_worker_t *w = *worker_p;
+
+    if (w == NULL)
+        return;
+    for (int i = 0; i < w->nlinks; i++) {
+        link_signal(&w->links[i], PROTO_BYE);
+        link_close(w, &w->links[i]);
+        free(w->links[i].endpoint);
+    }
+    loop_timer_cancel(w->loop, &w->hb_timer);
+    free(w->links);
+    free(w->service);
+    free(w);
+    *worker_p = NULL;
+}
+
+static void
+on_heartbeat(loop_t *loop, void *arg)
+{
+    bus_worker_t *w = arg;
+    int64_t now = clock_mono_ms();
+
+    for (int i = 0; i < w->nlinks; i++) {
+        struct link *l = &w->links[i];
+
+        if (now - l->last_heard > (int64_t)w->o.heartbeat_ms * w->o.liveness) {
+            /* A new socket rather than the old one: its queue may hold
+             * requests for a broker that is gone. */
+            log_warn(NULL, "bus_broker_lost", "endpoint=%s silent_ms=%lld",
+                     l->endpoint, (long long)(now - l->last_heard));
+            link_close(w, l);
+            if (link_open(w, l) != 0)
+                log_err(NULL, "bus_reconnect_failed", "endpoint=%s",
+                        l->endpoint);
+        } else {
+            link_signal(l, PROTO_HB);
+        }
+    }
+    w->hb_timer = loop_timer_add(loop, w->o.heartbeat_ms, on_heartbeat, w);
+}
+
+static void
+send_err(struct link *l, const void *client, size_t client_len,
+         const void *reqid, size_t reqid_len, int err, const char *text)
+{
+    const char *name = err_name(err);
+    const void *parts[6] = {PROTO_WORKER, PROTO_ERR, client, reqid, name,
+                            text};
+    size_t lens[6] = {strlen(PROTO_WORKER), strlen(PROTO_ERR), client_len,
+                      reqid_len, strlen(name), strlen(text)};
+
+    link_send(l, 6, parts, lens);
+}
+
+static void
+take_request(bus_worker_t *w, struct link *l, zmq_msg_t *f)
+{
+    char why[256];
+    envelope_t *env = NULL;
+    bus_request_t *req;
+    int rc;
+
+    rc = envelope_decode(zmq_msg_data(&f[5]), zmq_msg_size(&f[5]),
+                         w->o.max_envelope, &env, why, sizeof(why));
+    if (rc != 0) {
+        log_warn(NULL, "bus_bad_request", "service=%s err=%s why=%s",
+                 w->service, err_name(rc), log_q(why));
+        send_err(l, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]),
+                 zmq_msg_data(&f[3]), zmq_msg_size(&f[3]), ERR_PROTO, why);
+        return;
+    }
+    req = xcalloc(1, sizeof(*req));
+    req->worker = w;
+    req->link = (int)(l - w->links);
+    req->gen = l->gen;
+    req->client_id = xmemdup(zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
+    req->client_len = zmq_msg_size(&f[2]);
+    req->reqid = xstrndup(zmq_msg_data(&f[3]), zmq_msg_size(&f[3]));
+    req->env = env;
+    w->inflight++;
+    /* A request whose caller has given up is never acted on: the caller
+     * already told its client to retry, and acting now would do the work
+     * twice. */
+    if (envelope_deadline(env) < clock_wall_us()) {
+        log_warn(envelope_trace(env), "bus_request_expired", "type=%s",
+                 envelope_type(env));
+        bus_worker_fail_take(w, &req, 451, "4.4.7", "deadline passed",
+                             ERR_TIMEOUT);
+        return;
+    }
+    w->fn(w->arg, &req);
+}
+
+static void
+worker_on_readable(loop_t *loop, void *zsocket, void *arg)
+{
+    struct link *l = arg;
+    bus_worker_t *w = l->worker;
+    zmq_msg_t f[FRAMES_MAX];
+    int n = frames_recv(zsocket, f, FRAMES_MAX);
+
+    (void)loop;
+    if (n <= 0)
+        return;
+    l->last_heard = clock_mono_ms();
+    if (n > FRAMES_MAX || n < 2 || !frame_is(&f[0], PROTO_WORKER)) {
+        log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
+                 n);
+    } else if (frame_is(&f[1], PROTO_REQ) && n == 6) {
+        take_request(w, l, f);
+    } else if (frame_is(&f[1], PROTO_BYE)) {
+        /* The broker does not know us: it restarted. */
+        log_info(NULL, "bus_register_again", "endpoint=%s", l->endpoint);
+        link_ready(w, l);
+    } else if (!frame_is(&f[1], PROTO_HB)) {
+        log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
+                 n);
+    }
+    frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+}
+
+const envelope_t *
+bus_request_envelope(const bus_request_t *req)
+{
+    return req->env;
+}
+
+static struct link *req_link(bus_worker_t *w, const bus_request_t *req);
+
+void
+bus_request_destroy(bus_request_t **req_p)
+{
+    bus_request_t *req = *req_p;
+    struct link *l;
+
+    if (req == NULL)
+        return;
+    if (!req->answered) {
+        /* Tell the broker, so that it frees the worker's slot and the
+         * caller hears now instead of at its deadline. */
+        if ((l = req_link(req->worker, req)) != NULL)
+            send_err(l, req->client_id, req->client_len, req->reqid,
+                     strlen(req->reqid), ERR_WORKER_LOST,
+                     "request dropped by the worker");
+    }
+    req->worker->inflight--;
+    free(req->client_id);
+    free(req->reqid);
+    envelope_destroy(&req->env);
+    free(req);
+    *req_p = NULL;
+}
+
+/* The link a request came by, or NULL when it has been reconnected since
+ * (the broker that sent it is gone, and so is the way back). */
+static struct link *
+req_link(bus_worker_t *w, const bus_request_t *req)
+{
+    struct link *l = &w->links[req->link];
+
+    return l->gen == req->gen && l->sock ? l : NULL;
+}
+
+int
+bus_worker_reply_take(bus_worker_t *w, bus_request_t **req_p,
+                      envelope_t **reply_p)
+{
+    bus_request_t *req = *req_p;
+    struct link *l = req_link(w, req);
+    const char *trace = envelope_trace(req->env);
+    char *payload;
+    size_t len;
+    int rc = ERR_CLOSED;
+
+    if (l) {
+        const void *parts[6];
+        size_t lens[6];
+
+        envelope_encode(*reply_p, &payload, &len);
+        parts[0] = PROTO_WORKER, lens[0] = strlen(PROTO_WORKER);
+        parts[1] = PROTO_REP, lens[1] = strlen(PROTO_REP);
+        parts[2] = req->client_id, lens[2] = req->client_len;
+        parts[3] = req->reqid, lens[3] = strlen(req->reqid);
+        parts[4] = trace, lens[4] = strlen(trace);
+        parts[5] = payload, lens[5] = len;
+        rc = frames_send(l->sock, 6, parts, lens);
+        free(payload);
+    }
+    req->answered = true;
+    envelope_destroy(reply_p);
+    bus_request_destroy(req_p);
+    return rc;
+}
+
+int
+bus_worker_fail_take(bus_worker_t *w, bus_request_t **req_p, int code,
+                     const char *ecode, const char *text, int err)
+{
+    envelope_t *reply = envelope_new_reply((*req_p)->env, code, ecode, text);
+
+    if (err)
+        value_set_str(envelope_body(reply), ENV_KEY_ERROR, err_name(err));
+    return bus_worker_reply_take(w, req_p, &reply);
+}
+
+int
+bus_worker_inflight(const bus_worker_t *w)
+{
+    return w->inflight;
+}
