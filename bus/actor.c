@@ -36,24 +36,62 @@ usage(FILE *f, const char *prog)
             prog);
 }
 
+static int args_parse(int argc, char **argv, const char *name,
+                      struct actor_args *out, int *first_arg,
+                      const struct option *extra,
+                      int (*on_extra)(int, const char *, void *), void *ctx);
+
 int
 actor_args_parse(int argc, char **argv, const char *name,
                  struct actor_args *out)
 {
-    static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"set", required_argument, NULL, 's'},
-        {"instance", required_argument, NULL, 'i'},
-        {"print-config", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    return args_parse(argc, argv, name, out, NULL, NULL, NULL, NULL);
+}
+
+int
+actor_args_parse_verbs(int argc, char **argv, const char *name,
+                       struct actor_args *out, int *first_arg)
+{
+    return args_parse(argc, argv, name, out, first_arg, NULL, NULL, NULL);
+}
+
+int
+actor_args_parse_opts(int argc, char **argv, const char *name,
+                      struct actor_args *out, const struct option *extra,
+                      int (*on_extra)(int, const char *, void *), void *ctx)
+{
+    return args_parse(argc, argv, name, out, NULL, extra, on_extra, ctx);
+}
+
+static const struct option common_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"set", required_argument, NULL, 's'},
+    {"instance", required_argument, NULL, 'i'},
+    {"print-config", no_argument, NULL, 'p'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0}};
+
+static int
+args_parse(int argc, char **argv, const char *name, struct actor_args *out,
+           int *first_arg, const struct option *extra,
+           int (*on_extra)(int, const char *, void *), void *ctx)
+{
+    struct option longopts[64];
+    int nlong = 0;
     const char *config_path = NULL, *inst = getenv("SAMOTOP_INSTANCE");
     char why[600], **sets = xcalloc((size_t)argc + 1, sizeof(char *));
     int nsets = 0, print = 0, c, rc = 0;
 
     memset(out, 0, sizeof(*out));
+    for (const struct option *o = common_opts; o->name; o++)
+        longopts[nlong++] = *o;
+    for (const struct option *o = extra; o && o->name && nlong < 63; o++)
+        longopts[nlong++] = *o;
+    memset(&longopts[nlong], 0, sizeof(longopts[nlong]));
     optind = 1;
-    while ((c = getopt_long(argc, argv, "c:s:i:ph", longopts, NULL)) != -1) {
+    /* "+": stop at the first non-option, where a tool's verb begins. */
+    while ((c = getopt_long(argc, argv, first_arg ? "+c:s:i:ph" : "c:s:i:ph",
+                            longopts, NULL)) != -1) {
         switch (c) {
         case 'c': config_path = optarg; break;
         case 's': sets[nsets++] = optarg; break;
@@ -63,13 +101,26 @@ actor_args_parse(int argc, char **argv, const char *name,
             usage(stdout, argv[0]);
             free(sets);
             return 1;
+        case '?':
+            usage(stderr, argv[0]);
+            free(sets);
+            return -1;
         default:
+            /* Tools' own options use codes above 255: only long forms. */
+            if (c > 255 && on_extra && on_extra(c, optarg, ctx) == 0)
+                break;
+            if (c > 255 && on_extra) {
+                free(sets);
+                return -1;
+            }
             usage(stderr, argv[0]);
             free(sets);
             return -1;
         }
     }
-    if (optind < argc) {
+    if (first_arg)
+        *first_arg = optind;
+    else if (optind < argc) {
         fprintf(stderr, "%s: unexpected argument \"%s\"\n", argv[0],
                 argv[optind]);
         free(sets);

@@ -53,6 +53,22 @@ struct actor_args {
  * stderr naming the key and the reason. */
 int actor_args_parse(int argc, char **argv, const char *name,
                      struct actor_args *out);
+
+/* The same for a tool with verbs: options end at the first other
+ * argument, whose index goes into *first_arg (argc when there is none). */
+int actor_args_parse_verbs(int argc, char **argv, const char *name,
+                           struct actor_args *out, int *first_arg);
+
+/* The same for a tool with options of its own: extra (ending with a zero
+ * entry) are added to the common ones, and on_extra is called for each
+ * one met; it returns 0, or -1 after printing why the option is bad. */
+struct option;
+int actor_args_parse_opts(int argc, char **argv, const char *name,
+                          struct actor_args *out,
+                          const struct option *extra,
+                          int (*on_extra)(int opt, const char *arg,
+                                          void *ctx),
+                          void *ctx);
 void actor_args_free(struct actor_args *args);
 
 /* Runs the actor; returns the process exit status. */

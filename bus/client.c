@@ -21,7 +21,7 @@
 #include "lib/xalloc.h"
 #include "proto.h"
 
-#define RETRY_MS 10
+#define RETRY_MS 2
 
 struct pending {
     bus_client_t *client;

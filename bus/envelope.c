@@ -983,3 +983,12 @@ envelope_to_json(const envelope_t *env, int flags)
     buf_addc(&b, '}');
     return buf_take(&b);
 }
+
+char *
+envelope_value_to_json(const value_t *v, int flags)
+{
+    buf_t b = BUF_INIT;
+
+    json_value(&b, v, flags);
+    return buf_take(&b);
+}

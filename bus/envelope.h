@@ -107,4 +107,7 @@ enum {
  * caller frees. Bins become base64 strings. */
 char *envelope_to_json(const envelope_t *env, int flags);
 
+/* One value as JSON in a new string the caller frees (same flags). */
+char *envelope_value_to_json(const value_t *v, int flags);
+
 #endif

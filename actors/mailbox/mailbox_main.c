@@ -1,0 +1,19 @@
+/*
+ * mailbox_main.c - samotop-mailbox: the mail store (Maildir), IMAP and LMTP.
+ *
+ * The skeleton (bus/actor.c) registers the "mailbox" service on the bus and
+ * answers mailbox.ping; the handler table below lists every other envelope
+ * type this actor takes.
+ */
+#include "actor.h"
+
+static const struct handler mailbox_handlers[] = {
+    {ENV_NONE, NULL}
+};
+
+int
+main(int argc, char **argv)
+{
+    return actor_main(argc, argv, &(struct actor_desc){
+        .name = "mailbox", .handlers = mailbox_handlers});
+}

@@ -1,0 +1,19 @@
+/*
+ * queue_main.c - samotop-queue: the outbound queue in Redis: scheduling, retries, bounces.
+ *
+ * The skeleton (bus/actor.c) registers the "queue" service on the bus and
+ * answers queue.ping; the handler table below lists every other envelope
+ * type this actor takes.
+ */
+#include "actor.h"
+
+static const struct handler queue_handlers[] = {
+    {ENV_NONE, NULL}
+};
+
+int
+main(int argc, char **argv)
+{
+    return actor_main(argc, argv, &(struct actor_desc){
+        .name = "queue", .handlers = queue_handlers});
+}
