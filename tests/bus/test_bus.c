@@ -1,0 +1,561 @@
+/*
+ * test_bus.c - the bus against a real broker process (samotop-bus), real
+ * actors (samotop-guard) and test workers (test-bus-worker), over TCP on
+ * loopback. Each test starts its own processes on its own ports.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <czmq.h>
+
+#include "bus.h"
+#include "lib/clock.h"
+#include "lib/err.h"
+#include "tests/testlib.h"
+
+/* Ports 18100-18199 belong to this suite; each test takes a block of ten. */
+struct ports {
+    int base;
+    char clients[64], workers[64], trace[64];
+    char env[8][96];
+    const char *envp[9];
+};
+
+static void
+ports_init(struct ports *p, int base)
+{
+    p->base = base;
+    snprintf(p->clients, sizeof(p->clients), "tcp://127.0.0.1:%d", base);
+    snprintf(p->workers, sizeof(p->workers), "tcp://127.0.0.1:%d", base + 1);
+    snprintf(p->trace, sizeof(p->trace), "tcp://127.0.0.1:%d", base + 2);
+    snprintf(p->env[0], 96, "SAMOTOP_BROKER_CLIENTS=%s", p->clients);
+    snprintf(p->env[1], 96, "SAMOTOP_BROKER_WORKERS=%s", p->workers);
+    snprintf(p->env[2], 96, "SAMOTOP_BROKER_TRACE=%s", p->trace);
+    snprintf(p->env[3], 96, "SAMOTOP_BUS_CLIENTS=%s", p->clients);
+    snprintf(p->env[4], 96, "SAMOTOP_BUS_WORKERS=%s", p->workers);
+    snprintf(p->env[5], 96, "SAMOTOP_BUS_TRACE=%s", p->trace);
+    snprintf(p->env[6], 96, "SAMOTOP_BUS_HEARTBEAT_MS=100");
+    snprintf(p->env[7], 96, "SAMOTOP_BUS_LIVENESS=4");
+    for (int i = 0; i < 8; i++)
+        p->envp[i] = p->env[i];
+    p->envp[8] = NULL;
+}
+
+static pid_t
+start_broker(struct ports *p)
+{
+    const char *argv[] = {test_bin("samotop-bus"), "--instance", "t", NULL};
+
+    return test_spawn(argv, p->envp);
+}
+
+static pid_t
+start_guard(struct ports *p)
+{
+    const char *argv[] = {test_bin("samotop-guard"), "--instance", "g", NULL};
+
+    return test_spawn(argv, p->envp);
+}
+
+static pid_t
+start_worker(const char *endpoints, const char *service, const char *name,
+             int delay_ms)
+{
+    char delay[16];
+    const char *argv[] = {test_bin("test-bus-worker"), "--endpoints",
+                          endpoints, "--service", service, "--name", name,
+                          "--delay-ms", delay, NULL};
+
+    snprintf(delay, sizeof(delay), "%d", delay_ms);
+    return test_spawn(argv, NULL);
+}
+
+static bus_client_t *
+client(loop_t *loop, const char *endpoints)
+{
+    char why[256];
+    bus_client_t *c = bus_client_new(loop, endpoints, 1 << 20, why,
+                                     sizeof(why));
+
+    ck_assert_msg(c != NULL, "bus_client_new: %s", why);
+    return c;
+}
+
+/* One synchronous call of type; returns the error, the reply in *out. */
+static int
+call(bus_client_t *c, const char *type, int timeout_ms, envelope_t **out)
+{
+    envelope_t *req = envelope_new(type, NULL, timeout_ms), *reply = NULL;
+    char why[256];
+    int rc = bus_client_call(c, &req, &reply, why, sizeof(why));
+
+    if (out)
+        *out = reply;
+    else
+        envelope_destroy(&reply);
+    return rc;
+}
+
+/* Calls until one succeeds or ms pass; returns the milliseconds it took,
+ * or -1. */
+static int64_t
+wait_ok(bus_client_t *c, const char *type, int ms)
+{
+    int64_t t0 = test_now_ms();
+
+    while (test_now_ms() - t0 < ms) {
+        if (call(c, type, 200, NULL) == 0)
+            return test_now_ms() - t0;
+        usleep(20000);
+    }
+    return -1;
+}
+
+START_TEST(test_request_reply)
+{
+    struct ports p;
+    bus_client_t *c;
+    envelope_t *req, *reply = NULL;
+    char why[256], id[160], trace[64];
+    pid_t broker, guard;
+
+    ports_init(&p, 18100);
+    broker = start_broker(&p);
+    guard = start_guard(&p);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "guard.ping", 5000), 0);
+
+    req = envelope_new("guard.ping", NULL, 2000);
+    value_set_str(envelope_body(req), ENV_KEY_ECHO, "hello bus");
+    snprintf(id, sizeof(id), "%s", envelope_id(req));
+    snprintf(trace, sizeof(trace), "%s", envelope_trace(req));
+    ck_assert_int_eq(bus_client_call(c, &req, &reply, why, sizeof(why)), 0);
+    ck_assert_ptr_null(req);
+    ck_assert_ptr_nonnull(reply);
+    ck_assert_str_eq(envelope_type(reply), "guard.ping.reply");
+    ck_assert_str_eq(envelope_re(reply), id);
+    ck_assert_str_eq(envelope_trace(reply), trace);
+    ck_assert_int_eq(envelope_code(reply), 250);
+    ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECHO), "hello bus");
+    ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ACTOR), "guard/g");
+    ck_assert_int_eq(envelope_get_int(reply, ENV_KEY_PID, 0), guard);
+    envelope_destroy(&reply);
+
+    /* A type the actor does not handle: a 502 error reply, not silence. */
+    ck_assert_int_eq(call(c, "guard.nosuchthing", 2000, &reply), 0);
+    ck_assert_int_eq(envelope_code(reply), 502);
+    envelope_destroy(&reply);
+
+    bus_client_destroy(&c);
+    test_stop(guard, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_two_workers_share_load)
+{
+    struct ports p;
+    bus_client_t *c;
+    pid_t broker, a, b;
+    int na = 0, nb = 0;
+
+    ports_init(&p, 18110);
+    broker = start_broker(&p);
+    a = start_worker(p.workers, "work", "A", 0);
+    b = start_worker(p.workers, "work", "B", 0);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "work.x", 5000), 0);
+    /* Both must be registered before counting. */
+    usleep(300000);
+    for (int i = 0; i < 200; i++) {
+        envelope_t *reply = NULL;
+
+        ck_assert_int_eq(call(c, "work.x", 2000, &reply), 0);
+        const char *w = envelope_get_str(reply, "worker");
+        ck_assert_ptr_nonnull(w);
+        na += strcmp(w, "A") == 0;
+        nb += strcmp(w, "B") == 0;
+        envelope_destroy(&reply);
+    }
+    ck_assert_int_eq(na + nb, 200);
+    ck_assert_msg(na >= 60 && nb >= 60, "uneven share: A=%d B=%d", na, nb);
+    bus_client_destroy(&c);
+    test_stop(a, SIGTERM, 2000);
+    test_stop(b, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+struct outcome {
+    int done, err;
+    int64_t at_ms;
+    char worker[16];
+};
+
+static void
+on_outcome(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct outcome *o = arg;
+
+    (void)text;
+    o->done = 1;
+    o->err = err;
+    o->at_ms = test_now_ms();
+    if (reply && envelope_get_str(reply, "worker"))
+        snprintf(o->worker, sizeof(o->worker), "%s",
+                 envelope_get_str(reply, "worker"));
+}
+
+static void
+on_quit(loop_t *loop, void *arg)
+{
+    (void)arg;
+    loop_stop(loop);
+}
+
+/* Runs the loop until every outcome is in or ms pass. */
+static void
+run_until(loop_t *loop, struct outcome *o, int n, int ms)
+{
+    int64_t until = test_now_ms() + ms;
+
+    while (test_now_ms() < until) {
+        int all = 1;
+
+        for (int i = 0; i < n; i++)
+            all &= o[i].done;
+        if (all)
+            return;
+        loop_timer_add(loop, 10, on_quit, NULL);
+        loop_run(loop);
+    }
+}
+
+START_TEST(test_worker_killed_mid_request)
+{
+    struct ports p;
+    loop_t *loop = loop_new();
+    bus_client_t *c, *sync;
+    struct outcome o[2] = {{0}};
+    pid_t broker, a, b, victim;
+    int64_t killed_at;
+    int lost = -1, kept;
+
+    ports_init(&p, 18120);
+    broker = start_broker(&p);
+    a = start_worker(p.workers, "slow", "A", 1500);
+    b = start_worker(p.workers, "slow", "B", 1500);
+    sync = client(NULL, p.clients);
+    usleep(300000); /* both workers register */
+    ck_assert_int_eq(call(sync, "slow.x", 5000, NULL), 0);
+    c = client(loop, p.clients);
+    /* Two requests, one in each worker's hand (round-robin). */
+    for (int i = 0; i < 2; i++) {
+        envelope_t *req = envelope_new("slow.x", NULL, 10000);
+
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_outcome, &o[i]), 0);
+    }
+    run_until(loop, o, 2, 300); /* let both reach their workers */
+    victim = a;
+    killed_at = test_now_ms();
+    kill(victim, SIGKILL);
+    run_until(loop, o, 2, 5000);
+    ck_assert(o[0].done && o[1].done);
+    for (int i = 0; i < 2; i++)
+        if (o[i].err == ERR_WORKER_LOST)
+            lost = i;
+    ck_assert_msg(lost >= 0, "no request failed with WORKER_LOST: %s / %s",
+                  err_name(o[0].err), err_name(o[1].err));
+    kept = 1 - lost;
+    /* The caller hears long before its 10 s deadline: within the
+     * heartbeat liveness (4 x 100 ms) and some slack. */
+    ck_assert_msg(o[lost].at_ms - killed_at < 1500, "error after %lld ms",
+                  (long long)(o[lost].at_ms - killed_at));
+    ck_assert_int_eq(o[kept].err, 0);
+    ck_assert_str_eq(o[kept].worker, "B");
+    /* Later requests go to the survivor. */
+    for (int i = 0; i < 5; i++) {
+        envelope_t *reply = NULL;
+
+        ck_assert_int_eq(call(sync, "slow.x", 5000, &reply), 0);
+        ck_assert_str_eq(envelope_get_str(reply, "worker"), "B");
+        envelope_destroy(&reply);
+    }
+    waitpid(victim, NULL, 0);
+    bus_client_destroy(&c);
+    bus_client_destroy(&sync);
+    loop_destroy(&loop);
+    test_stop(b, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_broker_restart_rejoined)
+{
+    struct ports p;
+    bus_client_t *c;
+    pid_t broker, guard;
+    int64_t took;
+
+    ports_init(&p, 18130);
+    broker = start_broker(&p);
+    guard = start_guard(&p);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "guard.ping", 5000), 0);
+    test_stop(broker, SIGKILL, 1000);
+    ck_assert_int_ne(call(c, "guard.ping", 300, NULL), 0);
+    broker = start_broker(&p);
+    took = wait_ok(c, "guard.ping", 5000);
+    ck_assert_msg(took >= 0, "the guard never rejoined the new broker");
+    ck_assert_msg(took < 3000, "rejoin took %lld ms", (long long)took);
+    /* The same guard process, not a new one. */
+    ck_assert_int_eq(kill(guard, 0), 0);
+    bus_client_destroy(&c);
+    test_stop(guard, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_trace_sees_every_envelope)
+{
+    struct ports p;
+    bus_client_t *c;
+    zsock_t *sub;
+    pid_t broker, guard;
+    char ids[50][160];
+    int seen_req[50] = {0}, seen_rep[50] = {0}, got = 0;
+    int64_t until;
+
+    ports_init(&p, 18140);
+    broker = start_broker(&p);
+    guard = start_guard(&p);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "guard.ping", 5000), 0);
+    sub = zsock_new_sub(p.trace, "");
+    ck_assert_ptr_nonnull(sub);
+    /* The subscription takes a moment to reach the broker: ping until the
+     * feed shows something, then drain it. */
+    until = test_now_ms() + 5000;
+    while (test_now_ms() < until) {
+        call(c, "guard.ping", 1000, NULL);
+        zmq_pollitem_t item = {zsock_resolve(sub), 0, ZMQ_POLLIN, 0};
+
+        if (zmq_poll(&item, 1, 50) == 1)
+            break;
+    }
+    for (;;) {
+        zmsg_t *m;
+
+        zsock_set_rcvtimeo(sub, 200);
+        m = zmsg_recv(sub);
+        if (m == NULL)
+            break;
+        zmsg_destroy(&m);
+    }
+    for (int i = 0; i < 50; i++) {
+        envelope_t *req = envelope_new("guard.ping", NULL, 2000), *reply;
+        char why[256];
+
+        snprintf(ids[i], sizeof(ids[i]), "%s", envelope_id(req));
+        ck_assert_int_eq(bus_client_call(c, &req, &reply, why, sizeof(why)),
+                         0);
+        envelope_destroy(&reply);
+    }
+    zsock_set_rcvtimeo(sub, 2000);
+    while (got < 100) {
+        zmsg_t *m = zmsg_recv(sub);
+        zframe_t *trace, *service, *body;
+        envelope_t *env = NULL;
+        char why[256];
+
+        ck_assert_msg(m != NULL, "trace feed stopped after %d of 100", got);
+        ck_assert_int_eq(zmsg_size(m), 3);
+        trace = zmsg_first(m);
+        service = zmsg_next(m);
+        body = zmsg_next(m);
+        ck_assert(zframe_streq(service, "guard"));
+        ck_assert_int_eq(envelope_decode(zframe_data(body),
+                                         zframe_size(body), 1 << 20, &env,
+                                         why, sizeof(why)),
+                         0);
+        ck_assert(zframe_streq(trace, envelope_trace(env)));
+        for (int i = 0; i < 50; i++) {
+            if (strcmp(envelope_id(env), ids[i]) == 0)
+                seen_req[i]++;
+            if (envelope_re(env) && strcmp(envelope_re(env), ids[i]) == 0)
+                seen_rep[i]++;
+        }
+        envelope_destroy(&env);
+        zmsg_destroy(&m);
+        got++;
+    }
+    for (int i = 0; i < 50; i++) {
+        ck_assert_msg(seen_req[i] == 1, "request %d seen %d times", i,
+                      seen_req[i]);
+        ck_assert_msg(seen_rep[i] == 1, "reply %d seen %d times", i,
+                      seen_rep[i]);
+    }
+    zsock_destroy(&sub);
+    bus_client_destroy(&c);
+    test_stop(guard, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_no_worker_is_an_error)
+{
+    struct ports p;
+    bus_client_t *c;
+    pid_t broker;
+    int64_t t0;
+    int rc;
+
+    ports_init(&p, 18150);
+    broker = start_broker(&p);
+    c = client(NULL, p.clients);
+    usleep(200000);
+    t0 = test_now_ms();
+    rc = call(c, "nobody.ping", 5000, NULL);
+    ck_assert_msg(rc == ERR_NOWORKER, "got %s", err_name(rc));
+    ck_assert_int_lt(test_now_ms() - t0, 1000);
+    bus_client_destroy(&c);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_deadline_is_an_error)
+{
+    struct ports p;
+    bus_client_t *c;
+    pid_t broker, w;
+    int64_t t0, took;
+    int rc;
+
+    ports_init(&p, 18160);
+    broker = start_broker(&p);
+    w = start_worker(p.workers, "slow", "S", 3000);
+    c = client(NULL, p.clients);
+    usleep(300000);
+    t0 = test_now_ms();
+    rc = call(c, "slow.x", 300, NULL);
+    took = test_now_ms() - t0;
+    ck_assert_msg(rc == ERR_TIMEOUT, "got %s", err_name(rc));
+    ck_assert_msg(took >= 250 && took < 1000, "took %lld ms", (long long)took);
+    /* And no broker at all: still the deadline, never a hang. */
+    test_stop(broker, SIGKILL, 1000);
+    t0 = test_now_ms();
+    rc = call(c, "slow.x", 300, NULL);
+    ck_assert_msg(rc == ERR_TIMEOUT, "got %s", err_name(rc));
+    ck_assert_int_lt(test_now_ms() - t0, 1000);
+    bus_client_destroy(&c);
+    test_stop(w, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_failover_between_brokers)
+{
+    struct ports p1, p2;
+    char clients[160], workers[160];
+    bus_client_t *c;
+    pid_t b1, b2, w;
+    int ok = 0;
+
+    ports_init(&p1, 18170);
+    ports_init(&p2, 18175);
+    snprintf(clients, sizeof(clients), "%s,%s", p1.clients, p2.clients);
+    snprintf(workers, sizeof(workers), "%s,%s", p1.workers, p2.workers);
+    b1 = start_broker(&p1);
+    b2 = start_broker(&p2);
+    w = start_worker(workers, "work", "W", 0);
+    c = client(NULL, clients);
+    ck_assert_int_ge(wait_ok(c, "work.x", 5000), 0);
+    usleep(300000);
+    test_stop(b1, SIGKILL, 1000);
+    usleep(200000);
+    for (int i = 0; i < 20; i++)
+        ok += call(c, "work.x", 1000, NULL) == 0;
+    ck_assert_msg(ok == 20, "%d of 20 calls succeeded after fail-over", ok);
+    bus_client_destroy(&c);
+    test_stop(w, SIGTERM, 2000);
+    test_stop(b2, SIGTERM, 2000);
+}
+END_TEST
+
+START_TEST(test_bad_envelope_gets_error)
+{
+    struct ports p;
+    bus_client_t *c;
+    zsock_t *raw;
+    zmsg_t *m;
+    pid_t broker, guard;
+    char *s;
+
+    ports_init(&p, 18180);
+    broker = start_broker(&p);
+    guard = start_guard(&p);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "guard.ping", 5000), 0);
+    raw = zsock_new_dealer(p.clients);
+    zsock_set_rcvtimeo(raw, 3000);
+    zstr_sendx(raw, "C1", "guard", "r1", "t1", "\xc1garbage", NULL);
+    m = zmsg_recv(raw);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(zmsg_size(m), 5);
+    s = zmsg_popstr(m);
+    ck_assert_str_eq(s, "C1");
+    free(s);
+    s = zmsg_popstr(m);
+    ck_assert_str_eq(s, "ERR");
+    free(s);
+    s = zmsg_popstr(m);
+    ck_assert_str_eq(s, "r1");
+    free(s);
+    s = zmsg_popstr(m);
+    ck_assert_str_eq(s, "PROTO");
+    free(s);
+    zmsg_destroy(&m);
+    /* The guard lived through it. */
+    ck_assert_int_eq(call(c, "guard.ping", 2000, NULL), 0);
+    zsock_destroy(&raw);
+    bus_client_destroy(&c);
+    test_stop(guard, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+static Suite *
+bus_suite(void)
+{
+    Suite *s = suite_create("bus");
+    TCase *tc = tcase_create("broker");
+
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_request_reply);
+    tcase_add_test(tc, test_two_workers_share_load);
+    tcase_add_test(tc, test_worker_killed_mid_request);
+    tcase_add_test(tc, test_broker_restart_rejoined);
+    tcase_add_test(tc, test_trace_sees_every_envelope);
+    tcase_add_test(tc, test_no_worker_is_an_error);
+    tcase_add_test(tc, test_deadline_is_an_error);
+    tcase_add_test(tc, test_failover_between_brokers);
+    tcase_add_test(tc, test_bad_envelope_gets_error);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int
+main(void)
+{
+    SRunner *sr = srunner_create(bus_suite());
+    int failed;
+
+    srunner_set_fork_status(sr, CK_FORK);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
