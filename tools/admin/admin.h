@@ -20,4 +20,8 @@ struct admin_verb {
  * workers who they are, over the bus. */
 int admin_ping(const config_t *cfg, int argc, char **argv);
 
+/* call [--timeout MS] [--trace ID] TYPE [KEY=VALUE]...: one request of
+ * any type; prints the reply as JSON. */
+int admin_call(const config_t *cfg, int argc, char **argv);
+
 #endif

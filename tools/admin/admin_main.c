@@ -9,6 +9,8 @@
 
 static const struct admin_verb verbs[] = {
     {"ping", "ping [--count N] [--timeout MS] [SERVICE...]", admin_ping},
+    {"call", "call [--timeout MS] [--trace ID] TYPE [KEY=STR|KEY:=INT]...",
+     admin_call},
     {NULL, NULL, NULL}};
 
 static void
