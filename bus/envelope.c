@@ -480,13 +480,17 @@ prescan(const unsigned char *p, size_t len, char *why, size_t whylen)
                         (unsigned long long)items);
                 return ERR_TRUNCATED;
             }
-            if (items == 0)
-                continue;
-            if (depth + 1 > ENVELOPE_MAX_DEPTH) {
+            /* The envelope map is level 1 and the body level 2, so a body
+             * ENVELOPE_MAX_DEPTH deep ends at level ENVELOPE_MAX_DEPTH + 1.
+             * An empty container is a level too, or the limit would depend
+             * on what the innermost one holds. */
+            if (depth + 1 > ENVELOPE_MAX_DEPTH + 1) {
                 set_why(why, whylen, "nesting deeper than %d",
                         ENVELOPE_MAX_DEPTH);
                 return ERR_DEPTH;
             }
+            if (items == 0)
+                continue;
             depth++;
             st[depth].left = items;
             st[depth].is_map = is_map;
