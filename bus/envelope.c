@@ -562,9 +562,20 @@ to_value(const msgpack_object *o, value_t **out, char *why, size_t whylen)
         v = value_new_map();
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            const char *nul;
             value_t *item;
 
             if (kv->key.type != MSGPACK_OBJECT_STR) { /* prescan's job */
+                value_destroy(&v);
+                return ERR_KEY;
+            }
+            /* Keys are C strings from here on: "echo\0x" would pass for
+             * "echo" in every lookup, and be written back as "echo". */
+            nul = memchr(kv->key.via.str.ptr, '\0', kv->key.via.str.size);
+            if (nul != NULL) {
+                set_why(why, whylen, "map key \"%.*s\" holds a NUL byte",
+                        (int)(nul - kv->key.via.str.ptr),
+                        kv->key.via.str.ptr);
                 value_destroy(&v);
                 return ERR_KEY;
             }
