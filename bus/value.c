@@ -158,8 +158,12 @@ value_dup(const value_t *v)
         for (size_t i = 0; i < v->u.c.n; i++) {
             value_t *item = value_dup(v->u.c.items[i]);
 
+            /* Appended, not set: a decoded map may hold a key twice, and
+             * the copy must be the same map (and not cost a lookup per
+             * key). */
             if (v->kind == VAL_MAP)
-                value_set_take(d, v->u.c.keys[i], &item);
+                value_map_append_take(d, v->u.c.keys[i],
+                                      strlen(v->u.c.keys[i]), &item);
             else
                 value_push_take(d, &item);
         }
