@@ -837,6 +837,43 @@ envelope_key_is_secret(const char *key)
 
 /* JSON output, for the tap. */
 
+/* The length of the well-formed UTF-8 sequence at p, or 0 when there is
+ * none. Well-formed is Unicode's table 3-7: no overlong forms, no UTF-16
+ * surrogates, nothing past U+10FFFF; JSON readers refuse the rest. */
+static size_t
+utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+    size_t n;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        n = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0; /* overlong below U+0800 */
+    else if (c == 0xed)
+        hi = 0x9f; /* U+D800..U+DFFF */
+    else if (c == 0xf0)
+        lo = 0x90; /* overlong below U+10000 */
+    else if (c == 0xf4)
+        hi = 0x8f; /* past U+10FFFF */
+    if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    return n;
+}
+
+/* Each byte that does not start a well-formed sequence becomes one
+ * U+FFFD. */
 static void
 json_str(buf_t *b, const char *s, size_t n)
 {
@@ -846,16 +883,9 @@ json_str(buf_t *b, const char *s, size_t n)
     buf_addc(b, '"');
     while (p < end) {
         unsigned char c = *p;
-        size_t seq = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2
-                                  : (c & 0xf0) == 0xe0 ? 3
-                                  : (c & 0xf8) == 0xf0 ? 4 : 0;
-        bool valid = seq > 0 && (size_t)(end - p) >= seq;
+        size_t seq = utf8_len(p, end);
 
-        for (size_t i = 1; valid && i < seq; i++)
-            valid = (p[i] & 0xc0) == 0x80;
-        if (valid && seq == 2 && c < 0xc2)
-            valid = false; /* overlong */
-        if (!valid) {
+        if (seq == 0) {
             buf_adds(b, "\\ufffd");
             p++;
             continue;
