@@ -654,11 +654,15 @@ on_ping(loop_t *loop, void *arg)
     if (group_alive(sup, G_REDIS) == 0 && sup->kids[0].last_status[0])
         snprintf(why, sizeof(why), "redis-server not running, last status %s",
                  sup->kids[0].last_status);
-    if (now_ms() >= sup->redis_deadline)
+    if (now_ms() >= sup->redis_deadline) {
+        char *rlog = xasprintf("%s/redis/redis.log", sup->data);
+
         sup_fatal(sup, "redis",
-                  "reason=\"redis-server did not answer "
-                  "PING within %d ms\" last_error=%s",
-                  REDIS_READY_MS, log_q(*why ? why : "not running"));
+                  "reason=\"redis-server did not answer PING within %d ms\" "
+                  "last_error=%s redis_log=%s",
+                  REDIS_READY_MS, log_q(*why ? why : "not running"),
+                  log_q(rlog));
+    }
     sup->ping_timer = loop_timer_add(loop, REDIS_POLL_MS, on_ping, sup);
 }
 

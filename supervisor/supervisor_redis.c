@@ -47,16 +47,21 @@ supervisor_redis_write_conf(const config_t *cfg, const char *redis_dir,
 {
     const char *password = config_str(cfg, "redis.password");
     buf_t b = BUF_INIT;
-    char tmp[4096];
+    char tmp[4096], logfile[4096];
     int fd = -1, rc = ERR_SYS;
     size_t off = 0;
 
+    snprintf(logfile, sizeof(logfile), "%s/redis.log", redis_dir);
     buf_adds(&b, "# Written by samotopd at every start; edits are lost.\n");
     buf_adds(&b, "bind ");
     conf_quote(&b, config_str(cfg, "redis.host"));
     buf_printf(&b, "\nport %ld\n", config_int(cfg, "redis.port"));
     buf_adds(&b, "dir ");
     conf_quote(&b, redis_dir);
+    /* Redis's own log format would break up the key=value lines that
+     * samotopd and the actors write to the terminal. */
+    buf_adds(&b, "\nlogfile ");
+    conf_quote(&b, logfile);
     /* A 250 to DATA may rest on a Redis write (DESIGN.md), so every write
      * is on disk before Redis answers it. */
     buf_adds(&b, "\nappendonly yes\n"
