@@ -347,7 +347,7 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
                            ERR_NOWORKER, text);
         goto out;
     }
-    if ((w = pick_worker(s)) != NULL && s->qhead == NULL) {
+    if (s->qhead == NULL && (w = pick_worker(s)) != NULL) {
         dispatch(b, w, &f[0], &f[3], &f[4], &f[5]);
     } else if (s->qlen >= QUEUE_MAX) {
         send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
