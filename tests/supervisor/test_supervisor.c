@@ -313,20 +313,10 @@ env_ports(struct sd *sd, int base)
     }
 }
 
-static void
-sd_init(struct sd *sd)
-{
-    memset(sd, 0, sizeof(*sd));
-    snprintf(sd->dir, sizeof(sd->dir), "/tmp/samotop-test-sup-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(sd->dir));
-    snprintf(sd->data, sizeof(sd->data), "%s/data", sd->dir);
-    snprintf(sd->log, sizeof(sd->log), "%s/samotopd.log", sd->dir);
-    env_base(sd);
-    env_ports(sd, pick_ports());
-    env_add(sd, "SAMOTOP_DATA", sd->data);
-    env_add(sd, "SAMOTOP_SUPERVISOR_STOP_TIMEOUT_MS", "8000");
-    fprintf(stderr, "test_supervisor: folder %s, log %s\n", sd->dir, sd->log);
-}
+/* The one samotopd of this test process (each test runs in a fork of its
+ * own), static so that the exit handler can still reach it. */
+static struct sd the_sd;
+static bool the_sd_passed;
 
 static int
 rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -338,16 +328,64 @@ rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
     return 0;
 }
 
-/* Removes the test's folder, unless SAMOTOP_TEST_KEEP asks to keep it for
- * reading the logs; a failed test always leaves it. */
+/* Runs when the test process exits, passed or failed (a failed check
+ * exits at once): copies the log of samotopd and its children into the
+ * test's output, where ctest keeps it and tests/run looks for sanitizer
+ * reports, then removes the folder unless the test failed or
+ * SAMOTOP_TEST_KEEP is set. */
 static void
-sd_cleanup(struct sd *sd)
+sd_at_exit(void)
 {
-    if (getenv("SAMOTOP_TEST_KEEP") == NULL)
+    struct sd *sd = &the_sd;
+    char *log = slurp(sd->log);
+
+    fprintf(stderr, "---- %s ----\n%s---- end of %s ----\n", sd->log, log,
+            sd->log);
+    free(log);
+    if (the_sd_passed && getenv("SAMOTOP_TEST_KEEP") == NULL)
         nftw(sd->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    else
+        fprintf(stderr, "test_supervisor: kept %s\n", sd->dir);
     for (int i = 0; i < sd->nenv; i++)
         free(sd->env[i]);
     sd->nenv = 0;
+}
+
+static struct sd *
+sd_init(void)
+{
+    struct sd *sd = &the_sd;
+    char ms[32];
+
+    memset(sd, 0, sizeof(*sd));
+    snprintf(sd->dir, sizeof(sd->dir), "/tmp/samotop-test-sup-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(sd->dir));
+    ck_assert(snprintf(sd->data, sizeof(sd->data), "%s/data", sd->dir) <
+              (int)sizeof(sd->data));
+    ck_assert(snprintf(sd->log, sizeof(sd->log), "%s/samotopd.log", sd->dir) <
+              (int)sizeof(sd->log));
+    atexit(sd_at_exit);
+    env_base(sd);
+    env_ports(sd, pick_ports());
+    env_add(sd, "SAMOTOP_DATA", sd->data);
+    snprintf(ms, sizeof(ms), "%d", STOP_TIMEOUT_MS);
+    env_add(sd, "SAMOTOP_SUPERVISOR_STOP_TIMEOUT_MS", ms);
+    fprintf(stderr, "test_supervisor: folder %s\n", sd->dir);
+    return sd;
+}
+
+/* Ends a test that passed: no sanitizer may have spoken in any process. */
+static void
+sd_done(struct sd *sd)
+{
+    char *log = slurp(sd->log);
+
+    ck_assert_msg(strstr(log, "ERROR: AddressSanitizer") == NULL &&
+                      strstr(log, "ERROR: LeakSanitizer") == NULL &&
+                      strstr(log, "runtime error:") == NULL,
+                  "sanitizer report in %s", sd->log);
+    free(log);
+    the_sd_passed = true;
 }
 
 /* Starts samotopd with extra arguments (NULL-terminated). */
@@ -610,7 +648,7 @@ admin_ping_all(struct sd *sd)
 
 START_TEST(test_lifecycle)
 {
-    struct sd sd;
+    struct sd *sd;
     struct proc kids[MAX_SEEN];
     char *extra[] = {"--set", "supervisor.backoff_min_ms=300", NULL};
     char want[256], pidfile[200], *log;
@@ -619,31 +657,31 @@ START_TEST(test_lifecycle)
     pid_t old, new;
     int64_t t0;
 
-    sd_init(&sd);
-    sd_start(&sd, extra);
+    sd = sd_init();
+    sd_start(sd, extra);
 
     /* (a) every process runs as a child of samotopd... */
-    ms = wait_all_children(&sd, kids, &nkids, 20000);
+    ms = wait_all_children(sd, kids, &nkids, 20000);
     fprintf(stderr, "test_supervisor: all children up after %ld ms\n", ms);
     /* ...and stays up, rather than crash-looping. */
     sleep_ms(1500);
     {
         struct proc again[MAX_SEEN];
-        int n = children(&sd, again, MAX_SEEN);
+        int n = children(sd, again, MAX_SEEN);
 
         for (size_t i = 0; i < NEXPECTED; i++) {
             const struct proc *a = find_kid(kids, nkids, expected[i]);
             const struct proc *b = find_kid(again, n, expected[i]);
 
             ck_assert_msg(b != NULL && b->pid == a->pid,
-                          "%s did not stay up; see %s", expected[i], sd.log);
+                          "%s did not stay up; see %s", expected[i], sd->log);
         }
     }
-    snprintf(pidfile, sizeof(pidfile), "%s/samotopd.pid", sd.data);
+    snprintf(pidfile, sizeof(pidfile), "%s/samotopd.pid", sd->data);
     {
         char *s = slurp(pidfile);
 
-        ck_assert_int_eq(atoi(s), sd.pid);
+        ck_assert_int_eq(atoi(s), sd->pid);
         free(s);
     }
     /* Children see the --set and the absolute data folder. */
@@ -652,69 +690,70 @@ START_TEST(test_lifecycle)
 
         ck_assert(
             environ_has(auth->pid, "SAMOTOP_SUPERVISOR_BACKOFF_MIN_MS=300"));
-        snprintf(want, sizeof(want), "SAMOTOP_DATA=%s", sd.data);
+        snprintf(want, sizeof(want), "SAMOTOP_DATA=%s", sd->data);
         ck_assert(environ_has(auth->pid, want));
     }
 
     /* (c) Redis writes every command to disk before it answers. */
-    redis_check_config(sd.redis_port, "appendfsync", "always");
-    redis_check_config(sd.redis_port, "appendonly", "yes");
+    redis_check_config(sd->redis_port, "appendfsync", "always");
+    redis_check_config(sd->redis_port, "appendonly", "yes");
 
     /* Every actor answers its ping through the broker. */
     if (access(bin_path("samotop-admin"), X_OK) == 0) {
-        ms = admin_ping_all(&sd);
+        ms = admin_ping_all(sd);
         fprintf(stderr, "test_supervisor: admin ping ok after %ld ms\n", ms);
     }
 
     /* (b) an actor killed is back soon, with the shortest backoff... */
-    ms = kill_and_wait_back(&sd, "samotop-auth", &old, &new);
+    ms = kill_and_wait_back(sd, "samotop-auth", &old, &new);
     fprintf(stderr, "test_supervisor: auth back after %ld ms\n", ms);
     ck_assert_msg(ms < 5000, "auth back after %ld ms, want < 5000", ms);
     snprintf(want, sizeof(want),
              "event=exit name=auth/1 pid=%ld status=signal:9", (long)old);
-    log = slurp(sd.log);
+    log = slurp(sd->log);
     ck_assert_msg(log_line_at(log, want, "restart_in_ms=300") >= 0,
-                  "no line \"%s ... restart_in_ms=300\" in %s", want, sd.log);
+                  "no line \"%s ... restart_in_ms=300\" in %s", want, sd->log);
     free(log);
     /* ...and one that dies again at once waits twice as long. */
-    ms = kill_and_wait_back(&sd, "samotop-auth", &old, &new);
+    ms = kill_and_wait_back(sd, "samotop-auth", &old, &new);
     snprintf(want, sizeof(want),
              "event=exit name=auth/1 pid=%ld status=signal:9", (long)old);
-    log = slurp(sd.log);
+    log = slurp(sd->log);
     ck_assert_msg(log_line_at(log, want, "restart_in_ms=600") >= 0,
-                  "no line \"%s ... restart_in_ms=600\" in %s", want, sd.log);
+                  "no line \"%s ... restart_in_ms=600\" in %s", want, sd->log);
     free(log);
     ck_assert_msg(ms >= 600, "restarted after %ld ms, want >= 600", ms);
     /* Redis is supervised the same way. */
-    ms = kill_and_wait_back(&sd, "redis-server", &old, &new);
+    ms = kill_and_wait_back(sd, "redis-server", &old, &new);
     ck_assert_msg(ms < 5000, "redis back after %ld ms, want < 5000", ms);
-    wait_all_children(&sd, kids, &nkids, 10000);
+    wait_all_children(sd, kids, &nkids, 10000);
 
     /* (d) SIGTERM stops everything, actors first and Redis last. */
     t0 = clock_mono_ms();
-    ck_assert_int_eq(kill(sd.pid, SIGTERM), 0);
-    while (waitpid(sd.pid, &status, WNOHANG) == 0) {
+    ck_assert_int_eq(kill(sd->pid, SIGTERM), 0);
+    while (waitpid(sd->pid, &status, WNOHANG) == 0) {
         ck_assert_msg(clock_mono_ms() - t0 < STOP_TIMEOUT_MS,
                       "samotopd still running %d ms after SIGTERM; see %s",
-                      STOP_TIMEOUT_MS, sd.log);
+                      STOP_TIMEOUT_MS, sd->log);
         sleep_ms(20);
     }
     ms = (long)(clock_mono_ms() - t0);
     fprintf(stderr, "test_supervisor: stopped after %ld ms\n", ms);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotopd ended with status %d; see %s", status, sd.log);
-    for (int i = 0; i < sd.nseen; i++) {
+                  "samotopd ended with status %d; see %s", status, sd->log);
+    for (int i = 0; i < sd->nseen; i++) {
         struct proc p;
         pid_t ppid;
 
-        ck_assert_msg(!proc_read(sd.seen[i].pid, &p, &ppid) ||
-                          p.start != sd.seen[i].start,
-                      "%s pid %ld is still running", sd.seen[i].name,
-                      (long)sd.seen[i].pid);
+        ck_assert_msg(!proc_read(sd->seen[i].pid, &p, &ppid) ||
+                          p.start != sd->seen[i].start,
+                      "%s pid %ld is still running", sd->seen[i].name,
+                      (long)sd->seen[i].pid);
     }
-    ck_assert_msg(sd.nseen >= (int)NEXPECTED + 3, "saw %d processes", sd.nseen);
+    ck_assert_msg(sd->nseen >= (int)NEXPECTED + 3, "saw %d processes",
+                  sd->nseen);
     ck_assert_int_ne(access(pidfile, F_OK), 0);
-    log = slurp(sd.log);
+    log = slurp(sd->log);
     at_stop = log_line_at(log, "event=stopping", NULL);
     at_actor = -1;
     for (const char *a = "listener"; a;) {
@@ -736,12 +775,12 @@ START_TEST(test_lifecycle)
     at_bus = log_line_at(log + at_stop, "event=exit name=bus/1", NULL);
     at_redis = log_line_at(log + at_stop, "event=exit name=redis/1", NULL);
     ck_assert_msg(at_stop >= 0 && at_bus >= 0 && at_redis >= 0,
-                  "stop not logged; see %s", sd.log);
+                  "stop not logged; see %s", sd->log);
     ck_assert_msg(at_actor < at_stop + at_bus, "bus stopped before actors");
     ck_assert_msg(at_bus < at_redis, "redis stopped before the bus");
     ck_assert(log_line_at(log, "event=stopped", NULL) > at_stop);
     free(log);
-    sd_cleanup(&sd);
+    sd_done(sd);
 }
 END_TEST
 
@@ -792,13 +831,13 @@ static const struct bad_start bad_starts[] = {
 START_TEST(test_bad_start)
 {
     const struct bad_start *row = &bad_starts[_i];
-    char *argv[8] = {bin_path("samotopd")}, empty[200], out[200], *text;
+    char *argv[8] = {bin_path("samotopd")}, empty[200], *text;
     char setbin[260];
-    struct sd sd;
+    struct sd *sd;
     int n = 1, status;
 
-    sd_init(&sd);
-    snprintf(empty, sizeof(empty), "%s/empty", sd.dir);
+    sd = sd_init();
+    snprintf(empty, sizeof(empty), "%s/empty", sd->dir);
     ck_assert_int_eq(mkdir(empty, 0755), 0);
     snprintf(setbin, sizeof(setbin), "supervisor.bin=%s", empty);
     for (int i = 0; row->args[i]; i++)
@@ -809,12 +848,11 @@ START_TEST(test_bad_start)
     if (row->env) {
         char *name = strndup(row->env, strcspn(row->env, "="));
 
-        env_add(&sd, name, strchr(row->env, '=') + 1);
+        env_add(sd, name, strchr(row->env, '=') + 1);
         free(name);
     }
-    snprintf(out, sizeof(out), "%s/stderr.txt", sd.dir);
-    status = run(argv, sd.env, out, 15000);
-    text = slurp(out);
+    status = run(argv, sd->env, sd->log, 15000);
+    text = slurp(sd->log);
     ck_assert_msg(status != -1, "%s: did not end", row->label);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == row->want_status,
                   "%s: got status %d, want exit %d", row->label, status,
@@ -826,7 +864,7 @@ START_TEST(test_bad_start)
     ck_assert_msg(strstr(text, "event=start ") == NULL,
                   "%s: something was started", row->label);
     free(text);
-    sd_cleanup(&sd);
+    sd_done(sd);
 }
 END_TEST
 
