@@ -48,6 +48,10 @@ struct actor_kind {
     enum group group;
 };
 
+/* The broker's bind keys: with several brokers, each binds one item. */
+static const char *const broker_keys[] = {"broker.clients", "broker.workers",
+                                          "broker.trace"};
+
 /* Started in this order, after Redis answers. */
 static const struct actor_kind actor_kinds[] = {
     {"bus", "samotop-bus", G_BUS},
@@ -68,6 +72,7 @@ struct child {
     char name[64]; /* "auth/1" */
     enum group group;
     char *argv[4]; /* argv[0] is the executable; owned */
+    char *env[4];  /* "NAME=value" for this child only; owned */
     pid_t pid;     /* 0 while not running */
     char last_status[32];
     int64_t started_ms;
@@ -291,6 +296,22 @@ child_add(struct supervisor *sup, const char *kind, int instance,
     return c;
 }
 
+/* Several brokers on one host cannot all bind every endpoint: copy n
+ * binds the n-th item of each broker.* list (check_config() made sure
+ * there are enough), while the actors' bus.* lists name them all. */
+static void
+broker_endpoints(struct supervisor *sup, struct child *c, int n)
+{
+    for (size_t k = 0; k < 3; k++) {
+        const char *key = broker_keys[k];
+        char **items;
+        int cnt = config_list(config_str(sup->cfg, key), &items);
+
+        c->env[k] = xasprintf("%s=%s", config_env_name(key), items[n - 1]);
+        config_list_free(&items, cnt);
+    }
+}
+
 /* Builds the child table and checks that every executable exists before
  * anything is started. */
 static void
@@ -325,6 +346,8 @@ build_table(struct supervisor *sup)
 
             c->argv[1] = xstrdup("--instance");
             c->argv[2] = xasprintf("%ld", i);
+            if (actor_kinds[k].group == G_BUS && copies > 1)
+                broker_endpoints(sup, c, (int)i);
         }
         free(exe);
     }
@@ -355,6 +378,8 @@ child_exec(struct supervisor *sup, struct child *c)
     for (int s = 1; s < NSIG; s++)
         if (s != SIGKILL && s != SIGSTOP)
             signal(s, SIG_DFL);
+    for (int i = 0; i < 4 && c->env[i]; i++)
+        putenv(c->env[i]);
     if (c->group == G_REDIS)
         execvp(c->argv[0], c->argv);
     else
@@ -748,12 +773,39 @@ static void
 supervisor_free(struct supervisor *sup)
 {
     for (int i = 0; i < sup->nkids; i++)
-        for (int a = 0; a < 4; a++)
+        for (int a = 0; a < 4; a++) {
             free(sup->kids[i].argv[a]);
+            free(sup->kids[i].env[a]);
+        }
     free(sup->kids);
     free(sup->data);
     free(sup->bindir);
     loop_destroy(&sup->loop);
+}
+
+/* Checks what config_load() cannot, since it needs two keys at once;
+ * stops start-up as a bad value does, with status 2. */
+static void
+check_config(const config_t *cfg)
+{
+    long copies = config_int(cfg, "supervisor.bus");
+
+    if (copies <= 1)
+        return;
+    for (size_t k = 0; k < 3; k++) {
+        char **items, why[256];
+        int cnt = config_list(config_str(cfg, broker_keys[k]), &items);
+
+        config_list_free(&items, cnt);
+        if (cnt >= copies)
+            continue;
+        snprintf(why, sizeof(why),
+                 "%s: %d endpoint(s) for supervisor.bus=%ld brokers; each "
+                 "broker binds its own, so give one per broker",
+                 broker_keys[k], cnt, copies);
+        log_event(LL_FATAL, NULL, "config", "reason=%s", log_q(why));
+        exit(2);
+    }
 }
 
 int
@@ -769,6 +821,7 @@ supervisor_main(const config_t *cfg, const struct supervisor_opts *opts)
     sup.backoff_min = config_int(cfg, "supervisor.backoff_min_ms");
     sup.backoff_max = config_int(cfg, "supervisor.backoff_max_ms");
     sup.stop_timeout = config_int(cfg, "supervisor.stop_timeout_ms");
+    check_config(cfg);
 
     data = make_absolute(config_str(cfg, "data"));
     if (mkdir_p(data, 0755) != 0 || (sup.data = realpath(data, NULL)) == NULL)
