@@ -60,6 +60,7 @@ struct sd {
     char *env[MAX_ENV];
     int nenv;
     int redis_port;
+    int port_base, nports; /* the slot, and how many of it are in use */
     pid_t pid;
     struct proc seen[MAX_SEEN];
     int nseen;
@@ -297,6 +298,8 @@ env_ports(struct sd *sd, int base)
     ck_assert_str_eq(env_get(sd, "SAMOTOP_BUS_CLIENTS"),
                      env_get(sd, "SAMOTOP_BROKER_CLIENTS"));
     sd->redis_port = atoi(env_get(sd, "SAMOTOP_REDIS_PORT"));
+    sd->port_base = base;
+    sd->nports = nports;
     for (int i = 0; i < sd->nenv; i++) {
         char *eq = strchr(sd->env[i], '=');
 
@@ -500,31 +503,67 @@ find_kid(const struct proc *kids, int n, const char *name)
     return NULL;
 }
 
-/* Waits until every expected child runs; returns the time it took. */
+static int
+count_kids(const struct proc *kids, int n, const char *name)
+{
+    int c = 0;
+
+    for (int i = 0; i < n; i++)
+        c += strcmp(kids[i].name, name) == 0;
+    return c;
+}
+
+/* Waits until exactly want[i] children called expected[i] run (NULL want:
+ * one of each); returns the time it took. */
 static long
-wait_all_children(struct sd *sd, struct proc *kids, int *nkids, long timeout_ms)
+wait_children(struct sd *sd, const int *want, struct proc *kids, int *nkids,
+              long timeout_ms)
 {
     int64_t t0 = clock_mono_ms();
-    size_t have = 0;
 
     for (;;) {
         int status = 0;
+        size_t ok = 0, i;
 
         ck_assert_msg(waitpid(sd->pid, &status, WNOHANG) == 0,
                       "samotopd ended at start-up, status %d; see %s", status,
                       sd->log);
         *nkids = children(sd, kids, MAX_SEEN);
-        have = 0;
-        for (size_t i = 0; i < NEXPECTED; i++)
-            if (find_kid(kids, *nkids, expected[i]) != NULL)
-                have++;
-        if (have == NEXPECTED)
+        for (i = 0; i < NEXPECTED; i++)
+            ok += count_kids(kids, *nkids, expected[i]) == (want ? want[i] : 1);
+        if (ok == NEXPECTED)
             return (long)(clock_mono_ms() - t0);
+        for (i = 0; i < NEXPECTED; i++)
+            if (count_kids(kids, *nkids, expected[i]) != (want ? want[i] : 1))
+                break;
         ck_assert_msg(clock_mono_ms() - t0 < timeout_ms,
-                      "only %zu of %zu children after %ld ms; see %s", have,
-                      NEXPECTED, timeout_ms, sd->log);
+                      "%d of %s, want %d, after %ld ms; see %s",
+                      count_kids(kids, *nkids, expected[i]), expected[i],
+                      want ? want[i] : 1, timeout_ms, sd->log);
         sleep_ms(50);
     }
+}
+
+/* Checks that the children in kids are all still there, same pids, after a
+ * while: started is not enough, they must not crash-loop. */
+static void
+check_stay_up(struct sd *sd, const struct proc *kids, int nkids)
+{
+    struct proc again[MAX_SEEN];
+    int n;
+
+    sleep_ms(1500);
+    n = children(sd, again, MAX_SEEN);
+    for (int i = 0; i < nkids; i++) {
+        bool still = false;
+
+        for (int j = 0; j < n; j++)
+            still |=
+                again[j].pid == kids[i].pid && again[j].start == kids[i].start;
+        ck_assert_msg(still, "%s pid %ld did not stay up; see %s", kids[i].name,
+                      (long)kids[i].pid, sd->log);
+    }
+    ck_assert_int_eq(n, nkids);
 }
 
 /* Whether the environment of pid holds the NAME=value line want. */
@@ -623,15 +662,18 @@ redis_check_config(int port, const char *key, const char *want)
     redisFree(c);
 }
 
-/* Asks every actor for its ping over the bus with samotop-admin, retrying
- * while the workers register; returns the time until all answered. */
+/* Asks the services (NULL: every actor) for their ping over the bus with
+ * samotop-admin, retrying while the workers register; returns the time
+ * until all answered. */
 static long
-admin_ping_all(struct sd *sd)
+admin_ping(struct sd *sd, char *const services[])
 {
-    char out[200], *argv[] = {bin_path("samotop-admin"), "ping", NULL};
+    char out[200], *argv[16] = {bin_path("samotop-admin"), "ping"};
     int64_t t0 = clock_mono_ms();
     int status;
 
+    for (int i = 0; services && services[i] && i < 13; i++)
+        argv[2 + i] = services[i];
     snprintf(out, sizeof(out), "%s/admin-ping.txt", sd->dir);
     for (;;) {
         status = run(argv, sd->env, out, 15000);
@@ -646,37 +688,57 @@ admin_ping_all(struct sd *sd)
     }
 }
 
+/* Sends SIGTERM to samotopd and checks that it exits 0 within the stop
+ * timeout, leaving no process it started and no pid file; returns the
+ * time it took. */
+static long
+sd_stop(struct sd *sd)
+{
+    int64_t t0 = clock_mono_ms();
+    char pidfile[200];
+    int status;
+
+    ck_assert_int_eq(kill(sd->pid, SIGTERM), 0);
+    while (waitpid(sd->pid, &status, WNOHANG) == 0) {
+        ck_assert_msg(clock_mono_ms() - t0 < STOP_TIMEOUT_MS,
+                      "samotopd still running %d ms after SIGTERM; see %s",
+                      STOP_TIMEOUT_MS, sd->log);
+        sleep_ms(20);
+    }
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "samotopd ended with status %d; see %s", status, sd->log);
+    for (int i = 0; i < sd->nseen; i++) {
+        struct proc p;
+        pid_t ppid;
+
+        ck_assert_msg(!proc_read(sd->seen[i].pid, &p, &ppid) ||
+                          p.start != sd->seen[i].start,
+                      "%s pid %ld is still running", sd->seen[i].name,
+                      (long)sd->seen[i].pid);
+    }
+    snprintf(pidfile, sizeof(pidfile), "%s/samotopd.pid", sd->data);
+    ck_assert_int_ne(access(pidfile, F_OK), 0);
+    return (long)(clock_mono_ms() - t0);
+}
+
 START_TEST(test_lifecycle)
 {
     struct sd *sd;
     struct proc kids[MAX_SEEN];
     char *extra[] = {"--set", "supervisor.backoff_min_ms=300", NULL};
     char want[256], pidfile[200], *log;
-    int nkids, status;
+    int nkids;
     long ms, at_stop, at_actor, at_bus, at_redis;
     pid_t old, new;
-    int64_t t0;
 
     sd = sd_init();
     sd_start(sd, extra);
 
     /* (a) every process runs as a child of samotopd... */
-    ms = wait_all_children(sd, kids, &nkids, 20000);
+    ms = wait_children(sd, NULL, kids, &nkids, 20000);
     fprintf(stderr, "test_supervisor: all children up after %ld ms\n", ms);
     /* ...and stays up, rather than crash-looping. */
-    sleep_ms(1500);
-    {
-        struct proc again[MAX_SEEN];
-        int n = children(sd, again, MAX_SEEN);
-
-        for (size_t i = 0; i < NEXPECTED; i++) {
-            const struct proc *a = find_kid(kids, nkids, expected[i]);
-            const struct proc *b = find_kid(again, n, expected[i]);
-
-            ck_assert_msg(b != NULL && b->pid == a->pid,
-                          "%s did not stay up; see %s", expected[i], sd->log);
-        }
-    }
+    check_stay_up(sd, kids, nkids);
     snprintf(pidfile, sizeof(pidfile), "%s/samotopd.pid", sd->data);
     {
         char *s = slurp(pidfile);
@@ -700,7 +762,7 @@ START_TEST(test_lifecycle)
 
     /* Every actor answers its ping through the broker. */
     if (access(bin_path("samotop-admin"), X_OK) == 0) {
-        ms = admin_ping_all(sd);
+        ms = admin_ping(sd, NULL);
         fprintf(stderr, "test_supervisor: admin ping ok after %ld ms\n", ms);
     }
 
@@ -726,51 +788,29 @@ START_TEST(test_lifecycle)
     /* Redis is supervised the same way. */
     ms = kill_and_wait_back(sd, "redis-server", &old, &new);
     ck_assert_msg(ms < 5000, "redis back after %ld ms, want < 5000", ms);
-    wait_all_children(sd, kids, &nkids, 10000);
+    wait_children(sd, NULL, kids, &nkids, 10000);
 
     /* (d) SIGTERM stops everything, actors first and Redis last. */
-    t0 = clock_mono_ms();
-    ck_assert_int_eq(kill(sd->pid, SIGTERM), 0);
-    while (waitpid(sd->pid, &status, WNOHANG) == 0) {
-        ck_assert_msg(clock_mono_ms() - t0 < STOP_TIMEOUT_MS,
-                      "samotopd still running %d ms after SIGTERM; see %s",
-                      STOP_TIMEOUT_MS, sd->log);
-        sleep_ms(20);
-    }
-    ms = (long)(clock_mono_ms() - t0);
+    ms = sd_stop(sd);
     fprintf(stderr, "test_supervisor: stopped after %ld ms\n", ms);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotopd ended with status %d; see %s", status, sd->log);
-    for (int i = 0; i < sd->nseen; i++) {
-        struct proc p;
-        pid_t ppid;
-
-        ck_assert_msg(!proc_read(sd->seen[i].pid, &p, &ppid) ||
-                          p.start != sd->seen[i].start,
-                      "%s pid %ld is still running", sd->seen[i].name,
-                      (long)sd->seen[i].pid);
-    }
     ck_assert_msg(sd->nseen >= (int)NEXPECTED + 3, "saw %d processes",
                   sd->nseen);
-    ck_assert_int_ne(access(pidfile, F_OK), 0);
     log = slurp(sd->log);
     at_stop = log_line_at(log, "event=stopping", NULL);
     at_actor = -1;
-    for (const char *a = "listener"; a;) {
+    for (size_t i = 0; i < NEXPECTED; i++) {
         char w[64];
         long at = -1;
 
-        snprintf(w, sizeof(w), "event=exit name=%s/1", a);
+        if (strncmp(expected[i], "samotop-", 8) != 0 ||
+            strcmp(expected[i], "samotop-bus") == 0)
+            continue;
+        snprintf(w, sizeof(w), "event=exit name=%s/1", expected[i] + 8);
         /* The last exit of each actor is the one of the stop. */
         for (const char *p = log; (p = strstr(p, w)) != NULL; p++)
             at = (long)(p - log);
+        ck_assert_msg(at > at_stop, "%s: no exit at the stop", expected[i]);
         at_actor = at > at_actor ? at : at_actor;
-        a = strcmp(a, "listener") == 0  ? "auth"
-            : strcmp(a, "auth") == 0    ? "guard"
-            : strcmp(a, "guard") == 0   ? "mailbox"
-            : strcmp(a, "mailbox") == 0 ? "queue"
-            : strcmp(a, "queue") == 0   ? "relay"
-                                        : NULL;
     }
     at_bus = log_line_at(log + at_stop, "event=exit name=bus/1", NULL);
     at_redis = log_line_at(log + at_stop, "event=exit name=redis/1", NULL);
@@ -780,6 +820,85 @@ START_TEST(test_lifecycle)
     ck_assert_msg(at_bus < at_redis, "redis stopped before the bus");
     ck_assert(log_line_at(log, "event=stopped", NULL) > at_stop);
     free(log);
+    sd_done(sd);
+}
+END_TEST
+
+/* A configuration file, with copy counts other than one: two auth, no
+ * relay, and two brokers, each binding its own item of the broker.*
+ * lists. */
+START_TEST(test_config_file)
+{
+    /* In the order of expected[]. */
+    static const int want[NEXPECTED] = {1, 2, 1, 2, 1, 1, 1, 0};
+    static const char *const lists[] = {"CLIENTS", "WORKERS", "TRACE"};
+    char *extra[] = {"--config", "samotop.conf", NULL};
+    char *services[] = {"listener", "auth", "guard", "mailbox", "queue", NULL};
+    char conf[300], *abs, want_env[400], bus_env[200], second[3][64];
+    struct proc kids[MAX_SEEN];
+    int nkids, bus_first = 0, bus_second = 0;
+    struct sd *sd;
+    FILE *f;
+    long ms;
+
+    sd = sd_init();
+    for (int k = 0; k < 3; k++) {
+        char bname[64], cname[64], list[200];
+
+        snprintf(bname, sizeof(bname), "SAMOTOP_BROKER_%s", lists[k]);
+        snprintf(cname, sizeof(cname), "SAMOTOP_BUS_%s", lists[k]);
+        ck_assert_int_lt(sd->nports + k, PORT_SLOT);
+        snprintf(second[k], sizeof(second[k]), "tcp://127.0.0.1:%d",
+                 sd->port_base + sd->nports + k);
+        snprintf(list, sizeof(list), "%s,%s", env_get(sd, bname), second[k]);
+        env_add(sd, bname, list);
+        env_add(sd, cname, list);
+    }
+    snprintf(conf, sizeof(conf), "%s/samotop.conf", sd->dir);
+    f = fopen(conf, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "# written by test_supervisor\n"
+               "[supervisor]\n"
+               "auth = 2\n"
+               "relay = 0\n"
+               "bus = 2\n");
+    fclose(f);
+    /* A relative --config: children must get it absolute. */
+    ck_assert_int_eq(chdir(sd->dir), 0);
+    sd_start(sd, extra);
+
+    ms = wait_children(sd, want, kids, &nkids, 20000);
+    fprintf(stderr, "test_supervisor: all children up after %ld ms\n", ms);
+    check_stay_up(sd, kids, nkids);
+    abs = realpath(conf, NULL);
+    ck_assert_ptr_nonnull(abs);
+    snprintf(want_env, sizeof(want_env), "SAMOTOP_CONFIG=%s", abs);
+    free(abs);
+    for (int i = 0; i < nkids; i++) {
+        const char *clients = env_get(sd, "SAMOTOP_BROKER_CLIENTS");
+
+        /* redis-server writes its title over its environment. */
+        if (strncmp(kids[i].name, "samotop-", 8) != 0)
+            continue;
+        ck_assert_msg(environ_has(kids[i].pid, want_env), "%s pid %ld: no %s",
+                      kids[i].name, (long)kids[i].pid, want_env);
+        if (strcmp(kids[i].name, "samotop-bus") != 0)
+            continue;
+        snprintf(bus_env, sizeof(bus_env), "SAMOTOP_BROKER_CLIENTS=%.*s",
+                 (int)strcspn(clients, ","), clients);
+        bus_first += environ_has(kids[i].pid, bus_env);
+        snprintf(bus_env, sizeof(bus_env), "SAMOTOP_BROKER_CLIENTS=%s",
+                 second[0]);
+        bus_second += environ_has(kids[i].pid, bus_env);
+    }
+    ck_assert_msg(bus_first == 1 && bus_second == 1,
+                  "brokers on the first endpoint %d, on the second %d, "
+                  "want 1 and 1",
+                  bus_first, bus_second);
+    if (access(bin_path("samotop-admin"), X_OK) == 0)
+        admin_ping(sd, services);
+    ms = sd_stop(sd);
+    fprintf(stderr, "test_supervisor: stopped after %ld ms\n", ms);
     sd_done(sd);
 }
 END_TEST
@@ -821,6 +940,11 @@ static const struct bad_start bad_starts[] = {
      2,
      "/nonexistent/samotop.conf"},
     {"unknown option", NULL, {"--frobnicate", NULL}, 2, "usage"},
+    {"two brokers, one endpoint each",
+     NULL,
+     {"--set", "supervisor.bus=2", NULL},
+     2,
+     "broker.clients"},
     {"missing executable",
      NULL,
      {"--set", "supervisor.bin=@EMPTY@", NULL},
@@ -877,6 +1001,11 @@ supervisor_suite(void)
     tc = tcase_create("lifecycle");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_lifecycle);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("config_file");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_config_file);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("bad_start");
