@@ -9,8 +9,14 @@
  * doubles from supervisor.backoff_min_ms up to supervisor.backoff_max_ms
  * (reset once a child has run 10 s), and stops them in the reverse order
  * on SIGTERM or SIGINT: actors, then the broker, then redis-server, each
- * group given supervisor.stop_timeout_ms before SIGKILL. Everything runs
- * on one loop_t in the calling thread.
+ * group given supervisor.stop_timeout_ms before SIGKILL (a second signal
+ * kills at once). Everything runs on one loop_t in the calling thread.
+ *
+ * $DATA/samotopd.pid is held under flock() for the whole run, so two
+ * supervisors never share a data folder. samotopd is a child subreaper:
+ * orphans its children leave are killed at the stop, so no process it
+ * started outlives it. With supervisor.bus above 1, broker copy n binds
+ * the n-th item of each broker.* list.
  */
 #ifndef SAMOTOP_SUPERVISOR_H
 #define SAMOTOP_SUPERVISOR_H
