@@ -65,9 +65,9 @@ struct broker {
     uint64_t routed;
 };
 
-static void broker_on_front(loop_t *loop, void *zsocket, void *arg);
-static void broker_on_back(loop_t *loop, void *zsocket, void *arg);
-static void broker_on_trace(loop_t *loop, void *zsocket, void *arg);
+static int broker_on_front(loop_t *loop, void *zsocket, void *arg);
+static int broker_on_back(loop_t *loop, void *zsocket, void *arg);
+static int broker_on_trace(loop_t *loop, void *zsocket, void *arg);
 static void broker_on_tick(loop_t *loop, void *arg);
 
 static void
@@ -318,7 +318,7 @@ drain_queue(broker_t *b, struct service *s)
 
 /* Client side: C1 | service | reqid | trace | envelope after the ROUTER's
  * identity frame. */
-static void
+static int
 broker_on_front(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
@@ -330,7 +330,7 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
 
     (void)loop;
     if (n <= 0)
-        return;
+        return 0;
     if (n != 6 || !frame_is(&f[1], PROTO_CLIENT) ||
         !frame_str(&f[2], name, sizeof(name)) || zmq_msg_size(&f[3]) == 0 ||
         zmq_msg_size(&f[3]) > 128) {
@@ -374,6 +374,7 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
     }
 out:
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+    return 1;
 }
 
 static struct service *
@@ -483,7 +484,7 @@ worker_release(struct worker *w, zmq_msg_t *reqid)
 }
 
 /* Worker side: the ROUTER identity, then W1 | command | ... */
-static void
+static int
 broker_on_back(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
@@ -494,7 +495,7 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
 
     (void)loop;
     if (n <= 0)
-        return;
+        return 0;
     if (n > FRAMES_MAX || n < 3 || !frame_is(&f[1], PROTO_WORKER)) {
         log_warn(NULL, "broker_bad_worker_frame", "frames=%d", n);
         goto out;
@@ -550,20 +551,23 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
     }
 out:
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+    return 1;
 }
 
 /* XPUB hands us subscriptions: count them, to publish only when someone
  * listens. Without XPUB_VERBOSE, a topic's first subscribe and last
  * unsubscribe are all that arrive. */
-static void
+static int
 broker_on_trace(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
     zmq_msg_t m;
+    int got;
 
     (void)loop;
     zmq_msg_init(&m);
-    if (zmq_msg_recv(&m, zsocket, ZMQ_DONTWAIT) >= 0 && zmq_msg_size(&m) > 0) {
+    got = zmq_msg_recv(&m, zsocket, ZMQ_DONTWAIT) >= 0;
+    if (got && zmq_msg_size(&m) > 0) {
         const unsigned char *p = zmq_msg_data(&m);
 
         b->subscribers += p[0] == 1 ? 1 : p[0] == 0 ? -1 : 0;
@@ -571,6 +575,7 @@ broker_on_trace(loop_t *loop, void *zsocket, void *arg)
                  b->subscribers);
     }
     zmq_msg_close(&m);
+    return got;
 }
 
 static void

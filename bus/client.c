@@ -46,7 +46,7 @@ struct bus_client {
     loop_timer_t *retry_timer;
 };
 
-static void client_on_readable(loop_t *loop, void *zsocket, void *arg);
+static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
 
 int
 bus_service_of(const char *type, char *out, size_t outlen)
@@ -352,12 +352,12 @@ out:
     return 1;
 }
 
-static void
+static int
 client_on_readable(loop_t *loop, void *zsocket, void *arg)
 {
     (void)loop;
     (void)zsocket;
-    client_read_one(arg);
+    return client_read_one(arg) > 0;
 }
 
 struct call_result {

@@ -56,7 +56,7 @@ struct bus_request {
     envelope_t *env;
 };
 
-static void worker_on_readable(loop_t *loop, void *zsocket, void *arg);
+static int worker_on_readable(loop_t *loop, void *zsocket, void *arg);
 static void on_heartbeat(loop_t *loop, void *arg);
 
 static void
@@ -260,7 +260,7 @@ take_request(bus_worker_t *w, struct link *l, zmq_msg_t *f)
     w->fn(w->arg, &req);
 }
 
-static void
+static int
 worker_on_readable(loop_t *loop, void *zsocket, void *arg)
 {
     struct link *l = arg;
@@ -270,7 +270,7 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
 
     (void)loop;
     if (n <= 0)
-        return;
+        return 0;
     l->last_heard = clock_mono_ms();
     if (n > FRAMES_MAX || n < 2 || !frame_is(&f[0], PROTO_WORKER)) {
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
@@ -286,6 +286,7 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
                  n);
     }
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+    return 1;
 }
 
 const envelope_t *

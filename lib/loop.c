@@ -370,36 +370,37 @@ run_signals(loop_t *loop)
                 loop->sigs[i].fn(loop, (int)si.ssi_signo, loop->sigs[i].arg);
 }
 
-/* Gives each ZeroMQ socket with waiting input up to ZMQ_BATCH calls.
- * Returns true when some socket still has input after its batch. */
+/* Reads every ZeroMQ socket until empty, ZMQ_BATCH messages at a time per
+ * socket, pass after pass until a whole pass reads nothing: a callback that
+ * sends on socket A can consume A's ZMQ_FD signal while A has input, so a
+ * socket passed earlier in the pass must be tried again. Returns true when
+ * input is left after ZMQ_PASSES passes (the wait then does not block). */
+#define ZMQ_PASSES 8
+
 static bool
 run_zmq(loop_t *loop)
 {
-    bool more = false;
+    for (int pass = 0; pass < ZMQ_PASSES; pass++) {
+        bool any = false;
 
-    for (int i = 0; i < loop->nzfds && !loop->stop; i++) {
-        int fd = loop->zfds[i];
-        struct slot *s = &loop->slots[fd];
-        uint32_t gen = s->gen;
+        for (int i = 0; i < loop->nzfds && !loop->stop; i++) {
+            int fd = loop->zfds[i];
+            uint32_t gen = loop->slots[fd].gen;
 
-        for (int n = 0; n < ZMQ_BATCH; n++) {
-            int zev = 0;
-            size_t len = sizeof(zev);
+            for (int n = 0; n < ZMQ_BATCH; n++) {
+                struct slot *s = &loop->slots[fd];
 
-            s = &loop->slots[fd];
-            if (s->kind != SLOT_ZMQ || s->gen != gen || loop->stop)
-                break;
-            if (zmq_getsockopt(s->zsock, ZMQ_EVENTS, &zev, &len) != 0 ||
-                !(zev & ZMQ_POLLIN))
-                break;
-            if (n == ZMQ_BATCH - 1) {
-                more = true;
-                break;
+                if (s->kind != SLOT_ZMQ || s->gen != gen || loop->stop)
+                    break;
+                if (s->zfn(loop, s->zsock, s->arg) <= 0)
+                    break;
+                any = true;
             }
-            s->zfn(loop, s->zsock, s->arg);
         }
+        if (!any || loop->stop)
+            return false;
     }
-    return more;
+    return true;
 }
 
 int

@@ -4,8 +4,9 @@
  *
  * A process holds thousands of client sockets, a few ZeroMQ sockets and some
  * timers; all of them are watched here so that nothing blocks. ZeroMQ
- * sockets are watched through ZMQ_FD, which is edge-like: the loop re-reads
- * ZMQ_EVENTS before every wait, so a message is never left unread.
+ * sockets are watched through ZMQ_FD, which is edge-like: before every wait
+ * the loop reads each socket until it is empty, so a message is never left
+ * unread.
  * The loop owns its watcher records; callers own their fds and sockets and
  * must remove a watcher before closing what it watches.
  */
@@ -21,8 +22,13 @@ enum { LOOP_READ = 1, LOOP_WRITE = 2, LOOP_ERROR = 4 };
 
 /* Called with the LOOP_* events that are ready on fd. */
 typedef void loop_fd_fn(loop_t *loop, int fd, int events, void *arg);
-/* Called when a ZeroMQ socket has a message waiting; it should read one. */
-typedef void loop_zmq_fn(loop_t *loop, void *zsocket, void *arg);
+/* Called when a ZeroMQ socket may have input: reads at most one message
+ * (without blocking) and returns 1, or 0 when none was waiting. The loop
+ * calls it again until it returns 0 (a batch at most), and goes over all
+ * its sockets again until none has input: a callback that sends on one
+ * socket can swallow the input signal of another, so only reading until
+ * empty is safe before the loop sleeps. */
+typedef int loop_zmq_fn(loop_t *loop, void *zsocket, void *arg);
 typedef void loop_timer_fn(loop_t *loop, void *arg);
 typedef void loop_signal_fn(loop_t *loop, int signo, void *arg);
 

@@ -502,7 +502,7 @@ struct zctx {
     int sent;      /* messages sent */
     int got;       /* messages received in order */
     int echoed;    /* echoes received by the sender side */
-    int spurious;  /* calls with nothing to read */
+    int empty;     /* calls that found nothing: one per pass is expected */
     int bad;       /* messages out of order */
     int want;      /* stop when got (or echoed) reaches it */
     bool echo;     /* receiver sends each message back */
@@ -561,7 +561,7 @@ finish(struct zctx *c)
     }
 }
 
-static void
+static int
 on_zmq_rx(loop_t *loop, void *sock, void *arg)
 {
     struct zctx *c = arg;
@@ -569,8 +569,8 @@ on_zmq_rx(loop_t *loop, void *sock, void *arg)
 
     (void)loop;
     if (zmq_recv(sock, &seq, sizeof(seq), ZMQ_DONTWAIT) != sizeof(seq)) {
-        c->spurious++;
-        return;
+        c->empty++;
+        return 0;
     }
     if (seq != c->got)
         c->bad++;
@@ -579,9 +579,10 @@ on_zmq_rx(loop_t *loop, void *sock, void *arg)
         zsend(sock, seq);
     else if (c->got == c->want)
         finish(c);
+    return 1;
 }
 
-static void
+static int
 on_zmq_echo(loop_t *loop, void *sock, void *arg)
 {
     struct zctx *c = arg;
@@ -589,11 +590,12 @@ on_zmq_echo(loop_t *loop, void *sock, void *arg)
 
     (void)loop;
     if (zmq_recv(sock, &seq, sizeof(seq), ZMQ_DONTWAIT) != sizeof(seq)) {
-        c->spurious++;
-        return;
+        c->empty++;
+        return 0;
     }
     if (++c->echoed == c->want)
         finish(c);
+    return 1;
 }
 
 static void
@@ -670,8 +672,10 @@ START_TEST(test_zmq_no_loss)
                   c.got, n);
     ck_assert_msg(c.bad == 0, "%s: %d messages out of order", r->label,
                   c.bad);
-    ck_assert_msg(c.spurious == 0, "%s: %d calls with nothing to read",
-                  r->label, c.spurious);
+    /* The loop reads until empty, so each wake-up ends with one empty
+     * call per socket and pass; far more would mean a busy loop. */
+    ck_assert_msg(c.empty <= 8 * (c.want + 100), "%s: %d empty calls",
+                  r->label, c.empty);
     if (r->mode == Z_ECHO)
         ck_assert_msg(c.echoed == n, "%s: got %d echoes, want %d", r->label,
                       c.echoed, n);

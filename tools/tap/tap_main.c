@@ -75,7 +75,7 @@ print_readable(const envelope_t *env, int flags)
     printf("\n");
 }
 
-static void
+static int
 on_message(loop_t *loop, void *zsocket, void *arg)
 {
     struct tap *t = arg;
@@ -86,7 +86,7 @@ on_message(loop_t *loop, void *zsocket, void *arg)
     int flags = ENVELOPE_JSON_MASK | (t->full ? 0 : ENVELOPE_JSON_ABBREV);
 
     if (n <= 0)
-        return;
+        return 0;
     if (n != 3) {
         fprintf(stderr, "samotop-tap: message of %d frames skipped\n", n);
         goto out;
@@ -118,6 +118,7 @@ on_message(loop_t *loop, void *zsocket, void *arg)
 out:
     envelope_destroy(&env);
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
+    return 1;
 }
 
 static void
