@@ -22,6 +22,7 @@ struct inflight {
     void *client;
     size_t client_len;
     char *reqid;
+    size_t reqid_len;
 };
 
 struct service;
@@ -287,6 +288,7 @@ dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, zmq_msg_t *reqid,
     h->client = xmemdup(zmq_msg_data(client), zmq_msg_size(client));
     h->client_len = zmq_msg_size(client);
     h->reqid = xstrndup(zmq_msg_data(reqid), zmq_msg_size(reqid));
+    h->reqid_len = zmq_msg_size(reqid);
     publish(b, trace, w->svc->name, env);
     b->routed++;
     zmq_send(b->back, w->id, w->id_len, ZMQ_SNDMORE);
@@ -472,7 +474,7 @@ worker_release(struct worker *w, zmq_msg_t *reqid)
     for (int i = 0; i < w->nheld; i++) {
         struct inflight *h = &w->held[i];
 
-        if (strlen(h->reqid) == len &&
+        if (h->reqid_len == len &&
             memcmp(h->reqid, zmq_msg_data(reqid), len) == 0) {
             free(h->client);
             free(h->reqid);
