@@ -40,6 +40,18 @@ def kind_of(prop):
     return KINDS[t]
 
 
+def collect_keys(schema, keys, secrets):
+    """Every property name at any depth (nested objects, array items), so
+    that handlers never spell a key as a raw string (STYLE.md 3)."""
+    for name, sub in schema.get("properties", {}).items():
+        keys.add(name)
+        if sub.get("x-samotop-secret"):
+            secrets.add(name)
+        collect_keys(sub, keys, secrets)
+    if isinstance(schema.get("items"), dict):
+        collect_keys(schema["items"], keys, secrets)
+
+
 def main():
     sdir, out_h, out_c = sys.argv[1:4]
     types, keys, secrets = [], set(), set()
@@ -48,8 +60,7 @@ def main():
             continue
         with open(os.path.join(sdir, name)) as f:
             s = json.load(f)
-        for p in s.get("properties", {}):
-            keys.add(p)
+        collect_keys(s, keys, secrets)
         if "x-samotop-type" not in s:
             continue
         pat = s["x-samotop-type"]

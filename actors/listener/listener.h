@@ -1,0 +1,64 @@
+/*
+ * listener.h - samotop-listener's shared state: the roles it serves, its
+ * listening sockets and its SMTP sessions.
+ *
+ * One process holds thousands of sessions on one loop. A session joins the
+ * SMTP engine (lib/smtp_server.h) to a socket (plain or TLS) and to the
+ * bus: guard for policy, mailbox for delivery. The listener owns every
+ * session; a session with a bus call outstanding is freed only when the
+ * call's callback has run.
+ */
+#ifndef SAMOTOP_LISTENER_H
+#define SAMOTOP_LISTENER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <czmq.h>
+
+#include "actor.h"
+#include "lib/buf.h"
+#include "lib/smtp_server.h"
+#include "lib/tls.h"
+
+enum role_kind { ROLE_MTA, ROLE_MSA, ROLE_SMTPS };
+
+typedef struct listener listener_t;
+struct session;
+
+struct role {
+    listener_t *l;
+    enum role_kind kind;
+    const char *name;     /* "mta", "msa", "smtps": the envelopes' role */
+    char addr[300];
+    int fd;
+    struct smtp_server_opts opts;
+};
+
+struct listener {
+    actor_t *actor;
+    loop_t *loop;
+    bus_client_t *bus;
+    char hostname[256];
+    tls_ctx_t *tls;
+    struct role roles[3];
+    int nroles;
+    struct session *head; /* live sessions */
+    zhashx_t *per_ip;     /* client address -> sessions open (as a pointer) */
+    int sessions, max_sessions, max_per_ip;
+    int64_t idle_ms, session_ms, bus_timeout_ms;
+    uint64_t accepted, refused;
+};
+
+/* Binds the roles named by listener.roles; 0 or an error, logged. */
+int listener_net_start(listener_t *l);
+void listener_net_stop(listener_t *l);
+
+/* A new session on an accepted socket (listener_net.c calls it). */
+void listener_session_start(listener_t *l, struct role *role, int fd,
+                            const char *ip);
+
+/* Closes every session (at shutdown). */
+void listener_sessions_close_all(listener_t *l);
+
+#endif

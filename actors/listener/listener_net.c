@@ -1,0 +1,200 @@
+/*
+ * listener_net.c - the listening sockets: one per role, SO_REUSEPORT so that
+ * several listener processes can share a port (the kernel spreads new
+ * connections over them), and the accept loop with the session limits.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "listener.h"
+
+static int
+bind_addr(const char *addr, char *why, size_t whylen)
+{
+    char host[256], service[16];
+    struct addrinfo hints = {0}, *res = NULL, *ai;
+    int port, fd = -1, one = 1, rc;
+
+    if (config_split_addr(addr, host, sizeof(host), &port) != 0) {
+        snprintf(why, whylen, "%s is not HOST:PORT", addr);
+        return -1;
+    }
+    snprintf(service, sizeof(service), "%d", port);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    if ((rc = getaddrinfo(host, service, &hints, &res)) != 0) {
+        snprintf(why, whylen, "%s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK |
+                                       SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+            listen(fd, 4096) == 0)
+            break;
+        snprintf(why, whylen, "cannot listen on %s: %s", addr,
+                 strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static void
+addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+    if (ss->ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out,
+                  (socklen_t)outlen);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+        /* An IPv4 client on a dual-stack socket is counted as IPv4. */
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)outlen);
+        else
+            inet_ntop(AF_INET6, a, out, (socklen_t)outlen);
+    } else {
+        snprintf(out, outlen, "unknown");
+    }
+}
+
+/* Refuses a connection before any session exists: RFC 5321 3.1 lets a
+ * server answer the connection with a 421 and close. */
+static void
+refuse(int fd, const char *line)
+{
+    ssize_t n = write(fd, line, strlen(line));
+
+    (void)n;
+    close(fd);
+}
+
+static void
+on_accept(loop_t *loop, int lfd, int events, void *arg)
+{
+    struct role *role = arg;
+    listener_t *l = role->l;
+
+    (void)loop;
+    (void)events;
+    /* A bounded batch per wake-up keeps one busy port from starving the
+     * sessions; the socket stays readable while more are waiting. */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char ip[INET6_ADDRSTRLEN + 1];
+        intptr_t count;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                log_warn(NULL, "accept_failed", "role=%s reason=%s",
+                         role->name, log_q(strerror(errno)));
+            return;
+        }
+        addr_text(&ss, ip, sizeof(ip));
+        count = (intptr_t)zhashx_lookup(l->per_ip, ip);
+        if (l->sessions >= l->max_sessions) {
+            l->refused++;
+            log_warn(NULL, "session_refused", "role=%s ip=%s reason=full "
+                     "sessions=%d", role->name, ip, l->sessions);
+            refuse(fd, "421 4.3.2 Too busy, try again later\r\n");
+            continue;
+        }
+        if (count >= l->max_per_ip) {
+            l->refused++;
+            log_warn(NULL, "session_refused", "role=%s ip=%s "
+                     "reason=per_ip sessions=%ld", role->name, ip,
+                     (long)count);
+            refuse(fd, "421 4.7.0 Too many connections from your address, "
+                       "try again later\r\n");
+            continue;
+        }
+        l->accepted++;
+        listener_session_start(l, role, fd, ip);
+    }
+}
+
+static int
+role_kind(const char *name, enum role_kind *kind)
+{
+    if (strcmp(name, "mta") == 0)
+        *kind = ROLE_MTA;
+    else if (strcmp(name, "msa") == 0)
+        *kind = ROLE_MSA;
+    else if (strcmp(name, "smtps") == 0)
+        *kind = ROLE_SMTPS;
+    else
+        return ERR_INVAL;
+    return 0;
+}
+
+int
+listener_net_start(listener_t *l)
+{
+    const config_t *cfg = actor_config(l->actor);
+    char **names, key[64], why[512];
+    int n = config_list(config_str(cfg, "listener.roles"), &names), rc = 0;
+
+    for (int i = 0; i < n && rc == 0; i++) {
+        struct role *r = &l->roles[l->nroles];
+        enum role_kind kind;
+
+        if (role_kind(names[i], &kind) != 0 || l->nroles == 3) {
+            log_err(NULL, "config_error", "key=listener.roles reason=%s",
+                    log_q("roles are mta, msa and smtps, each once"));
+            rc = ERR_CONFIG;
+            break;
+        }
+        r->l = l;
+        r->kind = kind;
+        r->name = kind == ROLE_MTA ? "mta" : kind == ROLE_MSA ? "msa"
+                                                               : "smtps";
+        snprintf(key, sizeof(key), "listen.%s", r->name);
+        snprintf(r->addr, sizeof(r->addr), "%s", config_str(cfg, key));
+        r->fd = bind_addr(r->addr, why, sizeof(why));
+        if (r->fd < 0) {
+            log_err(NULL, "listen_failed", "role=%s addr=%s reason=%s",
+                    r->name, r->addr, log_q(why));
+            rc = ERR_SYS;
+            break;
+        }
+        if (loop_fd_add(l->loop, r->fd, LOOP_READ, on_accept, r) != 0) {
+            close(r->fd);
+            rc = ERR_SYS;
+            break;
+        }
+        l->nroles++;
+        log_info(NULL, "listening", "role=%s addr=%s", r->name, r->addr);
+    }
+    config_list_free(&names, n);
+    return rc;
+}
+
+void
+listener_net_stop(listener_t *l)
+{
+    for (int i = 0; i < l->nroles; i++) {
+        loop_fd_del(l->loop, l->roles[i].fd);
+        close(l->roles[i].fd);
+    }
+    l->nroles = 0;
+}

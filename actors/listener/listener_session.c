@@ -1,0 +1,703 @@
+/*
+ * listener_session.c - one SMTP session: the socket (plain or TLS), the
+ * engine, the timers, and the bus calls its events turn into.
+ *
+ * session_pump() is the heart: it feeds what was read into the engine,
+ * handles events until one needs an answer from another actor (at most one
+ * bus call is outstanding per session, which is what keeps pipelined
+ * replies in order, RFC 2920), sends what the engine queued, and decides
+ * whether to read, write, shake hands or close.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/clock.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+#include "listener.h"
+
+/* What a session keeps read but not yet taken by the engine, at most. */
+#define IN_MAX 16384
+
+enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_UP };
+
+struct rcpt {
+    char *raw;         /* the forward-path as given */
+};
+
+struct session {
+    struct session *prev, *next; /* the listener's list of live sessions */
+    listener_t *l;
+    struct role *role;
+    int fd;
+    char ip[64];
+    char trace[ENVELOPE_TRACE_LEN];
+    smtp_server_t *smtp;
+    tls_conn_t *tls;
+    enum tls_state tls_state;
+    bool starttls;     /* STARTTLS answered: handshake once output is out */
+    bool closing;      /* close once the output is out */
+    bool dead;         /* socket closed; freed when no call is outstanding */
+    int watching;      /* LOOP_* events the loop watches for */
+    buf_t in;          /* read, not yet taken by the engine */
+    int calls;         /* bus calls outstanding (0 or 1) */
+    int64_t last_active;
+    loop_timer_t *idle_timer, *total_timer;
+    /* The transaction: the sender and the mailboxes its recipients reach,
+     * each once (a mailbox reached by two recipients gets one copy). */
+    char *mail_from;
+    char **mailboxes;
+    char **mailbox_rcpts;
+    int nmailboxes;
+    int nrcpts;
+    char *envid;
+    enum smtp_ret ret;
+    int messages;
+};
+
+static void session_pump(struct session *s);
+static void session_free(struct session *s);
+
+static void
+txn_clear(struct session *s)
+{
+    for (int i = 0; i < s->nmailboxes; i++) {
+        free(s->mailboxes[i]);
+        free(s->mailbox_rcpts[i]);
+    }
+    free(s->mailboxes);
+    free(s->mailbox_rcpts);
+    s->mailboxes = s->mailbox_rcpts = NULL;
+    s->nmailboxes = s->nrcpts = 0;
+    free(s->mail_from);
+    s->mail_from = NULL;
+    free(s->envid);
+    s->envid = NULL;
+    s->ret = SMTP_RET_NONE;
+}
+
+static void
+txn_add_mailbox(struct session *s, const char *mailbox, const char *rcpt)
+{
+    for (int i = 0; i < s->nmailboxes; i++)
+        if (strcmp(s->mailboxes[i], mailbox) == 0)
+            return;
+    s->mailboxes = xrealloc(s->mailboxes,
+                            sizeof(char *) * (size_t)(s->nmailboxes + 1));
+    s->mailbox_rcpts = xrealloc(s->mailbox_rcpts,
+                                sizeof(char *) * (size_t)(s->nmailboxes + 1));
+    s->mailboxes[s->nmailboxes] = xstrdup(mailbox);
+    s->mailbox_rcpts[s->nmailboxes++] = xstrdup(rcpt);
+}
+
+static void
+watch(struct session *s, int events)
+{
+    if (s->dead || events == s->watching)
+        return;
+    s->watching = events;
+    loop_fd_mod(s->l->loop, s->fd, events);
+}
+
+/* Closes the socket now; the session itself goes when no call is out. */
+static void
+session_close(struct session *s, const char *why)
+{
+    listener_t *l = s->l;
+    intptr_t count;
+
+    if (s->dead)
+        return;
+    s->dead = true;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        l->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->tls && s->tls_state == TLS_UP)
+        tls_shutdown(s->tls);
+    loop_fd_del(l->loop, s->fd);
+    close(s->fd);
+    loop_timer_cancel(l->loop, &s->idle_timer);
+    loop_timer_cancel(l->loop, &s->total_timer);
+    count = (intptr_t)zhashx_lookup(l->per_ip, s->ip);
+    if (count <= 1)
+        zhashx_delete(l->per_ip, s->ip);
+    else
+        zhashx_update(l->per_ip, s->ip, (void *)(count - 1));
+    l->sessions--;
+    log_info(s->trace, "session_end", "role=%s ip=%s messages=%d why=%s",
+             s->role->name, s->ip, s->messages, why);
+    if (s->calls == 0)
+        session_free(s);
+}
+
+static void
+session_free(struct session *s)
+{
+    txn_clear(s);
+    smtp_server_destroy(&s->smtp);
+    tls_conn_destroy(&s->tls);
+    buf_free(&s->in);
+    free(s);
+}
+
+/* Socket I/O through TLS or not. Returns bytes, 0 at EOF, or an error
+ * (TLS_WANT_* included). */
+static ssize_t
+sock_read(struct session *s, void *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->tls_state == TLS_UP)
+        return tls_read(s->tls, buf, len);
+    n = read(s->fd, buf, len);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? TLS_WANT_READ : ERR_SYS;
+    return n;
+}
+
+static ssize_t
+sock_write(struct session *s, const void *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->tls_state == TLS_UP)
+        return tls_write(s->tls, buf, len);
+    n = send(s->fd, buf, len, MSG_NOSIGNAL);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? TLS_WANT_WRITE : ERR_SYS;
+    return n;
+}
+
+/* Sends what the engine queued. Returns 1 when all of it went, 0 when the
+ * socket is full, -1 when the connection is gone. */
+static int
+flush(struct session *s)
+{
+    for (;;) {
+        size_t len;
+        const char *out = smtp_server_output(s->smtp, &len);
+        ssize_t n;
+
+        if (len == 0)
+            return 1;
+        n = sock_write(s, out, len);
+        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
+            return 0;
+        if (n <= 0)
+            return -1;
+        smtp_server_output_done(s->smtp, (size_t)n);
+    }
+}
+
+static void on_io(loop_t *loop, int fd, int events, void *arg);
+
+/* --- bus calls ---------------------------------------------------------- */
+
+struct call {
+    struct session *s;
+    enum smtp_event_type what;
+};
+
+static envelope_t *
+request(struct session *s, const char *type)
+{
+    envelope_t *env = envelope_new(type, s->trace, s->l->bus_timeout_ms);
+    value_t *body = envelope_body(env);
+
+    value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
+    value_set_str(body, ENV_KEY_ROLE, s->role->name);
+    return env;
+}
+
+static void on_reply(void *arg, int err, const char *text,
+                     const envelope_t *reply);
+
+/* Sends env; the engine's decision waits for the reply. */
+static void
+call(struct session *s, envelope_t **env_p, enum smtp_event_type what)
+{
+    struct call *c = xcalloc(1, sizeof(*c));
+
+    c->s = s;
+    c->what = what;
+    s->calls++;
+    if (bus_client_send_take(s->l->bus, env_p, on_reply, c) != 0) {
+        s->calls--;
+        free(c);
+        /* Cannot happen with a type we built; answer like a dead bus. */
+        on_reply(NULL, ERR_INVAL, "bad request", NULL);
+    }
+}
+
+/* A reply text for the client: the other actor's, or ours on failure. */
+static void
+answer(struct session *s, int code, const char *ecode, const char *text)
+{
+    smtp_server_reply(s->smtp, code, ecode, text);
+}
+
+static void
+on_guard_rcpt(struct session *s, const envelope_t *reply)
+{
+    const value_t *boxes = value_get(envelope_body_peek(reply),
+                                     ENV_KEY_MAILBOXES);
+    const value_t *fwd = value_get(envelope_body_peek(reply), ENV_KEY_FORWARD);
+    const char *rcpt = envelope_get_str(reply, ENV_KEY_RCPT);
+
+    if (fwd && value_count(fwd) > 0) {
+        /* XXX: remote alias targets go to the queue, which the outbound
+         * issue builds; until then they are refused with a 4xx so that no
+         * message is accepted that cannot be delivered. */
+        answer(s, 451, "4.3.0", "forwarding is not available yet, try later");
+        return;
+    }
+    if (boxes == NULL || value_count(boxes) == 0) {
+        answer(s, 451, "4.3.0", "recipient resolves to nothing, try later");
+        return;
+    }
+    for (size_t i = 0; i < value_count(boxes); i++) {
+        const char *m = value_str(value_at(boxes, i), NULL);
+
+        if (m)
+            txn_add_mailbox(s, m, rcpt ? rcpt : m);
+    }
+    s->nrcpts++;
+    answer(s, envelope_code(reply), envelope_get_str(reply, ENV_KEY_ECODE),
+           envelope_get_str(reply, ENV_KEY_TEXT));
+}
+
+static void
+on_delivered(struct session *s, const envelope_t *reply)
+{
+    char text[128];
+
+    if (envelope_code(reply) == 250) {
+        s->messages++;
+        snprintf(text, sizeof(text), "Ok: queued as %s", s->trace);
+        log_info(s->trace, "message_accepted", "mailboxes=%d",
+                 s->nmailboxes);
+        answer(s, 250, "2.0.0", text);
+        return;
+    }
+    /* Any copy that is not on disk makes the whole message a 4xx: the
+     * client sends it again, and a mailbox may get it twice, but none
+     * loses it (DESIGN.md: a 250 is a promise). */
+    log_warn(s->trace, "delivery_failed", "code=%d text=%s",
+             envelope_code(reply),
+             log_q(envelope_get_str(reply, ENV_KEY_TEXT)
+                       ? envelope_get_str(reply, ENV_KEY_TEXT)
+                       : ""));
+    snprintf(text, sizeof(text), "mailbox unavailable, try again later %s",
+             s->trace);
+    answer(s, 451, "4.3.0", text);
+}
+
+static void
+on_reply(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct call *c = arg;
+    struct session *s = c ? c->s : NULL;
+    char msg[200];
+
+    if (s == NULL)
+        return;
+    s->calls--;
+    if (s->dead) {
+        if (s->calls == 0)
+            session_free(s);
+        free(c);
+        return;
+    }
+    if (err != 0 || reply == NULL) {
+        log_warn(s->trace, "bus_call_failed", "event=%d err=%s text=%s",
+                 (int)c->what, err_name(err), log_q(text));
+        if (c->what == SMTP_EV_CONNECT) {
+            answer(s, 421, "4.3.0", "service temporarily unavailable");
+        } else {
+            snprintf(msg, sizeof(msg),
+                     "temporary failure, try again later %s", s->trace);
+            answer(s, 451, "4.3.0", msg);
+        }
+    } else if (envelope_code(reply) >= 400) {
+        answer(s, envelope_code(reply),
+               envelope_get_str(reply, ENV_KEY_ECODE),
+               envelope_get_str(reply, ENV_KEY_TEXT));
+    } else if (c->what == SMTP_EV_RCPT) {
+        on_guard_rcpt(s, reply);
+    } else if (c->what == SMTP_EV_MESSAGE) {
+        on_delivered(s, reply);
+    } else if (c->what == SMTP_EV_CONNECT) {
+        answer(s, 220, NULL, "ESMTP Samotop");
+    } else {
+        answer(s, envelope_code(reply),
+               envelope_get_str(reply, ENV_KEY_ECODE),
+               envelope_get_str(reply, ENV_KEY_TEXT));
+    }
+    free(c);
+    session_pump(s);
+}
+
+/* --- events ------------------------------------------------------------- */
+
+/* RFC 5322 3.3 date-time, for the Received header. */
+static void
+rfc5322_date(char *out, size_t outlen)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(out, outlen, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+}
+
+/* The message with our Received header on top (RFC 5321 4.4): from the
+ * EHLO name and the client's address, by us, with the protocol keyword of
+ * RFC 3848, the session's trace id as the id, the TLS parameters as a
+ * comment, "for" only with one recipient (so that Bcc recipients stay
+ * hidden), and the date. */
+static value_t *
+message_with_received(struct session *s, const char *data, size_t len)
+{
+    buf_t b = BUF_INIT;
+    char date[64];
+    const char *helo = smtp_server_helo(s->smtp);
+    void *bytes;
+    size_t n;
+
+    rfc5322_date(date, sizeof(date));
+    buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
+               "id %s", helo ? helo : "unknown", s->ip, s->l->hostname,
+               smtp_server_with(s->smtp), s->trace);
+    if (s->tls_state == TLS_UP)
+        buf_printf(&b, "\r\n\t(version=%s cipher=%s bits=%d)",
+                   tls_conn_version(s->tls), tls_conn_cipher(s->tls),
+                   tls_conn_bits(s->tls));
+    if (s->nrcpts == 1 && s->nmailboxes >= 1)
+        buf_printf(&b, "\r\n\tfor <%s>", s->mailbox_rcpts[0]);
+    buf_printf(&b, ";\r\n\t%s\r\n", date);
+    buf_add(&b, data, len);
+    n = b.len;
+    bytes = buf_take(&b);
+    return value_new_bin_take(&bytes, n);
+}
+
+static void
+on_message(struct session *s, const struct smtp_event *ev)
+{
+    envelope_t *env;
+    value_t *body, *rcpts, *msg;
+
+    if (s->nmailboxes == 0) {
+        answer(s, 554, "5.5.1", "no valid recipients");
+        return;
+    }
+    env = request(s, "mailbox.deliver");
+    body = envelope_body(env);
+    value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
+    msg = message_with_received(s, ev->message.data, ev->message.len);
+    value_set_take(body, ENV_KEY_MESSAGE, &msg);
+    rcpts = value_new_array();
+    for (int i = 0; i < s->nmailboxes; i++) {
+        value_t *r = value_new_map();
+
+        value_set_str(r, ENV_KEY_MAILBOX, s->mailboxes[i]);
+        value_set_str(r, ENV_KEY_RCPT, s->mailbox_rcpts[i]);
+        value_push_take(rcpts, &r);
+    }
+    value_set_take(body, ENV_KEY_RCPTS, &rcpts);
+    if (s->envid)
+        value_set_str(body, ENV_KEY_ENVID, s->envid);
+    if (s->ret != SMTP_RET_NONE)
+        value_set_str(body, ENV_KEY_RET,
+                      s->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
+    call(s, &env, SMTP_EV_MESSAGE);
+}
+
+/* Handles one event; returns false when the session must stop for now
+ * (a bus call went out, or the session is over). */
+static bool
+on_event(struct session *s, const struct smtp_event *ev)
+{
+    envelope_t *env;
+
+    switch (ev->type) {
+    case SMTP_EV_CONNECT:
+        env = request(s, "guard.connect");
+        call(s, &env, SMTP_EV_CONNECT);
+        return false;
+    case SMTP_EV_HELO:
+        return true;
+    case SMTP_EV_MAIL:
+        txn_clear(s);
+        s->mail_from = xstrdup(ev->mail.from);
+        s->envid = ev->mail.envid ? xstrdup(ev->mail.envid) : NULL;
+        s->ret = ev->mail.ret;
+        env = request(s, "guard.mail");
+        value_set_str(envelope_body(env), ENV_KEY_MAIL_FROM, ev->mail.from);
+        if (smtp_server_helo(s->smtp))
+            value_set_str(envelope_body(env), ENV_KEY_HELO,
+                          smtp_server_helo(s->smtp));
+        if (ev->mail.size_given)
+            value_set_int(envelope_body(env), ENV_KEY_SIZE,
+                          (int64_t)ev->mail.size);
+        call(s, &env, SMTP_EV_MAIL);
+        return false;
+    case SMTP_EV_RCPT:
+        env = request(s, "guard.rcpt");
+        value_set_str(envelope_body(env), ENV_KEY_MAIL_FROM,
+                      s->mail_from ? s->mail_from : "");
+        value_set_str(envelope_body(env), ENV_KEY_RCPT, ev->rcpt.to);
+        call(s, &env, SMTP_EV_RCPT);
+        return false;
+    case SMTP_EV_MESSAGE:
+        on_message(s, ev);
+        return s->calls == 0;
+    case SMTP_EV_AUTH:
+        /* XXX: AUTH is offered only in the MSA and SMTPS roles, which
+         * come with the outbound issue (auth.verify). */
+        answer(s, 454, "4.7.0", "authentication not available");
+        return true;
+    case SMTP_EV_RESET:
+        txn_clear(s);
+        return true;
+    case SMTP_EV_STARTTLS:
+        s->starttls = true;
+        return false;
+    case SMTP_EV_QUIT:
+    case SMTP_EV_CLOSE:
+        s->closing = true;
+        return false;
+    case SMTP_EV_NONE:
+        break;
+    }
+    return false;
+}
+
+/* --- the pump ----------------------------------------------------------- */
+
+static void
+start_tls(struct session *s)
+{
+    s->tls = tls_conn_new(s->l->tls, s->fd);
+    if (s->tls == NULL) {
+        session_close(s, "tls_setup_failed");
+        return;
+    }
+    s->tls_state = TLS_HANDSHAKE;
+}
+
+/* Runs the handshake; returns true once it is done. */
+static bool
+handshake(struct session *s)
+{
+    int rc = tls_handshake(s->tls);
+
+    if (rc == TLS_WANT_READ) {
+        watch(s, LOOP_READ);
+        return false;
+    }
+    if (rc == TLS_WANT_WRITE) {
+        watch(s, LOOP_WRITE);
+        return false;
+    }
+    if (rc != 0) {
+        log_info(s->trace, "tls_failed", "ip=%s reason=%s", s->ip,
+                 log_q(tls_conn_error(s->tls)));
+        session_close(s, "tls_failed");
+        return false;
+    }
+    s->tls_state = TLS_UP;
+    log_info(s->trace, "tls_up", "version=%s cipher=%s",
+             tls_conn_version(s->tls), tls_conn_cipher(s->tls));
+    if (s->starttls) {
+        s->starttls = false;
+        smtp_server_tls_started(s->smtp);
+    }
+    return true;
+}
+
+static void
+session_pump(struct session *s)
+{
+    for (int rounds = 0; rounds < 64 && !s->dead; rounds++) {
+        const struct smtp_event *ev;
+        bool progress = false;
+        int fl;
+
+        if (s->tls_state == TLS_HANDSHAKE && !handshake(s))
+            return;
+        if (s->in.len > 0 && !s->starttls) {
+            size_t took = smtp_server_input(s->smtp, s->in.data, s->in.len);
+
+            buf_consume(&s->in, took);
+            progress = took > 0;
+        }
+        while (s->calls == 0 && !s->dead) {
+            ev = smtp_server_next(s->smtp);
+            if (ev->type == SMTP_EV_NONE)
+                break;
+            progress = true;
+            if (!on_event(s, ev))
+                break;
+        }
+        fl = flush(s);
+        if (fl < 0) {
+            session_close(s, "write_failed");
+            return;
+        }
+        if (fl == 0) {
+            watch(s, LOOP_WRITE);
+            return;
+        }
+        if (s->closing) {
+            session_close(s, "done");
+            return;
+        }
+        if (s->starttls && s->tls_state == TLS_NONE) {
+            /* Everything read after the STARTTLS line is dropped: it was
+             * sent in the clear and must never be executed (RFC 3207 5). */
+            buf_reset(&s->in);
+            start_tls(s);
+            continue;
+        }
+        if (!progress || s->calls > 0)
+            break;
+    }
+    if (s->dead)
+        return;
+    /* Read while the engine can take more; a TLS connection may hold
+     * decrypted bytes that epoll cannot see. */
+    watch(s, s->in.len < IN_MAX && s->calls == 0 ? LOOP_READ : 0);
+    if (s->tls_state == TLS_UP && tls_pending(s->tls) && s->calls == 0 &&
+        s->in.len < IN_MAX)
+        on_io(s->l->loop, s->fd, LOOP_READ, s);
+}
+
+static void
+on_io(loop_t *loop, int fd, int events, void *arg)
+{
+    struct session *s = arg;
+
+    (void)loop;
+    (void)fd;
+    if (s->tls_state == TLS_HANDSHAKE) {
+        session_pump(s);
+        return;
+    }
+    if (events & LOOP_READ) {
+        char buf[16384];
+
+        while (s->in.len < IN_MAX && !s->dead) {
+            ssize_t n = sock_read(s, buf, sizeof(buf));
+
+            if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
+                break;
+            if (n <= 0) {
+                session_close(s, n == 0 ? "client_closed" : "read_failed");
+                return;
+            }
+            if (s->starttls)
+                continue; /* after STARTTLS and before the handshake */
+            buf_add(&s->in, buf, (size_t)n);
+            s->last_active = loop_now_ms(s->l->loop);
+            if ((size_t)n < sizeof(buf))
+                break;
+        }
+    }
+    session_pump(s);
+}
+
+/* --- timers ------------------------------------------------------------- */
+
+static void
+on_idle(loop_t *loop, void *arg)
+{
+    struct session *s = arg;
+    int64_t left = s->last_active + s->l->idle_ms - loop_now_ms(loop);
+
+    s->idle_timer = NULL;
+    if (left > 0) {
+        s->idle_timer = loop_timer_add(loop, left, on_idle, s);
+        return;
+    }
+    log_info(s->trace, "idle_timeout", "ip=%s", s->ip);
+    /* RFC 5321 4.5.3.2.7: the server may close an idle session; it says
+     * 421 first (3.8). */
+    /* A bus call still out is dropped by the engine; its reply finds the
+     * session dead, since this function always ends with it closed. */
+    smtp_server_close(s->smtp, "4.4.2", "idle timeout, closing");
+    session_pump(s);
+    if (!s->dead)
+        session_close(s, "idle_timeout");
+}
+
+static void
+on_total(loop_t *loop, void *arg)
+{
+    struct session *s = arg;
+
+    (void)loop;
+    s->total_timer = NULL;
+    log_info(s->trace, "session_timeout", "ip=%s", s->ip);
+    smtp_server_close(s->smtp, "4.4.2", "session too long, closing");
+    session_pump(s);
+    if (!s->dead)
+        session_close(s, "session_timeout");
+}
+
+void
+listener_session_start(listener_t *l, struct role *role, int fd,
+                       const char *ip)
+{
+    struct session *s = xcalloc(1, sizeof(*s));
+    intptr_t count = (intptr_t)zhashx_lookup(l->per_ip, ip);
+
+    s->l = l;
+    s->role = role;
+    s->fd = fd;
+    snprintf(s->ip, sizeof(s->ip), "%s", ip);
+    envelope_new_trace(s->trace);
+    s->smtp = smtp_server_new(&role->opts);
+    s->last_active = loop_now_ms(l->loop);
+    if (loop_fd_add(l->loop, fd, LOOP_READ, on_io, s) != 0) {
+        close(fd);
+        smtp_server_destroy(&s->smtp);
+        free(s);
+        return;
+    }
+    s->watching = LOOP_READ;
+    s->next = l->head;
+    if (l->head)
+        l->head->prev = s;
+    l->head = s;
+    zhashx_update(l->per_ip, ip, (void *)(count + 1));
+    l->sessions++;
+    s->idle_timer = loop_timer_add(l->loop, l->idle_ms, on_idle, s);
+    s->total_timer = loop_timer_add(l->loop, l->session_ms, on_total, s);
+    log_info(s->trace, "session_start", "role=%s ip=%s sessions=%d",
+             role->name, ip, l->sessions);
+    if (role->kind == ROLE_SMTPS)
+        start_tls(s); /* implicit TLS (RFC 8314): handshake, then greet */
+    session_pump(s);
+}
+
+void
+listener_sessions_close_all(listener_t *l)
+{
+    while (l->head) {
+        struct session *s = l->head;
+
+        smtp_server_close(s->smtp, "4.3.2", "shutting down");
+        flush(s);
+        session_close(s, "shutdown");
+    }
+}
