@@ -132,7 +132,7 @@ START_TEST(test_flags)
 }
 END_TEST
 
-static char long_local[80], long_domain[300], long_path[300], long_label[90],
+static char long_local[80], long_domain[400], long_path[300], long_label[90],
     max_local[80], max_path[300];
 
 static void
