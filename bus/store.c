@@ -188,6 +188,11 @@ struct store_async {
     int fd, events;   /* what the loop watches for hiredis */
     int connected;
     int closing; /* store_async_destroy() is under way */
+    /* Frames of ours on the stack that touch s after a user callback may
+     * have run (on_fd, on_timeout, store_async_destroy): a destroy from a
+     * callback leaves the freeing to the outermost of them. */
+    int depth;
+    int dead; /* destroyed: free when depth is back to 0 */
     int backoff_ms;
     loop_timer_t *reconnect;
     struct pending *pending; /* commands sent, oldest first */
@@ -206,6 +211,21 @@ struct pending {
 };
 
 static void async_connect(store_async_t *s);
+static void async_free(store_async_t *s);
+
+static void
+enter(store_async_t *s)
+{
+    s->depth++;
+}
+
+/* Leaves a frame; s may be freed by it, and must not be touched after. */
+static void
+leave(store_async_t *s)
+{
+    if (--s->depth == 0 && s->dead)
+        async_free(s);
+}
 
 static void
 ev_update(store_async_t *s, int events)
@@ -267,11 +287,14 @@ on_fd(loop_t *loop, int fd, int events, void *arg)
     (void)loop;
     (void)fd;
     /* hiredis may free the context inside either call (on an error), so
-     * look at s->ac again between them. */
+     * look at s->ac again between them; a callback may also destroy s,
+     * whose context hiredis then frees before HandleRead returns. */
+    enter(s);
     if ((events & LOOP_READ) && s->ac)
         redisAsyncHandleRead(s->ac);
-    if ((events & LOOP_WRITE) && s->ac)
+    if ((events & LOOP_WRITE) && s->ac && !s->closing)
         redisAsyncHandleWrite(s->ac);
+    leave(s);
 }
 
 static void
@@ -287,7 +310,7 @@ on_reconnect(loop_t *loop, void *arg)
 static void
 schedule_reconnect(store_async_t *s)
 {
-    if (s->reconnect)
+    if (s->reconnect || s->closing)
         return;
     s->reconnect = loop_timer_add(s->loop, s->backoff_ms, on_reconnect, s);
     s->backoff_ms *= 2;
@@ -424,7 +447,13 @@ on_timeout(loop_t *loop, void *arg)
     (void)loop;
     p->timer = NULL;
     p->answered = 1;
+    enter(s);
     p->cb(p->arg, ERR_TIMEOUT, NULL);
+    if (s->closing) {
+        /* The callback destroyed the store, which failed the rest. */
+        leave(s);
+        return;
+    }
     log_warn(NULL, "redis_timeout", "addr=%s:%d timeout_ms=%d", s->host,
              s->port, s->timeout_ms);
     /* Drop the connection now (not redisAsyncDisconnect(), which would
@@ -436,6 +465,7 @@ on_timeout(loop_t *loop, void *arg)
         s->connected = 0;
         schedule_reconnect(s);
     }
+    leave(s);
 }
 
 int
@@ -444,7 +474,7 @@ store_async_cmd(store_async_t *s, store_cb *cb, void *arg, int argc,
 {
     struct pending *p;
 
-    if (!s->connected || s->ac == NULL)
+    if (!s->connected || s->ac == NULL || s->closing)
         return ERR_REDIS;
     p = xcalloc(1, sizeof(*p));
     p->s = s;
@@ -469,6 +499,14 @@ store_async_ready(const store_async_t *s)
     return s->connected;
 }
 
+static void
+async_free(store_async_t *s)
+{
+    free(s->host);
+    free(s->password);
+    free(s);
+}
+
 void
 store_async_destroy(store_async_t **store_p)
 {
@@ -476,15 +514,20 @@ store_async_destroy(store_async_t **store_p)
 
     if (s == NULL)
         return;
+    *store_p = NULL;
+    if (s->closing)
+        return; /* from a callback of the destroy further up the stack */
     loop_timer_cancel(s->loop, &s->reconnect);
     for (struct pending *p = s->pending; p; p = p->next)
         loop_timer_cancel(s->loop, &p->timer);
     /* From here callbacks get ERR_CLOSED, and no reconnect is scheduled. */
     s->closing = 1;
+    s->dead = 1;
+    enter(s);
+    /* Calls every pending callback now or, when we are inside one of
+     * hiredis's callbacks, as soon as it returns (on_fd is then on the
+     * stack and frees s after that). */
     if (s->ac)
-        redisAsyncFree(s->ac); /* calls every pending callback */
-    free(s->host);
-    free(s->password);
-    free(s);
-    *store_p = NULL;
+        redisAsyncFree(s->ac);
+    leave(s);
 }
