@@ -1,0 +1,102 @@
+/*
+ * maildir.h - the Maildir store under $SAMOTOP_DATA/mail (DESIGN.md, The
+ * mailbox store).
+ *
+ * A mailbox "alice@example.test" lives in mail/example.test/alice/, a
+ * Maildir (tmp/, new/, cur/) that mutt or Dovecot can open; a Maildir++
+ * folder ".Spam" is mail/example.test/alice/.Spam/. Directories are made
+ * on first delivery, mode 0700.
+ *
+ * A delivery writes the message once into a tmp/ file, fsync's it, then
+ * hard-links it into the new/ of every mailbox and fsync's each new/
+ * directory: only then is that copy durable and reported as 250. When a
+ * link cannot be made (another file system, no hard links), that mailbox
+ * gets its own copy, written the same way. Nothing is ever left in new/
+ * that is not a whole, fsync'd message, and nothing is left in tmp/.
+ *
+ * Mailbox and folder names are checked before any path is built from
+ * them, and every path is walked with openat(O_NOFOLLOW) from the mail
+ * root, so no name can reach outside it.
+ *
+ * The store is used from one thread (the mailbox actor's loop) and the
+ * calls block on the disk.
+ */
+#ifndef SAMOTOP_MAILDIR_H
+#define SAMOTOP_MAILDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/uio.h>
+
+typedef struct maildir maildir_t;
+
+/* Longest mailbox name (local@domain) and parts accepted. */
+#define MAILDIR_LOCAL_MAX 64
+#define MAILDIR_DOMAIN_MAX 253
+#define MAILDIR_LABEL_MAX 63
+#define MAILDIR_NAME_MAX (MAILDIR_LOCAL_MAX + 1 + MAILDIR_DOMAIN_MAX)
+/* Longest Maildir++ folder name, leading dot included. */
+#define MAILDIR_FOLDER_MAX 255
+/* Room for a unique file name with its NUL. */
+#define MAILDIR_FILE_MAX 192
+
+/* One mailbox a delivery goes to, with its outcome. */
+struct maildir_rcpt {
+    /* In: the mailbox, with its length (a NUL inside is refused). */
+    const char *mailbox;
+    size_t mailbox_len;
+    /* In: the Maildir++ folder (".Spam"), or NULL for INBOX. */
+    const char *folder;
+    size_t folder_len;
+
+    /* Out: the SMTP reply for this copy: 250 2.0.0, 452 4.2.2 (no space,
+     * quota), 451 4.3.0 (other I/O errors) or 550 5.1.1 (bad name). */
+    int code;
+    const char *ecode; /* static */
+    const char *text;  /* static */
+    /* Out: the file name in new/ on success, else "". */
+    char file[MAILDIR_FILE_MAX];
+    /* Out, for the log: the errno and the step that failed ("link",
+     * "mkdir new", ...), 0 and NULL on success or for a bad name. */
+    int sys_errno;
+    const char *failed_op; /* static */
+    /* Out: whether this copy is a hard link of another's file. */
+    bool linked;
+};
+
+/* Opens (creating it, mode 0700, when missing) data_dir/mail as the mail
+ * root. host names this machine in file names (NULL or "": the system's
+ * host name). Returns NULL when the root cannot be had, with the reason
+ * in why. Caller owns the store. */
+maildir_t *maildir_new(const char *data_dir, const char *host, char *why,
+                       size_t whylen);
+
+void maildir_destroy(maildir_t **md_p);
+
+/* Whether name (len bytes) is a mailbox name the store accepts: lower-case
+ * ASCII local@domain, one "@", a local part of dot-atom characters with no
+ * leading, trailing or double dot, a domain of LDH labels, within the
+ * MAILDIR_*_MAX lengths, and no "/" or NUL anywhere. */
+bool maildir_name_ok(const char *name, size_t len);
+
+/* Whether folder (len bytes) is a Maildir++ folder name the store accepts:
+ * a leading ".", printable ASCII, no "/", no "\\", no empty hierarchy part
+ * (".." or a trailing "."), at most MAILDIR_FOLDER_MAX bytes. */
+bool maildir_folder_ok(const char *folder, size_t len);
+
+/* Writes a new unique Maildir file name for a message of size bytes into
+ * out: "<secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>". */
+void maildir_unique_name(maildir_t *md, size_t size,
+                         char out[MAILDIR_FILE_MAX]);
+
+/* Stores the message made of the nparts parts (written one after the
+ * other: e.g. a Return-Path line, then the message as received) in each of
+ * the n mailboxes of rcpts and fills in each one's outcome (see struct
+ * maildir_rcpt); one mailbox failing never stops the others. Recipients
+ * naming the same mailbox and folder share its one copy. A folder that is
+ * NULL, "" or "INBOX" means the mailbox itself. Returns the number of
+ * recipients whose copy is stored (code 250). */
+size_t maildir_deliver(maildir_t *md, const struct iovec *parts, int nparts,
+                       struct maildir_rcpt *rcpts, size_t n);
+
+#endif
