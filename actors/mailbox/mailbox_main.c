@@ -7,7 +7,10 @@
  */
 #include "actor.h"
 
+#include "mailbox.h"
+
 static const struct handler mailbox_handlers[] = {
+    {ENV_MAILBOX_DELIVER, mailbox_on_deliver}, /* from listener, queue */
     {ENV_NONE, NULL}
 };
 
@@ -15,5 +18,6 @@ int
 main(int argc, char **argv)
 {
     return actor_main(argc, argv, &(struct actor_desc){
-        .name = "mailbox", .handlers = mailbox_handlers});
+        .name = "mailbox", .handlers = mailbox_handlers,
+        .init = mailbox_init, .fini = mailbox_fini});
 }

@@ -1,0 +1,224 @@
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include "mailbox.h"
+
+static const char *request_check(const value_t *body, int *code,
+                                 const char **ecode);
+static void sum_up(const struct maildir_rcpt *r, size_t n, int *code,
+                   const char **ecode, const char **text);
+static value_t *results_new(const struct maildir_rcpt *r, size_t n);
+static void log_outcomes(const char *trace, const struct maildir_rcpt *r,
+                         size_t n);
+
+/* A reverse-path goes into the Return-Path line as it is, so it must not be
+ * able to end that line or start another one: no CR, LF, NUL or other
+ * controls. UTF-8 (SMTPUTF8) passes. */
+static bool
+mail_from_ok(const char *s, size_t len)
+{
+    if (len > MAILBOX_MAX_MAIL_FROM)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c < 0x20 || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* What the decoder cannot check (it sees only the top-level fields of the
+ * schema): the rcpts items and the sender. Returns NULL when the request
+ * is good, else the reason, with the reply code and ecode to use. */
+static const char *
+request_check(const value_t *body, int *code, const char **ecode)
+{
+    const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
+    const char *from;
+    size_t n = value_count(rcpts), from_len;
+
+    *code = 501;
+    *ecode = "5.5.4";
+    if (n == 0)
+        return "rcpts is empty";
+    if (n > MAILBOX_MAX_RCPTS) {
+        *code = 554;
+        *ecode = "5.5.3";
+        return "too many recipients in one request";
+    }
+    for (size_t i = 0; i < n; i++) {
+        const value_t *item = value_at(rcpts, i), *v;
+
+        if (value_kind(item) != VAL_MAP)
+            return "rcpts item is not a map";
+        v = value_get(item, MAILBOX_KEY_MAILBOX);
+        if (v == NULL || value_kind(v) != VAL_STR)
+            return "rcpts item has no mailbox string";
+        v = value_get(item, MAILBOX_KEY_FOLDER);
+        if (v != NULL && value_kind(v) != VAL_STR)
+            return "rcpts item's folder is not a string";
+        v = value_get(item, ENV_KEY_RCPT);
+        if (v != NULL && value_kind(v) != VAL_STR)
+            return "rcpts item's rcpt is not a string";
+    }
+    from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
+    if (!mail_from_ok(from, from_len)) {
+        *ecode = "5.1.7";
+        return "mail_from is too long or holds control characters";
+    }
+    return NULL;
+}
+
+/*
+ * The top-level status sums the recipients' up for a caller that reads only
+ * it (an SMTP listener answering DATA for one recipient, a log):
+ *   - 250 2.0.0 when every copy is on disk;
+ *   - else 451 4.3.0 when any copy failed for a reason that may pass (any
+ *     4xx: a full disk, an I/O error), since the sender must then keep the
+ *     message and try those recipients again, which outweighs a refusal;
+ *   - else (only 250s and 5xx) 550 with the first refusal's ecode.
+ * Callers that can answer per recipient (LMTP, the queue) read results.
+ */
+static void
+sum_up(const struct maildir_rcpt *r, size_t n, int *code, const char **ecode,
+       const char **text)
+{
+    const struct maildir_rcpt *first_5xx = NULL;
+    bool any_4xx = false;
+
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].code >= 400 && r[i].code < 500)
+            any_4xx = true;
+        else if (r[i].code >= 500 && first_5xx == NULL)
+            first_5xx = &r[i];
+    }
+    if (any_4xx) {
+        *code = 451;
+        *ecode = "4.3.0";
+        *text = "not every copy could be stored, try again later";
+    } else if (first_5xx != NULL) {
+        *code = 550;
+        *ecode = first_5xx->ecode;
+        *text = "some recipients were refused";
+    } else {
+        *code = 250;
+        *ecode = "2.0.0";
+        *text = "delivered";
+    }
+}
+
+static value_t *
+results_new(const struct maildir_rcpt *r, size_t n)
+{
+    value_t *results = value_new_array();
+
+    for (size_t i = 0; i < n; i++) {
+        value_t *item = value_new_map(), *name;
+
+        name = value_new_strn(r[i].mailbox, r[i].mailbox_len);
+        value_set_take(item, MAILBOX_KEY_MAILBOX, &name);
+        value_set_int(item, ENV_KEY_CODE, r[i].code);
+        value_set_str(item, ENV_KEY_ECODE, r[i].ecode);
+        value_set_str(item, ENV_KEY_TEXT, r[i].text);
+        if (r[i].code == 250)
+            value_set_str(item, MAILBOX_KEY_FILE, r[i].file);
+        value_push_take(results, &item);
+    }
+    return results;
+}
+
+/* Failures are logged here, where they are handled; the mailbox id is all
+ * that is said of a recipient. */
+static void
+log_outcomes(const char *trace, const struct maildir_rcpt *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].code == 550)
+            log_info(trace, "mailbox_refused", "mailbox=%s code=550",
+                     log_q(r[i].mailbox));
+        else if (r[i].code != 250)
+            log_warn(trace, "store_failed",
+                     "mailbox=%s folder=%s op=%s error=%s code=%d",
+                     log_q(r[i].mailbox),
+                     log_q(r[i].folder ? r[i].folder : "INBOX"),
+                     log_q(r[i].failed_op ? r[i].failed_op : "-"),
+                     log_q(strerror(r[i].sys_errno)), r[i].code);
+    }
+}
+
+void
+mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
+{
+    struct mailbox *mb = actor_data(a);
+    const envelope_t *req = bus_request_envelope(*req_p);
+    const value_t *body = envelope_body_peek(req);
+    const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
+    const char *trace = envelope_trace(req), *why, *ecode, *text;
+    const char *msg, *from;
+    size_t msg_len, from_len, n, stored;
+    int64_t t0 = clock_mono_us();
+    struct maildir_rcpt *r;
+    struct iovec parts[2];
+    envelope_t *reply;
+    value_t *results;
+    char *head;
+    int code;
+
+    if ((why = request_check(body, &code, &ecode)) != NULL) {
+        mb->bad_requests++;
+        log_warn(trace, "bad_request", "id=%s from=%s reason=%s count=%llu",
+                 log_q(envelope_id(req)), log_q(envelope_from(req)), log_q(why),
+                 (unsigned long long)mb->bad_requests);
+        actor_fail(a, req_p, code, ecode, why);
+        return;
+    }
+    msg = value_str(value_get(body, ENV_KEY_MESSAGE), &msg_len);
+    from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
+    n = value_count(rcpts);
+    r = xcalloc(n, sizeof(*r));
+    for (size_t i = 0; i < n; i++) {
+        const value_t *item = value_at(rcpts, i);
+        const value_t *folder = value_get(item, MAILBOX_KEY_FOLDER);
+
+        r[i].mailbox =
+            value_str(value_get(item, MAILBOX_KEY_MAILBOX), &r[i].mailbox_len);
+        if (folder != NULL)
+            r[i].folder = value_str(folder, &r[i].folder_len);
+    }
+    /* RFC 5321 section 4.4: the final delivery adds the Return-Path. It is
+     * the same for every recipient, so the copies can still share a file. */
+    head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
+    parts[0] = (struct iovec){head, strlen(head)};
+    parts[1] = (struct iovec){(void *)msg, msg_len};
+    /* XXX: the writes and fsyncs block the loop (a few ms per message on a
+     * local disk, far more on a busy or network one), holding up every
+     * other request of this actor meanwhile, and the IMAP sessions once
+     * they share the loop. They belong on a thread pool that answers
+     * through the loop; other copies of the actor take the load until then. */
+    stored = maildir_deliver(mb->store, parts, 2, r, n);
+    sum_up(r, n, &code, &ecode, &text);
+    log_outcomes(trace, r, n);
+    mb->delivered += stored;
+    for (size_t i = 0; i < n; i++) {
+        mb->deferred += r[i].code >= 400 && r[i].code < 500;
+        mb->refused += r[i].code >= 500;
+    }
+    log_info(trace, "deliver",
+             "id=%s mailboxes=%zu stored=%zu size=%zu ms=%.1f code=%d",
+             log_q(envelope_id(req)), n, stored, parts[0].iov_len + msg_len,
+             (double)(clock_mono_us() - t0) / 1000.0, code);
+    reply = envelope_new_reply(req, code, ecode, text);
+    results = results_new(r, n);
+    value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
+    free(head);
+    free(r);
+    actor_reply(a, req_p, &reply);
+}
