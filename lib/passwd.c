@@ -25,8 +25,7 @@ const struct passwd_params passwd_default = {
 static const char b64_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-static void
-say(char *why, size_t whylen, const char *fmt, ...)
+static void say(char *why, size_t whylen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void
@@ -48,8 +47,8 @@ b64_encode(const unsigned char *in, size_t n, char *out)
     size_t i;
 
     for (i = 0; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
-                     in[i + 2];
+        uint32_t v =
+            (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
 
         *out++ = b64_chars[v >> 18];
         *out++ = b64_chars[(v >> 12) & 63];
@@ -172,8 +171,8 @@ derive(const char *password, size_t len, const unsigned char *salt,
     /* An empty password still needs a pointer OpenSSL can copy from. */
     params[0] = OSSL_PARAM_construct_octet_string(
         OSSL_KDF_PARAM_PASSWORD, (void *)(len ? password : ""), len);
-    params[1] = OSSL_PARAM_construct_octet_string(
-        OSSL_KDF_PARAM_SALT, (void *)salt, pp->saltlen);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT,
+                                                  (void *)salt, pp->saltlen);
     params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n);
     params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
     params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
@@ -301,8 +300,7 @@ parse(const char *stored, struct passwd_params *pp, unsigned char *salt,
     s = dollar + 1;
     n = b64_decode(s, strlen(s), key, KEY_MAX);
     if (n < KEY_MIN) {
-        say(why, whylen, "key is not %d..%d bytes of base64", KEY_MIN,
-            KEY_MAX);
+        say(why, whylen, "key is not %d..%d bytes of base64", KEY_MIN, KEY_MAX);
         return ERR_MALFORMED;
     }
     pp->keylen = (size_t)n;
@@ -323,8 +321,8 @@ passwd_parse(const char *stored, struct passwd_params *pp, char *why,
 }
 
 int
-passwd_verify(const char *password, size_t len, const char *stored,
-              char *why, size_t whylen)
+passwd_verify(const char *password, size_t len, const char *stored, char *why,
+              size_t whylen)
 {
     struct passwd_params pp;
     unsigned char salt[SALT_MAX], want[KEY_MAX], got[KEY_MAX];

@@ -82,8 +82,9 @@ static const struct pw_row {
     {"utf-8", "p\xc3\xa4ssw\xc3\xb6rd", 10, "passwort", 8},
     {"inner NUL", "ab\0cd", 5, "ab\0ce", 5},
     {"NUL is not the end", "ab\0cd", 5, "ab", 2},
-    {"long", "0123456789012345678901234567890123456789012345678901234567890"
-             "1234567890123456789012345678901234567890",
+    {"long",
+     "0123456789012345678901234567890123456789012345678901234567890"
+     "1234567890123456789012345678901234567890",
      101, "0123456789", 10},
 };
 
@@ -96,8 +97,7 @@ START_TEST(test_round_trip_table)
     rc = passwd_hash_params(r->pw, r->len, &quick, h, sizeof(h));
     ck_assert_msg(rc == 0, "%s: hash: got %d, want 0", r->label, rc);
     rc = passwd_verify(r->pw, r->len, h, why, sizeof(why));
-    ck_assert_msg(rc == 0, "%s: right: got %d (%s), want 0", r->label, rc,
-                  why);
+    ck_assert_msg(rc == 0, "%s: right: got %d (%s), want 0", r->label, rc, why);
     rc = passwd_verify(r->wrong, r->wronglen, h, why, sizeof(why));
     ck_assert_msg(rc == 1, "%s: wrong: got %d, want 1", r->label, rc);
 }
@@ -162,12 +162,11 @@ START_TEST(test_params_round_trip)
     ck_assert_msg(rc == 0, "%s: hash: got %d, want 0", r->label, rc);
     rc = passwd_parse(h, &got, why, sizeof(why));
     ck_assert_msg(rc == 0, "%s: parse %s: got %d (%s)", r->label, h, rc, why);
-    ck_assert_msg(got.ln == r->pp.ln && got.r == r->pp.r &&
-                      got.p == r->pp.p && got.saltlen == r->pp.saltlen &&
+    ck_assert_msg(got.ln == r->pp.ln && got.r == r->pp.r && got.p == r->pp.p &&
+                      got.saltlen == r->pp.saltlen &&
                       got.keylen == r->pp.keylen,
-                  "%s: %s parsed as ln=%d r=%d p=%d salt=%zu key=%zu",
-                  r->label, h, got.ln, got.r, got.p, got.saltlen,
-                  got.keylen);
+                  "%s: %s parsed as ln=%d r=%d p=%d salt=%zu key=%zu", r->label,
+                  h, got.ln, got.r, got.p, got.saltlen, got.keylen);
     ck_assert_msg(verify("pw", h) == 0, "%s: no match", r->label);
     ck_assert_msg(verify("pW", h) == 1, "%s: wrong one matched", r->label);
     ck_assert_int_eq(passwd_needs_rehash(h), 1);
@@ -181,10 +180,10 @@ static const struct bad_params_row {
     {"ln 0", {.ln = 0, .r = 8, .p = 1, .saltlen = 16, .keylen = 32}},
     {"r 0", {.ln = 4, .r = 0, .p = 1, .saltlen = 16, .keylen = 32}},
     {"p 0", {.ln = 4, .r = 8, .p = 0, .saltlen = 16, .keylen = 32}},
-    {"too much memory", {.ln = 22, .r = 8, .p = 1, .saltlen = 16,
-                         .keylen = 32}},
-    {"N too big for r=1", {.ln = 16, .r = 1, .p = 1, .saltlen = 16,
-                           .keylen = 32}},
+    {"too much memory",
+     {.ln = 22, .r = 8, .p = 1, .saltlen = 16, .keylen = 32}},
+    {"N too big for r=1",
+     {.ln = 16, .r = 1, .p = 1, .saltlen = 16, .keylen = 32}},
     {"short salt", {.ln = 4, .r = 8, .p = 1, .saltlen = 7, .keylen = 32}},
     {"long salt", {.ln = 4, .r = 8, .p = 1, .saltlen = 65, .keylen = 32}},
     {"short key", {.ln = 4, .r = 8, .p = 1, .saltlen = 16, .keylen = 15}},
@@ -197,8 +196,7 @@ START_TEST(test_bad_params)
     char h[PASSWD_MAX] = "x";
     int rc = passwd_hash_params("pw", 2, &r->pp, h, sizeof(h));
 
-    ck_assert_msg(rc == ERR_INVAL, "%s: got %d, want ERR_INVAL", r->label,
-                  rc);
+    ck_assert_msg(rc == ERR_INVAL, "%s: got %d, want ERR_INVAL", r->label, rc);
     ck_assert_msg(h[0] == '\0', "%s: output left \"%s\"", r->label, h);
 }
 END_TEST
@@ -226,8 +224,7 @@ static const struct rehash_row {
     {"weaker N", "$scrypt$ln=14,r=8,p=1$" SALT0 "$" KEY0, 1},
     {"weaker r", "$scrypt$ln=17,r=4,p=1$" SALT0 "$" KEY0, 1},
     {"short salt", "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAA$" KEY0, 1},
-    {"short key", "$scrypt$ln=15,r=8,p=1$" SALT0 "$AAAAAAAAAAAAAAAAAAAAAA",
-     1},
+    {"short key", "$scrypt$ln=15,r=8,p=1$" SALT0 "$AAAAAAAAAAAAAAAAAAAAAA", 1},
     {"malformed", "$scrypt$ln=15,r=8$" SALT0 "$" KEY0, ERR_MALFORMED},
 };
 
@@ -281,9 +278,10 @@ static const struct bad_row {
     {"padding", "$scrypt$ln=15,r=8,p=1$" SALT0 "==$" KEY0},
     {"bad character", "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAA*AAAAAAAAAA$" KEY0},
     {"url-safe alphabet", "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAA-AAAAAAAAAA$" KEY0},
-    {"non-canonical bits", "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAB$" KEY0},
-    {"impossible length", "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAAAAA$"
-                          KEY0},
+    {"non-canonical bits",
+     "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAB$" KEY0},
+    {"impossible length",
+     "$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAAAAA$" KEY0},
     {"trailing field", "$scrypt$ln=15,r=8,p=1$" SALT0 "$" KEY0 "$x"},
     {"trailing newline", "$scrypt$ln=15,r=8,p=1$" SALT0 "$" KEY0 "\n"},
     {"trailing dollar", "$scrypt$ln=15,r=8,p=1$" SALT0 "$" KEY0 "$"},
@@ -299,8 +297,8 @@ START_TEST(test_malformed)
     int rc;
 
     rc = passwd_verify("pw", 2, r->stored, why, sizeof(why));
-    ck_assert_msg(rc == ERR_MALFORMED, "%s: verify: got %d, want %d",
-                  r->label, rc, ERR_MALFORMED);
+    ck_assert_msg(rc == ERR_MALFORMED, "%s: verify: got %d, want %d", r->label,
+                  rc, ERR_MALFORMED);
     ck_assert_msg(why[0] != '\0', "%s: no reason given", r->label);
     why[0] = '\0';
     rc = passwd_parse(r->stored, &pp, why, sizeof(why));

@@ -91,12 +91,14 @@ redis_config(const struct redis *r, const char *password)
     char why[256], port[16];
 
     snprintf(port, sizeof(port), "%d", r->port);
-    ck_assert_msg(config_set(cfg, "redis.host", "127.0.0.1", why,
-                             sizeof(why)) == 0, "%s", why);
+    ck_assert_msg(
+        config_set(cfg, "redis.host", "127.0.0.1", why, sizeof(why)) == 0, "%s",
+        why);
     ck_assert_msg(config_set(cfg, "redis.port", port, why, sizeof(why)) == 0,
                   "%s", why);
     ck_assert_msg(config_set(cfg, "redis.password", password ? password : "",
-                             why, sizeof(why)) == 0, "%s", why);
+                             why, sizeof(why)) == 0,
+                  "%s", why);
     return cfg;
 }
 
@@ -273,8 +275,7 @@ static const struct reply_row {
     {"empty array", {"SMEMBERS", "missing", NULL}, STORE_ARRAY, NULL, 0},
     {"array", {"HGETALL", "h", NULL}, STORE_ARRAY, NULL, 4},
     {"wrong type", {"INCR", "k", NULL}, STORE_ERROR, "ERR value is not", 0},
-    {"unknown command", {"NOSUCHCOMMAND", NULL}, STORE_ERROR, "ERR unknown",
-     0},
+    {"unknown command", {"NOSUCHCOMMAND", NULL}, STORE_ERROR, "ERR unknown", 0},
     {"wrong arity", {"GET", NULL}, STORE_ERROR, "ERR wrong number", 0},
 };
 
@@ -290,8 +291,7 @@ START_TEST(test_sync_reply_types)
     s = sync_connect(&r, 2000);
     rep = run(s, (const char *const[]){"SET", "k", "v1", NULL});
     store_reply_free(&rep);
-    rep = run(s, (const char *const[]){"HSET", "h", "a", "1", "b", "2",
-                                       NULL});
+    rep = run(s, (const char *const[]){"HSET", "h", "a", "1", "b", "2", NULL});
     store_reply_free(&rep);
     rep = run(s, row->argv);
     type = store_reply_type(rep);
@@ -312,8 +312,7 @@ START_TEST(test_sync_reply_types)
         ck_assert_msg(store_reply_int(rep) == 0 &&
                           store_reply_count(rep) == 0 &&
                           store_reply_at(rep, 0) == NULL,
-                      "%s: a string reads as a number or an array",
-                      row->label);
+                      "%s: a string reads as a number or an array", row->label);
         break;
     }
     case STORE_INT:
@@ -328,8 +327,7 @@ START_TEST(test_sync_reply_types)
                       "%s: got %zu elements, want %lld", row->label,
                       store_reply_count(rep), row->integer);
         for (size_t i = 0; i < store_reply_count(rep); i++)
-            ck_assert_msg(store_reply_type(store_reply_at(rep, i)) ==
-                              STORE_STR,
+            ck_assert_msg(store_reply_type(store_reply_at(rep, i)) == STORE_STR,
                           "%s: element %zu is not a string", row->label, i);
         ck_assert_msg(store_reply_at(rep, store_reply_count(rep)) == NULL,
                       "%s: an element past the end", row->label);
@@ -377,9 +375,9 @@ START_TEST(test_sync_binary_nested_multi)
     store_reply_free(&rep);
 
     /* EVAL returns a nested array with every element type. */
-    rep = run(s, (const char *const[]){
-                     "EVAL", "return {1, 'two', {3, 'four'}, false}", "0",
-                     NULL});
+    rep =
+        run(s, (const char *const[]){
+                   "EVAL", "return {1, 'two', {3, 'four'}, false}", "0", NULL});
     ck_assert_int_eq(store_reply_type(rep), STORE_ARRAY);
     ck_assert_uint_eq(store_reply_count(rep), 4);
     ck_assert_int_eq(store_reply_int(store_reply_at(rep, 0)), 1);
@@ -398,8 +396,8 @@ START_TEST(test_sync_binary_nested_multi)
         store_cmdl(s, &rep, why, sizeof(why), "SADD", "set", "x", NULL), 0);
     ck_assert_str_eq(store_reply_str(rep, NULL), "QUEUED");
     store_reply_free(&rep);
-    ck_assert_int_eq(
-        store_cmdl(s, &rep, why, sizeof(why), "INCR", "bin", NULL), 0);
+    ck_assert_int_eq(store_cmdl(s, &rep, why, sizeof(why), "INCR", "bin", NULL),
+                     0);
     store_reply_free(&rep);
     ck_assert_int_eq(store_cmdl(s, &rep, why, sizeof(why), "EXEC", NULL), 0);
     ck_assert_int_eq(store_reply_type(rep), STORE_ARRAY);
@@ -455,8 +453,7 @@ START_TEST(test_sync_auth)
     s = store_connect(cfg, 2000, why, sizeof(why));
     ck_assert_msg(s == NULL, "a wrong password was taken");
     ck_assert_msg(strstr(why, "AUTH") != NULL, "why: %s", why);
-    ck_assert_msg(strstr(why, "wrong") == NULL, "the password shows: %s",
-                  why);
+    ck_assert_msg(strstr(why, "wrong") == NULL, "the password shows: %s", why);
     config_destroy(&cfg);
     redis_stop(&r);
 }
@@ -546,8 +543,8 @@ END_TEST
 #define MAX_CALLS 64
 
 struct call {
-    int n;    /* times the callback ran */
-    int err;  /* its err */
+    int n;   /* times the callback ran */
+    int err; /* its err */
     enum store_type type;
     long long integer;
     char str[64];
@@ -586,7 +583,7 @@ on_cmd(void *arg, int err, const store_reply_t *reply)
         c->integer = store_reply_int(reply);
         snprintf(c->str, sizeof(c->str), "%s", s ? s : "");
     } else {
-        c->type = (enum store_type)-1;
+        c->type = (enum store_type) - 1;
     }
     if (h.chain && c == &h.calls[0]) {
         const char *argv[] = {"INCR", "chained"};
@@ -714,8 +711,7 @@ START_TEST(test_async_commands)
 
     redis_start(&r, NULL);
     harness_start(&r, 2000);
-    ck_assert_msg(!store_async_ready(h.store),
-                  "ready before the loop ran");
+    ck_assert_msg(!store_async_ready(h.store), "ready before the loop ran");
     wait_ready("start", 3000);
 
     /* Forty commands in flight at once come back in order. */
@@ -727,10 +723,9 @@ START_TEST(test_async_commands)
                       "incr %d: ran %d times, err %d", i, h.calls[i].n,
                       h.calls[i].err);
         ck_assert_msg(h.calls[i].type == STORE_INT &&
-                          h.calls[i].integer == i + 1 &&
-                          h.calls[i].order == i,
-                      "incr %d: got %lld as answer #%d", i,
-                      h.calls[i].integer, h.calls[i].order);
+                          h.calls[i].integer == i + 1 && h.calls[i].order == i,
+                      "incr %d: got %lld as answer #%d", i, h.calls[i].integer,
+                      h.calls[i].order);
     }
 
     /* Each reply type; a Redis error is a reply, not a failure. */
@@ -760,9 +755,8 @@ START_TEST(test_async_commands)
         const char *argv[] = {"SET", "bin", "x\0y"};
         size_t lens[] = {3, 3, 3};
 
-        ck_assert_int_eq(store_async_cmd(h.store, on_cmd, &h.calls[0], 3,
-                                         argv, lens),
-                         0);
+        ck_assert_int_eq(
+            store_async_cmd(h.store, on_cmd, &h.calls[0], 3, argv, lens), 0);
     }
     run_until_answered("chain", 2, 3000);
     ck_assert_int_eq(h.calls[1].n, 1);
@@ -790,8 +784,7 @@ START_TEST(test_async_redis_comes_later)
     harness_start(&r, 2000);
     rc = store_async_cmd(h.store, on_cmd, &h.calls[0], 1,
                          (const char *const[]){"PING"}, NULL);
-    ck_assert_msg(rc == ERR_REDIS, "not connected: got %d, want ERR_REDIS",
-                  rc);
+    ck_assert_msg(rc == ERR_REDIS, "not connected: got %d, want ERR_REDIS", rc);
     run_for(300);
     ck_assert(!store_async_ready(h.store));
     ck_assert_int_eq(h.calls[0].n, 0);
@@ -919,8 +912,8 @@ END_TEST
 static const struct destroy_row {
     const char *label;
     int ncmds;
-    int run_ms;  /* loop run after sending, before destroy */
-    bool stall;  /* SIGSTOP redis first, so no reply arrives */
+    int run_ms; /* loop run after sending, before destroy */
+    bool stall; /* SIGSTOP redis first, so no reply arrives */
 } destroy_rows[] = {
     {"unsent", 10, 0, false},
     {"sent to a stalled redis", 10, 100, true},
@@ -947,8 +940,8 @@ START_TEST(test_async_destroy_in_flight)
     for (int i = 0; i < row->ncmds; i++)
         ck_assert_msg(h.calls[i].n == 1 && h.calls[i].err == ERR_CLOSED,
                       "%s: call %d: ran %d times with %d, want once "
-                      "ERR_CLOSED", row->label, i, h.calls[i].n,
-                      h.calls[i].err);
+                      "ERR_CLOSED",
+                      row->label, i, h.calls[i].n, h.calls[i].err);
     /* No timer or watcher of the store is left to fire. */
     run_for(200);
     ck_assert_int_eq(h.answered, row->ncmds);
@@ -969,8 +962,7 @@ START_TEST(test_async_auth)
     send_cmd(0, (const char *const[]){"SET", "a", "b", NULL});
     run_until_answered("auth", 1, 3000);
     ck_assert_msg(h.calls[0].err == 0 && strcmp(h.calls[0].str, "OK") == 0,
-                  "after AUTH: got %d \"%s\"", h.calls[0].err,
-                  h.calls[0].str);
+                  "after AUTH: got %d \"%s\"", h.calls[0].err, h.calls[0].str);
     harness_stop();
     redis_stop(&r);
 }
