@@ -22,10 +22,10 @@ struct scan {
 
 static int utf8_seq(const unsigned char *s, size_t n);
 static bool is_atext(unsigned char c);
-static int scan_domain(struct scan *sc, char *dst, size_t *dlen,
-                       bool *literal, const char **why);
-static int scan_local(struct scan *sc, char *dst, size_t *dlen,
-                      bool *quoted, const char **why);
+static int scan_domain(struct scan *sc, char *dst, size_t *dlen, bool *literal,
+                       const char **why);
+static int scan_local(struct scan *sc, char *dst, size_t *dlen, bool *quoted,
+                      const char **why);
 
 static int
 fail(const char **why, const char *reason, int err)
@@ -164,8 +164,7 @@ scan_local(struct scan *sc, char *dst, size_t *dlen, bool *quoted,
         }
         sc->p++; /* the closing quote */
         if (sc->p - start > SMTP_LOCAL_MAX)
-            return fail(why, "local part longer than 64 octets",
-                        ERR_TOO_BIG);
+            return fail(why, "local part longer than 64 octets", ERR_TOO_BIG);
     } else {
         /* Dot-string = Atom *("." Atom) */
         bool want_atext = true;
@@ -258,15 +257,12 @@ scan_domain(struct scan *sc, char *dst, size_t *dlen, bool *literal,
         *literal = true;
         for (end = open; end < sc->len && u[end] != ']'; end++) {
             /* dcontent = %d33-90 / %d94-126 */
-            if (u[end] < 33 || u[end] > 126 || u[end] == '[' ||
-                u[end] == '\\')
-                return fail(why, "bad character in address literal",
-                            ERR_INVAL);
+            if (u[end] < 33 || u[end] > 126 || u[end] == '[' || u[end] == '\\')
+                return fail(why, "bad character in address literal", ERR_INVAL);
             if (u[end] == ':' && colon == 0)
                 colon = end;
             if (end + 1 - start > SMTP_DOMAIN_MAX)
-                return fail(why, "domain longer than 255 octets",
-                            ERR_TOO_BIG);
+                return fail(why, "domain longer than 255 octets", ERR_TOO_BIG);
         }
         if (end >= sc->len)
             return fail(why, "unterminated address literal", ERR_INVAL);
@@ -340,8 +336,7 @@ scan_domain(struct scan *sc, char *dst, size_t *dlen, bool *literal,
                 break;
             }
             if (n > SMTP_DOMAIN_MAX)
-                return fail(why, "domain longer than 255 octets",
-                            ERR_TOO_BIG);
+                return fail(why, "domain longer than 255 octets", ERR_TOO_BIG);
             if (label > 63)
                 return fail(why, "domain label longer than 63 octets",
                             ERR_INVAL);
@@ -353,8 +348,7 @@ scan_domain(struct scan *sc, char *dst, size_t *dlen, bool *literal,
             return fail(why, "domain label ends with a hyphen", ERR_INVAL);
         if (sc->p < sc->len && u[sc->p] == '.') {
             if (n + 1 > SMTP_DOMAIN_MAX)
-                return fail(why, "domain longer than 255 octets",
-                            ERR_TOO_BIG);
+                return fail(why, "domain longer than 255 octets", ERR_TOO_BIG);
             dst[n++] = '.';
             sc->p++;
             continue;
@@ -403,11 +397,11 @@ smtp_local_quote(const char *local, size_t len, bool utf8, char *dst,
 {
     size_t n = 0;
 
-#define PUT(c)                                                               \
-    do {                                                                     \
-        if (n + 1 < size)                                                    \
-            dst[n] = (c);                                                    \
-        n++;                                                                 \
+#define PUT(c)                                                                 \
+    do {                                                                       \
+        if (n + 1 < size)                                                      \
+            dst[n] = (c);                                                      \
+        n++;                                                                   \
     } while (0)
 
     if (!smtp_local_needs_quoting(local, len, utf8)) {

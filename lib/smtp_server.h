@@ -72,7 +72,9 @@ struct smtp_server_opts {
                               [10485760] */
     int max_rcpts;         /* accepted recipients per transaction [100];
                               100 at least (4.5.3.1.8); beyond: 452 4.5.3 */
-    int max_errors;        /* bad commands before 421 4.7.0 and close [20] */
+    int max_errors;        /* refusals before 421 4.7.0 and close [20]: bad
+                              commands, and MAIL, RCPT or AUTH the caller
+                              refused with a 5xx (dictionary attacks) */
     unsigned ext;          /* SMTP_EXT_* offered */
     const char *auth_mechs; /* offered when SMTP_EXT_AUTH, e.g. "PLAIN
                                LOGIN" [that]; the engine runs the 334
@@ -198,7 +200,8 @@ size_t smtp_server_input(smtp_server_t *srv, const void *data, size_t len);
  * Runs the protocol on the input taken so far and returns the next event,
  * type SMTP_EV_NONE when it needs more input, a reply to the pending
  * decision, or room in the output. The event and all it points to are
- * borrowed until the next call into the engine.
+ * borrowed: a decision's until it is answered (smtp_server_input() may be
+ * called meanwhile), news until the next smtp_server_next().
  */
 const struct smtp_event *smtp_server_next(smtp_server_t *srv);
 
