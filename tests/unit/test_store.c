@@ -12,6 +12,7 @@
  * failure and not as a hang.
  */
 #include <errno.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -45,6 +46,10 @@ struct redis {
     char dir[64];
     char password[32];
 };
+
+/* The process that runs the suite: each test's redis folder carries its
+ * pid, so that main() can remove those of tests that failed half way. */
+static pid_t runner_pid;
 
 static const char *
 redis_server_path(void)
@@ -172,7 +177,8 @@ redis_start(struct redis *r, const char *password)
     int first = PORT_FIRST + (int)(getpid() % PORT_COUNT);
 
     memset(r, 0, sizeof(*r));
-    snprintf(r->dir, sizeof(r->dir), "/tmp/samotop-test-store-XXXXXX");
+    snprintf(r->dir, sizeof(r->dir), "/tmp/samotop-test-store-%d-XXXXXX",
+             (int)runner_pid);
     ck_assert_msg(mkdtemp(r->dir) != NULL, "mkdtemp: %s", strerror(errno));
     if (password)
         snprintf(r->password, sizeof(r->password), "%s", password);
@@ -216,6 +222,26 @@ redis_stop(struct redis *r)
     snprintf(path, sizeof(path), "%s/redis.log", r->dir);
     unlink(path);
     rmdir(r->dir);
+}
+
+/* A failed assertion ends the test's process (CK_FORK) at once: its redis
+ * dies with it (PR_SET_PDEATHSIG), and this removes its folder. */
+static void
+remove_leftovers(void)
+{
+    char pattern[128], path[256];
+    glob_t g;
+
+    snprintf(pattern, sizeof(pattern), "/tmp/samotop-test-store-%d-*",
+             (int)runner_pid);
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        snprintf(path, sizeof(path), "%s/redis.log", g.gl_pathv[i]);
+        unlink(path);
+        rmdir(g.gl_pathv[i]);
+    }
+    globfree(&g);
 }
 
 static void
@@ -1076,9 +1102,11 @@ main(void)
     SRunner *sr = srunner_create(store_suite());
     int failed;
 
+    runner_pid = getpid();
     srunner_set_fork_status(sr, CK_FORK);
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    remove_leftovers();
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
