@@ -23,6 +23,9 @@
 
 /* Most recipients one mailbox.deliver may name; RFC 5321 asks for 100. */
 #define MAILBOX_MAX_RCPTS 1000
+/* Longest mail_from accepted for the Return-Path line (RFC 5321 allows a
+ * 256-byte path; this leaves room for what other MTAs let through). */
+#define MAILBOX_MAX_MAIL_FROM 512
 
 struct mailbox {
     maildir_t *store;

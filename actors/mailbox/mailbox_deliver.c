@@ -18,14 +18,32 @@ static value_t *results_new(const struct maildir_rcpt *r, size_t n);
 static void log_outcomes(const char *trace, const struct maildir_rcpt *r,
                          size_t n);
 
+/* A reverse-path goes into the Return-Path line as it is, so it must not be
+ * able to end that line or start another one: no CR, LF, NUL or other
+ * controls. UTF-8 (SMTPUTF8) passes. */
+static bool
+mail_from_ok(const char *s, size_t len)
+{
+    if (len > MAILBOX_MAX_MAIL_FROM)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c < 0x20 || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 /* What the decoder cannot check (it sees only the top-level fields of the
- * schema): the rcpts items. Returns NULL when the request is good, else
- * the reason, with the reply code and ecode to use. */
+ * schema): the rcpts items and the sender. Returns NULL when the request
+ * is good, else the reason, with the reply code and ecode to use. */
 static const char *
 request_check(const value_t *body, int *code, const char **ecode)
 {
     const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
-    size_t n = value_count(rcpts);
+    const char *from;
+    size_t n = value_count(rcpts), from_len;
 
     *code = 501;
     *ecode = "5.5.4";
@@ -50,6 +68,11 @@ request_check(const value_t *body, int *code, const char **ecode)
         v = value_get(item, ENV_KEY_RCPT);
         if (v != NULL && value_kind(v) != VAL_STR)
             return "rcpts item's rcpt is not a string";
+    }
+    from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
+    if (!mail_from_ok(from, from_len)) {
+        *ecode = "5.1.7";
+        return "mail_from is too long or holds control characters";
     }
     return NULL;
 }
@@ -139,13 +162,14 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     const value_t *body = envelope_body_peek(req);
     const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
     const char *trace = envelope_trace(req), *why, *ecode, *text;
-    const char *msg;
-    size_t msg_len, n, stored;
+    const char *msg, *from;
+    size_t msg_len, from_len, n, stored;
     int64_t t0 = clock_mono_us();
     struct maildir_rcpt *r;
-    struct iovec part;
+    struct iovec parts[2];
     envelope_t *reply;
     value_t *results;
+    char *head;
     int code;
 
     if ((why = request_check(body, &code, &ecode)) != NULL) {
@@ -157,6 +181,7 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
         return;
     }
     msg = value_str(value_get(body, ENV_KEY_MESSAGE), &msg_len);
+    from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
     n = value_count(rcpts);
     r = xcalloc(n, sizeof(*r));
     for (size_t i = 0; i < n; i++) {
@@ -168,19 +193,17 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
         if (folder != NULL)
             r[i].folder = value_str(folder, &r[i].folder_len);
     }
-    /* The message is stored exactly as sent: the listener has put its
-     * Received line on top, and readers expect to find that first.
-     * XXX: no Return-Path line (RFC 5321 4.4, from mail_from) is added
-     * yet; where it is written, here or by the listener, is to be settled
-     * with the listener, and here it could go in as a second part written
-     * ahead of the message, which keeps the copies one shared file. */
-    part = (struct iovec){(void *)msg, msg_len};
+    /* RFC 5321 section 4.4: the final delivery adds the Return-Path. It is
+     * the same for every recipient, so the copies can still share a file. */
+    head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
+    parts[0] = (struct iovec){head, strlen(head)};
+    parts[1] = (struct iovec){(void *)msg, msg_len};
     /* XXX: the writes and fsyncs block the loop (a few ms per message on a
      * local disk, far more on a busy or network one), holding up every
      * other request of this actor meanwhile, and the IMAP sessions once
      * they share the loop. They belong on a thread pool that answers
      * through the loop; other copies of the actor take the load until then. */
-    stored = maildir_deliver(mb->store, &part, 1, r, n);
+    stored = maildir_deliver(mb->store, parts, 2, r, n);
     sum_up(r, n, &code, &ecode, &text);
     log_outcomes(trace, r, n);
     mb->delivered += stored;
@@ -190,11 +213,12 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     }
     log_info(trace, "deliver",
              "id=%s mailboxes=%zu stored=%zu size=%zu ms=%.1f code=%d",
-             log_q(envelope_id(req)), n, stored, msg_len,
+             log_q(envelope_id(req)), n, stored, parts[0].iov_len + msg_len,
              (double)(clock_mono_us() - t0) / 1000.0, code);
     reply = envelope_new_reply(req, code, ecode, text);
     results = results_new(r, n);
     value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
+    free(head);
     free(r);
     actor_reply(a, req_p, &reply);
 }
