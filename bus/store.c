@@ -352,6 +352,20 @@ on_disconnected(const redisAsyncContext *ac, int status)
         schedule_reconnect(s);
 }
 
+/* The answer to AUTH: a wrong password would otherwise show only as
+ * NOAUTH errors on every later command. */
+static void
+on_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    store_async_t *s = privdata;
+    redisReply *r = reply;
+
+    (void)ac;
+    if (r && r->type == REDIS_REPLY_ERROR)
+        log_err(NULL, "redis_auth_failed", "addr=%s:%d reason=%s", s->host,
+                s->port, log_q(r->str));
+}
+
 static void
 async_connect(store_async_t *s)
 {
@@ -389,7 +403,7 @@ async_connect(store_async_t *s)
     if (*s->password) {
         const char *argv[2] = {"AUTH", s->password};
 
-        redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, NULL);
+        redisAsyncCommandArgv(ac, on_auth, s, 2, argv, NULL);
     }
 }
 

@@ -71,7 +71,8 @@ typedef void store_cb(void *arg, int err, const store_reply_t *reply);
 store_async_t *store_async_new(loop_t *loop, const config_t *cfg,
                                int timeout_ms);
 
-/* Fails outstanding commands with ERR_CLOSED, then frees. */
+/* Fails outstanding commands with ERR_CLOSED, then frees. Safe from inside
+ * a command's callback: the store is then freed once hiredis is done. */
 void store_async_destroy(store_async_t **store_p);
 
 /* Whether the connection is up now. */
