@@ -782,6 +782,10 @@ smtp_server_output_done(smtp_server_t *srv, size_t n)
 void
 smtp_server_tls_started(smtp_server_t *srv)
 {
+    /* A session closed during the handshake (smtp_server_close() on a
+     * timeout, say) stays closed: the handshake may still finish. */
+    if (srv->st == ST_DONE)
+        return;
     if (srv->st != ST_TLS)
         panic("smtp_server_tls_started() without STARTTLS");
     /* RFC 3207 4.2: forget all that was learnt before. */

@@ -225,7 +225,8 @@ void smtp_server_output_done(smtp_server_t *srv, size_t n);
 /*
  * After SMTP_EV_STARTTLS and a good handshake: the session starts again
  * under TLS, with no EHLO name, transaction or authentication (RFC 3207
- * 4.2); the client must EHLO again. No greeting is sent.
+ * 4.2); the client must EHLO again. No greeting is sent. After
+ * smtp_server_close() it does nothing; without SMTP_EV_STARTTLS it aborts.
  */
 void smtp_server_tls_started(smtp_server_t *srv);
 

@@ -1485,6 +1485,27 @@ START_TEST(test_tls_started_unasked)
 }
 END_TEST
 
+/* Closed during the handshake (a timeout), then the handshake finishes:
+ * the session stays closed. Found by fuzz_smtp_server. */
+START_TEST(test_close_during_handshake)
+{
+    struct run r;
+
+    run_start(&r, O_MSA, 0);
+    smtp_server_input(r.srv, EHLO "STARTTLS\r\n", strlen(EHLO "STARTTLS\r\n"));
+    drain(&r);
+    ck_assert(r.tls_restart);
+    smtp_server_close(r.srv, "4.4.2", "timeout");
+    smtp_server_tls_started(r.srv);
+    drain(&r);
+    ck_assert(smtp_server_done(r.srv));
+    ck_assert(!smtp_server_tls(r.srv));
+    want_events("handshake", &r, "CONNECT HELO STARTTLS CLOSE");
+    want_summary("handshake", &r, "220,250,220 2.0.0,421 4.4.2");
+    run_free(&r);
+}
+END_TEST
+
 /* A decision's strings stay put while more input is fed. */
 START_TEST(test_event_lifetime)
 {
@@ -1571,6 +1592,7 @@ smtp_server_suite(void)
 
     tc = tcase_create("api");
     tcase_add_test(tc, test_close);
+    tcase_add_test(tc, test_close_during_handshake);
     tcase_add_test(tc, test_with);
     tcase_add_loop_test(tc, test_reply_format, 0, NROWS(fmt_rows));
     tcase_add_test(tc, test_reply_long);
