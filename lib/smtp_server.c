@@ -840,7 +840,9 @@ smtp_server_with(const smtp_server_t *srv)
         {"UTF8SMTP", "UTF8SMTPA", "UTF8SMTPS", "UTF8SMTPSA"},
     };
 
-    if (!srv->esmtp)
+    /* AUTH needs EHLO (RFC 4954 3), so a session that authenticated is
+     * ESMTPA even when the client said HELO afterwards. */
+    if (!srv->esmtp && !srv->authed)
         return "SMTP";
     return with[srv->trans_utf8][(srv->tls ? 2 : 0) + (srv->authed ? 1 : 0)];
 }

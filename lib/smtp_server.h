@@ -253,9 +253,9 @@ bool smtp_server_done(const smtp_server_t *srv);
 
 /*
  * The "with" keyword for a Received header of the current transaction:
- * SMTP (HELO), ESMTP, ESMTPA, ESMTPS, ESMTPSA (RFC 3848), or UTF8SMTP,
- * UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA when MAIL carried SMTPUTF8 (RFC 6531
- * 3.7.3). Static string.
+ * SMTP (HELO, unless authenticated), ESMTP, ESMTPA, ESMTPS, ESMTPSA (RFC
+ * 3848), or UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA when MAIL carried
+ * SMTPUTF8 (RFC 6531 3.7.3). Static string.
  */
 const char *smtp_server_with(const smtp_server_t *srv);
 

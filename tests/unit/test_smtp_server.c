@@ -1351,6 +1351,11 @@ START_TEST(test_with)
     ck_assert_str_eq(smtp_server_with(r.srv), "ESMTPSA");
     feed(&r, "MAIL FROM:<a@b.test> SMTPUTF8\r\n", 31, 0);
     ck_assert_str_eq(smtp_server_with(r.srv), "UTF8SMTPSA");
+    /* HELO after AUTH: still authenticated, still ESMTP's keyword. Found
+     * by fuzz_smtp_server. */
+    feed(&r, "HELO x.test\r\n", 13, 0);
+    ck_assert(smtp_server_authenticated(r.srv));
+    ck_assert_str_eq(smtp_server_with(r.srv), "ESMTPSA");
     run_free(&r);
 }
 END_TEST
