@@ -484,15 +484,17 @@ on_event(struct session *s, const struct smtp_event *ev)
 
 /* --- the pump ----------------------------------------------------------- */
 
-static void
+/* Returns false when the session was closed (and may be freed). */
+static bool
 start_tls(struct session *s)
 {
     s->tls = tls_conn_new(s->l->tls, s->fd);
     if (s->tls == NULL) {
         session_close(s, "tls_setup_failed");
-        return;
+        return false;
     }
     s->tls_state = TLS_HANDSHAKE;
+    return true;
 }
 
 /* Runs the handshake; returns true once it is done. */
@@ -566,7 +568,8 @@ session_pump(struct session *s)
             /* Everything read after the STARTTLS line is dropped: it was
              * sent in the clear and must never be executed (RFC 3207 5). */
             buf_reset(&s->in);
-            start_tls(s);
+            if (!start_tls(s))
+                return;
             continue;
         }
         if (!progress || s->calls > 0)
@@ -633,11 +636,12 @@ on_idle(loop_t *loop, void *arg)
     /* RFC 5321 4.5.3.2.7: the server may close an idle session; it says
      * 421 first (3.8). */
     /* A bus call still out is dropped by the engine; its reply finds the
-     * session dead, since this function always ends with it closed. */
+     * session dead, since this function ends with it closed. */
     smtp_server_close(s->smtp, "4.4.2", "idle timeout, closing");
-    session_pump(s);
-    if (!s->dead)
-        session_close(s, "idle_timeout");
+    /* Not session_pump(): it may close and free the session itself. The
+     * 421 goes out if the socket takes it at once; the close follows. */
+    flush(s);
+    session_close(s, "idle_timeout");
 }
 
 static void
@@ -649,9 +653,8 @@ on_total(loop_t *loop, void *arg)
     s->total_timer = NULL;
     log_info(s->trace, "session_timeout", "ip=%s", s->ip);
     smtp_server_close(s->smtp, "4.4.2", "session too long, closing");
-    session_pump(s);
-    if (!s->dead)
-        session_close(s, "session_timeout");
+    flush(s);
+    session_close(s, "session_timeout");
 }
 
 void
@@ -685,8 +688,9 @@ listener_session_start(listener_t *l, struct role *role, int fd,
     s->total_timer = loop_timer_add(l->loop, l->session_ms, on_total, s);
     log_info(s->trace, "session_start", "role=%s ip=%s sessions=%d",
              role->name, ip, l->sessions);
-    if (role->kind == ROLE_SMTPS)
-        start_tls(s); /* implicit TLS (RFC 8314): handshake, then greet */
+    /* Implicit TLS (RFC 8314): the handshake first, then the greeting. */
+    if (role->kind == ROLE_SMTPS && !start_tls(s))
+        return;
     session_pump(s);
 }
 

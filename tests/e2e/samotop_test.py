@@ -6,9 +6,11 @@ profile or each other. Everything it starts is stopped by stop(), and
 samotopd's children die with it (PR_SET_PDEATHSIG) if the test is killed.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -99,6 +101,13 @@ class System:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # Sanitizer reports and crashes of the processes land in this log,
+        # not in the test's output: copy them there, where tests/run looks.
+        text = self.logtext()
+        if re.search(r"ERROR: (Address|Leak)Sanitizer|runtime error:|"
+                     r"level=fatal|status=signal:(?!15\b|9\b)", text):
+            sys.stderr.write("---- samotopd log (%s) ----\n%s\n----\n"
+                             % (self.data, text))
         self.log.close()
         shutil.rmtree(self.data, ignore_errors=True)
 
