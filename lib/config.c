@@ -57,7 +57,7 @@ static const struct ckey ckeys[] = {
     {"listen.imap", C_ADDR, "127.0.0.1:2143", 0, 0, false, "IMAP"},
     {"listen.imaps", C_ADDR, "127.0.0.1:2993", 0, 0, false, "IMAPS"},
     {"listen.lmtp", C_ADDR, "127.0.0.1:2424", 0, 0, false, "LMTP"},
-    {"listener.roles", C_STR, "mta", 0, 0, false,
+    {"listener.roles", C_STR, "mta,msa,smtps", 0, 0, false,
      "roles this listener serves: comma list of mta, msa, smtps"},
     {"listener.max_sessions", C_INT, "20000", 1, 1000000, false,
      "sessions one listener process holds at once"},

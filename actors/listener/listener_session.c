@@ -27,8 +27,14 @@
 
 enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_UP };
 
-struct rcpt {
-    char *raw;         /* the forward-path as given */
+/* Where one accepted recipient's mail goes: a local mailbox or a remote
+ * address (an alias forwarding out, or any recipient of a submission). */
+struct target {
+    char *mailbox;     /* local account, or NULL */
+    char *addr;        /* remote address, or NULL */
+    char *rcpt;        /* the forward-path the client gave (for DSNs) */
+    unsigned notify;   /* SMTP_NOTIFY_* (RFC 3461) */
+    char *orcpt;
 };
 
 struct session {
@@ -49,15 +55,19 @@ struct session {
     int calls;         /* bus calls outstanding (0 or 1) */
     int64_t last_active;
     loop_timer_t *idle_timer, *total_timer;
-    /* The transaction: the sender and the mailboxes its recipients reach,
-     * each once (a mailbox reached by two recipients gets one copy). */
+    char *user;        /* the authenticated account, or NULL */
+    /* The transaction: the sender and where its recipients' mail goes,
+     * each target once (a mailbox reached by two recipients gets one
+     * copy). The RCPT being decided keeps its parameters in pending_*. */
     char *mail_from;
-    char **mailboxes;
-    char **mailbox_rcpts;
-    int nmailboxes;
+    bool smtputf8, eight_bit;
+    struct target *targets;
+    int ntargets, nremote;
     int nrcpts;
     char *envid;
     enum smtp_ret ret;
+    unsigned pending_notify;
+    char *pending_orcpt;
     int messages;
 };
 
@@ -67,33 +77,48 @@ static void session_free(struct session *s);
 static void
 txn_clear(struct session *s)
 {
-    for (int i = 0; i < s->nmailboxes; i++) {
-        free(s->mailboxes[i]);
-        free(s->mailbox_rcpts[i]);
+    for (int i = 0; i < s->ntargets; i++) {
+        free(s->targets[i].mailbox);
+        free(s->targets[i].addr);
+        free(s->targets[i].rcpt);
+        free(s->targets[i].orcpt);
     }
-    free(s->mailboxes);
-    free(s->mailbox_rcpts);
-    s->mailboxes = s->mailbox_rcpts = NULL;
-    s->nmailboxes = s->nrcpts = 0;
+    free(s->targets);
+    s->targets = NULL;
+    s->ntargets = s->nremote = s->nrcpts = 0;
     free(s->mail_from);
     s->mail_from = NULL;
     free(s->envid);
     s->envid = NULL;
+    free(s->pending_orcpt);
+    s->pending_orcpt = NULL;
     s->ret = SMTP_RET_NONE;
+    s->smtputf8 = s->eight_bit = false;
 }
 
+/* Adds a target unless the same mailbox or address is there already. */
 static void
-txn_add_mailbox(struct session *s, const char *mailbox, const char *rcpt)
+txn_add(struct session *s, const char *mailbox, const char *addr,
+        const char *rcpt)
 {
-    for (int i = 0; i < s->nmailboxes; i++)
-        if (strcmp(s->mailboxes[i], mailbox) == 0)
+    struct target *t;
+
+    for (int i = 0; i < s->ntargets; i++) {
+        t = &s->targets[i];
+        if ((mailbox && t->mailbox && strcmp(t->mailbox, mailbox) == 0) ||
+            (addr && t->addr && strcmp(t->addr, addr) == 0))
             return;
-    s->mailboxes = xrealloc(s->mailboxes,
-                            sizeof(char *) * (size_t)(s->nmailboxes + 1));
-    s->mailbox_rcpts = xrealloc(s->mailbox_rcpts,
-                                sizeof(char *) * (size_t)(s->nmailboxes + 1));
-    s->mailboxes[s->nmailboxes] = xstrdup(mailbox);
-    s->mailbox_rcpts[s->nmailboxes++] = xstrdup(rcpt);
+    }
+    s->targets = xrealloc(s->targets,
+                          sizeof(*s->targets) * (size_t)(s->ntargets + 1));
+    t = &s->targets[s->ntargets++];
+    t->mailbox = mailbox ? xstrdup(mailbox) : NULL;
+    t->addr = addr ? xstrdup(addr) : NULL;
+    t->rcpt = xstrdup(rcpt);
+    t->notify = s->pending_notify;
+    t->orcpt = s->pending_orcpt ? xstrdup(s->pending_orcpt) : NULL;
+    if (addr)
+        s->nremote++;
 }
 
 static void
@@ -143,6 +168,7 @@ static void
 session_free(struct session *s)
 {
     txn_clear(s);
+    free(s->user);
     smtp_server_destroy(&s->smtp);
     tls_conn_destroy(&s->tls);
     buf_free(&s->in);
@@ -215,6 +241,8 @@ request(struct session *s, const char *type)
 
     value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
     value_set_str(body, ENV_KEY_ROLE, s->role->name);
+    if (s->user && strncmp(type, "guard.", 6) == 0)
+        value_set_str(body, ENV_KEY_USER, s->user);
     return env;
 }
 
@@ -253,22 +281,23 @@ on_guard_rcpt(struct session *s, const envelope_t *reply)
     const value_t *fwd = value_get(envelope_body_peek(reply), ENV_KEY_FORWARD);
     const char *rcpt = envelope_get_str(reply, ENV_KEY_RCPT);
 
-    if (fwd && value_count(fwd) > 0) {
-        /* XXX: remote alias targets go to the queue, which the outbound
-         * issue builds; until then they are refused with a 4xx so that no
-         * message is accepted that cannot be delivered. */
-        answer(s, 451, "4.3.0", "forwarding is not available yet, try later");
-        return;
-    }
-    if (boxes == NULL || value_count(boxes) == 0) {
+    if (value_count(boxes) + value_count(fwd) == 0) {
         answer(s, 451, "4.3.0", "recipient resolves to nothing, try later");
         return;
     }
+    if (rcpt == NULL)
+        rcpt = "";
     for (size_t i = 0; i < value_count(boxes); i++) {
         const char *m = value_str(value_at(boxes, i), NULL);
 
         if (m)
-            txn_add_mailbox(s, m, rcpt ? rcpt : m);
+            txn_add(s, m, NULL, rcpt);
+    }
+    for (size_t i = 0; i < value_count(fwd); i++) {
+        const char *a = value_str(value_at(fwd, i), NULL);
+
+        if (a)
+            txn_add(s, NULL, a, rcpt);
     }
     s->nrcpts++;
     answer(s, envelope_code(reply), envelope_get_str(reply, ENV_KEY_ECODE),
@@ -283,8 +312,10 @@ on_delivered(struct session *s, const envelope_t *reply)
     if (envelope_code(reply) == 250) {
         s->messages++;
         snprintf(text, sizeof(text), "Ok: queued as %s", s->trace);
-        log_info(s->trace, "message_accepted", "mailboxes=%d",
-                 s->nmailboxes);
+        log_info(s->trace, "message_accepted", "targets=%d remote=%d "
+                 "via=%s", s->ntargets, s->nremote,
+                 envelope_get_str(reply, ENV_KEY_QUEUE_ID) ? "queue"
+                                                            : "mailbox");
         answer(s, 250, "2.0.0", text);
         return;
     }
@@ -296,7 +327,7 @@ on_delivered(struct session *s, const envelope_t *reply)
              log_q(envelope_get_str(reply, ENV_KEY_TEXT)
                        ? envelope_get_str(reply, ENV_KEY_TEXT)
                        : ""));
-    snprintf(text, sizeof(text), "mailbox unavailable, try again later %s",
+    snprintf(text, sizeof(text), "temporary failure, try again later %s",
              s->trace);
     answer(s, 451, "4.3.0", text);
 }
@@ -322,6 +353,9 @@ on_reply(void *arg, int err, const char *text, const envelope_t *reply)
                  (int)c->what, err_name(err), log_q(text));
         if (c->what == SMTP_EV_CONNECT) {
             answer(s, 421, "4.3.0", "service temporarily unavailable");
+        } else if (c->what == SMTP_EV_AUTH) {
+            /* RFC 4954 6: 454 for a temporary failure. */
+            answer(s, 454, "4.7.0", "temporary authentication failure");
         } else {
             snprintf(msg, sizeof(msg),
                      "temporary failure, try again later %s", s->trace);
@@ -337,6 +371,17 @@ on_reply(void *arg, int err, const char *text, const envelope_t *reply)
         on_delivered(s, reply);
     } else if (c->what == SMTP_EV_CONNECT) {
         answer(s, 220, NULL, "ESMTP Samotop");
+    } else if (c->what == SMTP_EV_AUTH) {
+        const char *user = envelope_get_str(reply, ENV_KEY_USER);
+
+        if (envelope_code(reply) == 235 && user) {
+            free(s->user);
+            s->user = xstrdup(user);
+            log_info(s->trace, "authenticated", "user=%s", log_q(user));
+        }
+        answer(s, envelope_code(reply),
+               envelope_get_str(reply, ENV_KEY_ECODE),
+               envelope_get_str(reply, ENV_KEY_TEXT));
     } else {
         answer(s, envelope_code(reply),
                envelope_get_str(reply, ENV_KEY_ECODE),
@@ -381,8 +426,8 @@ message_with_received(struct session *s, const char *data, size_t len)
         buf_printf(&b, "\r\n\t(version=%s cipher=%s bits=%d)",
                    tls_conn_version(s->tls), tls_conn_cipher(s->tls),
                    tls_conn_bits(s->tls));
-    if (s->nrcpts == 1 && s->nmailboxes >= 1)
-        buf_printf(&b, "\r\n\tfor <%s>", s->mailbox_rcpts[0]);
+    if (s->nrcpts == 1 && s->ntargets >= 1)
+        buf_printf(&b, "\r\n\tfor <%s>", s->targets[0].rcpt);
     buf_printf(&b, ";\r\n\t%s\r\n", date);
     buf_add(&b, data, len);
     n = b.len;
@@ -390,27 +435,73 @@ message_with_received(struct session *s, const char *data, size_t len)
     return value_new_bin_take(&bytes, n);
 }
 
+static bool
+has_8bit(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] & 0x80)
+            return true;
+    return false;
+}
+
+static value_t *
+notify_list(unsigned notify)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {{SMTP_NOTIFY_NEVER, "NEVER"},
+                 {SMTP_NOTIFY_SUCCESS, "SUCCESS"},
+                 {SMTP_NOTIFY_FAILURE, "FAILURE"},
+                 {SMTP_NOTIFY_DELAY, "DELAY"}};
+    value_t *list = value_new_array();
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (notify & names[i].bit) {
+            value_t *v = value_new_str(names[i].name);
+
+            value_push_take(list, &v);
+        }
+    return list;
+}
+
+/* The message goes to the mailbox at once when every target is a local
+ * mailbox of an inbound (MTA) session; otherwise to the queue, which
+ * stores it durably and delivers each target, local or remote, with
+ * retries and bounces. Either way our 250 waits for that stage's. */
 static void
 on_message(struct session *s, const struct smtp_event *ev)
 {
+    bool queue = s->role->kind != ROLE_MTA || s->nremote > 0;
     envelope_t *env;
     value_t *body, *rcpts, *msg;
 
-    if (s->nmailboxes == 0) {
+    if (s->ntargets == 0) {
         answer(s, 554, "5.5.1", "no valid recipients");
         return;
     }
-    env = request(s, "mailbox.deliver");
+    env = request(s, queue ? "queue.submit" : "mailbox.deliver");
     body = envelope_body(env);
     value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
     msg = message_with_received(s, ev->message.data, ev->message.len);
     value_set_take(body, ENV_KEY_MESSAGE, &msg);
     rcpts = value_new_array();
-    for (int i = 0; i < s->nmailboxes; i++) {
+    for (int i = 0; i < s->ntargets; i++) {
+        const struct target *t = &s->targets[i];
         value_t *r = value_new_map();
 
-        value_set_str(r, ENV_KEY_MAILBOX, s->mailboxes[i]);
-        value_set_str(r, ENV_KEY_RCPT, s->mailbox_rcpts[i]);
+        if (t->mailbox)
+            value_set_str(r, ENV_KEY_MAILBOX, t->mailbox);
+        else
+            value_set_str(r, ENV_KEY_ADDR, t->addr);
+        value_set_str(r, ENV_KEY_RCPT, t->rcpt);
+        if (queue && t->notify) {
+            value_t *n = notify_list(t->notify);
+
+            value_set_take(r, ENV_KEY_NOTIFY, &n);
+        }
+        if (queue && t->orcpt)
+            value_set_str(r, ENV_KEY_ORCPT, t->orcpt);
         value_push_take(rcpts, &r);
     }
     value_set_take(body, ENV_KEY_RCPTS, &rcpts);
@@ -419,6 +510,15 @@ on_message(struct session *s, const struct smtp_event *ev)
     if (s->ret != SMTP_RET_NONE)
         value_set_str(body, ENV_KEY_RET,
                       s->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
+    if (queue) {
+        value_set_bool(body, ENV_KEY_EIGHT_BIT,
+                       s->eight_bit ||
+                           has_8bit(ev->message.data, ev->message.len));
+        value_set_bool(body, ENV_KEY_SMTPUTF8, s->smtputf8);
+        value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
+        if (s->user)
+            value_set_str(body, ENV_KEY_USER, s->user);
+    }
     call(s, &env, SMTP_EV_MESSAGE);
 }
 
@@ -428,6 +528,7 @@ static bool
 on_event(struct session *s, const struct smtp_event *ev)
 {
     envelope_t *env;
+    value_t *body;
 
     switch (ev->type) {
     case SMTP_EV_CONNECT:
@@ -441,6 +542,8 @@ on_event(struct session *s, const struct smtp_event *ev)
         s->mail_from = xstrdup(ev->mail.from);
         s->envid = ev->mail.envid ? xstrdup(ev->mail.envid) : NULL;
         s->ret = ev->mail.ret;
+        s->smtputf8 = ev->mail.smtputf8;
+        s->eight_bit = ev->mail.body == SMTP_BODY_8BITMIME;
         env = request(s, "guard.mail");
         value_set_str(envelope_body(env), ENV_KEY_MAIL_FROM, ev->mail.from);
         if (smtp_server_helo(s->smtp))
@@ -452,6 +555,9 @@ on_event(struct session *s, const struct smtp_event *ev)
         call(s, &env, SMTP_EV_MAIL);
         return false;
     case SMTP_EV_RCPT:
+        s->pending_notify = ev->rcpt.notify;
+        free(s->pending_orcpt);
+        s->pending_orcpt = ev->rcpt.orcpt ? xstrdup(ev->rcpt.orcpt) : NULL;
         env = request(s, "guard.rcpt");
         value_set_str(envelope_body(env), ENV_KEY_MAIL_FROM,
                       s->mail_from ? s->mail_from : "");
@@ -462,15 +568,28 @@ on_event(struct session *s, const struct smtp_event *ev)
         on_message(s, ev);
         return s->calls == 0;
     case SMTP_EV_AUTH:
-        /* XXX: AUTH is offered only in the MSA and SMTPS roles, which
-         * come with the outbound issue (auth.verify). */
-        answer(s, 454, "4.7.0", "authentication not available");
-        return true;
+        /* RFC 4954: the credentials go to the auth actor, never to a log
+         * (the schema marks response and password secret, so the tap
+         * masks them too). */
+        env = request(s, "auth.verify");
+        body = envelope_body(env);
+        value_set_str(body, ENV_KEY_MECHANISM, ev->auth.mech);
+        if (ev->auth.username) {
+            value_set_str(body, ENV_KEY_USERNAME, ev->auth.username);
+            value_set_str(body, ENV_KEY_PASSWORD,
+                          ev->auth.password ? ev->auth.password : "");
+        } else if (ev->auth.nresp > 0) {
+            value_set_str(body, ENV_KEY_RESPONSE, ev->auth.resp[0]);
+        }
+        call(s, &env, SMTP_EV_AUTH);
+        return false;
     case SMTP_EV_RESET:
         txn_clear(s);
         return true;
     case SMTP_EV_STARTTLS:
         s->starttls = true;
+        free(s->user); /* RFC 3207 4.2: the session starts over */
+        s->user = NULL;
         return false;
     case SMTP_EV_QUIT:
     case SMTP_EV_CLOSE:
