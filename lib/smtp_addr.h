@@ -43,12 +43,12 @@ struct smtp_path {
      * normalised domain; both "" for "<>", domain "" for "<Postmaster>". */
     char local[SMTP_LOCAL_MAX + 1];
     char domain[SMTP_DOMAIN_MAX + 1];
-    bool null;        /* "<>" */
-    bool postmaster;  /* "<Postmaster>" with no domain */
-    bool quoted;      /* the local part came as a Quoted-string */
-    bool literal;     /* the domain is an address literal */
-    bool utf8;        /* holds non-ASCII octets */
-    bool route;       /* a source route was given (and dropped) */
+    bool null;       /* "<>" */
+    bool postmaster; /* "<Postmaster>" with no domain */
+    bool quoted;     /* the local part came as a Quoted-string */
+    bool literal;    /* the domain is an address literal */
+    bool utf8;       /* holds non-ASCII octets */
+    bool route;      /* a source route was given (and dropped) */
 };
 
 /*

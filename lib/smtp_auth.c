@@ -91,16 +91,25 @@ mech_listed(const char *list, const char *mech)
     return false;
 }
 
+/* Frees a string that held credentials, cleared first so that no copy of
+ * a password outlives the exchange in freed memory. */
+static void
+wipe(char **s_p)
+{
+    if (*s_p) {
+        explicit_bzero(*s_p, strlen(*s_p));
+        free(*s_p);
+        *s_p = NULL;
+    }
+}
+
 void
 smtp_auth_clear(smtp_server_t *srv)
 {
-    for (int i = 0; i < 2; i++) {
-        free(srv->resp[i]);
-        srv->resp[i] = NULL;
-    }
-    free(srv->user);
-    free(srv->pass);
-    srv->user = srv->pass = NULL;
+    for (int i = 0; i < 2; i++)
+        wipe(&srv->resp[i]);
+    wipe(&srv->user);
+    wipe(&srv->pass);
     srv->nresp = srv->round = 0;
 }
 
@@ -247,10 +256,8 @@ smtp_auth_answer(smtp_server_t *srv, int code, const char *text)
 {
     if (code == 334) {
         /* Another round, of a mechanism the caller runs from now on. */
-        for (int i = 0; i < 2; i++) {
-            free(srv->resp[i]);
-            srv->resp[i] = NULL;
-        }
+        for (int i = 0; i < 2; i++)
+            wipe(&srv->resp[i]);
         srv->nresp = 0;
         srv->mech = MECH_OTHER;
         srv->round++;

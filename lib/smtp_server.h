@@ -63,57 +63,61 @@ enum {
 
 /* Zero in a numeric field means the default in brackets. */
 struct smtp_server_opts {
-    const char *hostname;  /* greeting, EHLO reply, 421s ["localhost"] */
-    size_t max_line;       /* command line incl. CRLF [512]; 512 at least
-                              (RFC 5321 4.5.3.1.4) */
-    size_t max_text_line;  /* DATA text line incl. CRLF [1000]; 1000 at
-                              least (4.5.3.1.6) */
-    size_t max_message;    /* message octets, advertised as SIZE (RFC 1870)
-                              [10485760] */
-    int max_rcpts;         /* accepted recipients per transaction [100];
-                              100 at least (4.5.3.1.8); beyond: 452 4.5.3 */
-    int max_errors;        /* refusals before 421 4.7.0 and close [20]: bad
-                              commands, and MAIL, RCPT or AUTH the caller
-                              refused with a 5xx (dictionary attacks) */
-    unsigned ext;          /* SMTP_EXT_* offered */
+    const char *hostname;   /* greeting, EHLO reply, 421s ["localhost"] */
+    size_t max_line;        /* command line incl. CRLF [512]; 512 at least
+                               (RFC 5321 4.5.3.1.4) */
+    size_t max_text_line;   /* DATA text line incl. CRLF [1000]; 1000 at
+                               least (4.5.3.1.6) */
+    size_t max_message;     /* message octets, advertised as SIZE (RFC 1870)
+                               [10485760] */
+    int max_rcpts;          /* accepted recipients per transaction [100];
+                               100 at least (4.5.3.1.8); beyond: 452 4.5.3 */
+    int max_errors;         /* refusals before 421 4.7.0 and close [20]: bad
+                               commands, and MAIL, RCPT or AUTH the caller
+                               refused with a 5xx (dictionary attacks) */
+    unsigned ext;           /* SMTP_EXT_* offered */
     const char *auth_mechs; /* offered when SMTP_EXT_AUTH, e.g. "PLAIN
                                LOGIN" [that]; the engine runs the 334
                                exchange of PLAIN and LOGIN itself, the
                                caller those of any other mechanism */
-    bool tls_active;       /* already under TLS (implicit TLS, port 465) */
-    bool auth_needs_tls;   /* AUTH offered only under TLS (RFC 4954 4) */
-    bool mail_needs_auth;  /* MAIL before AUTH: 530 5.7.0 (MSA, RFC 6409) */
+    bool tls_active;        /* already under TLS (implicit TLS, port 465) */
+    bool auth_needs_tls;    /* AUTH offered only under TLS (RFC 4954 4) */
+    bool mail_needs_auth;   /* MAIL before AUTH: 530 5.7.0 (MSA, RFC 6409) */
 };
 
 enum smtp_event_type {
-    SMTP_EV_NONE,      /* more input, or a reply to the pending event */
+    SMTP_EV_NONE, /* more input, or a reply to the pending event */
     /* Decisions: answer each with smtp_server_reply(). */
-    SMTP_EV_CONNECT,   /* first: 220 greeting, or 554 (then only QUIT is
-                          taken, RFC 5321 3.1) or 421 (then the engine
-                          closes); the engine adds the hostname to a 220 */
-    SMTP_EV_MAIL,      /* MAIL FROM, well-formed: 250 2.1.0 or a refusal */
-    SMTP_EV_RCPT,      /* RCPT TO, well-formed: 250 2.1.5 or a refusal */
-    SMTP_EV_MESSAGE,   /* the whole message (DATA's end or BDAT LAST): 250
-                          2.0.0 ending with the trace id, or a refusal */
-    SMTP_EV_AUTH,      /* AUTH with the client's response(s): 235 2.7.0,
-                          535 5.7.8, 454 4.7.0, or 334 for another round
-                          of a mechanism the engine does not run */
+    SMTP_EV_CONNECT, /* first: 220 greeting, or 554 or another 4xx/5xx
+                        (then only QUIT is taken, RFC 5321 3.1), or 421
+                        (then the engine closes); the engine puts the
+                        hostname first in the greeting's text */
+    SMTP_EV_MAIL,    /* MAIL FROM, well-formed: 250 2.1.0 or a refusal */
+    SMTP_EV_RCPT,    /* RCPT TO, well-formed: 250 2.1.5 or a refusal */
+    SMTP_EV_MESSAGE, /* the whole message (DATA's end or BDAT LAST): 250
+                        2.0.0 ending with the trace id, or a refusal.
+                        Not given for one the engine refused itself:
+                        over max_message (552 5.3.4, RFC 1870) or with a
+                        DATA line over max_text_line (554 5.6.0) */
+    SMTP_EV_AUTH,    /* AUTH with the client's response(s): 235 2.7.0,
+                        535 5.7.8, 454 4.7.0, or 334 for another round
+                        of a mechanism the engine does not run */
     /* News: no reply. */
-    SMTP_EV_HELO,      /* EHLO or HELO taken (the engine answered 250) */
-    SMTP_EV_RESET,     /* the transaction the caller accepted with MAIL is
-                          over (message answered, RSET, EHLO/HELO,
-                          STARTTLS, a failed BDAT, QUIT, close): forget its
-                          data. Exactly one per accepted MAIL. */
-    SMTP_EV_STARTTLS,  /* "220 2.0.0 Ready to start TLS" is queued and
-                          every byte after the STARTTLS line discarded (RFC
-                          3207 5, CVE-2011-0411): flush the output, drop
-                          what was read but not fed, handshake, then call
-                          smtp_server_tls_started(); bytes fed before that
-                          are discarded */
-    SMTP_EV_QUIT,      /* 221 queued: flush, then close */
-    SMTP_EV_CLOSE,     /* the engine gives up (421 queued: too many errors,
-                          an endless line, smtp_server_close(), a 421
-                          reply): flush, then close */
+    SMTP_EV_HELO,     /* EHLO or HELO taken (the engine answered 250) */
+    SMTP_EV_RESET,    /* the transaction the caller accepted with MAIL is
+                         over (message answered or refused, RSET,
+                         EHLO/HELO, a failed BDAT, QUIT, close): forget
+                         its data. Exactly one per accepted MAIL. */
+    SMTP_EV_STARTTLS, /* "220 2.0.0 Ready to start TLS" is queued and
+                         every byte after the STARTTLS line discarded (RFC
+                         3207 5, CVE-2011-0411): flush the output, drop
+                         what was read but not fed, handshake, then call
+                         smtp_server_tls_started(); bytes fed before that
+                         are discarded */
+    SMTP_EV_QUIT,     /* 221 queued: flush, then close */
+    SMTP_EV_CLOSE,    /* the engine gives up (421 queued: too many errors,
+                         an endless line, smtp_server_close(), a 421
+                         reply): flush, then close */
 };
 
 /* MAIL's BODY parameter (RFC 6152). */
@@ -134,13 +138,13 @@ struct smtp_event {
     enum smtp_event_type type;
     union {
         struct {
-            const char *name;    /* the EHLO/HELO argument, as given */
-            bool esmtp;          /* EHLO */
+            const char *name; /* the EHLO/HELO argument, as given */
+            bool esmtp;       /* EHLO */
         } helo;
         struct {
             const struct smtp_path *path; /* parsed reverse-path */
-            const char *from;    /* path->mailbox: normalised, "" for <> */
-            const char *raw;     /* the path as given, without <> */
+            const char *from; /* path->mailbox: normalised, "" for <> */
+            const char *raw;  /* the path as given, without <> */
             bool size_given;
             size_t size;         /* SIZE= (RFC 1870), when size_given */
             enum smtp_body body; /* BODY= */
@@ -151,22 +155,26 @@ struct smtp_event {
         } mail;
         struct {
             const struct smtp_path *path; /* parsed forward-path */
-            const char *to;      /* path->mailbox: normalised, source route
-                                    dropped (RFC 5321 4.1.1.3); "postmaster"
-                                    for <Postmaster> */
-            const char *raw;     /* the path as given, without <> */
-            unsigned notify;     /* SMTP_NOTIFY_* (RFC 3461 4.1), 0: none */
-            const char *orcpt;   /* ORCPT= "addr-type;xtext" as given (RFC
-                                    3461 4.2), or NULL */
+            const char *to;    /* path->mailbox: normalised, source route
+                                  dropped (RFC 5321 4.1.1.3); "postmaster"
+                                  for <Postmaster> */
+            const char *raw;   /* the path as given, without <> */
+            unsigned notify;   /* SMTP_NOTIFY_* (RFC 3461 4.1), 0: none */
+            const char *orcpt; /* ORCPT= "addr-type;xtext" as given (RFC
+                                  3461 4.2), or NULL */
         } rcpt;
         struct {
-            const char *data;    /* CRLF line ends, dot-stuffing undone;
-                                    BDAT chunks as sent */
+            /* DATA: CRLF line ends, dot-stuffing undone (RFC 5321 4.5.2).
+             * Only CRLF "." CRLF ends DATA: a bare LF or CR is a line end
+             * of the text, stored as CRLF, never an end (no smuggling);
+             * a dot starting a line after a real CRLF is dropped unless
+             * CRLF follows it. BDAT: the chunks as sent (RFC 3030). */
+            const char *data;
             size_t len;
-            bool bdat;           /* came by BDAT (RFC 3030) */
+            bool bdat; /* came by BDAT (RFC 3030) */
         } message;
         struct {
-            const char *mech;    /* upper case, e.g. "PLAIN" */
+            const char *mech; /* upper case, e.g. "PLAIN" */
             /* The client's responses, base64 as received ("" for an empty
              * one; syntax already checked): PLAIN has one, LOGIN two (user
              * name, password), another mechanism the one just received. */
@@ -174,8 +182,8 @@ struct smtp_event {
             int nresp;
             /* LOGIN only: resp[] decoded; NULL otherwise. */
             const char *username, *password;
-            int round;           /* 0, then 1.. after each 334 the caller
-                                    asked for */
+            int round; /* 0, then 1.. after each 334 the caller
+                          asked for */
         } auth;
     };
 };
@@ -235,8 +243,7 @@ void smtp_server_tls_started(smtp_server_t *srv);
  * queues "421 <ecode> <hostname> <text>" and gives SMTP_EV_CLOSE next. A
  * pending decision is dropped.
  */
-void smtp_server_close(smtp_server_t *srv, const char *ecode,
-                       const char *text);
+void smtp_server_close(smtp_server_t *srv, const char *ecode, const char *text);
 
 /* The EHLO/HELO name given, or NULL before one (and after STARTTLS). */
 const char *smtp_server_helo(const smtp_server_t *srv);
