@@ -40,6 +40,7 @@ static const char rate_script[] = "local n = redis.call('INCR', KEYS[1]) "
 struct guard {
     store_async_t *store;
     long conn_per_minute, msg_per_minute;
+    long user_msg_per_minute, user_rcpt_per_minute;
 };
 
 enum job_kind { JOB_CONNECT, JOB_MAIL, JOB_RCPT };
@@ -66,6 +67,7 @@ struct job {
     actor_t *a;
     struct guard *g;
     bus_request_t *req;
+    int rcpt_flags; /* GUARD_RELAY etc. for the recipient's resolution */
     enum job_kind kind;
     char trace[ENVELOPE_MAX_NAME + 1];
     guard_resolve_t *res; /* while resolving an address */
@@ -75,6 +77,9 @@ struct job {
     loop_timer_t *deadline;
     struct slot slots[S__COUNT];
 
+    /* The rate limit asked about: what, and its limit. */
+    const char *rate_what;
+    long rate_limit;
     /* What the round's replies said. */
     long long rate;
     bool dom_ours, dom_disabled, user_exists, user_disabled;
@@ -84,6 +89,7 @@ struct job {
 };
 
 static void job_advance(struct job *j);
+static void rcpt_start(struct job *j);
 
 static bool
 is_one(const store_reply_t *r)
@@ -319,16 +325,20 @@ round_end(struct job *j)
     job_release(j);
 }
 
+/* Counts one event of kind for subject (a client address or a user) in
+ * this minute; job_advance() compares the count with limit. */
 static void
-send_rate(struct job *j, const char *kind)
+send_rate(struct job *j, const char *kind, const char *subject,
+          const char *what, long limit)
 {
     char key[STORE_KEY_MAX];
-    const char *ip = envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP);
     long long minute = (long long)(clock_wall_us() / 60000000);
     const char *argv[] = {"EVAL", rate_script, "1",
-                          store_key_rate(key, kind, ip, minute),
+                          store_key_rate(key, kind, subject, minute),
                           GUARD_RATE_TTL};
 
+    j->rate_what = what;
+    j->rate_limit = limit;
     round_begin(j);
     job_cmd(j, S_RATE, 5, argv);
     round_end(j);
@@ -484,9 +494,12 @@ static void
 rate_verdict(struct job *j, const char *what, long limit)
 {
     const char *ip = envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP);
-    char text[160];
+    char text[GUARD_ADDR_MAX + 64], user[GUARD_ADDR_MAX + 1];
+    const char *who = session_user(job_env(j), user, sizeof(user)) ? user
+                                                                    : ip;
 
-    snprintf(text, sizeof(text), "too many %s from %s, try later", what, ip);
+    snprintf(text, sizeof(text), "too many %s from %s, try later", what,
+             who);
     log_warn(j->trace, "guard_rate_limited",
              "kind=%s ip=%s count=%lld limit=%ld", what, log_q(ip), j->rate,
              limit);
@@ -523,20 +536,18 @@ job_advance(struct job *j)
         return;
     }
     /* The rate counter is in. */
+    if (j->rate > j->rate_limit) {
+        rate_verdict(j, j->rate_what, j->rate_limit);
+        return;
+    }
     if (j->kind == JOB_CONNECT) {
-        if (j->rate > j->g->conn_per_minute) {
-            rate_verdict(j, "connections", j->g->conn_per_minute);
-            return;
-        }
         job_answer(j, 250, "2.0.0", "ok");
         job_done(j);
-        return;
+    } else if (j->kind == JOB_RCPT) {
+        rcpt_start(j);
+    } else {
+        mail_check_sender(j);
     }
-    if (j->rate > j->g->msg_per_minute) {
-        rate_verdict(j, "messages", j->g->msg_per_minute);
-        return;
-    }
-    mail_check_sender(j);
 }
 
 int
@@ -547,6 +558,8 @@ guard_init(actor_t *a)
 
     g->conn_per_minute = config_int(cfg, "guard.conn_per_minute");
     g->msg_per_minute = config_int(cfg, "guard.msg_per_minute");
+    g->user_msg_per_minute = config_int(cfg, "guard.user_msg_per_minute");
+    g->user_rcpt_per_minute = config_int(cfg, "guard.user_rcpt_per_minute");
     /* Connects in the background and keeps trying: while Redis is away,
      * requests get 451 and the actor stays on the bus. */
     g->store = store_async_new(actor_loop(a), cfg, GUARD_REDIS_TIMEOUT_MS);
@@ -600,7 +613,8 @@ guard_on_connect(actor_t *a, bus_request_t **req_p)
         job_done(j);
         return;
     }
-    send_rate(j, "conn");
+    send_rate(j, "conn", envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP),
+              "connections", g->conn_per_minute);
 }
 
 void
@@ -609,16 +623,36 @@ guard_on_mail(actor_t *a, bus_request_t **req_p)
     static const char *const need[] = {ENV_KEY_CLIENT_IP, ENV_KEY_ROLE,
                                        ENV_KEY_MAIL_FROM, NULL};
     struct guard *g = actor_data(a);
+    char user[GUARD_ADDR_MAX + 1];
     struct job *j;
 
     if (!has_fields(a, req_p, need))
         return;
     j = job_new(a, req_p, JOB_MAIL);
+    /* An authenticated session is limited per user (it may come from any
+     * address), any other per client address. */
+    if (session_user(job_env(j), user, sizeof(user))) {
+        if (g->user_msg_per_minute == 0)
+            mail_check_sender(j);
+        else
+            send_rate(j, "umsg", user, "messages", g->user_msg_per_minute);
+        return;
+    }
     if (g->msg_per_minute == 0) {
         mail_check_sender(j);
         return;
     }
-    send_rate(j, "msg");
+    send_rate(j, "msg", envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP),
+              "messages", g->msg_per_minute);
+}
+
+/* Resolves the recipient (after its rate check, when there is one). */
+static void
+rcpt_start(struct job *j)
+{
+    j->res = guard_resolve_new(envelope_get_str(job_env(j), ENV_KEY_RCPT),
+                               j->rcpt_flags, j->trace);
+    resolve(j);
 }
 
 void
@@ -626,6 +660,7 @@ guard_on_rcpt(actor_t *a, bus_request_t **req_p)
 {
     static const char *const need[] = {ENV_KEY_CLIENT_IP, ENV_KEY_ROLE,
                                        ENV_KEY_MAIL_FROM, ENV_KEY_RCPT, NULL};
+    struct guard *g = actor_data(a);
     const envelope_t *env;
     const char *role;
     char user[GUARD_ADDR_MAX + 1];
@@ -642,7 +677,10 @@ guard_on_rcpt(actor_t *a, bus_request_t **req_p)
         session_user(env, user, sizeof(user)))
         flags |= GUARD_RELAY;
     j = job_new(a, req_p, JOB_RCPT);
-    j->res = guard_resolve_new(envelope_get_str(job_env(j), ENV_KEY_RCPT),
-                               flags, j->trace);
-    resolve(j);
+    j->rcpt_flags = flags;
+    if ((flags & GUARD_RELAY) && g->user_rcpt_per_minute > 0) {
+        send_rate(j, "urcpt", user, "recipients", g->user_rcpt_per_minute);
+        return;
+    }
+    rcpt_start(j);
 }
