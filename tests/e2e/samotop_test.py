@@ -116,3 +116,105 @@ class System:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Sink:
+    """A small SMTP server on loopback that records what it receives: the
+    next hop for the relay in tests. rcpt_codes maps an address to the
+    reply its RCPT gets (e.g. {"bad@remote.test": "550 5.1.1 no such user"});
+    data_code is the reply to the end of data. Real sockets, real SMTP;
+    for the tests that need a peer we can stop and start at will."""
+
+    def __init__(self, port, rcpt_codes=None, data_code="250 2.0.0 Ok",
+                 ehlo=("PIPELINING", "8BITMIME", "SIZE 104857600")):
+        import socketserver
+        import threading
+        self.port = port
+        self.rcpt_codes = dict(rcpt_codes or {})
+        self.data_code = data_code
+        self.ehlo = list(ehlo)
+        self.messages = []   # (mail_from, [rcpts], data bytes)
+        self.connections = 0
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                with sink.lock:
+                    sink.connections += 1
+                w = self.wfile
+                w.write(b"220 sink.remote.test ESMTP\r\n")
+                mail, rcpts = None, []
+                while True:
+                    line = self.rfile.readline(4096)
+                    if not line:
+                        return
+                    cmd = line.decode("utf-8", "replace").strip()
+                    up = cmd.upper()
+                    if up.startswith("EHLO"):
+                        lines = ["sink.remote.test"] + sink.ehlo
+                        out = "".join("250%s%s\r\n" % ("-" if i < len(lines) - 1 else " ", l)
+                                      for i, l in enumerate(lines))
+                        w.write(out.encode())
+                    elif up.startswith("HELO"):
+                        w.write(b"250 sink.remote.test\r\n")
+                    elif up.startswith("MAIL FROM:"):
+                        mail = cmd[10:].split(" ")[0].strip("<>")
+                        rcpts = []
+                        w.write(b"250 2.1.0 Ok\r\n")
+                    elif up.startswith("RCPT TO:"):
+                        addr = cmd[8:].split(" ")[0].strip("<>")
+                        code = sink.rcpt_codes.get(addr, "250 2.1.5 Ok")
+                        if code.startswith("2"):
+                            rcpts.append(addr)
+                        w.write((code + "\r\n").encode())
+                    elif up == "DATA":
+                        if not rcpts:
+                            w.write(b"554 5.5.1 no valid recipients\r\n")
+                            continue
+                        w.write(b"354 go ahead\r\n")
+                        data = b""
+                        while True:
+                            l = self.rfile.readline(1 << 20)
+                            if not l or l == b".\r\n":
+                                break
+                            if l.startswith(b".."):
+                                l = l[1:]
+                            data += l
+                        if sink.data_code.startswith("2"):
+                            with sink.lock:
+                                sink.messages.append((mail, list(rcpts), data))
+                        w.write((sink.data_code + "\r\n").encode())
+                    elif up == "RSET":
+                        mail, rcpts = None, []
+                        w.write(b"250 2.0.0 Ok\r\n")
+                    elif up == "NOOP":
+                        w.write(b"250 2.0.0 Ok\r\n")
+                    elif up == "QUIT":
+                        w.write(b"221 2.0.0 Bye\r\n")
+                        return
+                    else:
+                        w.write(b"502 5.5.1 not here\r\n")
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, n, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if len(self.messages) >= n:
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.messages)
