@@ -80,4 +80,59 @@ store_key_rate(char out[STORE_KEY_MAX], const char *kind, const char *ip,
                                           ip, window));
 }
 
+/* The queue's keys (samotop-queue, samotop-admin queue) share the hash tag
+ * {q}, so that one MULTI/EXEC or script may touch several of them, also
+ * under Redis Cluster. ID is a queue id ("<unix s>-<16 hex>"). */
+
+/* samotop:{q}:due - sorted set: queue ids scored by the time (unix ms) they
+ * are next due; every message in the queue is in it. */
+static inline char *
+store_key_queue_due(char out[STORE_KEY_MAX])
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{q}:due"));
+}
+
+/* samotop:{q}:msg:ID - hash: the envelope of message ID. */
+static inline char *
+store_key_queue_msg(char out[STORE_KEY_MAX], const char *id)
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{q}:msg:%s", id));
+}
+
+/* samotop:{q}:body:ID - string: the message itself. */
+static inline char *
+store_key_queue_body(char out[STORE_KEY_MAX], const char *id)
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{q}:body:%s", id));
+}
+
+/* samotop:{q}:rcpts:ID - hash: "N.field" per recipient N of message ID. */
+static inline char *
+store_key_queue_rcpts(char out[STORE_KEY_MAX], const char *id)
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{q}:rcpts:%s", id));
+}
+
+/* samotop:{q}:lease:ID - string with a PX expiry: the queue process working
+ * on message ID. With id "" it is the prefix scripts append ids to. */
+static inline char *
+store_key_queue_lease(char out[STORE_KEY_MAX], const char *id)
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{q}:lease:%s", id));
+}
+
+/* samotop:routes - hash: destination domain (lower case, or "*" for the
+ * smarthost) -> "HOST:PORT;tls=required|opportunistic". */
+static inline char *
+store_key_routes(char out[STORE_KEY_MAX])
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:routes"));
+}
+
 #endif
