@@ -1,0 +1,116 @@
+/*
+ * auth.h - samotop-auth's parts: reading SASL responses, the pool of
+ * threads that runs scrypt, and the handler that joins them to Redis.
+ *
+ * auth_sasl.c is pure: it decodes and checks what a client sent (RFC 4616
+ * PLAIN, LOGIN) and turns a login name into the account it names, so a
+ * test can drive it from tables. auth_pool.c runs password verifications
+ * (lib/passwd.h, tens of milliseconds and 32 MiB each) on worker threads
+ * and hands the results back on the loop thread. auth_handlers.c answers
+ * auth.verify from Redis without blocking the loop. Everything but the
+ * pool's threads runs on the actor's loop thread.
+ */
+#ifndef SAMOTOP_AUTH_H
+#define SAMOTOP_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "actor.h"
+#include "lib/loop.h"
+#include "lib/smtp_addr.h"
+
+/* RFC 4616 2: authzid and authcid of up to 255 octets must be accepted;
+ * longer ones are refused. */
+#define AUTH_NAME_MAX 255
+/* The longest password taken: what samotop-admin stores at most
+ * (ADMIN_PASSWORD_MAX). */
+#define AUTH_PASSWORD_MAX 1024
+/* The longest PLAIN response, base64: the encoding of the longest message
+ * (two names, two NULs, a password). */
+#define AUTH_RESPONSE_MAX                                                      \
+    (((AUTH_NAME_MAX * 2 + 2 + AUTH_PASSWORD_MAX) + 2) / 3 * 4)
+/* Room for an account name, local@domain. */
+#define AUTH_ACCOUNT_MAX (SMTP_LOCAL_MAX + 1 + SMTP_DOMAIN_MAX)
+
+/* What a client's credentials say, decoded. The password may hold any
+ * octet but NUL; wipe it with auth_creds_wipe() after use. */
+struct auth_creds {
+    char authzid[AUTH_NAME_MAX + 1]; /* "" when none was given */
+    char authcid[AUTH_NAME_MAX + 1];
+    char password[AUTH_PASSWORD_MAX + 1];
+    size_t password_len;
+};
+
+/* An account as schemas/redis.md keys it: local part and domain in lower
+ * case, and name = local@domain. */
+struct auth_account {
+    char local[SMTP_LOCAL_MAX + 1];
+    char domain[SMTP_DOMAIN_MAX + 1];
+    char name[AUTH_ACCOUNT_MAX + 1];
+};
+
+/* Decodes n characters of strict base64 (RFC 4648 4: the standard
+ * alphabet, padding to a multiple of four, no white space, zero unused
+ * bits) into out (max bytes). Returns the byte count, or -1 for anything
+ * else or when out is too small. */
+long auth_b64_decode(const char *in, size_t n, unsigned char *out, size_t max);
+
+/* Reads a PLAIN response (RFC 4616: base64 of authzid NUL authcid NUL
+ * passwd, as the client sent it; "" for an empty one) into *out. Returns
+ * 0, ERR_TOO_BIG when the response or a field is over the limits above,
+ * or ERR_MALFORMED (not base64, not three fields, an empty authcid). An
+ * empty password is read as such (no account has one). *out is wiped on
+ * failure. */
+int auth_plain_parse(const char *b64, size_t len, struct auth_creds *out);
+
+/* Takes LOGIN's user name and password, already decoded (len bytes each,
+ * no NUL allowed), into *out. Returns 0, ERR_TOO_BIG or ERR_MALFORMED
+ * (an empty user name, or a NUL in either); *out is wiped on failure. */
+int auth_login_take(const char *user, size_t ulen, const char *pass,
+                    size_t plen, struct auth_creds *out);
+
+/* Wipes the password (and the rest) of *c. */
+void auth_creds_wipe(struct auth_creds *c);
+
+/* The account a login name names: a bare RFC 5321 mailbox with a
+ * dot-atom local part and a domain name (no address literal), put in lower
+ * case. Returns 0 or ERR_INVAL for anything that cannot be an account. */
+int auth_account_parse(const char *name, struct auth_account *out);
+
+typedef struct auth_pool auth_pool_t;
+
+/* A verification's outcome, on the loop thread: 0 the password matches,
+ * 1 it does not (always 1 for a dummy run), ERR_CLOSED when the pool was
+ * destroyed first. bad_hash says that the stored hash could not be read
+ * (a dummy verification ran in its place, and the outcome is 1). */
+typedef void auth_pool_fn(void *arg, int result, bool bad_hash);
+
+/* A pool of threads running verifications, reporting on loop; at most
+ * queue_max verifications wait for a thread. Makes the hash that dummy
+ * runs check against. NULL with the reason in why. Caller owns it. */
+auth_pool_t *auth_pool_new(loop_t *loop, int threads, int queue_max, char *why,
+                           size_t whylen);
+
+/* Stops the threads (each ends the verification it is running), then
+ * calls back every job not yet reported: finished ones with their
+ * outcome, waiting ones with ERR_CLOSED. Frees and NULLs *pool_p. */
+void auth_pool_destroy(auth_pool_t **pool_p);
+
+/* Queues the check of password (len bytes, copied) against stored (a
+ * lib/passwd.h hash, copied), or, when stored is NULL, a dummy check that
+ * takes as long and never matches. fn is called once, later, on the loop
+ * thread. Returns 0, or ERR_TOO_BIG when queue_max verifications already
+ * wait (fn is then never called). The copies are wiped after use. */
+int auth_pool_submit(auth_pool_t *pool, const char *password, size_t len,
+                     const char *stored, auth_pool_fn *fn, void *arg);
+
+/* Verifications waiting for a thread now. */
+int auth_pool_waiting(const auth_pool_t *pool);
+
+/* The handler and hooks (auth_handlers.c). */
+int auth_init(actor_t *a);
+void auth_fini(actor_t *a);
+void auth_on_verify(actor_t *a, bus_request_t **req_p);
+
+#endif
