@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -324,4 +325,82 @@ const char *
 tls_conn_error(const tls_conn_t *c)
 {
     return c->error;
+}
+
+tls_ctx_t *
+tls_client_new(const char *ca_file, char *why, size_t whylen)
+{
+    SSL_CTX *ssl = SSL_CTX_new(TLS_client_method());
+    tls_ctx_t *ctx;
+    int ok;
+
+    if (ssl == NULL) {
+        ssl_reason(why, whylen, "SSL_CTX_new");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ssl, TLS1_2_VERSION);
+    SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    /* Verification is asked per connection (tls_client_conn_new). */
+    SSL_CTX_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    if (ca_file && *ca_file)
+        ok = SSL_CTX_load_verify_locations(ssl, ca_file, NULL);
+    else
+        ok = SSL_CTX_set_default_verify_paths(ssl);
+    if (ok != 1) {
+        ssl_reason(why, whylen, ca_file && *ca_file ? ca_file
+                                                    : "default CA paths");
+        SSL_CTX_free(ssl);
+        return NULL;
+    }
+    ctx = xcalloc(1, sizeof(*ctx));
+    ctx->ssl = ssl;
+    return ctx;
+}
+
+tls_conn_t *
+tls_client_conn_new(tls_ctx_t *ctx, int fd, const char *servername,
+                    bool verify)
+{
+    unsigned char ip[16];
+    SSL *ssl = SSL_new(ctx->ssl);
+    bool is_ip;
+    tls_conn_t *c;
+
+    if (ssl == NULL)
+        return NULL;
+    is_ip = servername && (inet_pton(AF_INET, servername, ip) == 1 ||
+                           inet_pton(AF_INET6, servername, ip) == 1);
+    /* RFC 6066 3: SNI carries host names only, never addresses. */
+    if (servername && *servername && !is_ip &&
+        SSL_set_tlsext_host_name(ssl, servername) != 1) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    if (verify) {
+        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (servername == NULL || *servername == '\0' ||
+            (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl),
+                                                   servername)
+                   : SSL_set1_host(ssl, servername)) != 1) {
+            SSL_free(ssl);
+            return NULL;
+        }
+    }
+    SSL_set_fd(ssl, fd);
+    SSL_set_connect_state(ssl);
+    c = xcalloc(1, sizeof(*c));
+    c->ssl = ssl;
+    return c;
+}
+
+bool
+tls_conn_verified(const tls_conn_t *c)
+{
+    return SSL_get_verify_mode(c->ssl) & SSL_VERIFY_PEER &&
+           SSL_get0_peer_certificate(c->ssl) != NULL &&
+           SSL_get_verify_result(c->ssl) == X509_V_OK;
 }

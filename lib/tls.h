@@ -1,5 +1,6 @@
 /*
- * tls.h - TLS for Samotop's servers (OpenSSL 3), on non-blocking sockets.
+ * tls.h - TLS for Samotop's servers (OpenSSL 3), on non-blocking sockets;
+ * and for its SMTP client (the relay's STARTTLS), at the end.
  *
  * A tls_ctx_t holds the certificate and settings for one listening role
  * (TLS 1.2 and later only); a tls_conn_t wraps one accepted socket. The I/O
@@ -11,6 +12,7 @@
 #ifndef SAMOTOP_TLS_H
 #define SAMOTOP_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -66,5 +68,27 @@ int tls_conn_bits(const tls_conn_t *conn);
 
 /* The last error's text, for logs. Borrowed. */
 const char *tls_conn_error(const tls_conn_t *conn);
+
+/*
+ * The client side. A client context (TLS 1.2 and later, no certificate of
+ * its own) serves every outgoing connection; ca_file is the PEM bundle
+ * that verifying connections trust (NULL or "": the system's default
+ * paths). NULL with the reason in why. Free it with tls_ctx_destroy().
+ */
+tls_ctx_t *tls_client_new(const char *ca_file, char *why, size_t whylen);
+
+/*
+ * A client-side connection on fd (non-blocking), driven by tls_handshake()
+ * and the I/O functions above. servername goes out as SNI (RFC 6066) unless
+ * it is NULL, empty or an IP address. Without verify nothing about the
+ * peer is checked (RFC 7435: opportunistic TLS, better than clear text);
+ * with it the handshake fails unless the certificate chains to a trusted
+ * CA and names servername (RFC 6125). Caller owns it.
+ */
+tls_conn_t *tls_client_conn_new(tls_ctx_t *ctx, int fd,
+                                const char *servername, bool verify);
+
+/* Whether the peer's certificate was checked and found good. */
+bool tls_conn_verified(const tls_conn_t *conn);
 
 #endif
