@@ -112,7 +112,7 @@ samotop_start() {
 		kill -0 "$pid" 2>/dev/null || { echo "samotopd $name exited:" >&2; tail -20 "$dir/samotopd.log" >&2; return 1; }
 		sleep 0.2
 	done
-	[ "$i" -lt 100 ] || { echo "samotopd $name: actors not ready in 20 s" >&2; return 1; }
+	[ "$i" -lt 100 ] || { echo "samotopd $name: actors not ready in 20 s" >&2; samotop_stop "$name"; return 1; }
 	samotop_run "$name" "$base" "$BENCH_BIN/samotop-admin" domain add example.test >/dev/null
 	echo "bench-secret" | samotop_run "$name" "$base" "$BENCH_BIN/samotop-admin" user add user@example.test >/dev/null
 	# The probe: one message must land as one file in the Maildir's new/.
@@ -123,7 +123,9 @@ samotop_start() {
 		sleep 0.05
 	done
 	if ! [ -d "$md/tmp" ] || ! [ -d "$md/cur" ] || [ "$(ls -f "$md/new" 2>/dev/null | wc -l)" -ne 3 ]; then
-		echo "samotopd $name: the probe message is not in $md/new" >&2; return 1
+		echo "samotopd $name: the probe message is not in $md/new" >&2
+		samotop_stop "$name"
+		return 1
 	fi
 	find "$md/new" "$md/cur" "$md/tmp" -mindepth 1 -maxdepth 1 -type f -delete
 	samotop_log "samotopd $name: pid $pid, MTA 127.0.0.1:$((base + 10)), Maildir $md"
