@@ -3,10 +3,13 @@
 # under /tmp/bench-NAME/ (the harness in /work/shared/bench may empty
 # Maildirs only under /tmp/bench-*).
 #
-#   samotop_build                 builds the executables (RelWithDebInfo, in
-#                                 build/release) and copies them to $BENCH_BIN,
-#                                 so that a rebuild by someone else during a
-#                                 long run changes nothing under it
+#   samotop_build                 builds the executables (RelWithDebInfo) of
+#                                 the commit checked out (git archive HEAD into
+#                                 /tmp/bench-samotop-src; BENCH_TREE=work builds
+#                                 the working tree in build/release instead)
+#                                 and copies them to $BENCH_BIN, so that a
+#                                 rebuild by someone else during a long run
+#                                 changes nothing under it
 #   samotop_start NAME BASE [VAR=VALUE...]
 #                                 samotopd with data in /tmp/bench-NAME/data,
 #                                 ports BASE..BASE+19 (MTA on BASE+10, Redis on
@@ -41,14 +44,28 @@ samotop_commit() {
 samotop_build() {
 	local t=(samotopd samotop-bus samotop-listener samotop-auth samotop-guard
 		samotop-mailbox samotop-queue samotop-relay samotop-admin)
-	cmake -S "$BENCH_SRC" -B "$BENCH_SRC/build/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	# Only what the benchmark runs: a test that does not build must not stop it.
-	make -C "$BENCH_SRC/build/release" -j2 "${t[@]}" >/dev/null
+	local src=$BENCH_SRC bld=$BENCH_SRC/build/release x
 	case $BENCH_BIN in /tmp/bench-*) ;; *) echo "BENCH_BIN must be under /tmp/bench-*" >&2; return 1 ;; esac
+	if [ "${BENCH_TREE:-head}" = head ]; then
+		# The committed tree, exported: others' uncommitted work in the
+		# same checkout stays out of the measurement.
+		src=/tmp/bench-samotop-src bld=/tmp/bench-samotop-src/build
+		rm -rf "$src"
+		mkdir -p "$src"
+		git -C "$BENCH_SRC" archive HEAD | tar -x -C "$src"
+		git -C "$BENCH_SRC" rev-parse --short HEAD >"$src/.commit"
+	fi
+	cmake -S "$src" -B "$bld" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	# Only what the benchmark runs: a test that does not build must not stop it.
+	make -C "$bld" -j2 "${t[@]}" >/dev/null
 	rm -rf "$BENCH_BIN"
 	mkdir -p "$BENCH_BIN"
-	for x in "${t[@]}"; do cp "$BENCH_SRC/build/release/bin/$x" "$BENCH_BIN/"; done
-	samotop_commit >"$BENCH_BIN/COMMIT"
+	for x in "${t[@]}"; do cp "$bld/bin/$x" "$BENCH_BIN/"; done
+	if [ "${BENCH_TREE:-head}" = head ]; then
+		cp "$src/.commit" "$BENCH_BIN/COMMIT"
+	else
+		samotop_commit >"$BENCH_BIN/COMMIT"
+	fi
 }
 
 # samotop_env NAME BASE: the environment of that instance, one VAR=VALUE a line.
@@ -113,6 +130,22 @@ samotop_start() {
 		sleep 0.2
 	done
 	[ "$i" -lt 100 ] || { echo "samotopd $name: actors not ready in 20 s" >&2; samotop_stop "$name"; return 1; }
+	# Every copy asked for must be up (a copy that failed at start is
+	# restarted by samotopd after a back-off).
+	local want_l=1 want_m=1 a
+	for a in "$@"; do
+		case $a in
+		SAMOTOP_SUPERVISOR_LISTENER=*) want_l=${a#*=} ;;
+		SAMOTOP_SUPERVISOR_MAILBOX=*) want_m=${a#*=} ;;
+		esac
+	done
+	sleep 1 # a copy that fails at start has exited by now
+	for ((i = 0; i < 100; i++)); do
+		[ "$(ps --ppid "$pid" -o comm= | grep -c '^samotop-listene')" = "$want_l" ] &&
+			[ "$(ps --ppid "$pid" -o comm= | grep -c '^samotop-mailbox')" = "$want_m" ] && break
+		sleep 0.2
+	done
+	[ "$i" -lt 100 ] || { echo "samotopd $name: not $want_l listeners and $want_m mailboxes in 20 s" >&2; samotop_stop "$name"; return 1; }
 	samotop_run "$name" "$base" "$BENCH_BIN/samotop-admin" domain add example.test >/dev/null
 	echo "bench-secret" | samotop_run "$name" "$base" "$BENCH_BIN/samotop-admin" user add user@example.test >/dev/null
 	# The probe: one message must land as one file in the Maildir's new/.
