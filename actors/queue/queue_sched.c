@@ -359,6 +359,16 @@ rcpt_result(struct queue_job *j, struct queue_rcpt *r, int code, const char *eco
              log_q(mx ? mx : "-"), r->attempts);
 }
 
+/* Whether reply is the skeleton's refusal of a request it cannot take. */
+static bool
+proto_error(const envelope_t *reply)
+{
+    const char *e = envelope_get_str(reply, ENV_KEY_ERROR);
+
+    return e && (strcmp(e, err_name(ERR_PROTO)) == 0 ||
+                 strcmp(e, err_name(ERR_VERSION)) == 0);
+}
+
 static void
 on_call(void *arg, int err, const char *text, const envelope_t *reply)
 {
@@ -392,6 +402,13 @@ on_call(void *arg, int err, const char *text, const envelope_t *reply)
             } else if (code >= 200 && code < 300) {
                 /* A success must say what became of each recipient. */
                 snprintf(why, sizeof(why), "%s: reply without results", who);
+                rcpt_result(j, r, 451, "4.3.0", why, NULL);
+            } else if (proto_error(reply)) {
+                /* The worker does not speak this request (an older or
+                 * newer version during an upgrade): no verdict on the
+                 * recipient, so no reason to bounce. */
+                snprintf(why, sizeof(why), "%s: %s", who,
+                         envelope_get_str(reply, ENV_KEY_TEXT));
                 rcpt_result(j, r, 451, "4.3.0", why, NULL);
             } else {
                 rcpt_result(j, r, code, envelope_get_str(reply, ENV_KEY_ECODE),
