@@ -45,6 +45,12 @@ int admin_user(const config_t *cfg, int argc, char **argv);
 /* alias add|del|list: addresses that forward to others. */
 int admin_alias(const config_t *cfg, int argc, char **argv);
 
+/* route add|del|list: static next hops for the relay (admin_route.c). */
+int admin_route(const config_t *cfg, int argc, char **argv);
+
+/* queue list|show|retry|delete: the outbound queue (admin_queue.c). */
+int admin_queue(const config_t *cfg, int argc, char **argv);
+
 /* Sub-verbs of the account verbs. */
 
 enum {

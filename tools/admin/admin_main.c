@@ -15,6 +15,8 @@ static const struct admin_verb verbs[] = {
     {"domain", "domain add|del|list|catchall ...", admin_domain, 1},
     {"user", "user add|passwd|del|list|disable|enable ...", admin_user, 1},
     {"alias", "alias add|del|list ...", admin_alias, 1},
+    {"route", "route add|del|list ...", admin_route, 1},
+    {"queue", "queue list|show|retry|delete ...", admin_queue, 1},
     {NULL, NULL, NULL, 0}};
 
 static void
