@@ -49,8 +49,7 @@ queue_maybe_free(queue_t *q)
         return;
     log_info(NULL, "queue_stopped",
              "submitted=%llu delivered=%llu deferred=%llu bounced=%llu",
-             (unsigned long long)q->submitted,
-             (unsigned long long)q->delivered,
+             (unsigned long long)q->submitted, (unsigned long long)q->delivered,
              (unsigned long long)q->deferred, (unsigned long long)q->bounced);
     free(q);
 }
@@ -94,9 +93,8 @@ queue_init(actor_t *a)
              "owner=%s scan_ms=%ld lease_ms=%ld max_inflight=%ld "
              "retry_min_s=%ld retry_max_s=%ld lifetime_s=%ld "
              "delay_warn_s=%ld hostname=%s",
-             q->owner, c->scan_ms, c->lease_ms, c->max_inflight,
-             c->retry_min_s, c->retry_max_s, c->lifetime_s, c->delay_warn_s,
-             c->hostname);
+             q->owner, c->scan_ms, c->lease_ms, c->max_inflight, c->retry_min_s,
+             c->retry_max_s, c->lifetime_s, c->delay_warn_s, c->hostname);
     queue_sched_start(q);
     return 0;
 }

@@ -52,10 +52,10 @@ enum queue_status {
 
 /* One recipient of a message, as kept in samotop:{q}:rcpts:ID. */
 struct queue_rcpt {
-    bool local;  /* a mailbox of ours (mailbox.deliver), else relay.send */
-    char *to;    /* the mailbox or the remote address */
-    char *rcpt;  /* the forward-path the client gave, or NULL */
-    char *orcpt; /* RFC 3461 ORCPT (addr-type;xtext), or NULL */
+    bool local;      /* a mailbox of ours (mailbox.deliver), else relay.send */
+    char *to;        /* the mailbox or the remote address */
+    char *rcpt;      /* the forward-path the client gave, or NULL */
+    char *orcpt;     /* RFC 3461 ORCPT (addr-type;xtext), or NULL */
     unsigned notify; /* QUEUE_NOTIFY_* */
     bool notify_given;
     enum queue_status status;

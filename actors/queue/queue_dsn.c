@@ -23,11 +23,16 @@ static const char *
 action_name(enum queue_action a)
 {
     switch (a) {
-    case QUEUE_ACT_FAILED: return "failed";
-    case QUEUE_ACT_DELAYED: return "delayed";
-    case QUEUE_ACT_DELIVERED: return "delivered";
-    case QUEUE_ACT_RELAYED: return "relayed";
-    case QUEUE_ACT_NONE: break;
+    case QUEUE_ACT_FAILED:
+        return "failed";
+    case QUEUE_ACT_DELAYED:
+        return "delayed";
+    case QUEUE_ACT_DELIVERED:
+        return "delivered";
+    case QUEUE_ACT_RELAYED:
+        return "relayed";
+    case QUEUE_ACT_NONE:
+        break;
     }
     return "none";
 }
@@ -163,8 +168,7 @@ header_len(const char *m, size_t n)
 }
 
 static void
-add_human(buf_t *b, const struct queue_dsn *d, enum queue_action act,
-          bool utf8)
+add_human(buf_t *b, const struct queue_dsn *d, enum queue_action act, bool utf8)
 {
     char until[64];
 
@@ -301,8 +305,7 @@ add_status(buf_t *b, const struct queue_dsn *d, bool utf8)
         }
         buf_printf(b, "Action: %s\r\n", action_name(r->action));
         buf_adds(b, "Status: ");
-        add_clean(b, r->status && *r->status ? r->status : "5.0.0", 16,
-                  false);
+        add_clean(b, r->status && *r->status ? r->status : "5.0.0", 16, false);
         buf_adds(b, "\r\n");
         if (r->mx && *r->mx)
             add_mta(b, r->mx);
@@ -327,9 +330,12 @@ static const char *
 subject(enum queue_action act)
 {
     switch (act) {
-    case QUEUE_ACT_FAILED: return "Undelivered Mail Returned to Sender";
-    case QUEUE_ACT_DELAYED: return "Delayed Mail (still being retried)";
-    default: return "Successful Mail Delivery Report";
+    case QUEUE_ACT_FAILED:
+        return "Undelivered Mail Returned to Sender";
+    case QUEUE_ACT_DELAYED:
+        return "Delayed Mail (still being retried)";
+    default:
+        return "Successful Mail Delivery Report";
     }
 }
 
@@ -348,8 +354,8 @@ queue_dsn_build(const struct queue_dsn *d, buf_t *out)
     for (size_t i = 0; i < d->nrcpts; i++) {
         if (action_class(d->rcpts[i].action) != action_class(act))
             return ERR_INVAL;
-        utf8 |= !is_ascii(d->rcpts[i].final_rcpt) ||
-                !is_ascii(d->rcpts[i].rcpt);
+        utf8 |=
+            !is_ascii(d->rcpts[i].final_rcpt) || !is_ascii(d->rcpts[i].rcpt);
     }
     if (act == QUEUE_ACT_FAILED && d->ret && strcmp(d->ret, "FULL") == 0)
         full = true;

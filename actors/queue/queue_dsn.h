@@ -43,8 +43,8 @@ struct queue_dsn_rcpt {
     const char *orcpt;      /* RFC 3461 ORCPT "addr-type;xtext", or NULL */
     const char *rcpt;       /* the forward-path the client gave, or NULL */
     enum queue_action action;
-    const char *status;     /* RFC 3463 code, e.g. "5.1.1" */
-    int code;               /* the last reply: code, ecode, text; 0: none */
+    const char *status; /* RFC 3463 code, e.g. "5.1.1" */
+    int code;           /* the last reply: code, ecode, text; 0: none */
     const char *ecode;
     const char *text;
     const char *mx;              /* host[:port] that answered, or NULL */

@@ -429,8 +429,7 @@ add_rcpt_fields(struct queue_argv *a, const struct queue_rcpt *r, size_t i)
 }
 
 void
-queue_msg_write_rcpt(struct queue_argv *a, const struct queue_msg *m,
-                     size_t i)
+queue_msg_write_rcpt(struct queue_argv *a, const struct queue_msg *m, size_t i)
 {
     char key[STORE_KEY_MAX];
     int at = queue_argv_begin(a);
@@ -449,8 +448,7 @@ add_pair(struct queue_argv *a, const char *f, const char *v)
 }
 
 void
-queue_msg_write(struct queue_argv *a, const struct queue_msg *m,
-                int64_t due_ms)
+queue_msg_write(struct queue_argv *a, const struct queue_msg *m, int64_t due_ms)
 {
     char key[STORE_KEY_MAX];
     int at;

@@ -175,8 +175,8 @@ job_drop(struct queue_job *j)
 }
 
 static bool
-job_cmd(struct queue_job *j, queue_store_fn *fn, int argc, const char *const *argv,
-        const size_t *lens)
+job_cmd(struct queue_job *j, queue_store_fn *fn, int argc,
+        const char *const *argv, const size_t *lens)
 {
     if (queue_cmd(j->q, fn, j, argc, argv, lens) != 0)
         return false;
@@ -216,9 +216,14 @@ on_renew(loop_t *loop, void *arg)
     struct queue_job *j = arg;
     queue_t *q = j->q;
     char klease[STORE_KEY_MAX], kdue[STORE_KEY_MAX], ms[24], until[24];
-    const char *argv[] = {"EVAL", renew_script, "2",
+    const char *argv[] = {"EVAL",
+                          renew_script,
+                          "2",
                           store_key_queue_lease(klease, j->id),
-                          store_key_queue_due(kdue), q->owner, ms, until,
+                          store_key_queue_due(kdue),
+                          q->owner,
+                          ms,
+                          until,
                           j->id};
 
     j->renew = loop_timer_add(loop, q->conf.lease_ms / 3, on_renew, j);
@@ -269,12 +274,12 @@ on_loaded(void *arg, int err, const store_reply_t *r)
         queue_argv_add(a, rc == ERR_NOTFOUND ? "ZREM" : "ZADD");
         queue_argv_add(a, store_key_queue_due(key));
         if (rc != ERR_NOTFOUND) {
-            log_err(j->trace, "queue_broken_message", "id=%s reason=%s",
-                    j->id, log_q(why));
-            queue_argv_addf(a, "%lld",
-                            (long long)(queue_now_ms() +
-                                        (int64_t)j->q->conf.retry_max_s *
-                                            1000));
+            log_err(j->trace, "queue_broken_message", "id=%s reason=%s", j->id,
+                    log_q(why));
+            queue_argv_addf(
+                a, "%lld",
+                (long long)(queue_now_ms() +
+                            (int64_t)j->q->conf.retry_max_s * 1000));
         }
         queue_argv_add(a, j->id);
         queue_argv_end(a, at);
@@ -311,8 +316,8 @@ job_new(queue_t *q, const char *id)
         q->jobs->prev = j;
     q->jobs = j;
     q->inflight++;
-    j->renew = loop_timer_add(actor_loop(q->a), q->conf.lease_ms / 3,
-                              on_renew, j);
+    j->renew =
+        loop_timer_add(actor_loop(q->a), q->conf.lease_ms / 3, on_renew, j);
     if (!job_cmd(j, on_loaded, 8, argv, NULL))
         job_drop(j);
     return j;
@@ -332,8 +337,8 @@ domain_of(const char *addr)
 
 /* Records one recipient's outcome of this round. */
 static void
-rcpt_result(struct queue_job *j, struct queue_rcpt *r, int code, const char *ecode,
-            const char *text, const char *mx)
+rcpt_result(struct queue_job *j, struct queue_rcpt *r, int code,
+            const char *ecode, const char *text, const char *mx)
 {
     if (code < 200 || code > 599 || (code >= 300 && code < 400)) {
         code = 451;
@@ -342,9 +347,9 @@ rcpt_result(struct queue_job *j, struct queue_rcpt *r, int code, const char *eco
     r->code = code;
     free(r->ecode);
     r->ecode = xstrdup(ecode && *ecode ? ecode
-                       : code < 300     ? "2.0.0"
-                       : code < 500     ? "4.0.0"
-                                        : "5.0.0");
+                       : code < 300    ? "2.0.0"
+                       : code < 500    ? "4.0.0"
+                                       : "5.0.0");
     free(r->text);
     r->text = xstrdup(text ? text : "");
     free(r->mx);
@@ -353,7 +358,8 @@ rcpt_result(struct queue_job *j, struct queue_rcpt *r, int code, const char *eco
     r->last_ms = queue_now_ms();
     r->tried = true;
     r->dirty = true;
-    log_info(j->trace, "queue_attempt", "id=%s to=%s code=%d ecode=%s "
+    log_info(j->trace, "queue_attempt",
+             "id=%s to=%s code=%d ecode=%s "
              "text=%s mx=%s attempt=%d",
              j->id, log_q(r->to), code, r->ecode, log_q(r->text),
              log_q(mx ? mx : "-"), r->attempts);
@@ -378,8 +384,7 @@ on_call(void *arg, int err, const char *text, const envelope_t *reply)
     j->calls_out--;
     if (!j->dropped) {
         const value_t *body = reply ? envelope_body_peek(reply) : NULL;
-        const value_t *results = body ? value_get(body, ENV_KEY_RESULTS)
-                                      : NULL;
+        const value_t *results = body ? value_get(body, ENV_KEY_RESULTS) : NULL;
         const char *who = c->local ? "mailbox" : "relay";
         char why[300];
         bool per = results && value_kind(results) == VAL_ARRAY &&
@@ -446,10 +451,9 @@ send_call(struct queue_job *j, bool local, const char *domain, size_t *idx,
 {
     queue_t *q = j->q;
     struct call *c = xcalloc(1, sizeof(*c));
-    envelope_t *req = envelope_new(local ? "mailbox.deliver" : "relay.send",
-                                   j->trace,
-                                   local ? q->conf.mailbox_timeout_ms
-                                         : q->conf.relay_timeout_ms);
+    envelope_t *req = envelope_new(
+        local ? "mailbox.deliver" : "relay.send", j->trace,
+        local ? q->conf.mailbox_timeout_ms : q->conf.relay_timeout_ms);
     value_t *body = envelope_body(req), *rcpts = value_new_array();
     char notify[64];
     int rc;
@@ -614,9 +618,8 @@ settle(struct queue_job *j, int64_t now)
                 r->dsn_ecode = "4.4.7";
             if (notifies(r, QUEUE_NOTIFY_FAILURE))
                 r->act = QUEUE_ACT_FAILED;
-            log_info(j->trace, "queue_failed", "id=%s to=%s ecode=%s%s",
-                     j->id, log_q(r->to),
-                     r->dsn_ecode ? r->dsn_ecode : r->ecode,
+            log_info(j->trace, "queue_failed", "id=%s to=%s ecode=%s%s", j->id,
+                     log_q(r->to), r->dsn_ecode ? r->dsn_ecode : r->ecode,
                      r->dsn_ecode ? " reason=expired" : "");
         } else if (r->tried) {
             int64_t d = queue_retry_delay_ms(r->attempts, q->conf.retry_min_s,
@@ -630,7 +633,8 @@ settle(struct queue_job *j, int64_t now)
                 r->act = QUEUE_ACT_DELAYED;
                 r->warned = true;
             }
-            log_info(j->trace, "queue_deferred", "id=%s to=%s attempt=%d "
+            log_info(j->trace, "queue_deferred",
+                     "id=%s to=%s attempt=%d "
                      "retry_in_ms=%lld",
                      j->id, log_q(r->to), r->attempts, (long long)d);
         }
@@ -649,11 +653,15 @@ static const char *
 act_name(enum queue_action a)
 {
     switch (a) {
-    case QUEUE_ACT_FAILED: return "failed";
-    case QUEUE_ACT_DELAYED: return "delayed";
+    case QUEUE_ACT_FAILED:
+        return "failed";
+    case QUEUE_ACT_DELAYED:
+        return "delayed";
     case QUEUE_ACT_RELAYED: /* shares the delivered report */
-    case QUEUE_ACT_DELIVERED: return "delivered";
-    case QUEUE_ACT_NONE: break;
+    case QUEUE_ACT_DELIVERED:
+        return "delivered";
+    case QUEUE_ACT_NONE:
+        break;
     }
     return "";
 }
@@ -737,8 +745,7 @@ dsn_make(struct queue_job *j, enum queue_action cls, struct queue_msg *d,
     dsn.nrcpts = n;
     dsn.boundary = boundary;
     if (queue_dsn_build(&dsn, &out) != 0) {
-        log_err(j->trace, "queue_panic", "id=%s reason=\"DSN refused\"",
-                j->id);
+        log_err(j->trace, "queue_panic", "id=%s reason=\"DSN refused\"", j->id);
         abort();
     }
     d->mail_from = xstrdup("");
@@ -760,8 +767,8 @@ dsn_make(struct queue_job *j, enum queue_action cls, struct queue_msg *d,
     d->rcpts[0].status = QUEUE_PENDING;
     d->rcpts[0].next_ms = now;
     log_info(j->trace, "queue_dsn",
-             "id=%s dsn_id=%s action=%s to=%s via=%s rcpts=%zu size=%zu",
-             j->id, d->id, act_name(cls), log_q(d->rcpts[0].to),
+             "id=%s dsn_id=%s action=%s to=%s via=%s rcpts=%zu size=%zu", j->id,
+             d->id, act_name(cls), log_q(d->rcpts[0].to),
              d->rcpts[0].local ? "mailbox" : "relay", n, d->body_len);
     free(dr);
 }
@@ -1062,11 +1069,9 @@ claim(queue_t *q)
 {
     char kdue[STORE_KEY_MAX], kprefix[STORE_KEY_MAX], now[24], lease[24],
         limit[24];
-    const char *argv[] = {"EVAL", claim_script,
-                          "1",    store_key_queue_due(kdue),
-                          now,    q->owner,
-                          lease,  limit,
-                          store_key_queue_lease(kprefix, "")};
+    const char *argv[] = {
+        "EVAL",   claim_script, "1",   store_key_queue_due(kdue),         now,
+        q->owner, lease,        limit, store_key_queue_lease(kprefix, "")};
     long room = q->conf.max_inflight - q->inflight;
 
     if (q->closing || q->claiming || room <= 0 || q->store == NULL ||

@@ -150,8 +150,8 @@ get_dup(const value_t *map, const char *key)
 
 /* The message of the request, its body borrowed from the request. */
 static void
-msg_from_request(const queue_t *q, const envelope_t *env,
-                 struct queue_msg *m, int64_t now)
+msg_from_request(const queue_t *q, const envelope_t *env, struct queue_msg *m,
+                 int64_t now)
 {
     const value_t *body = envelope_body_peek(env);
     const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
@@ -168,8 +168,7 @@ msg_from_request(const queue_t *q, const envelope_t *env,
     m->smtputf8 = value_get_bool(body, ENV_KEY_SMTPUTF8, false);
     m->created_ms = now;
     m->expires_ms = now + (int64_t)q->conf.lifetime_s * 1000;
-    m->body = (char *)value_str(value_get(body, ENV_KEY_MESSAGE),
-                                &m->body_len);
+    m->body = (char *)value_str(value_get(body, ENV_KEY_MESSAGE), &m->body_len);
     m->nrcpts = value_count(rcpts);
     m->rcpts = xcalloc(m->nrcpts, sizeof(*m->rcpts));
     for (size_t i = 0; i < m->nrcpts; i++) {
@@ -209,8 +208,7 @@ submit_free(struct submit *s)
 }
 
 static void
-answer(struct submit *s, int code, const char *ecode, const char *text,
-       int err)
+answer(struct submit *s, int code, const char *ecode, const char *text, int err)
 {
     envelope_t *reply;
 
@@ -218,8 +216,7 @@ answer(struct submit *s, int code, const char *ecode, const char *text,
         return;
     s->answered = true;
     loop_timer_cancel(actor_loop(s->q->a), &s->deadline);
-    reply = envelope_new_reply(bus_request_envelope(s->req), code, ecode,
-                               text);
+    reply = envelope_new_reply(bus_request_envelope(s->req), code, ecode, text);
     if (code < 400)
         value_set_str(envelope_body(reply), ENV_KEY_QUEUE_ID, s->id);
     else
@@ -259,8 +256,8 @@ release(struct submit *s)
             queue_kick(s->q);
         } else {
             log_warn(s->trace, "queue_submit_failed", "id=%s", s->id);
-            answer(s, 451, "4.3.0",
-                   "queue store unavailable, try again later", ERR_REDIS);
+            answer(s, 451, "4.3.0", "queue store unavailable, try again later",
+                   ERR_REDIS);
         }
     } else if (s->exec_ok && !s->failed) {
         log_warn(s->trace, "queue_submit_late",
@@ -320,8 +317,8 @@ queue_on_submit(actor_t *a, bus_request_t **req_p)
     int64_t now = queue_now_ms(), left_ms;
 
     if (why != NULL) {
-        log_warn(envelope_trace(env), "queue_bad_request",
-                 "from=%s reason=%s", log_q(envelope_from(env)), log_q(why));
+        log_warn(envelope_trace(env), "queue_bad_request", "from=%s reason=%s",
+                 log_q(envelope_from(env)), log_q(why));
         actor_fail(a, req_p, 501, "5.5.4", why);
         return;
     }

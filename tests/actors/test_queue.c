@@ -174,8 +174,7 @@ parse_status(struct dsn_parsed *d, const char *p, size_t n)
             if (k == 0) {
                 field(blk, bl, "Reporting-MTA", d->reporting_mta,
                       sizeof(d->reporting_mta));
-                field(blk, bl, "Arrival-Date", d->arrival,
-                      sizeof(d->arrival));
+                field(blk, bl, "Arrival-Date", d->arrival, sizeof(d->arrival));
                 field(blk, bl, "X-Samotop-Queue-ID", d->queue_id,
                       sizeof(d->queue_id));
                 field(blk, bl, "Original-Envelope-Id", d->envid,
@@ -185,14 +184,17 @@ parse_status(struct dsn_parsed *d, const char *p, size_t n)
 
                 if (!field(blk, bl, "Final-Recipient", r->final,
                            sizeof(r->final)))
-                    return dsn_fail(d, "recipient block %d: no "
-                                       "Final-Recipient", k);
+                    return dsn_fail(d,
+                                    "recipient block %d: no "
+                                    "Final-Recipient",
+                                    k);
                 if (!field(blk, bl, "Action", r->action, sizeof(r->action)) ||
                     !field(blk, bl, "Status", r->status, sizeof(r->status)))
-                    return dsn_fail(d, "recipient block %d: no Action or "
-                                       "Status", k);
-                field(blk, bl, "Original-Recipient", r->orig,
-                      sizeof(r->orig));
+                    return dsn_fail(d,
+                                    "recipient block %d: no Action or "
+                                    "Status",
+                                    k);
+                field(blk, bl, "Original-Recipient", r->orig, sizeof(r->orig));
                 field(blk, bl, "Diagnostic-Code", r->diag, sizeof(r->diag));
                 field(blk, bl, "Remote-MTA", r->mta, sizeof(r->mta));
                 field(blk, bl, "Will-Retry-Until", r->retry_until,
@@ -297,12 +299,12 @@ dsn_parse(const char *p, size_t n, struct dsn_parsed *d)
  * The DSN builder alone.
  */
 
-#define SMALL_MSG                                                            \
-    "Received: from client (127.0.0.1) by mx.test\r\n"                       \
-    "From: Carol <carol@example.test>\r\n"                                   \
-    "To: bob@remote.test\r\n"                                                \
-    "Subject: lunch\r\n"                                                     \
-    "\r\n"                                                                   \
+#define SMALL_MSG                                                              \
+    "Received: from client (127.0.0.1) by mx.test\r\n"                         \
+    "From: Carol <carol@example.test>\r\n"                                     \
+    "To: bob@remote.test\r\n"                                                  \
+    "Subject: lunch\r\n"                                                       \
+    "\r\n"                                                                     \
     "Shall we?\r\n"
 
 struct dsn_row {
@@ -340,10 +342,10 @@ static const struct dsn_row dsn_rows[] = {
      "rfc822;Bob+x@remote.test", "delivery-status", 0},
     {"delayed returns the header only", QUEUE_ACT_DELAYED, QUEUE_ACT_NONE,
      "FULL", 1 << 20, "try later", NULL, NULL,
-     "Delayed Mail (still being retried)", "text/rfc822-headers", false,
-     NULL, "delivery-status", 0},
-    {"delivered and relayed share one", QUEUE_ACT_DELIVERED,
-     QUEUE_ACT_RELAYED, "FULL", 1 << 20, "ok", "dan@remote.test", NULL,
+     "Delayed Mail (still being retried)", "text/rfc822-headers", false, NULL,
+     "delivery-status", 0},
+    {"delivered and relayed share one", QUEUE_ACT_DELIVERED, QUEUE_ACT_RELAYED,
+     "FULL", 1 << 20, "ok", "dan@remote.test", NULL,
      "Successful Mail Delivery Report", "text/rfc822-headers", false, NULL,
      "delivery-status", 0},
     {"a reply that tries to add a header", QUEUE_ACT_FAILED, QUEUE_ACT_NONE,
@@ -368,24 +370,29 @@ static const struct dsn_row dsn_rows[] = {
      "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
      NULL, NULL, "Undelivered Mail Returned to Sender", "message/rfc822", true,
      NULL, "delivery-status", 0},
-    {"UTF-8 recipient: global types", QUEUE_ACT_FAILED, QUEUE_ACT_FAILED,
-     NULL, 1 << 20, "User unknown", "j\xc3\xb6rg@remote.test", NULL,
+    {"UTF-8 recipient: global types", QUEUE_ACT_FAILED, QUEUE_ACT_FAILED, NULL,
+     1 << 20, "User unknown", "j\xc3\xb6rg@remote.test", NULL,
      "Undelivered Mail Returned to Sender", "message/global", true, NULL,
      "global-delivery-status", 0},
-    {"failed and delayed do not mix", QUEUE_ACT_FAILED, QUEUE_ACT_DELAYED,
-     NULL, 1 << 20, "x", "dan@remote.test", NULL, NULL, NULL, false, NULL,
-     NULL, ERR_INVAL},
+    {"failed and delayed do not mix", QUEUE_ACT_FAILED, QUEUE_ACT_DELAYED, NULL,
+     1 << 20, "x", "dan@remote.test", NULL, NULL, NULL, false, NULL, NULL,
+     ERR_INVAL},
 };
 
 static const char *
 act_word(enum queue_action a)
 {
     switch (a) {
-    case QUEUE_ACT_FAILED: return "failed";
-    case QUEUE_ACT_DELAYED: return "delayed";
-    case QUEUE_ACT_DELIVERED: return "delivered";
-    case QUEUE_ACT_RELAYED: return "relayed";
-    default: return "none";
+    case QUEUE_ACT_FAILED:
+        return "failed";
+    case QUEUE_ACT_DELAYED:
+        return "delayed";
+    case QUEUE_ACT_DELIVERED:
+        return "delivered";
+    case QUEUE_ACT_RELAYED:
+        return "relayed";
+    default:
+        return "none";
     }
 }
 
@@ -527,8 +534,8 @@ static const struct retry_row retry_rows[] = {
 START_TEST(test_retry_delay)
 {
     const struct retry_row *row = &retry_rows[_i];
-    int64_t got = queue_retry_delay_ms(row->attempts, row->min_s, row->max_s,
-                                       row->rnd);
+    int64_t got =
+        queue_retry_delay_ms(row->attempts, row->min_s, row->max_s, row->rnd);
 
     ck_assert_msg(got >= row->want_lo && got <= row->want_hi,
                   "%s: got %lld, want %lld..%lld", row->label, (long long)got,
@@ -654,8 +661,8 @@ redis_fill(int port)
     for (size_t i = 0; i < NROWS(users); i++) {
         RINT(s, "SADD", store_key_users(k, "example.test"), users[i]);
         RINT(s, "HSET", store_key_user(k, "example.test", users[i]), "pw",
-             "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA", "disabled", "0",
-             "created", "1700000000");
+             "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA", "disabled", "0", "created",
+             "1700000000");
     }
     store_destroy(&s);
 }
@@ -664,9 +671,18 @@ static pid_t
 redis_start(int port)
 {
     char p[16];
-    const char *argv[] = {redis_server_path(), "--port", p, "--bind",
-                          "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--loglevel", "warning", NULL};
+    const char *argv[] = {redis_server_path(),
+                          "--port",
+                          p,
+                          "--bind",
+                          "127.0.0.1",
+                          "--save",
+                          "",
+                          "--appendonly",
+                          "no",
+                          "--loglevel",
+                          "warning",
+                          NULL};
     pid_t pid;
     store_t *s;
 
@@ -715,8 +731,7 @@ world_start_n(int base, const char *const *extra, int nqueues)
     snprintf(W.env[n++], 160, "SAMOTOP_BUS_CLIENTS=%s", W.clients);
     snprintf(W.env[n++], 160, "SAMOTOP_BUS_WORKERS=tcp://127.0.0.1:%d",
              base + 2);
-    snprintf(W.env[n++], 160, "SAMOTOP_BUS_TRACE=tcp://127.0.0.1:%d",
-             base + 3);
+    snprintf(W.env[n++], 160, "SAMOTOP_BUS_TRACE=tcp://127.0.0.1:%d", base + 3);
     snprintf(W.env[n++], 160, "SAMOTOP_BUS_HEARTBEAT_MS=100");
     snprintf(W.env[n++], 160, "SAMOTOP_REDIS_PORT=%d", base);
     snprintf(W.env[n++], 160, "SAMOTOP_DATA=%s", W.data);
@@ -953,10 +968,9 @@ queue_gone(const char *id)
     store_t *s = redis_connect(W.base, 1000);
     char k1[STORE_KEY_MAX], k2[STORE_KEY_MAX], k3[STORE_KEY_MAX],
         k4[STORE_KEY_MAX], k5[STORE_KEY_MAX];
-    long long n = RINT(s, "EXISTS", store_key_queue_msg(k1, id),
-                       store_key_queue_body(k2, id),
-                       store_key_queue_rcpts(k3, id),
-                       store_key_queue_lease(k4, id));
+    long long n = RINT(
+        s, "EXISTS", store_key_queue_msg(k1, id), store_key_queue_body(k2, id),
+        store_key_queue_rcpts(k3, id), store_key_queue_lease(k4, id));
     store_reply_t *r = rcmdr(s, "ZSCORE", store_key_queue_due(k5), id, NULL);
     bool gone = n == 0 && store_reply_type(r) == STORE_NIL;
 
@@ -1119,8 +1133,8 @@ START_TEST(test_retry_then_delivered)
     ck_assert_msg(n >= 3, "%d attempts", n);
     ck_assert_msg(!queue_gone(id), "a deferred message left the queue");
     /* retry_min_s 1, doubling, at most 2 s: gaps of about 1 s, then 2. */
-    ck_assert_msg(t[1] - t[0] >= 800 && t[1] - t[0] < 1800,
-                  "first gap %lld ms", t[1] - t[0]);
+    ck_assert_msg(t[1] - t[0] >= 800 && t[1] - t[0] < 1800, "first gap %lld ms",
+                  t[1] - t[0]);
     ck_assert_msg(t[2] - t[1] > t[1] - t[0] && t[2] - t[1] >= 1600,
                   "second gap %lld ms after %lld", t[2] - t[1], t[1] - t[0]);
     relay_set("slow@retry.test", "250");
@@ -1223,12 +1237,12 @@ START_TEST(test_no_bounce)
 {
     bus_client_t *c = world_client();
     struct sub s1 = {.from = "", .to = {{.addr = "nobody@nobounce.test"}}};
-    struct sub s2 = {.from = "frank@example.test",
-                     .to = {{.addr = "nobody@nobounce.test",
-                             .notify = "NEVER"}}};
-    struct sub s3 = {.from = "frank@example.test",
-                     .to = {{.addr = "nobody@nobounce.test",
-                             .notify = "SUCCESS,DELAY"}}};
+    struct sub s2 = {
+        .from = "frank@example.test",
+        .to = {{.addr = "nobody@nobounce.test", .notify = "NEVER"}}};
+    struct sub s3 = {
+        .from = "frank@example.test",
+        .to = {{.addr = "nobody@nobounce.test", .notify = "SUCCESS,DELAY"}}};
     char id1[QUEUE_ID_MAX], id2[QUEUE_ID_MAX], id3[QUEUE_ID_MAX];
 
     relay_set("nobody@nobounce.test", "550");
@@ -1251,11 +1265,10 @@ END_TEST
 START_TEST(test_success_dsn)
 {
     bus_client_t *c = world_client();
-    struct sub s = {.from = "gina@example.test",
-                    .to = {{.mailbox = "hank@example.test",
-                            .notify = "SUCCESS"},
-                           {.addr = "far@success.test",
-                            .notify = "SUCCESS,FAILURE"}}};
+    struct sub s = {
+        .from = "gina@example.test",
+        .to = {{.mailbox = "hank@example.test", .notify = "SUCCESS"},
+               {.addr = "far@success.test", .notify = "SUCCESS,FAILURE"}}};
     char id[QUEUE_ID_MAX];
     struct dsn_parsed *p;
 
@@ -1285,20 +1298,21 @@ struct bad_row {
 };
 
 static const struct bad_row bad_rows[] = {
-    {"address without a domain", {.from = "a@example.test",
-                                  .to = {{.addr = "nodomain"}}}},
+    {"address without a domain",
+     {.from = "a@example.test", .to = {{.addr = "nodomain"}}}},
     {"mailbox and addr at once",
      {.from = "a@example.test",
       .to = {{.mailbox = "alice@example.test", .addr = "x@y.test"}}}},
-    {"NEVER with another", {.from = "a@example.test",
-                            .to = {{.addr = "x@y.test",
-                                    .notify = "NEVER,SUCCESS"}}}},
-    {"unknown NOTIFY", {.from = "a@example.test",
-                        .to = {{.addr = "x@y.test", .notify = "SOMETIMES"}}}},
-    {"sender with a line end", {.from = "a@example.test\r\nX: y",
-                                .to = {{.addr = "x@y.test"}}}},
-    {"bad RET", {.from = "a@example.test", .ret = "SOME",
-                 .to = {{.addr = "x@y.test"}}}},
+    {"NEVER with another",
+     {.from = "a@example.test",
+      .to = {{.addr = "x@y.test", .notify = "NEVER,SUCCESS"}}}},
+    {"unknown NOTIFY",
+     {.from = "a@example.test",
+      .to = {{.addr = "x@y.test", .notify = "SOMETIMES"}}}},
+    {"sender with a line end",
+     {.from = "a@example.test\r\nX: y", .to = {{.addr = "x@y.test"}}}},
+    {"bad RET",
+     {.from = "a@example.test", .ret = "SOME", .to = {{.addr = "x@y.test"}}}},
 };
 
 START_TEST(test_bad_request)
@@ -1332,15 +1346,14 @@ START_TEST(test_keys)
     relay_set("held@keys.test", "451");
     submit_ok(c, &s, id);
     until = test_now_ms() + 5000;
-    while (relay_log("held@keys.test", t, NULL, 2) < 1 &&
-           test_now_ms() < until)
+    while (relay_log("held@keys.test", t, NULL, 2) < 1 && test_now_ms() < until)
         usleep(50000);
     usleep(300000);
     st = redis_connect(W.base, 1000);
     store_key_queue_msg(k, id);
     {
-        store_reply_t *r = rcmdr(st, "HMGET", k, "mail_from", "user",
-                                 "nrcpts", "ret", "dsn", NULL);
+        store_reply_t *r = rcmdr(st, "HMGET", k, "mail_from", "user", "nrcpts",
+                                 "ret", "dsn", NULL);
 
         ck_assert_str_eq(store_reply_str(store_reply_at(r, 0), NULL),
                          "alice@example.test");
@@ -1356,8 +1369,8 @@ START_TEST(test_keys)
     store_key_queue_rcpts(k, id);
     {
         store_reply_t *r =
-            rcmdr(st, "HMGET", k, "0.addr", "0.status", "0.notify",
-                  "0.orcpt", "0.code", "0.ecode", "0.mx", NULL);
+            rcmdr(st, "HMGET", k, "0.addr", "0.status", "0.notify", "0.orcpt",
+                  "0.code", "0.ecode", "0.mx", NULL);
 
         ck_assert_str_eq(store_reply_str(store_reply_at(r, 0), NULL),
                          "held@keys.test");
@@ -1448,8 +1461,8 @@ START_TEST(test_two_queues)
         ck_assert_msg(wait_gone(ids[i], 10000), "%s still queued", ids[i]);
     for (int i = 0; i < N; i++) {
         snprintf(addr, sizeof(addr), "m%d@two.test", i);
-        ck_assert_msg(relay_count(addr) == 1, "%s: delivered %lld times",
-                      addr, relay_count(addr));
+        ck_assert_msg(relay_count(addr) == 1, "%s: delivered %lld times", addr,
+                      relay_count(addr));
     }
     bus_client_destroy(&c);
     world_stop();

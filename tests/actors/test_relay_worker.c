@@ -70,10 +70,14 @@ static const char *
 ecode_of(int code)
 {
     switch (code) {
-    case 250: return "2.0.0";
-    case 451: return "4.3.0";
-    case 550: return "5.1.1";
-    default: return code < 300 ? "2.0.0" : code < 500 ? "4.0.0" : "5.0.0";
+    case 250:
+        return "2.0.0";
+    case 451:
+        return "4.3.0";
+    case 550:
+        return "5.1.1";
+    default:
+        return code < 300 ? "2.0.0" : code < 500 ? "4.0.0" : "5.0.0";
     }
 }
 
@@ -81,10 +85,14 @@ static const char *
 text_of(int code)
 {
     switch (code) {
-    case 250: return "Ok: queued by the stand-in";
-    case 451: return "Temporary failure, try again later";
-    case 550: return "Recipient address rejected: User unknown";
-    default: return "stand-in reply";
+    case 250:
+        return "Ok: queued by the stand-in";
+    case 451:
+        return "Temporary failure, try again later";
+    case 550:
+        return "Recipient address rejected: User unknown";
+    default:
+        return "stand-in reply";
     }
 }
 
@@ -184,8 +192,8 @@ standin_fini(actor_t *a)
     free(s);
 }
 
-static const struct handler standin_handlers[] = {
-    {ENV_RELAY_SEND, on_send}, {ENV_NONE, NULL}};
+static const struct handler standin_handlers[] = {{ENV_RELAY_SEND, on_send},
+                                                  {ENV_NONE, NULL}};
 
 int
 main(int argc, char **argv)

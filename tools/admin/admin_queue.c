@@ -93,8 +93,9 @@ read_id(const struct admin_cmd *cmd, const char *s)
     if (i > 0 && n < QID_MAX && s[i] == '-' && n - i - 1 == 16 &&
         strspn(s + i + 1, "0123456789abcdef") == 16)
         return 0;
-    return admin_fail(cmd, "%s is not a queue id (like 1795957074-"
-                           "5d41402abc4b2a76)",
+    return admin_fail(cmd,
+                      "%s is not a queue id (like 1795957074-"
+                      "5d41402abc4b2a76)",
                       s);
 }
 
@@ -265,8 +266,7 @@ queue_ids(admin_db_t *db)
 {
     char k[STORE_KEY_MAX];
 
-    return admin_db_cmd(db, "ZRANGE", store_key_queue_due(k), "0", "-1",
-                        NULL);
+    return admin_db_cmd(db, "ZRANGE", store_key_queue_due(k), "0", "-1", NULL);
 }
 
 static int
@@ -353,8 +353,7 @@ queue_show(struct admin_cmd *cmd)
     got = qmsg_read(db, id, &m);
     if (got != 0) {
         admin_db_close(&db);
-        return got < 0 ? 1 : admin_fail(cmd, "no message %s in the queue",
-                                        id);
+        return got < 0 ? 1 : admin_fail(cmd, "no message %s in the queue", id);
     }
     s = hget(&m.msg, "mail_from");
     printf("id: %s\n", id);
@@ -521,8 +520,7 @@ queue_retry(struct admin_cmd *cmd)
 
         if (ids == NULL)
             rc = 1;
-        for (size_t i = 0; ids && i < store_reply_count(ids) && rc == 0;
-             i++) {
+        for (size_t i = 0; ids && i < store_reply_count(ids) && rc == 0; i++) {
             const char *id = store_reply_str(store_reply_at(ids, i), NULL);
             int one = retry_one(cmd, db, id, false, &n);
 
@@ -568,8 +566,8 @@ queue_delete(struct admin_cmd *cmd)
     /* The lease goes too: a process delivering the message right now then
      * finds it gone and writes nothing back. */
     rc = admin_db_multi(db) != 0 ||
-                 admin_db_queue(db, "DEL", kmsg, kbody, krcpts, klease,
-                                NULL) != 0 ||
+                 admin_db_queue(db, "DEL", kmsg, kbody, krcpts, klease, NULL) !=
+                     0 ||
                  admin_db_queue(db, "ZREM", kdue, id, NULL) != 0
              ? -1
              : admin_db_exec(db, &res);

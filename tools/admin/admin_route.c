@@ -147,8 +147,8 @@ route_add(struct admin_cmd *cmd)
     char *old;
     int rc = 0;
 
-    if (tls_bad || (strcmp(tls, "required") != 0 &&
-                    strcmp(tls, "opportunistic") != 0)) {
+    if (tls_bad ||
+        (strcmp(tls, "required") != 0 && strcmp(tls, "opportunistic") != 0)) {
         fprintf(stderr, "%s: --tls takes required or opportunistic\n",
                 cmd->name);
         fprintf(stderr, "usage: samotop-admin route add DOMAIN HOST:PORT "
