@@ -40,7 +40,8 @@ struct worker {
 
 /* A request waiting for a worker: its frames, moved in. */
 struct waiting {
-    zmq_msg_t client, reqid, trace, env;
+    zmq_msg_t client, env;   /* moved in */
+    char *reqid, *trace;
     int64_t since;
     struct waiting *next;
 };
@@ -112,9 +113,9 @@ service_free(void **item_p)
 
         s->qhead = w->next;
         zmq_msg_close(&w->client);
-        zmq_msg_close(&w->reqid);
-        zmq_msg_close(&w->trace);
         zmq_msg_close(&w->env);
+        free(w->reqid);
+        free(w->trace);
         free(w);
     }
     free(s->workers);
@@ -214,31 +215,29 @@ broker_destroy(broker_t **broker_p)
 
 static void
 send_to_client_err(broker_t *b, const void *client, size_t client_len,
-                   const void *reqid, size_t reqid_len, int err,
-                   const char *text)
+                   const char *reqid, int err, const char *text)
 {
-    const char *name = err_name(err);
-    const void *parts[6] = {client, PROTO_CLIENT, PROTO_ERR, reqid, name,
-                            text};
-    size_t lens[6] = {client_len, strlen(PROTO_CLIENT), strlen(PROTO_ERR),
-                      reqid_len, strlen(name), strlen(text)};
+    const char *fields[5] = {PROTO_CLIENT, PROTO_ERR, reqid, err_name(err),
+                             text};
+    char hdr[HDR_MAX];
+    const void *parts[2] = {client, hdr};
+    size_t lens[2] = {client_len,
+                      hdr_build(hdr, sizeof(hdr), 5, fields, NULL)};
 
-    frames_send(b->front, 6, parts, lens);
+    frames_send(b->front, 2, parts, lens);
 }
 
 static void
-publish(broker_t *b, zmq_msg_t *trace, const char *service, zmq_msg_t *env)
+publish(broker_t *b, const char *trace, const char *service, zmq_msg_t *env)
 {
-    zmq_msg_t t, e;
+    zmq_msg_t e;
 
     if (b->subscribers <= 0)
         return;
-    zmq_msg_init(&t);
     zmq_msg_init(&e);
-    zmq_msg_copy(&t, trace);
     zmq_msg_copy(&e, env); /* shares the bytes: no copy of the body */
-    if (zmq_msg_send(&t, b->trace, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&t);
+    if (zmq_send(b->trace, trace, strlen(trace),
+                 ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&e);
         return;
     }
@@ -273,12 +272,16 @@ pick_worker(struct service *s)
     return best;
 }
 
-/* Hands a request to w; the frames are moved (closed) whatever happens. */
+/* Hands a request to w; client and env are moved (closed) whatever
+ * happens. */
 static void
-dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, zmq_msg_t *reqid,
-         zmq_msg_t *trace, zmq_msg_t *env)
+dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, const char *reqid,
+         const char *trace, zmq_msg_t *env)
 {
+    char hex[2 * 255 + 1], hdr[HDR_MAX];
+    const char *fields[5] = {PROTO_WORKER, PROTO_REQ, hex, reqid, trace};
     struct inflight *h;
+    size_t hl;
 
     if (w->nheld == w->capheld) {
         w->capheld = w->capheld ? w->capheld * 2 : 8;
@@ -287,16 +290,15 @@ dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, zmq_msg_t *reqid,
     h = &w->held[w->nheld++];
     h->client = xmemdup(zmq_msg_data(client), zmq_msg_size(client));
     h->client_len = zmq_msg_size(client);
-    h->reqid = xstrndup(zmq_msg_data(reqid), zmq_msg_size(reqid));
-    h->reqid_len = zmq_msg_size(reqid);
+    h->reqid = xstrdup(reqid);
+    h->reqid_len = strlen(reqid);
     publish(b, trace, w->svc->name, env);
     b->routed++;
+    hex_encode(zmq_msg_data(client), zmq_msg_size(client), hex);
+    zmq_msg_close(client);
+    hl = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
     zmq_send(b->back, w->id, w->id_len, ZMQ_SNDMORE);
-    zmq_send(b->back, PROTO_WORKER, strlen(PROTO_WORKER), ZMQ_SNDMORE);
-    zmq_send(b->back, PROTO_REQ, strlen(PROTO_REQ), ZMQ_SNDMORE);
-    zmq_msg_send(client, b->back, ZMQ_SNDMORE);
-    zmq_msg_send(reqid, b->back, ZMQ_SNDMORE);
-    zmq_msg_send(trace, b->back, ZMQ_SNDMORE);
+    zmq_send(b->back, hdr, hl, ZMQ_SNDMORE);
     zmq_msg_send(env, b->back, 0);
 }
 
@@ -313,19 +315,21 @@ drain_queue(broker_t *b, struct service *s)
         if (s->qhead == NULL)
             s->qtail = NULL;
         s->qlen--;
-        dispatch(b, w, &q->client, &q->reqid, &q->trace, &q->env);
+        dispatch(b, w, &q->client, q->reqid, q->trace, &q->env);
+        free(q->reqid);
+        free(q->trace);
         free(q);
     }
 }
 
-/* Client side: C1 | service | reqid | trace | envelope after the ROUTER's
- * identity frame. */
+/* Client side: the ROUTER's identity frame, the header C2 | service |
+ * reqid | trace, and the envelope. */
 static int
 broker_on_front(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
     zmq_msg_t f[FRAMES_MAX];
-    char name[PROTO_MAX_NAME];
+    struct hdr h;
     struct service *s;
     struct worker *w;
     int n = frames_recv(zsocket, f, FRAMES_MAX);
@@ -333,39 +337,35 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
     (void)loop;
     if (n <= 0)
         return 0;
-    if (n != 6 || !frame_is(&f[1], PROTO_CLIENT) ||
-        !frame_str(&f[2], name, sizeof(name)) || zmq_msg_size(&f[3]) == 0 ||
-        zmq_msg_size(&f[3]) > 128) {
+    if (n != 3 || hdr_parse(&f[1], &h) != 4 || !hdr_is(&h, 0, PROTO_CLIENT) ||
+        h.len[1] == 0 || h.len[1] >= PROTO_MAX_NAME || h.len[2] == 0 ||
+        h.len[2] > 128 || h.len[3] == 0 || h.len[3] > 128) {
         log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
         goto out;
     }
-    s = zhashx_lookup(b->services, name);
+    s = zhashx_lookup(b->services, h.f[1]);
     if (s == NULL || s->nworkers == 0) {
         char text[128];
 
-        snprintf(text, sizeof(text), "no worker for service %s", name);
+        snprintf(text, sizeof(text), "no worker for service %s", h.f[1]);
         send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
-                           zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
-                           ERR_NOWORKER, text);
+                           h.f[2], ERR_NOWORKER, text);
         goto out;
     }
     if (s->qhead == NULL && (w = pick_worker(s)) != NULL) {
-        dispatch(b, w, &f[0], &f[3], &f[4], &f[5]);
+        dispatch(b, w, &f[0], h.f[2], h.f[3], &f[2]);
     } else if (s->qlen >= QUEUE_MAX) {
         send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
-                           zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
-                           ERR_NOWORKER, "service queue full");
+                           h.f[2], ERR_NOWORKER, "service queue full");
     } else {
         struct waiting *q = xcalloc(1, sizeof(*q));
 
         zmq_msg_init(&q->client);
-        zmq_msg_init(&q->reqid);
-        zmq_msg_init(&q->trace);
         zmq_msg_init(&q->env);
         zmq_msg_move(&q->client, &f[0]);
-        zmq_msg_move(&q->reqid, &f[3]);
-        zmq_msg_move(&q->trace, &f[4]);
-        zmq_msg_move(&q->env, &f[5]);
+        zmq_msg_move(&q->env, &f[2]);
+        q->reqid = xstrdup(h.f[2]);
+        q->trace = xstrdup(h.f[3]);
         q->since = clock_mono_ms();
         if (s->qtail)
             s->qtail->next = q;
@@ -412,8 +412,8 @@ worker_drop(broker_t *b, struct worker *w, const char *why)
              "why=%s", w->svc->name, w->key, w->nheld, log_q(why));
     for (int i = 0; i < w->nheld; i++)
         send_to_client_err(b, w->held[i].client, w->held[i].client_len,
-                           w->held[i].reqid, strlen(w->held[i].reqid),
-                           ERR_WORKER_LOST, "worker died with the request");
+                           w->held[i].reqid, ERR_WORKER_LOST,
+                           "worker died with the request");
     service_remove_worker(w->svc, w);
     zhashx_delete(b->workers, w->key);
 }
@@ -421,26 +421,30 @@ worker_drop(broker_t *b, struct worker *w, const char *why)
 static void
 send_to_worker(broker_t *b, const void *id, size_t id_len, const char *what)
 {
-    const void *parts[3] = {id, PROTO_WORKER, what};
-    size_t lens[3] = {id_len, strlen(PROTO_WORKER), strlen(what)};
+    const char *fields[2] = {PROTO_WORKER, what};
+    char hdr[64];
+    const void *parts[2] = {id, hdr};
+    size_t lens[2] = {id_len, hdr_build(hdr, sizeof(hdr), 2, fields, NULL)};
 
-    frames_send(b->back, 3, parts, lens);
+    frames_send(b->back, 2, parts, lens);
 }
 
+/* W2 | READY | service | capacity, from the worker whose identity is id. */
 static void
-worker_ready(broker_t *b, zmq_msg_t *f, const char *key)
+worker_ready(broker_t *b, zmq_msg_t *id, const struct hdr *h,
+             const char *key)
 {
-    char name[PROTO_MAX_NAME], cap[16], *end;
+    const char *name = h->f[2];
     struct worker *w = zhashx_lookup(b->workers, key);
     struct service *s;
     long capacity;
+    char *end;
 
-    if (!frame_str(&f[3], name, sizeof(name)) || name[0] == '\0' ||
-        !frame_str(&f[4], cap, sizeof(cap))) {
+    if (h->len[2] == 0 || h->len[2] >= PROTO_MAX_NAME) {
         log_warn(NULL, "broker_bad_ready", "worker=%s", key);
         return;
     }
-    capacity = strtol(cap, &end, 10);
+    capacity = strtol(h->f[3], &end, 10);
     if (*end || capacity < 1 || capacity > 1000000)
         capacity = 1;
     if (w) /* registering again: start afresh */
@@ -448,8 +452,8 @@ worker_ready(broker_t *b, zmq_msg_t *f, const char *key)
     s = service_get(b, name);
     w = xcalloc(1, sizeof(*w));
     snprintf(w->key, sizeof(w->key), "%s", key);
-    w->id = xmemdup(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
-    w->id_len = zmq_msg_size(&f[0]);
+    w->id = xmemdup(zmq_msg_data(id), zmq_msg_size(id));
+    w->id_len = zmq_msg_size(id);
     w->svc = s;
     w->capacity = (int)capacity;
     w->last_heard = clock_mono_ms();
@@ -467,15 +471,12 @@ worker_ready(broker_t *b, zmq_msg_t *f, const char *key)
 
 /* Takes reqid out of w's hand; false when it was not there. */
 static bool
-worker_release(struct worker *w, zmq_msg_t *reqid)
+worker_release(struct worker *w, const char *reqid, size_t len)
 {
-    size_t len = zmq_msg_size(reqid);
-
     for (int i = 0; i < w->nheld; i++) {
         struct inflight *h = &w->held[i];
 
-        if (h->reqid_len == len &&
-            memcmp(h->reqid, zmq_msg_data(reqid), len) == 0) {
+        if (h->reqid_len == len && memcmp(h->reqid, reqid, len) == 0) {
             free(h->client);
             free(h->reqid);
             w->held[i] = w->held[--w->nheld];
@@ -485,70 +486,70 @@ worker_release(struct worker *w, zmq_msg_t *reqid)
     return false;
 }
 
-/* Worker side: the ROUTER identity, then W1 | command | ... */
+/* Worker side: the ROUTER identity, the header W2 | command | ..., and
+ * for REP the envelope. */
 static int
 broker_on_back(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
     zmq_msg_t f[FRAMES_MAX];
+    unsigned char client[255];
     char key[2 * 256 + 1];
+    struct hdr h;
     struct worker *w;
-    int n = frames_recv(zsocket, f, FRAMES_MAX);
+    int n = frames_recv(zsocket, f, FRAMES_MAX), clen = -1;
 
     (void)loop;
     if (n <= 0)
         return 0;
-    if (n > FRAMES_MAX || n < 3 || !frame_is(&f[1], PROTO_WORKER)) {
+    if (n < 2 || n > 3 || hdr_parse(&f[1], &h) < 2 ||
+        !hdr_is(&h, 0, PROTO_WORKER)) {
         log_warn(NULL, "broker_bad_worker_frame", "frames=%d", n);
         goto out;
     }
     hex_key(zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), key);
     w = zhashx_lookup(b->workers, key);
-    if (frame_is(&f[2], PROTO_READY) && n == 5) {
-        worker_ready(b, f, key);
+    if (hdr_is(&h, 1, PROTO_READY) && h.n == 4) {
+        worker_ready(b, &f[0], &h, key);
         goto out;
     }
+    if ((hdr_is(&h, 1, PROTO_REP) && h.n == 5 && n == 3) ||
+        (hdr_is(&h, 1, PROTO_ERR) && h.n == 6 && n == 2))
+        clen = hex_decode(h.f[2], h.len[2], client, sizeof(client));
     if (w == NULL) {
-        /* A worker of a broker that is no more: have it register here. */
-        if (!frame_is(&f[2], PROTO_BYE))
+        /* A worker of a broker that is no more: have it register here.
+         * An answer it sends is still passed on. */
+        if (!hdr_is(&h, 1, PROTO_BYE))
             send_to_worker(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
                            PROTO_BYE);
-        if ((!frame_is(&f[2], PROTO_REP) && !frame_is(&f[2], PROTO_ERR)) ||
-            n != 7)
-            goto out;
     } else {
         w->last_heard = clock_mono_ms();
     }
-    if (frame_is(&f[2], PROTO_REP) && n == 7) {
-        /* W1 REP client reqid trace envelope -> C1 REP reqid envelope */
-        if (w)
-            worker_release(w, &f[4]);
-        publish(b, &f[5], w ? w->svc->name : "-", &f[6]);
-        zmq_msg_send(&f[3], b->front, ZMQ_SNDMORE);
-        zmq_send(b->front, PROTO_CLIENT, strlen(PROTO_CLIENT), ZMQ_SNDMORE);
-        zmq_send(b->front, PROTO_REP, strlen(PROTO_REP), ZMQ_SNDMORE);
-        zmq_msg_send(&f[4], b->front, ZMQ_SNDMORE);
-        zmq_msg_send(&f[6], b->front, 0);
-        if (w)
-            drain_queue(b, w->svc);
-    } else if (frame_is(&f[2], PROTO_ERR) && n == 7) {
-        /* W1 ERR client reqid name text -> C1 ERR reqid name text */
-        char ename[64], etext[512];
+    if (hdr_is(&h, 1, PROTO_REP) && clen > 0) {
+        /* W2 REP client reqid trace + env -> C2 REP reqid + env */
+        const char *fields[3] = {PROTO_CLIENT, PROTO_REP, h.f[3]};
+        char hdr[HDR_MAX];
+        size_t hl = hdr_build(hdr, sizeof(hdr), 3, fields, NULL);
 
-        if (!frame_str(&f[5], ename, sizeof(ename)))
-            snprintf(ename, sizeof(ename), "PROTO");
-        if (!frame_str(&f[6], etext, sizeof(etext)))
-            etext[0] = '\0';
         if (w)
-            worker_release(w, &f[4]);
-        send_to_client_err(b, zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
-                           zmq_msg_data(&f[4]), zmq_msg_size(&f[4]),
-                           err_from_name(ename), etext);
+            worker_release(w, h.f[3], h.len[3]);
+        publish(b, h.f[4], w ? w->svc->name : "-", &f[2]);
+        zmq_send(b->front, client, (size_t)clen, ZMQ_SNDMORE);
+        zmq_send(b->front, hdr, hl, ZMQ_SNDMORE);
+        zmq_msg_send(&f[2], b->front, 0);
         if (w)
             drain_queue(b, w->svc);
-    } else if (frame_is(&f[2], PROTO_BYE) && w) {
+    } else if (hdr_is(&h, 1, PROTO_ERR) && clen > 0) {
+        /* W2 ERR client reqid name text -> C2 ERR reqid name text */
+        if (w)
+            worker_release(w, h.f[3], h.len[3]);
+        send_to_client_err(b, client, (size_t)clen, h.f[3],
+                           err_from_name(h.f[4]), h.f[5]);
+        if (w)
+            drain_queue(b, w->svc);
+    } else if (hdr_is(&h, 1, PROTO_BYE) && w) {
         worker_drop(b, w, "said goodbye");
-    } else if (!frame_is(&f[2], PROTO_HB)) {
+    } else if (!hdr_is(&h, 1, PROTO_HB) && !hdr_is(&h, 1, PROTO_BYE)) {
         log_warn(NULL, "broker_bad_worker_frame", "frames=%d", n);
     }
 out:
@@ -608,14 +609,13 @@ broker_on_tick(loop_t *loop, void *arg)
                 s->qtail = NULL;
             s->qlen--;
             send_to_client_err(b, zmq_msg_data(&q->client),
-                               zmq_msg_size(&q->client),
-                               zmq_msg_data(&q->reqid),
-                               zmq_msg_size(&q->reqid), ERR_TIMEOUT,
+                               zmq_msg_size(&q->client), q->reqid,
+                               ERR_TIMEOUT,
                                "no worker free before the deadline");
             zmq_msg_close(&q->client);
-            zmq_msg_close(&q->reqid);
-            zmq_msg_close(&q->trace);
             zmq_msg_close(&q->env);
+            free(q->reqid);
+            free(q->trace);
             free(q);
         }
     }

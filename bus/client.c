@@ -188,11 +188,13 @@ static int
 send_request(bus_client_t *c, const char *service, const char *reqid,
              const char *trace, const char *payload, size_t len)
 {
-    const void *parts[] = {PROTO_CLIENT, service, reqid, trace, payload};
-    size_t lens[] = {strlen(PROTO_CLIENT), strlen(service), strlen(reqid),
-                     strlen(trace), len};
+    const char *fields[] = {PROTO_CLIENT, service, reqid, trace};
+    char hdr[HDR_MAX];
+    size_t hl = hdr_build(hdr, sizeof(hdr), 4, fields, NULL);
+    const void *parts[] = {hdr, payload};
+    size_t lens[] = {hl, len};
 
-    return frames_send(c->sock, 5, parts, lens);
+    return frames_send(c->sock, 2, parts, lens);
 }
 
 static void flush_unsent(bus_client_t *c);
@@ -314,37 +316,35 @@ static int
 client_read_one(bus_client_t *c)
 {
     zmq_msg_t f[FRAMES_MAX];
-    char reqid[ENVELOPE_MAX_NAME + 1], why[256], name[64], text[512];
+    struct hdr h;
+    char why[256];
     struct pending *p;
     envelope_t *reply = NULL;
     int n = frames_recv(c->sock, f, FRAMES_MAX), rc;
 
     if (n <= 0)
         return n;
-    if (n < 4 || n > FRAMES_MAX || !frame_is(&f[0], PROTO_CLIENT) ||
-        !frame_str(&f[2], reqid, sizeof(reqid))) {
+    if (n > 2 || hdr_parse(&f[0], &h) < 3 || !hdr_is(&h, 0, PROTO_CLIENT)) {
         log_warn(NULL, "bus_client_bad_frame", "frames=%d", n);
         goto out;
     }
-    p = zhashx_lookup(c->pending, reqid);
+    p = zhashx_lookup(c->pending, h.f[2]);
     if (p == NULL)
         goto out; /* late reply to a request that already timed out */
-    if (frame_is(&f[1], PROTO_REP)) {
-        rc = envelope_decode(zmq_msg_data(&f[3]), zmq_msg_size(&f[3]),
+    if (hdr_is(&h, 1, PROTO_REP) && n == 2) {
+        rc = envelope_decode(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]),
                              c->max_envelope, &reply, why, sizeof(why));
         if (rc != 0) {
             log_warn(NULL, "bus_client_bad_reply", "req=%s err=%s why=%s",
-                     reqid, err_name(rc), log_q(why));
+                     h.f[2], err_name(rc), log_q(why));
             finish(c, p, ERR_PROTO, why, NULL);
         } else {
             finish(c, p, 0, "ok", reply);
         }
-    } else if (frame_is(&f[1], PROTO_ERR) && n >= 5 &&
-               frame_str(&f[3], name, sizeof(name)) &&
-               frame_str(&f[4], text, sizeof(text))) {
-        finish(c, p, err_from_name(name), text, NULL);
+    } else if (hdr_is(&h, 1, PROTO_ERR) && h.n == 5) {
+        finish(c, p, err_from_name(h.f[3]), h.f[4], NULL);
     } else {
-        log_warn(NULL, "bus_client_bad_frame", "req=%s", reqid);
+        log_warn(NULL, "bus_client_bad_frame", "req=%s", h.f[2]);
     }
 out:
     envelope_destroy(&reply);

@@ -68,3 +68,86 @@ frames_send(void *sock, int n, const void *const *parts, const size_t *lens)
     }
     return 0;
 }
+
+int
+hdr_parse(zmq_msg_t *frame, struct hdr *h)
+{
+    size_t n = zmq_msg_size(frame), start = 0;
+
+    if (n > HDR_MAX)
+        return -1;
+    memcpy(h->buf, zmq_msg_data(frame), n);
+    h->buf[n] = '\0';
+    h->n = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (h->buf[i] != '\0')
+            continue;
+        if (h->n == HDR_FIELDS)
+            return -1;
+        h->f[h->n] = h->buf + start;
+        h->len[h->n++] = i - start;
+        start = i + 1;
+    }
+    return h->n;
+}
+
+size_t
+hdr_build(char *out, size_t outlen, int n, const char *const *fields,
+          const size_t *lens)
+{
+    size_t off = 0;
+
+    for (int i = 0; i < n; i++) {
+        size_t l = lens ? lens[i] : strlen(fields[i]);
+
+        if (off + l + (i > 0) > outlen)
+            return 0;
+        if (i > 0)
+            out[off++] = '\0';
+        memcpy(out + off, fields[i], l);
+        off += l;
+    }
+    return off;
+}
+
+bool
+hdr_is(const struct hdr *h, int i, const char *s)
+{
+    return i < h->n && strcmp(h->f[i], s) == 0;
+}
+
+char *
+hex_encode(const void *p, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[2 * len] = '\0';
+    return out;
+}
+
+static int
+hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                                                 : -1;
+}
+
+int
+hex_decode(const char *s, size_t len, unsigned char *out, size_t outlen)
+{
+    if (len % 2 || len / 2 > outlen)
+        return -1;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return (int)(len / 2);
+}

@@ -2,22 +2,26 @@
  * proto.h - the frames of the bus protocol, shared by broker, client and
  * worker (a Majordomo-style protocol, ZeroMQ guide chapter 4).
  *
+ * Every message is a routing header, one frame of NUL-separated text
+ * fields (frames.h: struct hdr), then the envelope's frame when there is
+ * one. Written here as fields | ... [+ envelope]:
+ *
  * Client (DEALER) to broker (ROUTER, bus.clients):
- *   C1 | service | reqid | trace | envelope
+ *   C2 | service | reqid | trace  + envelope
  * Broker to client:
- *   C1 | REP | reqid | envelope
- *   C1 | ERR | reqid | error name (lib/err.h) | text
+ *   C2 | REP | reqid  + envelope
+ *   C2 | ERR | reqid | error name (lib/err.h) | text
  * Worker (DEALER) to broker (ROUTER, bus.workers):
- *   W1 | READY | service | capacity
- *   W1 | HB
- *   W1 | REP | client id | reqid | trace | envelope
- *   W1 | ERR | client id | reqid | error name | text
- *   W1 | BYE
+ *   W2 | READY | service | capacity
+ *   W2 | HB
+ *   W2 | REP | client id (hex) | reqid | trace  + envelope
+ *   W2 | ERR | client id (hex) | reqid | error name | text
+ *   W2 | BYE
  * Broker to worker:
- *   W1 | REQ | client id | reqid | trace | envelope
- *   W1 | HB
- *   W1 | BYE            (also: "I do not know you, register again")
- * Trace feed (XPUB, bus.trace), every envelope routed:
+ *   W2 | REQ | client id (hex) | reqid | trace  + envelope
+ *   W2 | HB
+ *   W2 | BYE            (also: "I do not know you, register again")
+ * Trace feed (XPUB, bus.trace), every envelope routed, three frames:
  *   trace | service | envelope
  * The trace id travels as its own frame so that the broker never decodes
  * an envelope and the tap can subscribe to one session by prefix.
@@ -25,8 +29,8 @@
 #ifndef SAMOTOP_PROTO_H
 #define SAMOTOP_PROTO_H
 
-#define PROTO_CLIENT "C1"
-#define PROTO_WORKER "W1"
+#define PROTO_CLIENT "C2"
+#define PROTO_WORKER "W2"
 #define PROTO_READY "READY"
 #define PROTO_HB "HB"
 #define PROTO_REQ "REQ"

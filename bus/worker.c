@@ -50,8 +50,7 @@ struct bus_request {
     bool answered;
     int link;
     unsigned gen;
-    void *client_id;
-    size_t client_len;
+    char *client_id; /* the client's ROUTER identity, in hex */
     char *reqid;
     envelope_t *env;
 };
@@ -66,28 +65,33 @@ link_send(struct link *l, int n, const void *const *parts, const size_t *lens)
         frames_send(l->sock, n, parts, lens);
 }
 
+/* Sends one header frame of n fields. */
+static void
+link_hdr(struct link *l, int n, const char *const *fields)
+{
+    char hdr[HDR_MAX];
+    size_t len = hdr_build(hdr, sizeof(hdr), n, fields, NULL);
+    const void *parts[1] = {hdr};
+
+    link_send(l, 1, parts, &len);
+}
+
 static void
 link_ready(bus_worker_t *w, struct link *l)
 {
     char cap[16];
-    const void *parts[4] = {PROTO_WORKER, PROTO_READY, w->service, cap};
-    size_t lens[4];
+    const char *fields[4] = {PROTO_WORKER, PROTO_READY, w->service, cap};
 
     snprintf(cap, sizeof(cap), "%d", w->o.capacity);
-    lens[0] = strlen(PROTO_WORKER);
-    lens[1] = strlen(PROTO_READY);
-    lens[2] = strlen(w->service);
-    lens[3] = strlen(cap);
-    link_send(l, 4, parts, lens);
+    link_hdr(l, 4, fields);
 }
 
 static void
 link_signal(struct link *l, const char *what)
 {
-    const void *parts[2] = {PROTO_WORKER, what};
-    size_t lens[2] = {strlen(PROTO_WORKER), strlen(what)};
+    const char *fields[2] = {PROTO_WORKER, what};
 
-    link_send(l, 2, parts, lens);
+    link_hdr(l, 2, fields);
 }
 
 static int
@@ -208,43 +212,41 @@ on_heartbeat(loop_t *loop, void *arg)
     w->hb_timer = loop_timer_add(loop, w->o.heartbeat_ms, on_heartbeat, w);
 }
 
+/* client is the client's id in hex, as the request brought it. */
 static void
-send_err(struct link *l, const void *client, size_t client_len,
-         const void *reqid, size_t reqid_len, int err, const char *text)
+send_err(struct link *l, const char *client, const char *reqid, int err,
+         const char *text)
 {
-    const char *name = err_name(err);
-    const void *parts[6] = {PROTO_WORKER, PROTO_ERR, client, reqid, name,
-                            text};
-    size_t lens[6] = {strlen(PROTO_WORKER), strlen(PROTO_ERR), client_len,
-                      reqid_len, strlen(name), strlen(text)};
+    const char *fields[6] = {PROTO_WORKER, PROTO_ERR, client, reqid,
+                             err_name(err), text};
 
-    link_send(l, 6, parts, lens);
+    link_hdr(l, 6, fields);
 }
 
+/* W2 | REQ | client | reqid | trace  + the envelope in env. */
 static void
-take_request(bus_worker_t *w, struct link *l, zmq_msg_t *f)
+take_request(bus_worker_t *w, struct link *l, const struct hdr *h,
+             zmq_msg_t *envf)
 {
     char why[256];
     envelope_t *env = NULL;
     bus_request_t *req;
     int rc;
 
-    rc = envelope_decode(zmq_msg_data(&f[5]), zmq_msg_size(&f[5]),
+    rc = envelope_decode(zmq_msg_data(envf), zmq_msg_size(envf),
                          w->o.max_envelope, &env, why, sizeof(why));
     if (rc != 0) {
         log_warn(NULL, "bus_bad_request", "service=%s err=%s why=%s",
                  w->service, err_name(rc), log_q(why));
-        send_err(l, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]),
-                 zmq_msg_data(&f[3]), zmq_msg_size(&f[3]), ERR_PROTO, why);
+        send_err(l, h->f[2], h->f[3], ERR_PROTO, why);
         return;
     }
     req = xcalloc(1, sizeof(*req));
     req->worker = w;
     req->link = (int)(l - w->links);
     req->gen = l->gen;
-    req->client_id = xmemdup(zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
-    req->client_len = zmq_msg_size(&f[2]);
-    req->reqid = xstrndup(zmq_msg_data(&f[3]), zmq_msg_size(&f[3]));
+    req->client_id = xstrdup(h->f[2]);
+    req->reqid = xstrdup(h->f[3]);
     req->env = env;
     w->inflight++;
     /* A request whose caller has given up is never acted on: the caller
@@ -266,22 +268,23 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
     struct link *l = arg;
     bus_worker_t *w = l->worker;
     zmq_msg_t f[FRAMES_MAX];
+    struct hdr h;
     int n = frames_recv(zsocket, f, FRAMES_MAX);
 
     (void)loop;
     if (n <= 0)
         return 0;
     l->last_heard = clock_mono_ms();
-    if (n > FRAMES_MAX || n < 2 || !frame_is(&f[0], PROTO_WORKER)) {
+    if (n > 2 || hdr_parse(&f[0], &h) < 2 || !hdr_is(&h, 0, PROTO_WORKER)) {
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
                  n);
-    } else if (frame_is(&f[1], PROTO_REQ) && n == 6) {
-        take_request(w, l, f);
-    } else if (frame_is(&f[1], PROTO_BYE)) {
+    } else if (hdr_is(&h, 1, PROTO_REQ) && h.n == 5 && n == 2) {
+        take_request(w, l, &h, &f[1]);
+    } else if (hdr_is(&h, 1, PROTO_BYE)) {
         /* The broker does not know us: it restarted. */
         log_info(NULL, "bus_register_again", "endpoint=%s", l->endpoint);
         link_ready(w, l);
-    } else if (!frame_is(&f[1], PROTO_HB)) {
+    } else if (!hdr_is(&h, 1, PROTO_HB)) {
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
                  n);
     }
@@ -309,8 +312,7 @@ bus_request_destroy(bus_request_t **req_p)
         /* Tell the broker, so that it frees the worker's slot and the
          * caller hears now instead of at its deadline. */
         if ((l = req_link(req->worker, req)) != NULL)
-            send_err(l, req->client_id, req->client_len, req->reqid,
-                     strlen(req->reqid), ERR_WORKER_LOST,
+            send_err(l, req->client_id, req->reqid, ERR_WORKER_LOST,
                      "request dropped by the worker");
     }
     req->worker->inflight--;
@@ -343,17 +345,18 @@ bus_worker_reply_take(bus_worker_t *w, bus_request_t **req_p,
     int rc = ERR_CLOSED;
 
     if (l) {
-        const void *parts[6];
-        size_t lens[6];
+        const char *fields[5] = {PROTO_WORKER, PROTO_REP, req->client_id,
+                                 req->reqid, trace};
+        char hdr[HDR_MAX];
+        const void *parts[2];
+        size_t lens[2];
 
         envelope_encode(*reply_p, &payload, &len);
-        parts[0] = PROTO_WORKER, lens[0] = strlen(PROTO_WORKER);
-        parts[1] = PROTO_REP, lens[1] = strlen(PROTO_REP);
-        parts[2] = req->client_id, lens[2] = req->client_len;
-        parts[3] = req->reqid, lens[3] = strlen(req->reqid);
-        parts[4] = trace, lens[4] = strlen(trace);
-        parts[5] = payload, lens[5] = len;
-        rc = frames_send(l->sock, 6, parts, lens);
+        parts[0] = hdr;
+        lens[0] = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
+        parts[1] = payload;
+        lens[1] = len;
+        rc = frames_send(l->sock, 2, parts, lens);
         free(payload);
     }
     req->answered = true;
