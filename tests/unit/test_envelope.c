@@ -613,8 +613,8 @@ static const struct reply_row {
     {"UTF-8 text", "mailbox.deliver", 452, "4.2.2",
      "bo\xc3\xaete pleine \xe2\x80\x94 r\xc3\xa9" "essayez", false,
      "mailbox.deliver.reply", ENV_MAILBOX_DELIVER_REPLY},
-    {"empty text", "queue.submit", 250, "2.0.0", "", false,
-     "queue.submit.reply", ENV_ERROR_REPLY},
+    {"empty text", "nosuch.submit", 250, "2.0.0", "", false,
+     "nosuch.submit.reply", ENV_ERROR_REPLY},
 };
 
 START_TEST(test_round_trip_reply)
