@@ -7,6 +7,7 @@
 #include <czmq.h>
 
 #include "broker.h"
+#include "envelope.h"
 #include "frames.h"
 #include "lib/clock.h"
 #include "lib/config.h"
@@ -227,6 +228,28 @@ send_to_client_err(broker_t *b, const void *client, size_t client_len,
     frames_send(b->front, 2, parts, lens);
 }
 
+/* A copy of env with its secrets masked, for a service whose envelopes
+ * may carry them (auth.verify's password): secrets never reach the trace
+ * feed. An envelope that does not decode is not published at all. */
+static int
+masked_copy(zmq_msg_t *out, zmq_msg_t *env)
+{
+    envelope_t *e = NULL;
+    char why[128], *buf;
+    size_t len;
+
+    if (envelope_decode(zmq_msg_data(env), zmq_msg_size(env), SIZE_MAX, &e,
+                        why, sizeof(why)) != 0)
+        return -1;
+    envelope_mask_secrets(e);
+    envelope_encode(e, &buf, &len);
+    envelope_destroy(&e);
+    zmq_msg_init_size(out, len);
+    memcpy(zmq_msg_data(out), buf, len);
+    free(buf);
+    return 0;
+}
+
 static void
 publish(broker_t *b, const char *trace, const char *service, zmq_msg_t *env)
 {
@@ -234,8 +257,13 @@ publish(broker_t *b, const char *trace, const char *service, zmq_msg_t *env)
 
     if (b->subscribers <= 0)
         return;
-    zmq_msg_init(&e);
-    zmq_msg_copy(&e, env); /* shares the bytes: no copy of the body */
+    if (envelope_service_has_secrets(service)) {
+        if (masked_copy(&e, env) != 0)
+            return;
+    } else {
+        zmq_msg_init(&e);
+        zmq_msg_copy(&e, env); /* shares the bytes: no copy of the body */
+    }
     if (zmq_send(b->trace, trace, strlen(trace),
                  ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&e);

@@ -882,6 +882,41 @@ out:
     return rc;
 }
 
+static void
+mask_value(value_t *v)
+{
+    if (value_kind(v) == VAL_ARRAY) {
+        for (size_t i = 0; i < value_count(v); i++)
+            mask_value((value_t *)value_at(v, i));
+        return;
+    }
+    if (value_kind(v) != VAL_MAP)
+        return;
+    for (size_t i = 0; i < value_count(v); i++) {
+        const char *k = value_key_at(v, i);
+
+        if (envelope_key_is_secret(k))
+            value_set_str(v, k, "***");
+        else
+            mask_value((value_t *)value_at(v, i));
+    }
+}
+
+void
+envelope_mask_secrets(envelope_t *env)
+{
+    mask_value(env->body);
+}
+
+bool
+envelope_service_has_secrets(const char *service)
+{
+    for (const char *const *s = env_secret_services; *s; s++)
+        if (strcmp(*s, service) == 0 || strcmp(*s, "*") == 0)
+            return true;
+    return false;
+}
+
 bool
 envelope_key_is_secret(const char *key)
 {

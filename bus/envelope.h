@@ -94,6 +94,13 @@ int envelope_decode(const void *buf, size_t len, size_t max,
  * envelope_decode(); exposed for envelopes built in memory. */
 int envelope_check_body(const envelope_t *env, char *why, size_t whylen);
 
+/* Replaces the value of every secret key, at any depth of the body, with
+ * "***" (for the broker's trace feed). */
+void envelope_mask_secrets(envelope_t *env);
+
+/* Whether envelopes of service may hold secrets (schemas' secret fields). */
+bool envelope_service_has_secrets(const char *service);
+
 /* Whether key names a secret (schemas' x-samotop-secret): such values never
  * reach a log or the trace feed. */
 bool envelope_key_is_secret(const char *key);

@@ -233,10 +233,19 @@ struct call {
     enum smtp_event_type what;
 };
 
+/* auth.verify may take its time on purpose: the auth actor delays each
+ * failure (up to 5 s by default) against password guessing, and scrypt
+ * runs on a small thread pool. */
+#define AUTH_TIMEOUT_MS 15000
+
 static envelope_t *
 request(struct session *s, const char *type)
 {
-    envelope_t *env = envelope_new(type, s->trace, s->l->bus_timeout_ms);
+    int64_t timeout = strcmp(type, "auth.verify") == 0 &&
+                              s->l->bus_timeout_ms < AUTH_TIMEOUT_MS
+                          ? AUTH_TIMEOUT_MS
+                          : s->l->bus_timeout_ms;
+    envelope_t *env = envelope_new(type, s->trace, timeout);
     value_t *body = envelope_body(env);
 
     value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);

@@ -407,6 +407,65 @@ START_TEST(test_trace_sees_every_envelope)
 }
 END_TEST
 
+/* Secrets never reach the trace feed: the broker masks the envelopes of a
+ * service whose schemas have secret fields (auth.verify's password) before
+ * it publishes them. */
+START_TEST(test_trace_masks_secrets)
+{
+    struct ports p;
+    bus_client_t *c;
+    zsock_t *sub;
+    pid_t broker, w;
+    int64_t until;
+    int seen = 0;
+
+    ports_init(&p, 18190);
+    broker = start_broker(&p);
+    w = start_worker(p.workers, "auth", "A", 0);
+    c = client(NULL, p.clients);
+    sub = zsock_new_sub(p.trace, "");
+    until = test_now_ms() + 8000;
+    while (seen == 0 && test_now_ms() < until) {
+        envelope_t *req = envelope_new("auth.verify", NULL, 1000), *reply;
+        char why[256];
+
+        value_set_str(envelope_body(req), ENV_KEY_MECHANISM, "LOGIN");
+        value_set_str(envelope_body(req), ENV_KEY_USERNAME, "alice@x.test");
+        value_set_str(envelope_body(req), ENV_KEY_PASSWORD, "hunter2-secret");
+        bus_client_call(c, &req, &reply, why, sizeof(why));
+        envelope_destroy(&reply);
+        zsock_set_rcvtimeo(sub, 100);
+        for (zmsg_t *m; (m = zmsg_recv(sub)) != NULL; zmsg_destroy(&m)) {
+            zframe_t *body;
+            envelope_t *env = NULL;
+
+            ck_assert_int_eq(zmsg_size(m), 3);
+            body = zmsg_last(m);
+            ck_assert_msg(memmem(zframe_data(body), zframe_size(body),
+                                 "hunter2-secret", 14) == NULL,
+                          "a password reached the trace feed");
+            ck_assert_int_eq(envelope_decode(zframe_data(body),
+                                             zframe_size(body), 1 << 20,
+                                             &env, why, sizeof(why)),
+                             0);
+            if (strcmp(envelope_type(env), "auth.verify") == 0) {
+                ck_assert_str_eq(envelope_get_str(env, ENV_KEY_PASSWORD),
+                                 "***");
+                ck_assert_str_eq(envelope_get_str(env, ENV_KEY_USERNAME),
+                                 "alice@x.test");
+                seen++;
+            }
+            envelope_destroy(&env);
+        }
+    }
+    ck_assert_msg(seen > 0, "no auth.verify seen on the trace feed");
+    zsock_destroy(&sub);
+    bus_client_destroy(&c);
+    test_stop(w, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
 START_TEST(test_no_worker_is_an_error)
 {
     struct ports p;
@@ -543,6 +602,7 @@ bus_suite(void)
     tcase_add_test(tc, test_worker_killed_mid_request);
     tcase_add_test(tc, test_broker_restart_rejoined);
     tcase_add_test(tc, test_trace_sees_every_envelope);
+    tcase_add_test(tc, test_trace_masks_secrets);
     tcase_add_test(tc, test_no_worker_is_an_error);
     tcase_add_test(tc, test_deadline_is_an_error);
     tcase_add_test(tc, test_failover_between_brokers);
