@@ -538,6 +538,15 @@ drive_free(struct drive *d)
     buf_free(&d->ev);
 }
 
+/* Whether two buffers hold the same bytes (either may be empty, with no
+ * data at all). */
+static bool
+same(const buf_t *a, const buf_t *b)
+{
+    return a->len == b->len && (a->len == 0 ||
+                                memcmp(a->data, b->data, a->len) == 0);
+}
+
 static void
 run_script(const struct script *sc, bool bytewise)
 {
@@ -560,9 +569,7 @@ run_script(const struct script *sc, bool bytewise)
             smtp_client_tls_started(d.cl);
             pump(&d);
         }
-        ck_assert_msg(d.got.len == want.len &&
-                          memcmp(d.got.data, want.data, want.len) == 0,
-                      "%s: before line %d: sent\n%s\nwant\n%s", sc->label,
+        ck_assert_msg(same(&d.got, &want), "%s: before line %d: sent\n%s\nwant\n%s", sc->label,
                       i, d.got.data ? d.got.data : "",
                       want.data ? want.data : "");
         if (bytewise) {
@@ -572,9 +579,7 @@ run_script(const struct script *sc, bool bytewise)
             feed(&d, l + 1, strlen(l + 1));
         }
     }
-    ck_assert_msg(d.got.len == want.len &&
-                      memcmp(d.got.data, want.data, want.len) == 0,
-                  "%s: at the end: sent\n%s\nwant\n%s", sc->label,
+    ck_assert_msg(same(&d.got, &want), "%s: at the end: sent\n%s\nwant\n%s", sc->label,
                   d.got.data ? d.got.data : "", want.data ? want.data : "");
     ck_assert_msg(strcmp(d.ev.data ? d.ev.data : "", sc->events) == 0,
                   "%s: got events\n%s\nwant\n%s", sc->label,
