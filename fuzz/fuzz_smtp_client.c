@@ -34,7 +34,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const struct smtp_client_rcpt r_one[] = {{.addr = "bob@remote.test"}};
 static const struct smtp_client_rcpt r_three[] = {
-    {.addr = "bob@remote.test", .notify = SMTP_NOTIFY_SUCCESS,
+    {.addr = "bob@remote.test",
+     .notify = SMTP_NOTIFY_SUCCESS,
      .orcpt = "rfc822;bob@remote.test"},
     {.addr = "carol@remote.test", .notify = SMTP_NOTIFY_NEVER},
     {.addr = "d\xc3\xa9@remote.test", .orcpt = "x y"}};
@@ -43,10 +44,10 @@ struct fz {
     smtp_client_t *cl;
     struct smtp_client_txn txn;
     buf_t out;
-    int txns;          /* still to begin */
-    bool in_txn;       /* begun, DONE not seen */
-    bool seen[3];      /* RCPT events in this transaction */
-    int rcpt_code[3];  /* their codes */
+    int txns;         /* still to begin */
+    bool in_txn;      /* begun, DONE not seen */
+    bool seen[3];     /* RCPT events in this transaction */
+    int rcpt_code[3]; /* their codes */
     bool ended;
     bool handshake;
     size_t nevents, fail_at, drain;
@@ -72,9 +73,9 @@ check_reply(const struct smtp_reply *r, const char *what)
         fail(what, "NULL text");
 }
 
-static const char *const verbs[] = {"EHLO ", "HELO ", "STARTTLS", "RSET",
-                                    "MAIL FROM:<", "RCPT TO:<", "DATA",
-                                    "BDAT ", "QUIT"};
+static const char *const verbs[] = {"EHLO ", "HELO ",       "STARTTLS",
+                                    "RSET",  "MAIL FROM:<", "RCPT TO:<",
+                                    "DATA",  "BDAT ",       "QUIT"};
 
 /* The output when no BDAT was used: CRLF lines; commands where commands
  * go. Message lines are the known messages', so they are told apart by
@@ -170,8 +171,8 @@ on_event(struct fz *f, const struct smtp_client_event *ev)
             const struct smtp_reply *r = smtp_client_result(f->cl, i);
 
             check_reply(r, "result");
-            if (f->seen[i] && (f->rcpt_code[i] < 200 ||
-                               f->rcpt_code[i] > 299) &&
+            if (f->seen[i] &&
+                (f->rcpt_code[i] < 200 || f->rcpt_code[i] > 299) &&
                 r->code != f->rcpt_code[i])
                 fail("a refused recipient's result changed", NULL);
         }
@@ -224,7 +225,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.chunking = data[0] & 8;
     f.fail_at = (data[0] >> 5) * 3;
     f.txn = (struct smtp_client_txn){.mail_from = "alice@example.test",
-                                     .rcpts = r_one, .nrcpts = 1,
+                                     .rcpts = r_one,
+                                     .nrcpts = 1,
                                      .data = "Subject: x\r\n\r\nhello\r\n",
                                      .len = 21};
     switch (data[1] & 7) {

@@ -36,13 +36,13 @@ struct dns_query {
     dns_cb *cb;
     void *arg;
     char name[256];
-    bool mx;           /* dns_mx(): MX first */
+    bool mx; /* dns_mx(): MX first */
     bool cancelled;
-    int outstanding;   /* c-ares lookups in flight */
+    int outstanding; /* c-ares lookups in flight */
     loop_timer_t *deliver;
     enum look look[DNS_MAX_HOSTS][2];
     struct dns_result res;
-    int nhosts;        /* hosts asked about (res.nhosts: kept) */
+    int nhosts; /* hosts asked about (res.nhosts: kept) */
 };
 
 /* The argument of one c-ares lookup. */
@@ -69,8 +69,7 @@ static void sub_done(dns_query_t *q);
 
 /* --- the result --------------------------------------------------------- */
 
-static void
-fail_with(dns_query_t *q, enum dns_status st, const char *fmt, ...)
+static void fail_with(dns_query_t *q, enum dns_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void
@@ -169,15 +168,14 @@ finish(dns_query_t *q)
         q->res.ecode = "";
         q->res.text[0] = '\0';
     } else if (temp || !q->mx) {
-        fail_with(q, DNS_TEMPFAIL, "temporary DNS failure looking up "
-                  "the address of %s%s", q->mx && !q->res.implicit
-                                             ? "the MX hosts of " : "",
-                  q->name);
+        fail_with(q, DNS_TEMPFAIL,
+                  "temporary DNS failure looking up "
+                  "the address of %s%s",
+                  q->mx && !q->res.implicit ? "the MX hosts of " : "", q->name);
     } else if (q->res.implicit) {
         fail_with(q, DNS_NOHOST, "no MX and no address for %s", q->name);
     } else {
-        fail_with(q, DNS_NOHOST, "no address for any MX host of %s",
-                  q->name);
+        fail_with(q, DNS_NOHOST, "no address for any MX host of %s", q->name);
     }
     deliver(q);
 }
@@ -398,8 +396,7 @@ on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
         }
         ares_free_data(mx);
         if (nulls > 0 && total == 1) {
-            fail_with(q, DNS_NULL_MX, "%s accepts no mail (null MX)",
-                      q->name);
+            fail_with(q, DNS_NULL_MX, "%s accepts no mail (null MX)", q->name);
         } else if (n == 0) {
             status = ARES_ENODATA;
         } else {
@@ -422,8 +419,10 @@ on_mx(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
     } else if (status == ARES_ENOTFOUND) {
         fail_with(q, DNS_NOTFOUND, "domain %s not found", q->name);
     } else if (status != ARES_SUCCESS) {
-        fail_with(q, DNS_TEMPFAIL, "temporary DNS failure looking up the "
-                  "MX of %s: %s", q->name, ares_strerror(status));
+        fail_with(q, DNS_TEMPFAIL,
+                  "temporary DNS failure looking up the "
+                  "MX of %s: %s",
+                  q->name, ares_strerror(status));
     }
     sub_done(q);
 }
@@ -503,8 +502,8 @@ on_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 /* --- interface ---------------------------------------------------------- */
 
 dns_t *
-dns_new(loop_t *loop, const char *servers, int timeout_ms, int tries,
-        char *why, size_t whylen)
+dns_new(loop_t *loop, const char *servers, int timeout_ms, int tries, char *why,
+        size_t whylen)
 {
     static bool lib_ready;
     struct ares_options o;
@@ -652,8 +651,7 @@ dns_host(dns_t *dns, const char *host, dns_cb *cb, void *arg)
         snprintf(lit, sizeof(lit), "%s", host);
     if (strncasecmp(lit, "IPv6:", 5) == 0)
         memmove(lit, lit + 5, strlen(lit + 5) + 1);
-    if (inet_pton(AF_INET, lit, ip) == 1 || inet_pton(AF_INET6, lit, ip) ==
-                                                1) {
+    if (inet_pton(AF_INET, lit, ip) == 1 || inet_pton(AF_INET6, lit, ip) == 1) {
         add_addr(h, strchr(lit, ':') ? 1 : 0, ip);
         finish(q);
         return q;

@@ -42,12 +42,12 @@ enum dns_status {
 struct dns_addr {
     struct sockaddr_storage sa; /* port 0: the caller sets it */
     socklen_t len;
-    char text[48];              /* "192.0.2.1", "2001:db8::1" */
+    char text[48]; /* "192.0.2.1", "2001:db8::1" */
 };
 
 struct dns_host {
-    char name[256];  /* the MX host (or the domain, or the route's host) */
-    int pref;        /* MX preference; 0 when implicit */
+    char name[256]; /* the MX host (or the domain, or the route's host) */
+    int pref;       /* MX preference; 0 when implicit */
     int naddrs;
     struct dns_addr addrs[DNS_MAX_ADDRS]; /* IPv4 first, then IPv6 */
 };

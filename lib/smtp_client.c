@@ -66,12 +66,12 @@ enum cstate {
 enum dstate { DS_NONE, DS_DATA, DS_BDAT, DS_QUEUED };
 
 struct crcpt {
-    char *addr;   /* as given */
-    char *path;   /* normalised mailbox to send */
+    char *addr; /* as given */
+    char *path; /* normalised mailbox to send */
     unsigned notify;
     char *orcpt;
-    bool utf8;    /* the address holds UTF-8 */
-    bool sent;    /* RCPT went out */
+    bool utf8; /* the address holds UTF-8 */
+    bool sent; /* RCPT went out */
     bool accepted;
     struct smtp_reply rcpt_reply; /* code 0 until answered */
     struct smtp_reply result;     /* code 0 until final */
@@ -116,12 +116,12 @@ struct smtp_client {
     struct smtp_reply why; /* for CLOSE */
 
     /* The transaction. */
-    bool txn_pending;    /* begun, waiting for the session */
-    bool txn_active;     /* commands going out */
-    bool txn_results;    /* results readable */
-    bool any_sent;       /* some transaction sent MAIL on this session */
+    bool txn_pending; /* begun, waiting for the session */
+    bool txn_active;  /* commands going out */
+    bool txn_results; /* results readable */
+    bool any_sent;    /* some transaction sent MAIL on this session */
     int ntxn;
-    char *mail_from;     /* normalised reverse-path */
+    char *mail_from; /* normalised reverse-path */
     bool mail_utf8;
     struct crcpt *rcpts;
     int nrcpts;
@@ -132,17 +132,16 @@ struct smtp_client {
     char *envid;
     bool pipelining, bdat;
     bool mail_sent, mail_ok, mail_failed;
-    int next_rcpt;       /* lock-step: the next RCPT to send */
-    int nacc;            /* RCPTs accepted */
-    bool data_sent;      /* DATA or BDAT went out */
+    int next_rcpt;  /* lock-step: the next RCPT to send */
+    int nacc;       /* RCPTs accepted */
+    bool data_sent; /* DATA or BDAT went out */
     enum dstate ds;
     size_t data_pos;
     bool data_bol;
     struct smtp_reply final; /* the reply all accepted recipients get */
 };
 
-static const struct smtp_client_event no_event = {
-    .type = SMTP_CLIENT_EV_NONE};
+static const struct smtp_client_event no_event = {.type = SMTP_CLIENT_EV_NONE};
 
 static void panic(const char *what) __attribute__((noreturn));
 static void session_failed(smtp_client_t *cl, const struct smtp_reply *why,
@@ -177,9 +176,9 @@ reply_copy(struct smtp_reply *dst, const struct smtp_reply *src)
     dst->text = t;
 }
 
-static void
-reply_local(struct smtp_reply *dst, int code, const char *ecode,
-            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void reply_local(struct smtp_reply *dst, int code, const char *ecode,
+                        const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* A reply the engine makes up. */
 static void
@@ -229,8 +228,7 @@ expect(smtp_client_t *cl, enum expect what, int rcpt)
         }
         if (cl->exp_tail == cl->exp_cap) {
             cl->exp_cap = cl->exp_cap ? cl->exp_cap * 2 : 16;
-            cl->exp = xrealloc(cl->exp, sizeof(*cl->exp) *
-                                            (size_t)cl->exp_cap);
+            cl->exp = xrealloc(cl->exp, sizeof(*cl->exp) * (size_t)cl->exp_cap);
         }
     }
     cl->exp[cl->exp_tail].what = what;
@@ -321,8 +319,7 @@ fill(smtp_client_t *cl)
         if (cl->data_bol && p[0] == '.')
             buf_addc(&cl->out, '.');
         /* The rest of the line goes in one copy. */
-        while (run < left && run < budget && p[run] != '\r' &&
-               p[run] != '\n')
+        while (run < left && run < budget && p[run] != '\r' && p[run] != '\n')
             run++;
         buf_add(&cl->out, p, run);
         cl->data_pos += run;
@@ -419,7 +416,8 @@ ready(smtp_client_t *cl)
 static void
 txn_done(smtp_client_t *cl)
 {
-    struct smtp_reply none = {.code = 451, .ecode = "4.3.0",
+    struct smtp_reply none = {.code = 451,
+                              .ecode = "4.3.0",
                               .text = "no reply for this recipient",
                               .local = true};
 
@@ -479,8 +477,7 @@ send_mail(smtp_client_t *cl)
         buf_adds(&b, " SMTPUTF8");
     if (cl->ext & SMTP_EXT_DSN) {
         if (cl->ret != SMTP_RET_NONE)
-            buf_adds(&b, cl->ret == SMTP_RET_FULL ? " RET=FULL"
-                                                  : " RET=HDRS");
+            buf_adds(&b, cl->ret == SMTP_RET_FULL ? " RET=FULL" : " RET=HDRS");
         if (cl->envid) {
             buf_adds(&b, " ENVID=");
             if (smtp_xtext_valid(cl->envid, strlen(cl->envid)))
@@ -585,21 +582,24 @@ precheck(smtp_client_t *cl)
         cl->len > cl->size_max) {
         /* RFC 1870 6.1: the client should not send what the server said
          * it cannot take. */
-        snprintf(text, sizeof(text), "message size %zu exceeds the next "
-                 "hop's limit of %zu", cl->len, cl->size_max);
+        snprintf(text, sizeof(text),
+                 "message size %zu exceeds the next "
+                 "hop's limit of %zu",
+                 cl->len, cl->size_max);
         refuse_all(cl, 552, "5.3.4", text);
     }
     if (cl->eight_bit && !(cl->ext & SMTP_EXT_8BITMIME))
-        refuse_all(cl, 554, "5.6.3", "8-bit content not accepted by next "
+        refuse_all(cl, 554, "5.6.3",
+                   "8-bit content not accepted by next "
                    "hop");
     if (all_utf8 && !(cl->ext & SMTP_EXT_SMTPUTF8))
         refuse_all(cl, 553, "5.6.7", "SMTPUTF8 not supported by next hop");
     for (int i = 0; i < cl->nrcpts; i++) {
         struct crcpt *r = &cl->rcpts[i];
 
-        if (r->result.code == 0 && r->utf8 &&
-            !(cl->ext & SMTP_EXT_SMTPUTF8))
-            reply_local(&r->result, 553, "5.6.7", "SMTPUTF8 not supported "
+        if (r->result.code == 0 && r->utf8 && !(cl->ext & SMTP_EXT_SMTPUTF8))
+            reply_local(&r->result, 553, "5.6.7",
+                        "SMTPUTF8 not supported "
                         "by next hop for this address");
     }
 }
@@ -690,8 +690,8 @@ session_failed(smtp_client_t *cl, const struct smtp_reply *why, bool quit)
 
 /* A failure of the engine's own making. */
 static void
-session_failed_local(smtp_client_t *cl, bool quit, int code,
-                     const char *ecode, const char *text)
+session_failed_local(smtp_client_t *cl, bool quit, int code, const char *ecode,
+                     const char *text)
 {
     struct smtp_reply r = {0};
 
@@ -734,8 +734,8 @@ parse_ehlo(smtp_client_t *cl, const char *text)
                     char *end;
                     unsigned long long v = strtoull(arg + 1, &end, 10);
 
-                    if (end > arg + 1 && (*end == '\n' || *end == '\0' ||
-                                          *end == ' '))
+                    if (end > arg + 1 &&
+                        (*end == '\n' || *end == '\0' || *end == ' '))
                         cl->size_max = v > SIZE_MAX ? SIZE_MAX : (size_t)v;
                 }
             } else if (strcasecmp(kw, "PIPELINING") == 0) {
@@ -781,7 +781,8 @@ after_ehlo(smtp_client_t *cl)
         return;
     }
     if (!cl->tls && cl->tls_policy == SMTP_CLIENT_TLS_MUST) {
-        session_failed_local(cl, true, 451, "4.7.4", "TLS is required, "
+        session_failed_local(cl, true, 451, "4.7.4",
+                             "TLS is required, "
                              "but was not offered by the server");
         return;
     }
@@ -1057,10 +1058,9 @@ reply_line_take(smtp_client_t *cl, const char *s, size_t n)
     bool last;
     size_t e;
 
-    if (n < 3 || !isdigit((unsigned char)s[0]) || s[0] < '2' ||
-        s[0] > '5' || !isdigit((unsigned char)s[1]) ||
-        !isdigit((unsigned char)s[2]) || (n > 3 && s[3] != ' ' &&
-                                          s[3] != '-')) {
+    if (n < 3 || !isdigit((unsigned char)s[0]) || s[0] < '2' || s[0] > '5' ||
+        !isdigit((unsigned char)s[1]) || !isdigit((unsigned char)s[2]) ||
+        (n > 3 && s[3] != ' ' && s[3] != '-')) {
         session_failed_local(cl, true, 451, "4.5.0",
                              "malformed reply from the server");
         return -1;
@@ -1105,9 +1105,8 @@ reply_line_take(smtp_client_t *cl, const char *s, size_t n)
         for (size_t i = 0; i < n; i++) {
             unsigned char c = (unsigned char)s[i];
 
-            buf_addc(&cl->rep_text, c < 32 || c == 127 || (c > 127 && !utf8)
-                                        ? '?'
-                                        : (char)c);
+            buf_addc(&cl->rep_text,
+                     c < 32 || c == 127 || (c > 127 && !utf8) ? '?' : (char)c);
         }
     }
     return last ? 1 : 0;
@@ -1270,8 +1269,8 @@ smtp_client_begin(smtp_client_t *cl, const struct smtp_client_txn *t)
     /* A transaction refused whole at once queues DONE and READY: the
      * caller must take events between such calls. */
     if (cl->txn_pending || cl->txn_active || t->nrcpts < 1 ||
-        cl->ev_count > EVENTS_MAX - 4 ||
-        t->mail_from == NULL || (t->data == NULL && t->len > 0))
+        cl->ev_count > EVENTS_MAX - 4 || t->mail_from == NULL ||
+        (t->data == NULL && t->len > 0))
         return ERR_INVAL;
     txn_free(cl);
     cl->rcpts = xcalloc((size_t)t->nrcpts, sizeof(*cl->rcpts));
@@ -1283,8 +1282,7 @@ smtp_client_begin(smtp_client_t *cl, const struct smtp_client_txn *t)
     cl->ret = t->ret;
     cl->envid = t->envid ? xstrdup(t->envid) : NULL;
     if (smtp_mailbox_parse(t->mail_from, strlen(t->mail_from),
-                           SMTP_ADDR_NULL_OK | SMTP_ADDR_UTF8, &p,
-                           &why) == 0) {
+                           SMTP_ADDR_NULL_OK | SMTP_ADDR_UTF8, &p, &why) == 0) {
         cl->mail_from = xstrdup(p.mailbox);
         cl->mail_utf8 = p.utf8;
     } else {
@@ -1303,8 +1301,10 @@ smtp_client_begin(smtp_client_t *cl, const struct smtp_client_txn *t)
             r->path = xstrdup(p.mailbox);
             r->utf8 = p.utf8;
         } else {
-            reply_local(&r->result, 553, "5.1.3", "bad recipient address "
-                        "syntax: %s", why);
+            reply_local(&r->result, 553, "5.1.3",
+                        "bad recipient address "
+                        "syntax: %s",
+                        why);
         }
     }
     if (cl->mail_from[0] == '\0' && t->mail_from[0] != '\0')
@@ -1401,8 +1401,9 @@ const char *
 smtp_client_phase_name(enum smtp_client_phase p)
 {
     static const char *const names[] = {
-        "greeting", "ehlo", "starttls", "tls", "idle", "rset", "mail",
-        "rcpt", "data_init", "data_block", "data_end", "quit", "done"};
+        "greeting", "ehlo", "starttls", "tls",       "idle",
+        "rset",     "mail", "rcpt",     "data_init", "data_block",
+        "data_end", "quit", "done"};
 
     if ((unsigned)p < sizeof(names) / sizeof(names[0]))
         return names[p];

@@ -67,10 +67,10 @@ enum smtp_client_tls {
 
 /* Zero in a numeric field means the default in brackets. */
 struct smtp_client_opts {
-    const char *helo;   /* our name for EHLO/HELO ["localhost"] */
-    size_t max_line;    /* reply line incl. CRLF [512]; 512 at least
-                           (RFC 5321 4.5.3.1.5) */
-    int max_lines;      /* lines of one reply [100] */
+    const char *helo; /* our name for EHLO/HELO ["localhost"] */
+    size_t max_line;  /* reply line incl. CRLF [512]; 512 at least
+                         (RFC 5321 4.5.3.1.5) */
+    int max_lines;    /* lines of one reply [100] */
     enum smtp_client_tls tls;
     bool tls_active;    /* already under TLS (implicit TLS, port 465) */
     bool no_pipelining; /* one command at a time even when offered */
@@ -96,34 +96,34 @@ enum smtp_client_phase {
 
 /* A reply, the server's or one the engine made up (local). */
 struct smtp_reply {
-    int code;          /* 200..599 */
-    char ecode[16];    /* RFC 3463 "x.y.z", or "" when the reply had none */
-    const char *text;  /* the lines' texts without code and enhanced code,
-                          joined with "\n"; never NULL */
-    bool local;        /* made by the engine, not sent by the server */
+    int code;         /* 200..599 */
+    char ecode[16];   /* RFC 3463 "x.y.z", or "" when the reply had none */
+    const char *text; /* the lines' texts without code and enhanced code,
+                         joined with "\n"; never NULL */
+    bool local;       /* made by the engine, not sent by the server */
 };
 
 /* One recipient of a transaction. */
 struct smtp_client_rcpt {
-    const char *addr;   /* the mailbox, without <> */
-    unsigned notify;    /* SMTP_NOTIFY_* (RFC 3461 4.1), 0 for none */
-    const char *orcpt;  /* RFC 3461 4.2 "addr-type;xtext", or a bare
-                           address (sent as rfc822;xtext), or NULL */
+    const char *addr;  /* the mailbox, without <> */
+    unsigned notify;   /* SMTP_NOTIFY_* (RFC 3461 4.1), 0 for none */
+    const char *orcpt; /* RFC 3461 4.2 "addr-type;xtext", or a bare
+                          address (sent as rfc822;xtext), or NULL */
 };
 
 /* One mail transaction. The engine copies everything but data. */
 struct smtp_client_txn {
-    const char *mail_from;  /* the reverse-path without <>; "" for <> */
+    const char *mail_from; /* the reverse-path without <>; "" for <> */
     const struct smtp_client_rcpt *rcpts;
-    int nrcpts;             /* 1 at least */
-    const char *data;       /* the message, CRLF line ends: borrowed until
-                               SMTP_CLIENT_EV_DONE (or the engine's end) */
+    int nrcpts;       /* 1 at least */
+    const char *data; /* the message, CRLF line ends: borrowed until
+                         SMTP_CLIENT_EV_DONE (or the engine's end) */
     size_t len;
-    bool eight_bit;         /* the message holds octets over 127 */
-    bool smtputf8;          /* the message or an address needs SMTPUTF8
-                               (also found by the engine in addresses) */
-    enum smtp_ret ret;      /* RFC 3461 RET, sent when DSN is offered */
-    const char *envid;      /* RFC 3461 ENVID (xtext or plain), or NULL */
+    bool eight_bit;    /* the message holds octets over 127 */
+    bool smtputf8;     /* the message or an address needs SMTPUTF8
+                          (also found by the engine in addresses) */
+    enum smtp_ret ret; /* RFC 3461 RET, sent when DSN is offered */
+    const char *envid; /* RFC 3461 ENVID (xtext or plain), or NULL */
 };
 
 enum smtp_client_event_type {

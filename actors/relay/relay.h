@@ -43,63 +43,63 @@ struct relay_tls {
 /* One next-hop address and its connections. */
 struct relay_host {
     relay_t *r;
-    char key[80];                /* "127.0.0.1:25", "[2001:db8::1]:25" */
+    char key[80]; /* "127.0.0.1:25", "[2001:db8::1]:25" */
     struct sockaddr_storage sa;
     socklen_t salen;
-    int nconns;                  /* open: connecting, busy and idle */
-    struct relay_conn *idle;     /* idle connections, newest first */
+    int nconns;              /* open: connecting, busy and idle */
+    struct relay_conn *idle; /* idle connections, newest first */
     struct relay_job *wait_head, *wait_tail; /* jobs waiting for a slot */
 };
 
 /* One recipient's outcome. */
 struct relay_result {
-    int code;          /* 0 while undecided */
+    int code; /* 0 while undecided */
     char ecode[16];
     char *text;
-    char mx[300];      /* "host:port" that answered; "" for our own */
-    bool final;        /* 2xx or 5xx: no other host is asked */
+    char mx[300]; /* "host:port" that answered; "" for our own */
+    bool final;   /* 2xx or 5xx: no other host is asked */
 };
 
 struct relay_job {
     relay_t *r;
-    struct relay_job *prev, *next;  /* r->jobs */
+    struct relay_job *prev, *next; /* r->jobs */
     bus_request_t *req;
-    const envelope_t *env;          /* req's, borrowed */
+    const envelope_t *env; /* req's, borrowed */
     char trace[ENVELOPE_MAX_NAME + 1];
     char domain[256];
     char queue_id[ENVELOPE_MAX_NAME + 1];
-    struct smtp_client_txn txn;     /* the whole message */
+    struct smtp_client_txn txn; /* the whole message */
     struct smtp_client_rcpt *rcpts;
     int nrcpts;
     struct relay_result *res;
     int64_t started_ms;
     loop_timer_t *deadline;
-    bool store_pending;             /* the route lookup is out */
+    bool store_pending; /* the route lookup is out */
 
     /* Where to. */
     bool routed;
-    char route[300];                /* the route's value, for logs */
+    char route[300]; /* the route's value, for logs */
     char route_host[256];
     int route_port;
     struct relay_tls tls;
     dns_query_t *dnsq;
     struct dns_result *hops;
-    int hop, addr;                  /* the address in hand */
-    bool begun;                     /* hop/addr point at an address */
-    bool again_fresh;               /* this address again, new connection */
-    bool again_plain;               /* this address again, without TLS */
+    int hop, addr;    /* the address in hand */
+    bool begun;       /* hop/addr point at an address */
+    bool again_fresh; /* this address again, new connection */
+    bool again_plain; /* this address again, without TLS */
 
     /* The attempt in hand (relay_conn.c reads these). */
     struct relay_host *host;
-    char hop_name[256];             /* SNI and logs */
-    char mx[300];                   /* "hop_name:port" */
+    char hop_name[256]; /* SNI and logs */
+    char mx[300];       /* "hop_name:port" */
     struct relay_tls cur_tls;
-    bool cur_fresh;                 /* no idle connection: a new one */
-    struct smtp_client_txn sub;     /* the recipients still undecided */
+    bool cur_fresh;             /* no idle connection: a new one */
+    struct smtp_client_txn sub; /* the recipients still undecided */
     struct smtp_client_rcpt *sub_rcpts;
-    int *sub_idx;                   /* sub's i-th is the job's sub_idx[i] */
-    struct relay_conn *conn;        /* carrying the job, or NULL */
-    bool waiting;                   /* in host's line */
+    int *sub_idx;            /* sub's i-th is the job's sub_idx[i] */
+    struct relay_conn *conn; /* carrying the job, or NULL */
+    bool waiting;            /* in host's line */
     struct relay_job *wait_next;
 
     /* The last temporary failure, for whoever is left at the end. */
@@ -122,9 +122,9 @@ struct relay {
     int64_t idle_ms, connect_ms;
     int max_per_host;
     int64_t t_greeting, t_cmd, t_data_init, t_data_block, t_data_end;
-    zhashx_t *hosts;             /* key -> struct relay_host */
-    struct relay_job *jobs;      /* every job in hand */
-    struct relay_conn *conns;    /* every open connection */
+    zhashx_t *hosts;          /* key -> struct relay_host */
+    struct relay_job *jobs;   /* every job in hand */
+    struct relay_conn *conns; /* every open connection */
     uint64_t jobs_done, connects, reuses;
 };
 
@@ -152,7 +152,7 @@ struct relay_outcome {
     const char *text;
     bool retry_fresh;
     bool retry_plain;
-    bool tls;                    /* the session ran under TLS */
+    bool tls; /* the session ran under TLS */
 };
 
 void relay_job_outcome(struct relay_job *j, const struct relay_outcome *o);

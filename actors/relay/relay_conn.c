@@ -47,28 +47,28 @@ struct relay_conn {
     struct relay_host *host;
     int fd;
     enum cstate st;
-    int depth;          /* conn_run() frames on the stack */
+    int depth; /* conn_run() frames on the stack */
     int watching;
     smtp_client_t *smtp;
     tls_conn_t *tls;
     bool tls_up, verified;
-    bool tls_failed;    /* the handshake failed */
-    bool starttls;      /* the engine asked for the handshake */
-    bool closing;       /* close once the output is out */
-    bool lost;          /* EOF or a socket error seen */
-    bool idle;          /* in host->idle */
-    bool quitting;      /* leaving the pool: QUIT sent */
-    bool reused;        /* carries a job after carrying another */
-    bool replied;       /* a reply came for the current transaction */
+    bool tls_failed; /* the handshake failed */
+    bool starttls;   /* the engine asked for the handshake */
+    bool closing;    /* close once the output is out */
+    bool lost;       /* EOF or a socket error seen */
+    bool idle;       /* in host->idle */
+    bool quitting;   /* leaving the pool: QUIT sent */
+    bool reused;     /* carries a job after carrying another */
+    bool replied;    /* a reply came for the current transaction */
     char lost_why[600];
     struct relay_job *job;
     struct relay_tls tls_req; /* the TLS it was opened for */
-    char name[256];     /* the next hop's name: SNI, verification */
+    char name[256];           /* the next hop's name: SNI, verification */
     char mx[300];
     char trace[ENVELOPE_MAX_NAME + 1];
     buf_t in;
     loop_timer_t *timer;
-    int timer_phase;    /* what the timer runs for (see phase_of()) */
+    int timer_phase; /* what the timer runs for (see phase_of()) */
     int ntxn;
 };
 
@@ -290,8 +290,7 @@ alive(const struct relay_conn *c)
 
 /* A connection that failed before it could carry the job. */
 static void
-fail_early(struct relay_conn *c, int code, const char *ecode,
-           const char *text)
+fail_early(struct relay_conn *c, int code, const char *ecode, const char *text)
 {
     c->lost = true;
     snprintf(c->lost_why, sizeof(c->lost_why), "%s", text);
@@ -304,8 +303,7 @@ conn_new(struct relay_job *j)
     relay_t *r = j->r;
     struct relay_host *h = j->host;
     struct relay_conn *c = xcalloc(1, sizeof(*c));
-    struct smtp_client_opts o = {.helo = r->hostname,
-                                 .tls = j->cur_tls.policy};
+    struct smtp_client_opts o = {.helo = r->hostname, .tls = j->cur_tls.policy};
     int one = 1;
 
     c->r = r;
@@ -313,8 +311,8 @@ conn_new(struct relay_job *j)
     c->tls_req = j->cur_tls;
     snprintf(c->name, sizeof(c->name), "%s", j->hop_name);
     c->smtp = smtp_client_new(&o);
-    c->fd = socket(h->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-                                        SOCK_CLOEXEC, 0);
+    c->fd =
+        socket(h->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     c->st = CN_CONNECTING;
     c->timer_phase = -1;
     h->nconns++;
@@ -324,8 +322,8 @@ conn_new(struct relay_job *j)
         r->conns->prev = c;
     r->conns = c;
     carry(c, j);
-    log_debug(c->trace, "relay_connect", "mx=%s addr=%s tls=%d",
-              log_q(c->mx), h->key, (int)c->tls_req.policy);
+    log_debug(c->trace, "relay_connect", "mx=%s addr=%s tls=%d", log_q(c->mx),
+              h->key, (int)c->tls_req.policy);
     if (c->fd < 0 || loop_fd_add(r->loop, c->fd, LOOP_WRITE, on_io, c) != 0) {
         char text[300];
 
@@ -344,8 +342,8 @@ conn_new(struct relay_job *j)
     } else if (errno != EINPROGRESS) {
         char text[400];
 
-        snprintf(text, sizeof(text), "cannot connect to %s [%s]: %s",
-                 c->name, h->key, strerror(errno));
+        snprintf(text, sizeof(text), "cannot connect to %s [%s]: %s", c->name,
+                 h->key, strerror(errno));
         fail_early(c, 451, "4.4.1", text);
     }
     conn_run(c);
@@ -473,8 +471,8 @@ on_timer(loop_t *loop, void *arg)
         c->quitting = true;
         smtp_client_quit(c->smtp);
     } else if (c->st == CN_CONNECTING) {
-        snprintf(text, sizeof(text), "timeout connecting to %s [%s]",
-                 c->name, c->host->key);
+        snprintf(text, sizeof(text), "timeout connecting to %s [%s]", c->name,
+                 c->host->key);
         fail_early(c, 451, "4.4.1", text);
     } else if (c->st == CN_HANDSHAKE) {
         snprintf(text, sizeof(text), "timeout in the TLS handshake with %s",
@@ -483,8 +481,8 @@ on_timer(loop_t *loop, void *arg)
         fail_early(c, 451, "4.7.5", text);
     } else {
         snprintf(text, sizeof(text), "timeout waiting for %s from %s [%s]",
-                 smtp_client_phase_name(smtp_client_phase(c->smtp)),
-                 c->name, c->host->key);
+                 smtp_client_phase_name(smtp_client_phase(c->smtp)), c->name,
+                 c->host->key);
         fail_early(c, 451, "4.4.2", text);
     }
     conn_run(c);
@@ -516,8 +514,7 @@ go_idle(struct relay_conn *c)
 
 /* Returns false when the connection must stop for now. */
 static bool
-on_event(struct relay_conn *c, const struct smtp_client_event *ev,
-         bool *ready)
+on_event(struct relay_conn *c, const struct smtp_client_event *ev, bool *ready)
 {
     switch (ev->type) {
     case SMTP_CLIENT_EV_GREETING:
@@ -546,9 +543,11 @@ on_event(struct relay_conn *c, const struct smtp_client_event *ev,
     case SMTP_CLIENT_EV_CLOSE:
         c->closing = true;
         if (!c->lost)
-            log_info(c->trace, "relay_session_failed", "mx=%s addr=%s "
-                     "code=%d text=%s", log_q(c->mx), c->host->key,
-                     ev->reply->code, log_q(ev->reply->text));
+            log_info(c->trace, "relay_session_failed",
+                     "mx=%s addr=%s "
+                     "code=%d text=%s",
+                     log_q(c->mx), c->host->key, ev->reply->code,
+                     log_q(ev->reply->text));
         return false;
     case SMTP_CLIENT_EV_NONE:
         break;
@@ -583,8 +582,7 @@ start_tls(struct relay_conn *c)
 {
     c->starttls = false;
     buf_reset(&c->in);
-    c->tls = tls_client_conn_new(c->r->tls, c->fd, c->name,
-                                 c->tls_req.verify);
+    c->tls = tls_client_conn_new(c->r->tls, c->fd, c->name, c->tls_req.verify);
     if (c->tls == NULL) {
         c->tls_failed = true;
         fail_early(c, 451, "4.7.5", "cannot set up TLS");
@@ -616,9 +614,11 @@ handshake(struct relay_conn *c)
     }
     c->tls_up = true;
     c->verified = tls_conn_verified(c->tls);
-    log_debug(c->trace, "relay_tls_up", "mx=%s version=%s cipher=%s "
-              "verified=%s", log_q(c->mx), tls_conn_version(c->tls),
-              tls_conn_cipher(c->tls), c->verified ? "yes" : "no");
+    log_debug(c->trace, "relay_tls_up",
+              "mx=%s version=%s cipher=%s "
+              "verified=%s",
+              log_q(c->mx), tls_conn_version(c->tls), tls_conn_cipher(c->tls),
+              c->verified ? "yes" : "no");
     smtp_client_tls_started(c->smtp);
     return true;
 }

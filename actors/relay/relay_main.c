@@ -48,14 +48,12 @@ relay_init(actor_t *a)
     r->t_data_end = config_int(cfg, "relay.timeout_data_end_ms");
     r->dns = dns_new(r->loop, config_str(cfg, "relay.dns"),
                      (int)config_int(cfg, "relay.dns_timeout_ms"),
-                     (int)config_int(cfg, "relay.dns_tries"), why,
-                     sizeof(why));
+                     (int)config_int(cfg, "relay.dns_tries"), why, sizeof(why));
     if (r->dns == NULL) {
         log_err(NULL, "config_error", "key=relay.dns reason=%s", log_q(why));
         return ERR_CONFIG;
     }
-    r->tls = tls_client_new(config_str(cfg, "relay.tls_ca"), why,
-                            sizeof(why));
+    r->tls = tls_client_new(config_str(cfg, "relay.tls_ca"), why, sizeof(why));
     if (r->tls == NULL) {
         log_err(NULL, "tls_setup_failed", "reason=%s", log_q(why));
         dns_destroy(&r->dns);
@@ -64,10 +62,12 @@ relay_init(actor_t *a)
     r->store = store_async_new(r->loop, cfg, RELAY_REDIS_TIMEOUT_MS);
     r->hosts = zhashx_new();
     actor_set_data(a, r);
-    log_info(NULL, "relay_started", "hostname=%s dns=%s port=%d idle_ms=%lld "
-             "max_per_host=%d", log_q(r->hostname),
+    log_info(NULL, "relay_started",
+             "hostname=%s dns=%s port=%d idle_ms=%lld "
+             "max_per_host=%d",
+             log_q(r->hostname),
              log_q(*config_str(cfg, "relay.dns") ? config_str(cfg, "relay.dns")
-                                                  : "resolv.conf"),
+                                                 : "resolv.conf"),
              r->port, (long long)r->idle_ms, r->max_per_host);
     return 0;
 }
@@ -96,14 +96,18 @@ relay_fini(actor_t *a)
     tls_ctx_destroy(&r->tls);
     zhashx_destroy(&r->hosts);
     log_info(NULL, "relay_stopped", "jobs=%llu connects=%llu reuses=%llu",
-             (unsigned long long)r->jobs_done,
-             (unsigned long long)r->connects, (unsigned long long)r->reuses);
+             (unsigned long long)r->jobs_done, (unsigned long long)r->connects,
+             (unsigned long long)r->reuses);
 }
 
 int
 main(int argc, char **argv)
 {
-    return actor_main(argc, argv, &(struct actor_desc){
-        .name = "relay", .handlers = relay_handlers, .init = relay_init,
-        .fini = relay_fini, .tick = relay_tick, .tick_ms = 60000});
+    return actor_main(argc, argv,
+                      &(struct actor_desc){.name = "relay",
+                                           .handlers = relay_handlers,
+                                           .init = relay_init,
+                                           .fini = relay_fini,
+                                           .tick = relay_tick,
+                                           .tick_ms = 60000});
 }

@@ -51,8 +51,8 @@ set_result(struct relay_result *res, int code, const char *ecode,
 
 /* Gives every recipient still undecided this answer. */
 static void
-settle_open(struct relay_job *j, int code, const char *ecode,
-            const char *text, const char *mx)
+settle_open(struct relay_job *j, int code, const char *ecode, const char *text,
+            const char *mx)
 {
     for (int i = 0; i < j->nrcpts; i++)
         if (!j->res[i].final)
@@ -69,8 +69,8 @@ all_final(const struct relay_job *j)
 }
 
 static void
-note_failure(struct relay_job *j, int code, const char *ecode,
-             const char *text, const char *mx)
+note_failure(struct relay_job *j, int code, const char *ecode, const char *text,
+             const char *mx)
 {
     j->last_code = code;
     snprintf(j->last_ecode, sizeof(j->last_ecode), "%s", ecode ? ecode : "");
@@ -117,10 +117,11 @@ job_reply(struct relay_job *j)
 
         value_set_str(item, ENV_KEY_ADDR, j->rcpts[i].addr);
         value_set_int(item, ENV_KEY_CODE, res->code);
-        value_set_str(item, ENV_KEY_ECODE, res->ecode[0] ? res->ecode
-                                           : res->code < 300 ? "2.0.0"
-                                           : res->code < 500 ? "4.0.0"
-                                                             : "5.0.0");
+        value_set_str(item, ENV_KEY_ECODE,
+                      res->ecode[0]     ? res->ecode
+                      : res->code < 300 ? "2.0.0"
+                      : res->code < 500 ? "4.0.0"
+                                        : "5.0.0");
         value_set_str(item, ENV_KEY_TEXT, res->text ? res->text : "");
         if (res->mx[0])
             value_set_str(item, ENV_KEY_MX, res->mx);
@@ -137,12 +138,12 @@ job_reply(struct relay_job *j)
     } else {
         const struct relay_result *w = &j->res[worst];
 
-        reply = envelope_new_reply(j->env, w->code,
-                                   w->ecode[0] ? w->ecode
-                                   : w->code < 500 ? "4.0.0"
-                                                   : "5.0.0",
-                                   w->text && *w->text ? w->text
-                                                       : "not delivered");
+        reply =
+            envelope_new_reply(j->env, w->code,
+                               w->ecode[0]     ? w->ecode
+                               : w->code < 500 ? "4.0.0"
+                                               : "5.0.0",
+                               w->text && *w->text ? w->text : "not delivered");
     }
     body = envelope_body(reply);
     value_set_take(body, ENV_KEY_RESULTS, &results);
@@ -163,7 +164,8 @@ job_log(const struct relay_job *j)
         if (j->res[i].mx[0])
             mx = j->res[i].mx;
     }
-    log_info(j->trace, "relay_delivery", "queue_id=%s domain=%s route=%s "
+    log_info(j->trace, "relay_delivery",
+             "queue_id=%s domain=%s route=%s "
              "mx=%s tls=%s rcpts=%d codes=%s attempts=%d ms=%lld",
              j->queue_id[0] ? j->queue_id : "-", log_q(j->domain),
              j->routed ? log_q(j->route) : "mx", log_q(mx),
@@ -242,9 +244,11 @@ attempt(struct relay_job *j)
     j->again_plain = j->again_fresh = false;
     build_sub(j);
     j->attempts++;
-    log_debug(j->trace, "relay_attempt", "domain=%s mx=%s addr=%s rcpts=%d "
-              "tls=%d", log_q(j->domain), log_q(j->mx), j->host->key,
-              j->sub.nrcpts, (int)j->cur_tls.policy);
+    log_debug(j->trace, "relay_attempt",
+              "domain=%s mx=%s addr=%s rcpts=%d "
+              "tls=%d",
+              log_q(j->domain), log_q(j->mx), j->host->key, j->sub.nrcpts,
+              (int)j->cur_tls.policy);
     relay_conn_attempt(j);
 }
 
@@ -302,8 +306,7 @@ relay_job_outcome(struct relay_job *j, const struct relay_outcome *o)
      * does the same; RFC 7435 prefers clear text to no delivery). */
     if (o->retry_fresh && fresh_ok)
         j->again_fresh = true;
-    else if (o->retry_plain && plain_ok &&
-             j->tls.policy == SMTP_CLIENT_TLS_MAY)
+    else if (o->retry_plain && plain_ok && j->tls.policy == SMTP_CLIENT_TLS_MAY)
         j->again_plain = true;
     job_next(j);
 }
@@ -447,8 +450,8 @@ notify_of(const value_t *arr)
 {
     unsigned n = 0;
 
-    for (size_t i = 0; arr && value_kind(arr) == VAL_ARRAY &&
-                       i < value_count(arr); i++) {
+    for (size_t i = 0;
+         arr && value_kind(arr) == VAL_ARRAY && i < value_count(arr); i++) {
         const char *w = value_str(value_at(arr, i), NULL);
 
         if (w == NULL)
@@ -522,7 +525,7 @@ job_parse(struct relay_job *j, char *why, size_t whylen)
     j->txn.eight_bit = value_get_bool(body, ENV_KEY_EIGHT_BIT, false);
     j->txn.smtputf8 = value_get_bool(body, ENV_KEY_SMTPUTF8, false);
     j->txn.envid = value_get_str(body, ENV_KEY_ENVID);
-    j->txn.ret = ret == NULL                  ? SMTP_RET_NONE
+    j->txn.ret = ret == NULL                    ? SMTP_RET_NONE
                  : strcasecmp(ret, "FULL") == 0 ? SMTP_RET_FULL
                  : strcasecmp(ret, "HDRS") == 0 ? SMTP_RET_HDRS
                                                 : SMTP_RET_NONE;
@@ -563,10 +566,8 @@ relay_on_send(actor_t *a, bus_request_t **req_p)
     margin = margin < MARGIN_MIN_MS   ? MARGIN_MIN_MS
              : margin > MARGIN_MAX_MS ? MARGIN_MAX_MS
                                       : margin;
-    j->deadline = loop_timer_add(r->loop, left_ms - margin > 10
-                                              ? left_ms - margin
-                                              : 10,
-                                 on_deadline, j);
+    j->deadline = loop_timer_add(
+        r->loop, left_ms - margin > 10 ? left_ms - margin : 10, on_deadline, j);
     job_start(j);
 }
 

@@ -87,9 +87,9 @@ static const char *const zone[] = {
 struct sink {
     const char *ip;
     const char *name;
-    const char *ext;        /* EHLO lines, "|"-separated */
-    const char *rcpt;       /* "addr=reply|addr=reply" */
-    const char *greeting;   /* NULL: 220 */
+    const char *ext;      /* EHLO lines, "|"-separated */
+    const char *rcpt;     /* "addr=reply|addr=reply" */
+    const char *greeting; /* NULL: 220 */
     int data_delay_ms;
 };
 
@@ -173,8 +173,8 @@ rcmd(int port, ...)
     va_end(ap);
     ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
                   "redis %s: %s", argv[0], why);
-    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s",
-                  argv[0], store_reply_str(r, NULL));
+    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
+                  store_reply_str(r, NULL));
     store_reply_free(&r);
     store_destroy(&s);
 }
@@ -200,9 +200,9 @@ redis_start(int port)
 {
     char p[16];
     char path[4096];
-    const char *argv[] = {path, "--port", p, "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--loglevel",
-                          "warning", NULL};
+    const char *argv[] = {path,        "--port",     p,         "--bind",
+                          "127.0.0.1", "--save",     "",        "--appendonly",
+                          "no",        "--loglevel", "warning", NULL};
     pid_t pid;
     store_t *s;
 
@@ -219,9 +219,8 @@ static bool
 dns_answers(int port)
 {
     static const unsigned char q[] = {
-        0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
-        6, 'r', 'e', 'm', 'o', 't', 'e', 4, 't', 'e', 's', 't', 0,
-        0, 15, 0, 1};
+        0x12, 0x34, 0x01, 0x00, 0, 1,   0,   0,   0,   0, 0, 0,  6, 'r', 'e',
+        'm',  'o',  't',  'e',  4, 't', 'e', 's', 't', 0, 0, 15, 0, 1};
     struct sockaddr_in sin = {.sin_family = AF_INET,
                               .sin_port = htons((uint16_t)port)};
     struct timeval tv = {0, 100000};
@@ -334,7 +333,8 @@ sink_start(const struct sink *s, int port)
     snprintf(cfg, sizeof(cfg), "%s/sink-%s.json", W.dir, s->ip);
     f = fopen(cfg, "w");
     ck_assert_ptr_nonnull(f);
-    fprintf(f, "{\"listen\": \"%s\", \"port\": %d, \"name\": \"%s\", "
+    fprintf(f,
+            "{\"listen\": \"%s\", \"port\": %d, \"name\": \"%s\", "
             "\"cert\": \"%s/tls/cert.pem\", \"key\": \"%s/tls/key.pem\", "
             "\"data_delay_ms\": %d, \"record\": \"%s\", \"ext\": ",
             s->ip, port, s->name, W.dir, W.dir, s->data_delay_ms,
@@ -388,10 +388,10 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
     snprintf(tlsdir, sizeof(tlsdir), "%s/tls", W.dir);
     /* The sinks' certificate names mx1.remote.test (tls=verify). */
     ck_assert_msg(tls_self_signed_ensure(tlsdir, "mx1.remote.test", why,
-                                         sizeof(why)) == 0, "%s", why);
+                                         sizeof(why)) == 0,
+                  "%s", why);
     snprintf(bus_path, sizeof(bus_path), "%s", test_bin("samotop-bus"));
-    snprintf(relay_path, sizeof(relay_path), "%s",
-             test_bin("samotop-relay"));
+    snprintf(relay_path, sizeof(relay_path), "%s", test_bin("samotop-relay"));
     snprintf(W.clients, sizeof(W.clients), "tcp://127.0.0.1:%d", base + 1);
     env_add("SAMOTOP_BROKER_CLIENTS=%s", W.clients);
     env_add("SAMOTOP_BROKER_WORKERS=tcp://127.0.0.1:%d", base + 2);
@@ -403,8 +403,8 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
     env_add("SAMOTOP_REDIS_PORT=%d", base);
     env_add("SAMOTOP_DATA=%s/var", W.dir);
     env_add("SAMOTOP_HOSTNAME=relay.example.test");
-    env_add("SAMOTOP_LOG_LEVEL=%s", getenv("SAMOTOP_TEST_DEBUG") ? "debug"
-                                                                : "info");
+    env_add("SAMOTOP_LOG_LEVEL=%s",
+            getenv("SAMOTOP_TEST_DEBUG") ? "debug" : "info");
     /* Never the machine's resolver: ours, or a port with nobody. */
     env_add("SAMOTOP_RELAY_DNS=127.0.0.1:%d", base + 4);
     env_add("SAMOTOP_RELAY_DNS_TIMEOUT_MS=300");
@@ -681,8 +681,8 @@ send_call(const struct send *s)
 {
     char why[256];
     envelope_t *req = send_new(s), *reply = NULL;
-    bus_client_t *c = bus_client_new(NULL, W.clients, 64 << 20, why,
-                                     sizeof(why));
+    bus_client_t *c =
+        bus_client_new(NULL, W.clients, 64 << 20, why, sizeof(why));
     int64_t until = test_now_ms() + 10000;
     int rc;
 
@@ -708,17 +708,16 @@ result(const envelope_t *reply, int i)
                     (size_t)i);
 }
 
-#define ASSERT_RESULT(reply, i, want_code, want_ecode)                       \
-    do {                                                                     \
-        const value_t *r_ = result(reply, i);                                \
-        ck_assert_msg(value_get_int(r_, ENV_KEY_CODE, 0) == (want_code) &&   \
-                          strcmp(value_get_str(r_, ENV_KEY_ECODE),           \
-                                 want_ecode) == 0,                           \
-                      "result %d: got %d %s (%s), want %d %s", i,            \
-                      (int)value_get_int(r_, ENV_KEY_CODE, 0),               \
-                      value_get_str(r_, ENV_KEY_ECODE),                      \
-                      value_get_str(r_, ENV_KEY_TEXT), want_code,            \
-                      want_ecode);                                           \
+#define ASSERT_RESULT(reply, i, want_code, want_ecode)                         \
+    do {                                                                       \
+        const value_t *r_ = result(reply, i);                                  \
+        ck_assert_msg(                                                         \
+            value_get_int(r_, ENV_KEY_CODE, 0) == (want_code) &&               \
+                strcmp(value_get_str(r_, ENV_KEY_ECODE), want_ecode) == 0,     \
+            "result %d: got %d %s (%s), want %d %s", i,                        \
+            (int)value_get_int(r_, ENV_KEY_CODE, 0),                           \
+            value_get_str(r_, ENV_KEY_ECODE), value_get_str(r_, ENV_KEY_TEXT), \
+            want_code, want_ecode);                                            \
     } while (0)
 
 static const char *
@@ -734,7 +733,8 @@ result_mx(const envelope_t *reply, int i)
  */
 
 #define MAIN 19300
-#define SINK_FULL "PIPELINING|8BITMIME|SIZE 10000000|ENHANCEDSTATUSCODES|DSN|STARTTLS"
+#define SINK_FULL                                                              \
+    "PIPELINING|8BITMIME|SIZE 10000000|ENHANCEDSTATUSCODES|DSN|STARTTLS"
 
 static const struct sink main_sinks[] = {
     {"127.0.0.1", "mx1.remote.test", SINK_FULL,
@@ -744,8 +744,8 @@ static const struct sink main_sinks[] = {
     {"127.0.0.3", "mxa.pref.test", "PIPELINING|8BITMIME", NULL, NULL, 0},
     {"127.0.0.4", "mxb.pref.test", "PIPELINING|8BITMIME", NULL, NULL, 0},
     {"127.0.0.5", "mx.plain.test", "SIZE 100000", NULL, NULL, 0},
-    {"127.0.0.6", "mx1.busy.test", "PIPELINING",
-     NULL, "421 4.3.2 mx1.busy.test too busy", 0},
+    {"127.0.0.6", "mx1.busy.test", "PIPELINING", NULL,
+     "421 4.3.2 mx1.busy.test too busy", 0},
     {"127.0.0.7", "mx.slow.test", "PIPELINING|8BITMIME", NULL, NULL, 5000},
     {"127.0.0.8", "mx.reuse.test", "PIPELINING|8BITMIME|STARTTLS", NULL, NULL,
      0},
@@ -802,8 +802,8 @@ START_TEST(test_deliver_big)
 
     buf_adds(&msg, "Subject: big\r\n\r\n");
     for (int i = 0; i < 30000; i++)
-        buf_printf(&msg, "%sline %d of the big one\r\n",
-                   i % 5 == 0 ? "." : "", i);
+        buf_printf(&msg, "%sline %d of the big one\r\n", i % 5 == 0 ? "." : "",
+                   i);
     s.msg = msg.data;
     s.len = msg.len;
     reply = send_call(&s);
@@ -820,9 +820,9 @@ END_TEST
  * only the accepted one gets the message. */
 START_TEST(test_rcpt_codes)
 {
-    struct send s = {.domain = "remote.test",
-                     .rcpts = {"later@remote.test", "ok@remote.test",
-                               "bad@remote.test"}};
+    struct send s = {
+        .domain = "remote.test",
+        .rcpts = {"later@remote.test", "ok@remote.test", "bad@remote.test"}};
     size_t mark = sink_mark("127.0.0.1");
     envelope_t *reply = send_call(&s);
     char *log = sink_since("127.0.0.1", mark);
@@ -842,16 +842,16 @@ END_TEST
 /* RET, ENVID, NOTIFY and ORCPT go on to a next hop that offers DSN. */
 START_TEST(test_dsn)
 {
-    struct send s = {.domain = "remote.test", .rcpts = {"bob@remote.test"},
-                     .dsn = true};
+    struct send s = {
+        .domain = "remote.test", .rcpts = {"bob@remote.test"}, .dsn = true};
     size_t mark = sink_mark("127.0.0.1");
     envelope_t *reply = send_call(&s);
     char *log = sink_since("127.0.0.1", mark), line[512];
 
     ck_assert_int_eq(envelope_code(reply), 250);
     find_line(log, "mail ", line, sizeof(line));
-    ck_assert_msg(strstr(line, "RET=HDRS") && strstr(line, "ENVID=Q123"),
-                  "%s", line);
+    ck_assert_msg(strstr(line, "RET=HDRS") && strstr(line, "ENVID=Q123"), "%s",
+                  line);
     find_line(log, "rcpt ", line, sizeof(line));
     ck_assert_msg(strstr(line, "NOTIFY=SUCCESS,FAILURE") &&
                       strstr(line, "ORCPT=rfc822;bob@remote.test"),
@@ -864,8 +864,10 @@ END_TEST
 /* 8-bit content goes as BODY=8BITMIME where that is offered, intact. */
 START_TEST(test_8bit_ok)
 {
-    struct send s = {.domain = "remote.test", .rcpts = {"bob@remote.test"},
-                     .msg = MSG8, .len = sizeof(MSG8) - 1,
+    struct send s = {.domain = "remote.test",
+                     .rcpts = {"bob@remote.test"},
+                     .msg = MSG8,
+                     .len = sizeof(MSG8) - 1,
                      .eight_bit = true};
     size_t mark = sink_mark("127.0.0.1");
     envelope_t *reply = send_call(&s);
@@ -887,7 +889,8 @@ START_TEST(test_8bit_refused)
 {
     struct send s = {.domain = "plain.test",
                      .rcpts = {"a@plain.test", "b@plain.test"},
-                     .msg = MSG8, .len = sizeof(MSG8) - 1,
+                     .msg = MSG8,
+                     .len = sizeof(MSG8) - 1,
                      .eight_bit = true};
     size_t mark = sink_mark("127.0.0.5");
     envelope_t *reply = send_call(&s);
@@ -981,10 +984,10 @@ START_TEST(test_tls_required_ok)
     ck_assert_int_eq(envelope_code(reply), 250);
     ck_assert_str_eq(result_mx(reply, 0), "127.0.0.1:19305");
     /* A connection kept from an earlier test may carry it: under TLS. */
-    ck_assert_msg(count_lines(log, "tls ") == 1 ||
-                      (count_lines(log, "conn ") == 0 &&
-                       count_lines(log, "data ") == 1),
-                  "%s", log);
+    ck_assert_msg(
+        count_lines(log, "tls ") == 1 ||
+            (count_lines(log, "conn ") == 0 && count_lines(log, "data ") == 1),
+        "%s", log);
     free(log);
     envelope_destroy(&reply);
 }
@@ -1174,9 +1177,9 @@ START_TEST(test_timeout)
 
     reply = send_call(&s);
     ASSERT_RESULT(reply, 0, 451, "4.4.2");
-    ck_assert_msg(strstr(value_get_str(result(reply, 0), ENV_KEY_TEXT),
-                         "data_end"),
-                  "%s", value_get_str(result(reply, 0), ENV_KEY_TEXT));
+    ck_assert_msg(
+        strstr(value_get_str(result(reply, 0), ENV_KEY_TEXT), "data_end"), "%s",
+        value_get_str(result(reply, 0), ENV_KEY_TEXT));
     ck_assert_int_lt(test_now_ms() - t0, 4900);
     envelope_destroy(&reply);
 }
@@ -1189,8 +1192,8 @@ START_TEST(test_bad_request)
     envelope_t *req = envelope_new("relay.send", NULL, 5000), *reply = NULL;
     value_t *body = envelope_body(req), *arr = value_new_array(), *v;
     char why[256];
-    bus_client_t *c = bus_client_new(NULL, W.clients, 1 << 20, why,
-                                     sizeof(why));
+    bus_client_t *c =
+        bus_client_new(NULL, W.clients, 1 << 20, why, sizeof(why));
     int rc;
 
     value_set_str(body, ENV_KEY_DOMAIN, "remote.test");
@@ -1222,8 +1225,7 @@ static const struct sink limit_sinks[] = {
 static void
 limit_start(void)
 {
-    static const char *const extra[] = {"SAMOTOP_RELAY_MAX_PER_HOST=1",
-                                        NULL};
+    static const char *const extra[] = {"SAMOTOP_RELAY_MAX_PER_HOST=1", NULL};
 
     world_start(LIMIT, limit_sinks, 1, true, extra);
 }
@@ -1259,8 +1261,8 @@ START_TEST(test_limit_per_host)
     struct pending p = {.left = 3};
     char why[256];
     loop_t *loop = loop_new();
-    bus_client_t *c = bus_client_new(loop, W.clients, 1 << 20, why,
-                                     sizeof(why));
+    bus_client_t *c =
+        bus_client_new(loop, W.clients, 1 << 20, why, sizeof(why));
     envelope_t *warm = send_call(&s); /* the relay is up */
     loop_timer_t *t;
     char *log;
@@ -1272,8 +1274,7 @@ START_TEST(test_limit_per_host)
     for (int i = 0; i < 3; i++) {
         envelope_t *req = send_new(&s);
 
-        ck_assert_int_eq(bus_client_send_take(c, &req, on_limit_reply, &p),
-                         0);
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_limit_reply, &p), 0);
     }
     t = loop_timer_add(loop, 15000, on_limit_timeout, NULL);
     loop_run(loop);
@@ -1572,8 +1573,8 @@ START_TEST(test_dns_bad_servers)
     char why[256];
     loop_t *loop = loop_new();
 
-    ck_assert_ptr_null(dns_new(loop, "not an address", 100, 1, why,
-                               sizeof(why)));
+    ck_assert_ptr_null(
+        dns_new(loop, "not an address", 100, 1, why, sizeof(why)));
     ck_assert_msg(strstr(why, "not an address"), "%s", why);
     loop_destroy(&loop);
 }

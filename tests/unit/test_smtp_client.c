@@ -57,7 +57,8 @@ static const struct smtp_client_rcpt r_dsn[] = {
     {.addr = "bob@remote.test",
      .notify = SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE,
      .orcpt = "rfc822;bob@remote.test"},
-    {.addr = "carol@remote.test", .notify = SMTP_NOTIFY_NEVER,
+    {.addr = "carol@remote.test",
+     .notify = SMTP_NOTIFY_NEVER,
      .orcpt = "Carol <c=c@remote.test>"}};
 static const struct smtp_client_rcpt r_bad[] = {{.addr = "bob@remote.test"},
                                                 {.addr = "not an address"}};
@@ -66,7 +67,9 @@ static struct smtp_client_txn
 txn_for(int kind)
 {
     struct smtp_client_txn t = {.mail_from = "alice@example.test",
-                                .rcpts = r_bob, .nrcpts = 1, .data = HELLO,
+                                .rcpts = r_bob,
+                                .nrcpts = 1,
+                                .data = HELLO,
                                 .len = strlen(HELLO)};
 
     switch (kind) {
@@ -137,12 +140,12 @@ opts_for(int kind)
 
 struct drive {
     smtp_client_t *cl;
-    buf_t got;  /* every byte the client queued */
-    buf_t ev;   /* the events */
+    buf_t got; /* every byte the client queued */
+    buf_t ev;  /* the events */
     struct smtp_client_txn txn;
-    int txns;   /* transactions still to begin */
-    bool stay;  /* no QUIT when the transactions are done */
-    bool handshake; /* STARTTLS given: TLS is "up" before the next line */
+    int txns;         /* transactions still to begin */
+    bool stay;        /* no QUIT when the transactions are done */
+    bool handshake;   /* STARTTLS given: TLS is "up" before the next line */
     size_t drain_max; /* output taken at most at once; 0: all */
 };
 
@@ -243,6 +246,8 @@ struct script {
     const char *events;
 };
 
+/* clang-format off */
+/* One script per block reads better than one field per line. */
 static const struct script scripts[] = {
     {"lockstep", O_PLAIN, T_ONE, 1, false, false,
      {GREET, EHLO, "S250-mx.test\r\n250 8BITMIME\r\n", MAIL_BOB,
@@ -513,6 +518,7 @@ static const struct script scripts[] = {
      {GREET, EHLO, "S250 mx.test\r\n", "CQUIT\r\n", "S500 what\r\n"},
      "greeting ehlo ready quit"},
 };
+/* clang-format on */
 
 static void
 drive_init(struct drive *d, const struct script *sc)
@@ -543,8 +549,8 @@ drive_free(struct drive *d)
 static bool
 same(const buf_t *a, const buf_t *b)
 {
-    return a->len == b->len && (a->len == 0 ||
-                                memcmp(a->data, b->data, a->len) == 0);
+    return a->len == b->len &&
+           (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
 }
 
 static void
@@ -569,9 +575,9 @@ run_script(const struct script *sc, bool bytewise)
             smtp_client_tls_started(d.cl);
             pump(&d);
         }
-        ck_assert_msg(same(&d.got, &want), "%s: before line %d: sent\n%s\nwant\n%s", sc->label,
-                      i, d.got.data ? d.got.data : "",
-                      want.data ? want.data : "");
+        ck_assert_msg(same(&d.got, &want),
+                      "%s: before line %d: sent\n%s\nwant\n%s", sc->label, i,
+                      d.got.data ? d.got.data : "", want.data ? want.data : "");
         if (bytewise) {
             for (size_t j = 0; l[1 + j]; j++)
                 feed(&d, l + 1 + j, 1);
@@ -579,8 +585,9 @@ run_script(const struct script *sc, bool bytewise)
             feed(&d, l + 1, strlen(l + 1));
         }
     }
-    ck_assert_msg(same(&d.got, &want), "%s: at the end: sent\n%s\nwant\n%s", sc->label,
-                  d.got.data ? d.got.data : "", want.data ? want.data : "");
+    ck_assert_msg(same(&d.got, &want), "%s: at the end: sent\n%s\nwant\n%s",
+                  sc->label, d.got.data ? d.got.data : "",
+                  want.data ? want.data : "");
     ck_assert_msg(strcmp(d.ev.data ? d.ev.data : "", sc->events) == 0,
                   "%s: got events\n%s\nwant\n%s", sc->label,
                   d.ev.data ? d.ev.data : "", sc->events);
@@ -669,9 +676,8 @@ START_TEST(test_ehlo_caps)
                   "250-AUTH PLAIN LOGIN\r\n250-X-UNKNOWN 1\r\n"
                   "250 ENHANCEDSTATUSCODES\r\n");
     ck_assert_uint_eq(smtp_client_ext(d.cl),
-                      SMTP_EXT_SIZE | SMTP_EXT_PIPELINING |
-                          SMTP_EXT_8BITMIME | SMTP_EXT_SMTPUTF8 |
-                          SMTP_EXT_STARTTLS | SMTP_EXT_DSN |
+                      SMTP_EXT_SIZE | SMTP_EXT_PIPELINING | SMTP_EXT_8BITMIME |
+                          SMTP_EXT_SMTPUTF8 | SMTP_EXT_STARTTLS | SMTP_EXT_DSN |
                           SMTP_EXT_CHUNKING | SMTP_EXT_AUTH |
                           SMTP_EXT_ENHANCEDSTATUSCODES);
     ck_assert_uint_eq(smtp_client_size_max(d.cl), 35882577);
@@ -764,8 +770,7 @@ START_TEST(test_input_backpressure)
         buf_adds(&many, "250-a line of an endless EHLO answer\r\n");
     /* 2000 lines is over max_lines: the engine stops at 100. */
     while (off < many.len && !smtp_client_done(d.cl)) {
-        size_t took = smtp_client_input(d.cl, many.data + off,
-                                        many.len - off);
+        size_t took = smtp_client_input(d.cl, many.data + off, many.len - off);
 
         ck_assert_uint_le(took, SMTP_CLIENT_INPUT_MAX);
         off += took;
@@ -915,19 +920,16 @@ END_TEST
 
 START_TEST(test_phase_timeouts)
 {
-    ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_GREETING),
-                     300000);
+    ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_GREETING), 300000);
     ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_MAIL), 300000);
     ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_RCPT), 300000);
     ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_DATA_INIT),
                      120000);
     ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_DATA_BLOCK),
                      180000);
-    ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_DATA_END),
-                     600000);
+    ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_DATA_END), 600000);
     ck_assert_int_eq(smtp_client_phase_timeout_ms(SMTP_PHASE_IDLE), 0);
-    ck_assert_str_eq(smtp_client_phase_name(SMTP_PHASE_DATA_END),
-                     "data_end");
+    ck_assert_str_eq(smtp_client_phase_name(SMTP_PHASE_DATA_END), "data_end");
 }
 END_TEST
 
