@@ -4,8 +4,9 @@
  * redis-server holds the routes, samotop-bus carries relay.send, and the
  * next hops are relay_sink.py, a small SMTP server that answers each
  * recipient from a table and writes down what it received (see its
- * header). Sinks listen on several loopback addresses (127.0.0.N) and one
- * port, the relay's relay.port, so that MX hosts differ by address.
+ * header), and Postfix's smtp-sink for one more opinion. Sinks listen on
+ * several loopback addresses (127.0.0.N) and one port, the relay's
+ * relay.port, so that MX hosts differ by address.
  *
  * Ports 19300-19399 belong to this suite, ten per world: redis on the
  * first, the broker on the next three, dnsmasq on the fifth, the sinks on
@@ -13,6 +14,7 @@
  * no DNS server, 19330 the resolver alone (a silent DNS server on 19335).
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -81,6 +83,9 @@ static const char *const zone[] = {
     "--host-record=implicit.test,127.0.0.1",
     "--host-record=dual.test,127.0.0.1,::1",
     "--dns-rr=nullmx.test,15,0000:00",
+    /* Postfix's smtp-sink, an MTA we did not write. */
+    "--mx-host=postfix.test,mx.postfix.test,10",
+    "--host-record=mx.postfix.test,127.0.0.9",
 };
 
 /* One next hop. */
@@ -96,7 +101,7 @@ struct sink {
 struct world {
     int base;
     char dir[64];
-    pid_t redis, bus, relay, dnsmasq;
+    pid_t redis, bus, relay, dnsmasq, postfix;
     pid_t sinks[MAX_SINKS];
     char sink_dir[MAX_SINKS][128];
     const char *sink_ip[MAX_SINKS];
@@ -356,6 +361,40 @@ sink_start(const struct sink *s, int port)
     }
 }
 
+/* Postfix's smtp-sink on 127.0.0.9, dumping each message into
+ * W.dir/postfix/. */
+static void
+postfix_start(int port)
+{
+    char path[4096], dump[160], addr[64];
+    const char *argv[] = {path, "-u", "nobody", "-d", dump, addr, "10", NULL};
+    int64_t until = test_now_ms() + 5000;
+
+    snprintf(path, sizeof(path), "%s", in_path("smtp-sink"));
+    snprintf(dump, sizeof(dump), "%s/postfix", W.dir);
+    mkdir(dump, 0777);
+    chmod(dump, 0777); /* smtp-sink writes as nobody */
+    snprintf(dump, sizeof(dump), "%s/postfix/%%M.", W.dir);
+    snprintf(addr, sizeof(addr), "127.0.0.9:%d", port);
+    if (geteuid() != 0)
+        argv[1] = argv[2] = "-v"; /* -u is for root only; -v is harmless */
+    chmod(W.dir, 0755);
+    W.postfix = test_spawn(argv, NULL);
+    for (;;) {
+        struct sockaddr_in sin = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)port)};
+        int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+
+        inet_pton(AF_INET, "127.0.0.9", &sin.sin_addr);
+        ok = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+        close(fd);
+        if (ok)
+            break;
+        ck_assert_msg(test_now_ms() < until, "smtp-sink never started");
+        usleep(50000);
+    }
+}
+
 static void
 env_add(const char *fmt, ...)
 {
@@ -371,11 +410,12 @@ env_add(const char *fmt, ...)
 }
 
 /* A world on ports base..base+9: the sinks given, dnsmasq unless dns is
- * false (the relay is then pointed at a port where none answers), and
- * extra "K=V" settings for the relay (NULL-terminated). */
+ * false (the relay is then pointed at a port where none answers),
+ * smtp-sink when asked, and extra "K=V" settings for the relay
+ * (NULL-terminated). */
 static void
 world_start(int base, const struct sink *sinks, int nsinks, bool dns,
-            const char *const *extra)
+            bool postfix, const char *const *extra)
 {
     char bus_path[4096], relay_path[4096], why[256], tlsdir[128];
     const char *bus_argv[] = {bus_path, "--instance", "t", NULL};
@@ -424,6 +464,8 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
         W.dnsmasq = dnsmasq_start(base + 4);
     for (int i = 0; i < nsinks; i++)
         sink_start(&sinks[i], base + 5);
+    if (postfix)
+        postfix_start(base + 5);
     W.bus = test_spawn(bus_argv, W.envp);
     W.relay = test_spawn(relay_argv, W.envp);
 }
@@ -449,6 +491,8 @@ world_stop(void)
     }
     for (int i = 0; i < W.nsinks; i++)
         test_stop(W.sinks[i], SIGTERM, 2000);
+    if (W.postfix > 0)
+        test_stop(W.postfix, SIGTERM, 2000);
     if (W.bus > 0)
         test_stop(W.bus, SIGTERM, 5000);
     if (W.dnsmasq > 0)
@@ -757,7 +801,7 @@ main_start(void)
     static const char *const extra[] = {"SAMOTOP_RELAY_IDLE_MS=1500", NULL};
 
     world_start(MAIN, main_sinks, sizeof(main_sinks) / sizeof(main_sinks[0]),
-                true, extra);
+                true, true, extra);
 }
 
 /* Delivered by MX, under STARTTLS, pipelined, with the right envelope and
@@ -1167,6 +1211,60 @@ START_TEST(test_reuse)
 }
 END_TEST
 
+/* Postfix's smtp-sink takes it too: its dump holds our envelope and the
+ * message (with LF line ends, after the sink's own headers). */
+START_TEST(test_postfix_sink)
+{
+    struct send s = {.domain = "postfix.test",
+                     .rcpts = {"bob@postfix.test", "carol@postfix.test"}};
+    envelope_t *reply = send_call(&s);
+    char dir[160], path[512], *lf, *p;
+    buf_t dump = BUF_INIT;
+    struct dirent *de;
+    DIR *d;
+    FILE *f;
+    char chunk[4096];
+    size_t n, i = 0;
+
+    ck_assert_int_eq(envelope_code(reply), 250);
+    ASSERT_RESULT(reply, 1, 250, "2.0.0");
+    snprintf(dir, sizeof(dir), "%s/postfix", W.dir);
+    d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.')
+            snprintf(path, sizeof(path), "%s/%s", dir, de->d_name), i++;
+    closedir(d);
+    ck_assert_uint_eq(i, 1);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        buf_add(&dump, chunk, n);
+    fclose(f);
+    buf_addc(&dump, '\0');
+    /* smtp-sink offers no SIZE: MAIL carries no parameter. */
+    ck_assert_msg(strstr(dump.data, "X-Mail-Args: <alice@example.test>\n"),
+                  "%s", dump.data);
+    ck_assert_msg(strstr(dump.data, "X-Rcpt-Args: <bob@postfix.test>") &&
+                      strstr(dump.data, "X-Rcpt-Args: <carol@postfix.test>"),
+                  "%s", dump.data);
+    ck_assert_msg(strstr(dump.data, "X-Helo-Args: relay.example.test"), "%s",
+                  dump.data);
+    /* The message with LF for CRLF follows the sink's Received header. */
+    lf = strdup(MSG);
+    for (p = lf, i = 0; MSG[i]; i++)
+        if (!(MSG[i] == '\r' && MSG[i + 1] == '\n'))
+            *p++ = MSG[i];
+    *p = '\0';
+    p = strstr(dump.data, "\nFrom: alice@example.test\n");
+    ck_assert_msg(p != NULL, "%s", dump.data);
+    ck_assert_msg(strncmp(p + 1, lf, strlen(lf)) == 0, "%s", dump.data);
+    free(lf);
+    buf_free(&dump);
+    envelope_destroy(&reply);
+}
+END_TEST
+
 /* A next hop that never answers the end of data: the relay's timeout
  * (relay.timeout_data_end_ms) ends it with a 4xx. */
 START_TEST(test_timeout)
@@ -1227,7 +1325,7 @@ limit_start(void)
 {
     static const char *const extra[] = {"SAMOTOP_RELAY_MAX_PER_HOST=1", NULL};
 
-    world_start(LIMIT, limit_sinks, 1, true, extra);
+    world_start(LIMIT, limit_sinks, 1, true, false, extra);
 }
 
 struct pending {
@@ -1308,7 +1406,7 @@ static const struct sink nodns_sinks[] = {
 static void
 nodns_start(void)
 {
-    world_start(NODNS, nodns_sinks, 2, false, NULL);
+    world_start(NODNS, nodns_sinks, 2, false, false, NULL);
 }
 
 START_TEST(test_no_dns)
@@ -1621,6 +1719,7 @@ relay_suite(void)
                         sizeof(dns_rows) / sizeof(dns_rows[0]));
     tcase_add_test(tc, test_implicit_mx);
     tcase_add_test(tc, test_reuse);
+    tcase_add_test(tc, test_postfix_sink);
     tcase_add_test(tc, test_timeout);
     tcase_add_test(tc, test_bad_request);
     suite_add_tcase(s, tc);
