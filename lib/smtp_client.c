@@ -588,6 +588,8 @@ precheck(smtp_client_t *cl)
                  cl->len, cl->size_max);
         refuse_all(cl, 552, "5.3.4", text);
     }
+    /* XXX: converting to 7 bit (quoted-printable, RFC 6152 3) instead
+     * would deliver more; refusing is what the RFC allows. */
     if (cl->eight_bit && !(cl->ext & SMTP_EXT_8BITMIME))
         refuse_all(cl, 554, "5.6.3",
                    "8-bit content not accepted by next "

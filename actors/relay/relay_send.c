@@ -301,6 +301,9 @@ relay_job_outcome(struct relay_job *j, const struct relay_outcome *o)
         note_failure(j, o->code, o->ecode, o->text, j->mx);
         settle_open(j, o->code, o->ecode, o->text, j->mx);
     }
+    /* XXX: a 452 4.5.3 (too many recipients) after some were accepted
+     * should send the rest in another transaction on the same connection;
+     * here they go on to the next address or back to the queue. */
     /* The same address once more: on a new connection when a reused one
      * was found dead, in clear when opportunistic TLS failed (Postfix
      * does the same; RFC 7435 prefers clear text to no delivery). */
@@ -374,6 +377,13 @@ parse_route(struct relay_job *j, const char *v)
     return 0;
 }
 
+/*
+ * XXX: a domain in U-labels (an SMTPUTF8 recipient's) is looked up as it
+ * is, and so not found: IDNA A-label conversion (libidn2) is not done yet.
+ * XXX: RFC 5321 5.1's loop check (drop MX hosts that are us, and those
+ * after them) is not done; a route or MX pointing back at our own
+ * listener loops until the queue's lifetime ends.
+ */
 static void
 find_hops(struct relay_job *j)
 {
