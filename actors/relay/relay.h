@@ -126,6 +126,7 @@ struct relay {
     struct relay_job *jobs;   /* every job in hand */
     struct relay_conn *conns; /* every open connection */
     uint64_t jobs_done, connects, reuses;
+    bool stopping; /* shutting down: no job takes a slot */
 };
 
 /* --- relay_send.c ------------------------------------------------------- */

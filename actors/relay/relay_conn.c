@@ -443,6 +443,8 @@ host_kick(struct relay_host *h)
 {
     relay_t *r = h->r;
 
+    if (r->stopping)
+        return;
     while (h->wait_head && (h->idle || h->nconns < r->max_per_host)) {
         struct relay_job *j = h->wait_head;
 
@@ -759,7 +761,13 @@ conn_pump(struct relay_conn *c)
         rearm(c, false);
         return;
     }
-    watch(c, c->in.len < IN_MAX ? LOOP_READ : 0);
+    {
+        size_t pending;
+
+        smtp_client_output(c->smtp, &pending);
+        watch(c, (c->in.len < IN_MAX ? LOOP_READ : 0) |
+                     (pending > 0 ? LOOP_WRITE : 0));
+    }
     rearm(c, moved);
     if (c->tls_up && tls_pending(c->tls) && c->in.len < IN_MAX)
         on_io(c->r->loop, c->fd, LOOP_READ, c);

@@ -586,6 +586,9 @@ relay_jobs_abort(relay_t *r)
 {
     struct relay_job *j = r->jobs, *next;
 
+    /* A connection closed below must not start a job in line: that job
+     * could end, and be freed, as next. */
+    r->stopping = true;
     while (j) {
         next = j->next;
         if (j->req) {
