@@ -1349,7 +1349,7 @@ on_limit_reply(void *arg, int err, const char *text, const envelope_t *reply)
 static void
 on_limit_timeout(loop_t *loop, void *arg)
 {
-    (void)arg;
+    *(loop_timer_t **)arg = NULL; /* the handle is gone once it fires */
     loop_stop(loop);
 }
 
@@ -1374,7 +1374,7 @@ START_TEST(test_limit_per_host)
 
         ck_assert_int_eq(bus_client_send_take(c, &req, on_limit_reply, &p), 0);
     }
-    t = loop_timer_add(loop, 15000, on_limit_timeout, NULL);
+    t = loop_timer_add(loop, 15000, on_limit_timeout, &t);
     loop_run(loop);
     loop_timer_cancel(loop, &t);
     ck_assert_int_eq(p.left, 0);
@@ -1386,6 +1386,50 @@ START_TEST(test_limit_per_host)
     ck_assert_msg(count_lines(log, "conn ") == 1, "%s", log);
     ck_assert_int_eq(count_lines(log, "data "), 4);
     free(log);
+    bus_client_destroy(&c);
+    loop_destroy(&loop);
+}
+END_TEST
+
+static void
+on_stop_relay(loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(loop_timer_t **)arg = NULL; /* the handle is gone once it fires */
+    kill(W.relay, SIGTERM);
+}
+
+/* Stopped with one message at the sink and two in line: every request is
+ * answered (451 4.3.2), and the relay exits cleanly (world_stop() checks
+ * its status, which ASan makes non-zero on a leak). Last in its world. */
+START_TEST(test_shutdown_busy)
+{
+    struct send s = {.domain = "limit.test", .rcpts = {"a@limit.test"}};
+    struct pending p = {.left = 3};
+    char why[256];
+    loop_t *loop = loop_new();
+    bus_client_t *c =
+        bus_client_new(loop, W.clients, 1 << 20, why, sizeof(why));
+    envelope_t *warm = send_call(&s);
+    loop_timer_t *t, *stop;
+
+    envelope_destroy(&warm);
+    p.loop = loop;
+    for (int i = 0; i < 3; i++) {
+        envelope_t *req = send_new(&s);
+
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_limit_reply, &p), 0);
+    }
+    stop = loop_timer_add(loop, 100, on_stop_relay, &stop);
+    t = loop_timer_add(loop, 15000, on_limit_timeout, &t);
+    loop_run(loop);
+    loop_timer_cancel(loop, &t);
+    loop_timer_cancel(loop, &stop);
+    ck_assert_int_eq(p.left, 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(p.codes[i] == 451 || p.codes[i] == 250, "reply %d: %d", i,
+                      p.codes[i]);
+    ck_assert_int_eq(p.codes[2], 451);
     bus_client_destroy(&c);
     loop_destroy(&loop);
 }
@@ -1478,7 +1522,7 @@ on_lookup(void *arg, const struct dns_result *res)
 static void
 on_guard(loop_t *loop, void *arg)
 {
-    (void)arg;
+    *(loop_timer_t **)arg = NULL; /* the handle is gone once it fires */
     loop_stop(loop);
 }
 
@@ -1499,7 +1543,7 @@ lookup(const char *servers, const char *name, bool mx, struct lookup *l)
     else
         dns_host(dns, name, on_lookup, l);
     ck_assert_int_eq(l->calls, 0); /* never from inside the call */
-    guard = loop_timer_add(loop, 10000, on_guard, NULL);
+    guard = loop_timer_add(loop, 10000, on_guard, &guard);
     loop_run(loop);
     loop_timer_cancel(loop, &guard);
     ck_assert_int_eq(l->calls, 1);
@@ -1652,7 +1696,7 @@ START_TEST(test_dns_cancel)
     dns_cancel(dns, &qb);
     ck_assert_ptr_null(qa);
     ck_assert_int_eq(dns_pending(dns), 1);
-    guard = loop_timer_add(loop, 10000, on_guard, NULL);
+    guard = loop_timer_add(loop, 10000, on_guard, &guard);
     loop_run(loop);
     loop_timer_cancel(loop, &guard);
     ck_assert_int_eq(a.calls + b.calls, 0);
@@ -1728,6 +1772,7 @@ relay_suite(void)
     tcase_add_unchecked_fixture(tc, limit_start, world_stop);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_limit_per_host);
+    tcase_add_test(tc, test_shutdown_busy);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("nodns");
