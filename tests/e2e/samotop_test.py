@@ -135,6 +135,7 @@ class Sink:
         self.ehlo = list(ehlo)
         self.messages = []   # (mail_from, [rcpts], data bytes)
         self.connections = 0
+        self.open = set()    # sockets of the sessions in progress
         self.lock = threading.Lock()
         sink = self
 
@@ -142,6 +143,16 @@ class Sink:
             def handle(self):
                 with sink.lock:
                     sink.connections += 1
+                    sink.open.add(self.connection)
+                try:
+                    self.session()
+                except OSError:
+                    pass  # cut by stop(), or the client went away
+                finally:
+                    with sink.lock:
+                        sink.open.discard(self.connection)
+
+            def session(self):
                 w = self.wfile
                 w.write(b"220 sink.remote.test ESMTP\r\n")
                 mail, rcpts = None, []
@@ -206,8 +217,17 @@ class Sink:
         self.thread.start()
 
     def stop(self):
+        """Down for real: no new connections, and the open ones (a relay
+        keeps one for reuse) are cut."""
+        import socket as _socket
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for s in list(self.open):
+                try:
+                    s.shutdown(_socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def wait(self, n, timeout=20):
         deadline = time.time() + timeout
