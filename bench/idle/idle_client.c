@@ -11,8 +11,9 @@
  * reply, and then holds the session without a byte more. Memory is
  * sampled before the first connection, every N/10 sessions, once all are
  * held and at the end: VmRSS and Pss of each -p PID, and the sums over the
- * process tree of each -t ROOT. With every session held it times PROBES
- * fresh sessions one after the other (connect, greeting, EHLO, QUIT, 221),
+ * process tree of each -t ROOT. It times PROBES fresh sessions one after
+ * the other (connect, greeting, EHLO, QUIT, 221) before opening any, and
+ * again with every session held,
  * holds for HOLD_S seconds, and counts the held sessions the server has
  * closed. Everything is bounded: connects and replies time out, and the
  * whole run stops after LIMIT_S seconds.
@@ -360,6 +361,30 @@ quantile(const double *v, int n, double q)
     return v[lo] + (v[lo + 1] - v[lo]) * (pos - lo);
 }
 
+/* PROBES fresh sessions one after another; their sorted times go to lat,
+ * the number served is returned. */
+static int
+probes(const char *label, int nprobes, double *lat)
+{
+    int ok = 0;
+
+    for (int i = 0; i < nprobes; i++) {
+        const char *why = "";
+        double ms = probe(10, &why);
+
+        if (ms >= 0) {
+            lat[ok++] = ms;
+            printf("probe %s %d ms=%.3f\n", label, i + 1, ms);
+        } else {
+            printf("probe %s %d failed=\"%s\"\n", label, i + 1, why);
+        }
+        fflush(stdout);
+        usleep(50000);
+    }
+    qsort(lat, (size_t)ok, sizeof(*lat), cmp_double);
+    return ok;
+}
+
 static void
 usage(void)
 {
@@ -380,7 +405,8 @@ main(int argc, char **argv)
     int ep, held = 0, failed = 0, inflight = 0, next = 0, closed = 0;
     int next_sample, probes_ok = 0, refused421 = 0;
     long rss0, rss_held, rss_end;
-    double t_held, *lat;
+    double t_held, *lat, *base;
+    int base_ok;
 
     while ((opt = getopt(argc, argv, "n:c:k:H:T:p:t:")) != -1) {
         switch (opt) {
@@ -421,13 +447,16 @@ main(int argc, char **argv)
     conns = calloc((size_t)n, sizeof(*conns));
     evs = calloc(1024, sizeof(*evs));
     lat = calloc((size_t)nprobes + 1, sizeof(*lat));
-    if (conns == NULL || evs == NULL || lat == NULL)
+    base = calloc((size_t)nprobes + 1, sizeof(*base));
+    if (conns == NULL || evs == NULL || lat == NULL || base == NULL)
         die("calloc");
     if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
         die("epoll_create1");
 
     t_start = now();
     rss0 = sample("before", 0);
+    /* The same fresh sessions with nothing held, for comparison. */
+    base_ok = probes("alone", nprobes, base);
     next_sample = n / 10 > 0 ? n / 10 : 1;
 
     /* Open, greet and EHLO every session, CONNECTING at a time. */
@@ -537,19 +566,7 @@ main(int argc, char **argv)
     rss_held = sample("held", held);
 
     /* Fresh sessions while the others are held. */
-    for (int i = 0; i < nprobes; i++) {
-        const char *why = "";
-        double ms = probe(10, &why);
-
-        if (ms >= 0) {
-            lat[probes_ok++] = ms;
-            printf("probe %d ms=%.3f\n", i + 1, ms);
-        } else {
-            printf("probe %d failed=\"%s\"\n", i + 1, why);
-        }
-        fflush(stdout);
-        usleep(50000);
-    }
+    probes_ok = probes("held", nprobes, lat);
 
     /* Hold, then count the held sessions the server closed meanwhile. */
     sleep((unsigned)hold_s);
@@ -566,16 +583,17 @@ main(int argc, char **argv)
         if (conns[i].fd >= 0)
             close(conns[i].fd);
 
-    qsort(lat, (size_t)probes_ok, sizeof(*lat), cmp_double);
     printf("RESULT sessions=%d held=%d failed=%d refused_421=%d "
            "closed_by_server=%d open_s=%.1f rss0_kb=%ld rss_held_kb=%ld "
            "rss_end_kb=%ld rss_per_session_b=%.0f probes=%d probes_ok=%d "
-           "probe_p50_ms=%.3f probe_p90_ms=%.3f probe_max_ms=%.3f\n",
+           "probe_p50_ms=%.3f probe_p90_ms=%.3f probe_max_ms=%.3f "
+           "alone_ok=%d alone_p50_ms=%.3f alone_p90_ms=%.3f\n",
            n, held, failed, refused421, closed, t_held, rss0, rss_held,
            rss_end,
            held > 0 && rss0 >= 0 ? (double)(rss_held - rss0) * 1024 / held
                                  : -1.0,
            nprobes, probes_ok, quantile(lat, probes_ok, 0.5),
-           quantile(lat, probes_ok, 0.9), quantile(lat, probes_ok, 1.0));
+           quantile(lat, probes_ok, 0.9), quantile(lat, probes_ok, 1.0),
+           base_ok, quantile(base, base_ok, 0.5), quantile(base, base_ok, 0.9));
     return held == n && closed == 0 && probes_ok == nprobes ? 0 : 1;
 }
