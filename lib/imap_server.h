@@ -37,14 +37,14 @@
  * are unsolicited: during IDLE they are queued at once (RFC 2177); else
  * they are queued at once too (RFC 3501 5.3), unless they are an EXPUNGE,
  * which may not be sent while no command is in progress, or come after a
- * held one. Held responses go out in order when the next command's
- * decision is handed out or IDLE starts, or before the next tagged
- * completion the engine writes itself (NOOP...), except during a FETCH,
- * STORE or SEARCH. A client's sequence numbers mean what it was told, so a
- * caller that numbers messages applies an expunge to its numbering when
- * the response goes out: imap_server_expunge_ok() says whether one written
- * now does; a caller that keeps expunges it learns of while that is false
- * and writes them at the next decision or in IDLE never has one held.
+ * held one. Held responses go out, in order, as soon as the next command
+ * starts (before its decision is handed out), unless it is a FETCH, STORE
+ * or SEARCH; a later one takes them then. A client's sequence numbers
+ * mean what it was told, so a caller that numbers messages applies an
+ * expunge to its numbering when the response goes out:
+ * imap_server_expunge_ok() says whether one written now does; a caller
+ * that keeps expunges it learns of while that is false and writes them at
+ * the next decision or in IDLE never has one held.
  *
  * Memory is bounded by the options: about max_command plus max_append
  * plus IMAP_HELD_MAX, plus what the caller writes in answer to a decision
@@ -208,7 +208,8 @@ const struct imap_event *imap_server_next(imap_server_t *srv);
  * login); text NULL for a default. Control characters, and "]" in a code,
  * are replaced. IMAP_BYE writes "* BYE text" instead and closes. Calling it
  * with nothing pending, inside a FETCH response, or with a status the
- * decision cannot take (PREAUTH but for CONNECT) aborts: a caller bug.
+ * decision cannot take (PREAUTH but for CONNECT, NO or BAD for it)
+ * aborts: a caller bug.
  */
 void imap_server_complete(imap_server_t *srv, enum imap_status st,
                           const char *code, const char *text);
