@@ -231,13 +231,13 @@ class Sending(unittest.TestCase):
 
 class Limits(unittest.TestCase):
     def test_per_user_message_rate(self):
-        s = st.System(BASE + 100, extra_env={
+        s = st.System(BASE + 70, extra_env={
             "SAMOTOP_GUARD_USER_MSG_PER_MINUTE": "2"}).start()
         try:
             s.admin("domain", "add", "example.test")
             s.admin("user", "add", "carol@example.test", input="carol-pw\n")
             codes = []
-            c = smtplib.SMTP("127.0.0.1", BASE + 100 + 11,
+            c = smtplib.SMTP("127.0.0.1", BASE + 70 + 11,
                              local_hostname="laptop.example.test")
             c.starttls(context=ctx())
             c.login("carol@example.test", "carol-pw")
