@@ -89,11 +89,12 @@ imap_server_put_astring(buf_t *b, const char *s)
 }
 
 /* Text for a response: TEXT-CHARs only, at most TEXT_MAX; a "]" too when
- * it is a code. */
+ * it is a code. A text ending in "{n}" would read as a literal's
+ * announcement (RFC 3501 4.3): its "}" is replaced too. */
 static void
 put_text(buf_t *b, const char *s, bool code)
 {
-    size_t n = 0;
+    size_t n = 0, start = b->len, i;
 
     for (; *s && n < TEXT_MAX; s++, n++) {
         unsigned char c = (unsigned char)*s;
@@ -102,6 +103,13 @@ put_text(buf_t *b, const char *s, bool code)
             c = '?';
         buf_addc(b, (char)c);
     }
+    if (n < 3 || b->data[b->len - 1] != '}')
+        return;
+    for (i = b->len - 1;
+         i > start && b->data[i - 1] >= '0' && b->data[i - 1] <= '9'; i--)
+        ;
+    if (i < b->len - 1 && i > start && b->data[i - 1] == '{')
+        b->data[b->len - 1] = '?';
 }
 
 /* A flag list's inside: the flags of a space-separated string, those that
