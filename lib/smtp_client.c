@@ -478,7 +478,7 @@ send_mail(smtp_client_t *cl)
     if (cl->ext & SMTP_EXT_DSN) {
         if (cl->ret != SMTP_RET_NONE)
             buf_adds(&b, cl->ret == SMTP_RET_FULL ? " RET=FULL" : " RET=HDRS");
-        if (cl->envid) {
+        if (cl->envid && *cl->envid) { /* RFC 3461 4.4: 1*100 xtext */
             buf_adds(&b, " ENVID=");
             if (smtp_xtext_valid(cl->envid, strlen(cl->envid)))
                 buf_adds(&b, cl->envid);

@@ -244,7 +244,9 @@ to_int(const char *s)
 static char *
 dup_or_null(const char *s)
 {
-    return s ? xstrdup(s) : NULL;
+    /* An optional field is stored as "" when absent: read it back as
+     * absent, or ENVID= would go out empty (Postfix: 501 5.5.4). */
+    return s && *s ? xstrdup(s) : NULL;
 }
 
 /* The value of field in an HGETALL reply, or NULL. */
