@@ -65,7 +65,7 @@ def procs():
 
 
 def tree(root):
-    """{pid: (comm, ticks)} of root and all its descendants."""
+    """{pid: (comm, ticks, ppid)} of root and all its descendants."""
     ps = procs()
     kids = {}
     for pid, (ppid, _, _) in ps.items():
@@ -74,7 +74,7 @@ def tree(root):
     while todo:
         p = todo.pop()
         if p in ps:
-            res[p] = (ps[p][1], ps[p][2])
+            res[p] = (ps[p][1], ps[p][2], ps[p][0])
             todo.extend(kids.get(p, []))
     return res
 
@@ -85,11 +85,17 @@ def total(t):
 
 def by_name(t0, t1):
     """CPU ticks between two snapshots, by process name. A process gone by
-    t1 was reaped by its parent: its time is in the parent's delta."""
+    t1 was reaped by its parent: its whole life is in the parent's cutime
+    at t1, so what it had used by t0 is taken off the parent's share (the
+    totals are right either way)."""
     d = {}
-    for pid, (comm, ticks) in t1.items():
-        before = t0.get(pid, (comm, 0))[1]
+    for pid, (comm, ticks, _) in t1.items():
+        before = t0[pid][1] if pid in t0 else 0
         d[comm] = d.get(comm, 0) + ticks - before
+    for pid, (comm, ticks, ppid) in t0.items():
+        if pid not in t1 and ppid in t1:
+            pc = t1[ppid][0]
+            d[pc] = d.get(pc, 0) - ticks
     return d
 
 
@@ -327,7 +333,8 @@ def report(spec, rows):
             r["other_cpu_s"], r["bg_pct"], r["idle_ms_s"]))
     out.append("")
     out.append("CPU ms per message by process name (median over the rounds; "
-               "a process that exited during a run is counted in its parent):")
+               "what a process that exited during a run used in it is counted "
+               "in its parent, e.g. Postfix's master):")
     out.append("")
     for nm in names:
         rs = [r for r in rows if r["target"] == nm]
