@@ -81,6 +81,8 @@ static const struct ckey ckeys[] = {
      "messages per authenticated user and minute; 0: no limit"},
     {"guard.user_rcpt_per_minute", C_INT, "1000", 0, 100000000, false,
      "recipients per authenticated user and minute; 0: no limit"},
+    {"guard.rate_flush_ms", C_INT, "100", 10, 60000, false,
+     "rate counts go to Redis (shared by guard copies) this often"},
     {"auth.threads", C_INT, "2", 1, 64, false,
      "threads running password checks (scrypt: 32 MiB each)"},
     {"auth.queue", C_INT, "64", 1, 100000, false,
