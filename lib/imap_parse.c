@@ -1,6 +1,7 @@
 /*
  * imap_parse.c - the IMAP4rev1 command grammar (RFC 3501 9): one whole
- * command in, a struct imap_cmd out.
+ * command in, a struct imap_cmd out. FETCH's attributes and SEARCH's keys
+ * are in imap_parse_fetch.c and imap_parse_search.c.
  *
  * A recursive-descent parser over a cursor that never passes the end of
  * the command; the only recursion is SEARCH's, bounded by IMAP_DEPTH_MAX.
@@ -19,30 +20,10 @@
 
 #include "lib/err.h"
 #include "lib/imap_parse.h"
+#include "lib/imap_parse_int.h"
 #include "lib/xalloc.h"
 
 #define BLOCK_MIN 8192
-
-struct block {
-    struct block *next;
-    size_t cap, used;
-    max_align_t data[];
-};
-
-struct imap_parse {
-    struct block *blocks; /* newest first; the last is the first made */
-    struct imap_cmd cmd;
-    /* The command being parsed. */
-    const char *p, *end;
-    const char *why;
-    int depth;
-};
-
-/* A growing array of pointers in the arena. */
-struct vec {
-    const void **v;
-    size_t n, cap;
-};
 
 static const char *const cmd_names[IMAP_CMD__COUNT] = {
     [IMAP_CMD_NONE] = "",
@@ -79,8 +60,8 @@ static const char *const cmd_names[IMAP_CMD__COUNT] = {
 
 /* The arena. */
 
-static void *
-arena_alloc(imap_parse_t *p, size_t n)
+void *
+imap_parse_alloc(imap_parse_t *p, size_t n)
 {
     struct block *b = p->blocks;
     size_t align = sizeof(max_align_t);
@@ -107,22 +88,22 @@ arena_alloc(imap_parse_t *p, size_t n)
     return r;
 }
 
-static char *
-arena_strndup(imap_parse_t *p, const char *s, size_t n)
+char *
+imap_parse_strndup(imap_parse_t *p, const char *s, size_t n)
 {
-    char *d = arena_alloc(p, n + 1);
+    char *d = imap_parse_alloc(p, n + 1);
 
     memcpy(d, s, n);
     d[n] = '\0';
     return d;
 }
 
-static void
-vec_push(imap_parse_t *p, struct vec *v, const void *x)
+void
+imap_parse_vec_push(imap_parse_t *p, struct vec *v, const void *x)
 {
     if (v->n == v->cap) {
         size_t cap = v->cap ? 2 * v->cap : 8;
-        const void **nv = arena_alloc(p, cap * sizeof(*nv));
+        const void **nv = imap_parse_alloc(p, cap * sizeof(*nv));
 
         if (v->n)
             memcpy(nv, v->v, v->n * sizeof(*nv));
@@ -132,21 +113,7 @@ vec_push(imap_parse_t *p, struct vec *v, const void *x)
     v->v[v->n++] = x;
 }
 
-static struct imap_strs
-vec_strs(const struct vec *v)
-{
-    return (struct imap_strs){.v = (const char *const *)v->v, .n = v->n};
-}
-
 /* Character classes (RFC 3501 9). */
-
-static bool
-is_atom_char(int c)
-{
-    /* ATOM-CHAR: any CHAR but atom-specials: "(" ")" "{" SP CTL "%" "*"
-     * DQUOTE "\" "]". */
-    return c > 0x20 && c < 0x7f && strchr("(){%*\"\\]", c) == NULL;
-}
 
 static bool
 is_astring_char(int c)
@@ -169,40 +136,6 @@ is_tag_char(int c)
 /* The cursor. */
 
 static bool
-fail(imap_parse_t *p, const char *why)
-{
-    if (p->why == NULL)
-        p->why = why;
-    return false;
-}
-
-static int
-peek(const imap_parse_t *p)
-{
-    return p->p < p->end ? (unsigned char)*p->p : -1;
-}
-
-static bool
-at_eol(const imap_parse_t *p)
-{
-    const char *q = p->p;
-
-    while (q < p->end && *q == ' ')
-        q++;
-    return p->end - q == 2 && q[0] == '\r' && q[1] == '\n';
-}
-
-static bool
-expect_sp(imap_parse_t *p)
-{
-    if (peek(p) == ' ') {
-        p->p++;
-        return true;
-    }
-    return fail(p, at_eol(p) ? "Missing argument" : "Expected a space");
-}
-
-static bool
 expect_eol(imap_parse_t *p)
 {
     if (at_eol(p)) {
@@ -210,16 +143,6 @@ expect_eol(imap_parse_t *p)
         return true;
     }
     return fail(p, "Unexpected argument");
-}
-
-static bool
-expect_char(imap_parse_t *p, int c, const char *why)
-{
-    if (peek(p) == c) {
-        p->p++;
-        return true;
-    }
-    return fail(p, at_eol(p) ? "Missing argument" : why);
 }
 
 /* A run of characters of a class; may be empty. */
@@ -232,8 +155,8 @@ span(imap_parse_t *p, bool (*cls)(int), const char **start)
     return (size_t)(p->p - *start);
 }
 
-static bool
-atom(imap_parse_t *p, const char **s, size_t *n)
+bool
+imap_parse_atom(imap_parse_t *p, const char **s, size_t *n)
 {
     *n = span(p, is_atom_char, s);
     if (*n == 0)
@@ -241,17 +164,10 @@ atom(imap_parse_t *p, const char **s, size_t *n)
     return true;
 }
 
-/* Whether the atom just read is word, in any case. */
-static bool
-word_is(const char *s, size_t n, const char *word)
-{
-    return strlen(word) == n && strncasecmp(s, word, n) == 0;
-}
-
 /* number (RFC 3501 9): 32-bit unsigned. nz: no leading zero, not 0.
  * Sets no reason: the callers know what the number was for. */
-static bool
-number_raw(imap_parse_t *p, bool nz, uint32_t *out)
+bool
+imap_parse_number_raw(imap_parse_t *p, bool nz, uint32_t *out)
 {
     uint64_t v = 0;
     const char *s = p->p;
@@ -268,10 +184,10 @@ number_raw(imap_parse_t *p, bool nz, uint32_t *out)
     return true;
 }
 
-static bool
-number(imap_parse_t *p, bool nz, uint32_t *out)
+bool
+imap_parse_number(imap_parse_t *p, bool nz, uint32_t *out)
 {
-    if (number_raw(p, nz, out))
+    if (imap_parse_number_raw(p, nz, out))
         return true;
     if (at_eol(p))
         return fail(p, "Missing argument");
@@ -303,7 +219,7 @@ quoted(imap_parse_t *p, char **out, size_t *len)
     }
     if (q >= p->end)
         return fail(p, "Unterminated quoted string");
-    d = arena_alloc(p, n + 1);
+    d = imap_parse_alloc(p, n + 1);
     n = 0;
     for (q = p->p; *q != '"'; q++) {
         if (*q == '\\')
@@ -328,7 +244,7 @@ literal(imap_parse_t *p, bool raw, const char **out, size_t *len)
     uint32_t n;
 
     p->p++; /* "{" */
-    if (!number_raw(p, false, &n))
+    if (!imap_parse_number_raw(p, false, &n))
         return fail(p, "Invalid literal");
     if (peek(p) == '+')
         p->p++;
@@ -342,7 +258,7 @@ literal(imap_parse_t *p, bool raw, const char **out, size_t *len)
     } else {
         if (memchr(p->p, '\0', n) != NULL)
             return fail(p, "NUL in a literal");
-        *out = arena_strndup(p, p->p, n);
+        *out = imap_parse_strndup(p, p->p, n);
     }
     *len = n;
     p->p += n;
@@ -369,8 +285,8 @@ string(imap_parse_t *p, const char **out, size_t *len)
 }
 
 /* astring = 1*ASTRING-CHAR / string. */
-static bool
-astring(imap_parse_t *p, const char **out)
+bool
+imap_parse_astring(imap_parse_t *p, const char **out)
 {
     const char *s;
     size_t n;
@@ -380,7 +296,7 @@ astring(imap_parse_t *p, const char **out)
     n = span(p, is_astring_char, &s);
     if (n == 0)
         return fail(p, at_eol(p) ? "Missing argument" : "Expected a string");
-    *out = arena_strndup(p, s, n);
+    *out = imap_parse_strndup(p, s, n);
     return true;
 }
 
@@ -480,7 +396,7 @@ imap_parse_mutf7_valid(const char *s, bool wildcards)
 static bool
 mailbox(imap_parse_t *p, const char **out)
 {
-    if (!astring(p, out))
+    if (!imap_parse_astring(p, out))
         return false;
     if (strcasecmp(*out, "INBOX") == 0)
         *out = "INBOX";
@@ -504,7 +420,7 @@ list_mailbox(imap_parse_t *p, const char **out)
         if (n == 0)
             return fail(p, at_eol(p) ? "Missing argument"
                                      : "Expected a mailbox pattern");
-        *out = arena_strndup(p, s, n);
+        *out = imap_parse_strndup(p, s, n);
     }
     if (!imap_parse_mutf7_valid(*out, true))
         return fail(p, "Invalid mailbox name");
@@ -523,13 +439,13 @@ seq_number(imap_parse_t *p, uint32_t *out)
     }
     if (!isdigit(peek(p)))
         return fail(p, at_eol(p) ? "Missing argument" : "Invalid sequence set");
-    if (!number_raw(p, true, out))
+    if (!imap_parse_number_raw(p, true, out))
         return fail(p, "Invalid sequence set");
     return true;
 }
 
-static bool
-seqset(imap_parse_t *p, struct imap_seqset *out)
+bool
+imap_parse_seqset(imap_parse_t *p, struct imap_seqset *out)
 {
     struct imap_seq_range *r = NULL;
     size_t n = 0, cap = 0;
@@ -549,7 +465,7 @@ seqset(imap_parse_t *p, struct imap_seqset *out)
             struct imap_seq_range *nr;
 
             cap = cap ? 2 * cap : 4;
-            nr = arena_alloc(p, cap * sizeof(*nr));
+            nr = imap_parse_alloc(p, cap * sizeof(*nr));
             if (n)
                 memcpy(nr, r, n * sizeof(*r));
             r = nr;
@@ -617,7 +533,7 @@ flag(imap_parse_t *p, const char **out)
         s--;
         n++;
     }
-    *out = arena_strndup(p, s, n);
+    *out = imap_parse_strndup(p, s, n);
     return true;
 }
 
@@ -635,7 +551,7 @@ flag_list(imap_parse_t *p, struct imap_strs *out)
 
             if (!flag(p, &f))
                 return false;
-            vec_push(p, &v, f);
+            imap_parse_vec_push(p, &v, f);
             if (peek(p) != ' ')
                 break;
             p->p++;
@@ -694,8 +610,8 @@ days_in(int year, int mon)
 
 /* date = date-text / DQUOTE date-text DQUOTE; date-text = date-day "-"
  * date-month "-" date-year. */
-static bool
-date(imap_parse_t *p, struct imap_date *d)
+bool
+imap_parse_date(imap_parse_t *p, struct imap_date *d)
 {
     bool q = peek(p) == '"';
 
@@ -764,8 +680,8 @@ date_time(imap_parse_t *p, time_t *t, int *zone)
 static bool
 args_login(imap_parse_t *p, struct imap_cmd *c)
 {
-    return expect_sp(p) && astring(p, &c->login.user) && expect_sp(p) &&
-           astring(p, &c->login.pass);
+    return expect_sp(p) && imap_parse_astring(p, &c->login.user) &&
+           expect_sp(p) && imap_parse_astring(p, &c->login.pass);
 }
 
 static bool
@@ -775,9 +691,9 @@ args_authenticate(imap_parse_t *p, struct imap_cmd *c)
     size_t n;
     char *m;
 
-    if (!expect_sp(p) || !atom(p, &s, &n))
+    if (!expect_sp(p) || !imap_parse_atom(p, &s, &n))
         return false;
-    m = arena_strndup(p, s, n);
+    m = imap_parse_strndup(p, s, n);
     for (char *q = m; *q; q++)
         *q = (char)toupper((unsigned char)*q);
     c->authenticate.mech = m;
@@ -796,7 +712,7 @@ args_authenticate(imap_parse_t *p, struct imap_cmd *c)
                 p->p++;
             if (p->p == s)
                 return fail(p, "Invalid base64");
-            c->authenticate.ir = arena_strndup(p, s, (size_t)(p->p - s));
+            c->authenticate.ir = imap_parse_strndup(p, s, (size_t)(p->p - s));
         }
     }
     return true;
@@ -824,7 +740,7 @@ args_status(imap_parse_t *p, struct imap_cmd *c)
         const char *s;
         size_t n, i;
 
-        if (!atom(p, &s, &n))
+        if (!imap_parse_atom(p, &s, &n))
             return false;
         for (i = 0; i < sizeof(items) / sizeof(*items); i++)
             if (word_is(s, n, items[i].name))
@@ -870,7 +786,7 @@ args_append(imap_parse_t *p, struct imap_cmd *c)
 static bool
 args_copy(imap_parse_t *p, struct imap_cmd *c)
 {
-    return expect_sp(p) && seqset(p, &c->copy.set) && expect_sp(p) &&
+    return expect_sp(p) && imap_parse_seqset(p, &c->copy.set) && expect_sp(p) &&
            mailbox(p, &c->copy.mailbox);
 }
 
@@ -881,14 +797,14 @@ args_store(imap_parse_t *p, struct imap_cmd *c)
     size_t n;
     struct vec v = {0};
 
-    if (!expect_sp(p) || !seqset(p, &c->store.set) || !expect_sp(p))
+    if (!expect_sp(p) || !imap_parse_seqset(p, &c->store.set) || !expect_sp(p))
         return false;
     c->store.op = IMAP_STORE_SET;
     if (peek(p) == '+' || peek(p) == '-') {
         c->store.op = *p->p == '+' ? IMAP_STORE_ADD : IMAP_STORE_REMOVE;
         p->p++;
     }
-    if (!atom(p, &s, &n))
+    if (!imap_parse_atom(p, &s, &n))
         return false;
     if (word_is(s, n, "FLAGS"))
         c->store.silent = false;
@@ -906,7 +822,7 @@ args_store(imap_parse_t *p, struct imap_cmd *c)
 
         if (!flag(p, &f))
             return false;
-        vec_push(p, &v, f);
+        imap_parse_vec_push(p, &v, f);
         if (peek(p) != ' ' || at_eol(p))
             break;
         p->p++;
@@ -925,7 +841,7 @@ args_id(imap_parse_t *p, struct imap_cmd *c)
     if (!expect_sp(p))
         return false;
     if (peek(p) != '(') {
-        if (!atom(p, &s, &n) || !word_is(s, n, "NIL"))
+        if (!imap_parse_atom(p, &s, &n) || !word_is(s, n, "NIL"))
             return fail(p, "Expected a list or NIL");
         c->idparams = (struct imap_strs){0};
         return true;
@@ -946,8 +862,8 @@ args_id(imap_parse_t *p, struct imap_cmd *c)
             return false;
         if (value && strlen(value) > IMAP_ID_VALUE_MAX)
             return fail(p, "ID value too long");
-        vec_push(p, &v, field);
-        vec_push(p, &v, value);
+        imap_parse_vec_push(p, &v, field);
+        imap_parse_vec_push(p, &v, value);
     }
     p->p++;
     c->idparams = vec_strs(&v);
@@ -963,443 +879,11 @@ args_enable(imap_parse_t *p, struct imap_cmd *c)
         const char *s;
         size_t n;
 
-        if (!expect_sp(p) || !atom(p, &s, &n))
+        if (!expect_sp(p) || !imap_parse_atom(p, &s, &n))
             return false;
-        vec_push(p, &v, arena_strndup(p, s, n));
+        imap_parse_vec_push(p, &v, imap_parse_strndup(p, s, n));
     } while (peek(p) == ' ' && !at_eol(p));
     c->enable = vec_strs(&v);
-    return true;
-}
-
-/* FETCH (RFC 3501 6.4.5). */
-
-static bool
-header_list(imap_parse_t *p, struct imap_strs *out)
-{
-    struct vec v = {0};
-
-    if (!expect_sp(p) || !expect_char(p, '(', "Expected a header list"))
-        return false;
-    for (;;) {
-        const char *f;
-        char *u;
-
-        if (!astring(p, &f))
-            return false;
-        /* A field name (RFC 5322 3.6.8): printable, no colon. */
-        if (*f == '\0')
-            return fail(p, "Invalid header field name");
-        u = (char *)f;
-        for (; *u; u++) {
-            if (*u <= 32 || *u >= 127 || *u == ':')
-                return fail(p, "Invalid header field name");
-            *u = (char)toupper((unsigned char)*u);
-        }
-        vec_push(p, &v, f);
-        if (peek(p) != ' ')
-            break;
-        p->p++;
-    }
-    if (!expect_char(p, ')', "Invalid header list"))
-        return false;
-    *out = vec_strs(&v);
-    return true;
-}
-
-/* section-text or section-msgtext after the parts, if any. */
-static bool
-section_text(imap_parse_t *p, struct imap_section *sec)
-{
-    const char *s = p->p;
-    size_t n;
-
-    while (p->p < p->end && (isalpha((unsigned char)*p->p) || *p->p == '.'))
-        p->p++;
-    n = (size_t)(p->p - s);
-    if (word_is(s, n, "HEADER")) {
-        sec->spec = IMAP_SEC_HEADER;
-    } else if (word_is(s, n, "TEXT")) {
-        sec->spec = IMAP_SEC_TEXT;
-    } else if (word_is(s, n, "MIME") && sec->nparts > 0) {
-        sec->spec = IMAP_SEC_MIME;
-    } else if (word_is(s, n, "HEADER.FIELDS")) {
-        sec->spec = IMAP_SEC_FIELDS;
-        return header_list(p, &sec->fields);
-    } else if (word_is(s, n, "HEADER.FIELDS.NOT")) {
-        sec->spec = IMAP_SEC_FIELDS_NOT;
-        return header_list(p, &sec->fields);
-    } else {
-        return fail(p, "Invalid section");
-    }
-    return true;
-}
-
-/* "[" [section-spec] "]" (RFC 3501 9, "section"). */
-static bool
-section(imap_parse_t *p, struct imap_section *sec)
-{
-    memset(sec, 0, sizeof(*sec));
-    p->p++; /* "[" */
-    if (peek(p) == ']') {
-        p->p++;
-        return true;
-    }
-    if (isdigit(peek(p))) {
-        for (;;) {
-            uint32_t n;
-
-            if (sec->nparts == IMAP_SECTION_MAX)
-                return fail(p, "Section nested too deep");
-            if (!number_raw(p, true, &n))
-                return fail(p, "Invalid section");
-            sec->part[sec->nparts++] = n;
-            if (peek(p) != '.')
-                break;
-            p->p++;
-            if (!isdigit(peek(p))) {
-                if (!section_text(p, sec))
-                    return false;
-                break;
-            }
-        }
-    } else if (!section_text(p, sec)) {
-        return false;
-    }
-    return expect_char(p, ']', "Invalid section");
-}
-
-static void
-add_att(imap_parse_t *p, struct vec *v, enum imap_fetch_item item)
-{
-    struct imap_fetch_att *a = arena_alloc(p, sizeof(*a));
-
-    memset(a, 0, sizeof(*a));
-    a->item = item;
-    vec_push(p, v, a);
-}
-
-static bool
-fetch_att(imap_parse_t *p, struct vec *v)
-{
-    static const struct {
-        const char *name;
-        enum imap_fetch_item item;
-    } simple[] = {
-        {"ENVELOPE", IMAP_FETCH_ENVELOPE},
-        {"FLAGS", IMAP_FETCH_FLAGS},
-        {"INTERNALDATE", IMAP_FETCH_INTERNALDATE},
-        {"RFC822", IMAP_FETCH_RFC822},
-        {"RFC822.HEADER", IMAP_FETCH_RFC822_HEADER},
-        {"RFC822.SIZE", IMAP_FETCH_RFC822_SIZE},
-        {"RFC822.TEXT", IMAP_FETCH_RFC822_TEXT},
-        {"BODYSTRUCTURE", IMAP_FETCH_BODYSTRUCTURE},
-        {"UID", IMAP_FETCH_UID},
-    };
-    const char *s = p->p;
-    struct imap_fetch_att *a;
-    size_t n;
-    bool peekf;
-
-    while (p->p < p->end && (isalnum((unsigned char)*p->p) || *p->p == '.'))
-        p->p++;
-    n = (size_t)(p->p - s);
-    if (n == 0)
-        return fail(p, at_eol(p) ? "Missing argument"
-                                 : "Expected a fetch attribute");
-    for (size_t i = 0; i < sizeof(simple) / sizeof(*simple); i++)
-        if (word_is(s, n, simple[i].name)) {
-            add_att(p, v, simple[i].item);
-            return true;
-        }
-    peekf = word_is(s, n, "BODY.PEEK");
-    if (!peekf && !word_is(s, n, "BODY"))
-        return fail(p, "Unknown fetch attribute");
-    if (peek(p) != '[') {
-        if (peekf)
-            return fail(p, "BODY.PEEK needs a section");
-        add_att(p, v, IMAP_FETCH_BODY);
-        return true;
-    }
-    add_att(p, v, IMAP_FETCH_SECTION);
-    a = (struct imap_fetch_att *)v->v[v->n - 1];
-    a->peek = peekf;
-    if (!section(p, &a->sec))
-        return false;
-    if (peek(p) == '<') {
-        p->p++;
-        if (!number_raw(p, false, &a->offset) ||
-            !expect_char(p, '.', "Invalid partial") ||
-            !number_raw(p, true, &a->count) ||
-            !expect_char(p, '>', "Invalid partial"))
-            return fail(p, "Invalid partial");
-        a->partial = true;
-    }
-    return true;
-}
-
-static bool
-args_fetch(imap_parse_t *p, struct imap_cmd *c)
-{
-    static const enum imap_fetch_item all[] = {
-        IMAP_FETCH_FLAGS, IMAP_FETCH_INTERNALDATE, IMAP_FETCH_RFC822_SIZE,
-        IMAP_FETCH_ENVELOPE, IMAP_FETCH_BODY};
-    struct imap_fetch_args *f = &c->fetch;
-    struct vec v = {0};
-    const char *s = NULL;
-    size_t n = 0;
-
-    if (!expect_sp(p) || !seqset(p, &f->set) || !expect_sp(p))
-        return false;
-    if (peek(p) == '(') {
-        p->p++;
-        for (;;) {
-            if (!fetch_att(p, &v))
-                return false;
-            if (peek(p) != ' ')
-                break;
-            p->p++;
-        }
-        if (!expect_char(p, ')', "Invalid fetch attribute list"))
-            return false;
-    } else {
-        /* A macro is only ever alone (RFC 3501 6.4.5). */
-        const char *save = p->p;
-
-        while (p->p < p->end && isalpha((unsigned char)*p->p))
-            p->p++;
-        s = save;
-        n = (size_t)(p->p - s);
-        if (word_is(s, n, "ALL") || word_is(s, n, "FAST") ||
-            word_is(s, n, "FULL")) {
-            size_t k = word_is(s, n, "FAST") ? 3 : word_is(s, n, "ALL") ? 4 : 5;
-
-            if (is_atom_char(peek(p)) || peek(p) == '[')
-                return fail(p, "Unknown fetch attribute");
-            for (size_t i = 0; i < k; i++)
-                add_att(p, &v, all[i]);
-        } else {
-            p->p = save;
-            if (!fetch_att(p, &v))
-                return false;
-        }
-    }
-    f->items = 0;
-    for (size_t i = 0; i < v.n; i++)
-        f->items |= 1u << ((const struct imap_fetch_att *)v.v[i])->item;
-    /* RFC 3501 6.4.8: UID FETCH answers with UIDs, asked for or not. */
-    if (c->uid && !(f->items & (1u << IMAP_FETCH_UID))) {
-        add_att(p, &v, IMAP_FETCH_UID);
-        f->items |= 1u << IMAP_FETCH_UID;
-    }
-    f->sets_seen = false;
-    for (size_t i = 0; i < v.n; i++) {
-        const struct imap_fetch_att *a = v.v[i];
-
-        if (a->item == IMAP_FETCH_RFC822 || a->item == IMAP_FETCH_RFC822_TEXT ||
-            (a->item == IMAP_FETCH_SECTION && !a->peek))
-            f->sets_seen = true;
-    }
-    /* The list of pointers becomes an array of attributes. */
-    {
-        struct imap_fetch_att *arr = arena_alloc(p, v.n * sizeof(*arr));
-
-        for (size_t i = 0; i < v.n; i++)
-            arr[i] = *(const struct imap_fetch_att *)v.v[i];
-        f->att = arr;
-        f->natt = v.n;
-    }
-    return true;
-}
-
-/* SEARCH (RFC 3501 6.4.4). */
-
-enum sk_arg {
-    A_NONE,
-    A_STR,
-    A_DATE,
-    A_NUM,
-    A_FLAG,
-    A_HEADER,
-    A_SET,
-    A_NOT,
-    A_OR
-};
-
-static const struct {
-    const char *name;
-    enum imap_search_type type;
-    enum sk_arg arg;
-} search_keys[] = {
-    {"ALL", IMAP_SK_ALL, A_NONE},
-    {"ANSWERED", IMAP_SK_ANSWERED, A_NONE},
-    {"BCC", IMAP_SK_BCC, A_STR},
-    {"BEFORE", IMAP_SK_BEFORE, A_DATE},
-    {"BODY", IMAP_SK_BODY, A_STR},
-    {"CC", IMAP_SK_CC, A_STR},
-    {"DELETED", IMAP_SK_DELETED, A_NONE},
-    {"DRAFT", IMAP_SK_DRAFT, A_NONE},
-    {"FLAGGED", IMAP_SK_FLAGGED, A_NONE},
-    {"FROM", IMAP_SK_FROM, A_STR},
-    {"HEADER", IMAP_SK_HEADER, A_HEADER},
-    {"KEYWORD", IMAP_SK_KEYWORD, A_FLAG},
-    {"LARGER", IMAP_SK_LARGER, A_NUM},
-    {"NEW", IMAP_SK_NEW, A_NONE},
-    {"NOT", IMAP_SK_NOT, A_NOT},
-    {"OLD", IMAP_SK_OLD, A_NONE},
-    {"ON", IMAP_SK_ON, A_DATE},
-    {"OR", IMAP_SK_OR, A_OR},
-    {"RECENT", IMAP_SK_RECENT, A_NONE},
-    {"SEEN", IMAP_SK_SEEN, A_NONE},
-    {"SENTBEFORE", IMAP_SK_SENTBEFORE, A_DATE},
-    {"SENTON", IMAP_SK_SENTON, A_DATE},
-    {"SENTSINCE", IMAP_SK_SENTSINCE, A_DATE},
-    {"SINCE", IMAP_SK_SINCE, A_DATE},
-    {"SMALLER", IMAP_SK_SMALLER, A_NUM},
-    {"SUBJECT", IMAP_SK_SUBJECT, A_STR},
-    {"TEXT", IMAP_SK_TEXT, A_STR},
-    {"TO", IMAP_SK_TO, A_STR},
-    {"UID", IMAP_SK_UID, A_SET},
-    {"UNANSWERED", IMAP_SK_UNANSWERED, A_NONE},
-    {"UNDELETED", IMAP_SK_UNDELETED, A_NONE},
-    {"UNDRAFT", IMAP_SK_UNDRAFT, A_NONE},
-    {"UNFLAGGED", IMAP_SK_UNFLAGGED, A_NONE},
-    {"UNKEYWORD", IMAP_SK_UNKEYWORD, A_FLAG},
-    {"UNSEEN", IMAP_SK_UNSEEN, A_NONE},
-};
-
-static bool search_key(imap_parse_t *p, struct imap_search_key **out);
-
-static struct imap_search_key *
-new_key(imap_parse_t *p, enum imap_search_type type)
-{
-    struct imap_search_key *k = arena_alloc(p, sizeof(*k));
-
-    memset(k, 0, sizeof(*k));
-    k->type = type;
-    return k;
-}
-
-/* Keys separated by single spaces until ")" or the end of the command;
- * linked through next under parent->sub. */
-static bool
-search_list(imap_parse_t *p, struct imap_search_key *parent, bool paren)
-{
-    struct imap_search_key **tail = (struct imap_search_key **)&parent->sub;
-
-    for (;;) {
-        struct imap_search_key *k;
-
-        if (!search_key(p, &k))
-            return false;
-        *tail = k;
-        tail = (struct imap_search_key **)&k->next;
-        if (paren && peek(p) == ')')
-            return true;
-        if (!paren && at_eol(p))
-            return true;
-        if (!expect_sp(p))
-            return false;
-    }
-}
-
-static bool
-search_key(imap_parse_t *p, struct imap_search_key **out)
-{
-    const char *s;
-    size_t n, i;
-    struct imap_search_key *k;
-    bool ok = false;
-
-    if (p->depth >= IMAP_DEPTH_MAX)
-        return fail(p, "Search nested too deep");
-    p->depth++;
-    if (peek(p) == '(') {
-        p->p++;
-        k = new_key(p, IMAP_SK_AND);
-        ok = search_list(p, k, true) && expect_char(p, ')', "Expected \")\"");
-        goto out;
-    }
-    if (peek(p) == '*' || isdigit(peek(p))) {
-        k = new_key(p, IMAP_SK_SEQSET);
-        ok = seqset(p, &k->set);
-        goto out;
-    }
-    k = NULL;
-    if (!atom(p, &s, &n))
-        goto out;
-    for (i = 0; i < sizeof(search_keys) / sizeof(*search_keys); i++)
-        if (word_is(s, n, search_keys[i].name))
-            break;
-    if (i == sizeof(search_keys) / sizeof(*search_keys)) {
-        fail(p, "Unknown search key");
-        goto out;
-    }
-    k = new_key(p, search_keys[i].type);
-    if (search_keys[i].arg != A_NONE && !expect_sp(p))
-        goto out;
-    switch (search_keys[i].arg) {
-    case A_NONE:
-        ok = true;
-        break;
-    case A_STR:
-        ok = astring(p, &k->str);
-        break;
-    case A_DATE:
-        ok = date(p, &k->date);
-        break;
-    case A_NUM:
-        ok = number(p, false, &k->num);
-        break;
-    case A_FLAG:
-        /* flag-keyword = atom */
-        ok = atom(p, &s, &n);
-        if (ok)
-            k->str = arena_strndup(p, s, n);
-        break;
-    case A_HEADER:
-        ok = astring(p, &k->field) && expect_sp(p) && astring(p, &k->str);
-        break;
-    case A_SET:
-        ok = seqset(p, &k->set);
-        break;
-    case A_NOT:
-        ok = search_key(p, (struct imap_search_key **)&k->sub);
-        break;
-    case A_OR: {
-        struct imap_search_key *a, *b;
-
-        ok = search_key(p, &a) && expect_sp(p) && search_key(p, &b);
-        if (ok) {
-            a->next = b;
-            k->sub = a;
-        }
-        break;
-    }
-    }
-out:
-    p->depth--;
-    *out = k;
-    return ok;
-}
-
-static bool
-args_search(imap_parse_t *p, struct imap_cmd *c)
-{
-    struct imap_search_key *prog;
-
-    if (!expect_sp(p))
-        return false;
-    c->search.charset = NULL;
-    if (p->end - p->p > 8 && strncasecmp(p->p, "CHARSET ", 8) == 0) {
-        p->p += 8;
-        if (!astring(p, &c->search.charset) || !expect_sp(p))
-            return false;
-    }
-    prog = new_key(p, IMAP_SK_AND);
-    p->depth = 0;
-    if (!search_list(p, prog, false))
-        return false;
-    c->search.prog = prog;
     return true;
 }
 
@@ -1428,7 +912,8 @@ args(imap_parse_t *p, struct imap_cmd *c)
     case IMAP_CMD_CLOSE:
         return true;
     case IMAP_CMD_EXPUNGE:
-        return !c->uid || (expect_sp(p) && seqset(p, &c->expunge.set));
+        return !c->uid ||
+               (expect_sp(p) && imap_parse_seqset(p, &c->expunge.set));
     case IMAP_CMD_ID:
         return args_id(p, c);
     case IMAP_CMD_AUTHENTICATE:
@@ -1456,9 +941,9 @@ args(imap_parse_t *p, struct imap_cmd *c)
     case IMAP_CMD_ENABLE:
         return args_enable(p, c);
     case IMAP_CMD_SEARCH:
-        return args_search(p, c);
+        return imap_parse_search_args(p, c);
     case IMAP_CMD_FETCH:
-        return args_fetch(p, c);
+        return imap_parse_fetch_args(p, c);
     case IMAP_CMD_STORE:
         return args_store(p, c);
     case IMAP_CMD_COPY:
@@ -1502,18 +987,18 @@ imap_parse_command(imap_parse_t *p, const char *buf, size_t len,
                  : n == 0                              ? "Invalid tag"
                                                        : "Missing command";
         if (n > 0)
-            c->tag = arena_strndup(p, buf, n);
+            c->tag = imap_parse_strndup(p, buf, n);
         return ERR_INVAL;
     }
-    c->tag = arena_strndup(p, buf, n);
+    c->tag = imap_parse_strndup(p, buf, n);
     p->p += n + 1;
-    if (!atom(p, &s, &n)) {
+    if (!imap_parse_atom(p, &s, &n)) {
         *why_p = p->why;
         return ERR_INVAL;
     }
     if (word_is(s, n, "UID")) {
         c->uid = true;
-        if (!expect_sp(p) || !atom(p, &s, &n)) {
+        if (!expect_sp(p) || !imap_parse_atom(p, &s, &n)) {
             *why_p = p->why;
             return ERR_INVAL;
         }
