@@ -113,7 +113,16 @@ imap_server_shut(imap_server_t *srv, const char *code, const char *text)
     if (srv->st == S_DONE)
         return;
     clear_credentials(srv);
-    srv->in_fetch = false;
+    if (srv->in_fetch && srv->fb == &srv->out) {
+        /* A FETCH response cut short goes, as far as it was not sent; the
+         * caller may finish it, into a buffer that is thrown away. */
+        srv->out.len =
+            srv->fetch_start > srv->out_off ? srv->fetch_start : srv->out_off;
+        buf_reserve(&srv->out, 0);
+        srv->out.data[srv->out.len] = '\0';
+        srv->fb = &srv->fetch;
+        buf_reset(&srv->fetch);
+    }
     buf_free(&srv->held);
     srv->held_expunge = false;
     imap_resp_status_now(srv, IMAP_BYE, code, text);
@@ -793,6 +802,10 @@ imap_server_input(imap_server_t *srv, const void *data, size_t len)
 const struct imap_event *
 imap_server_next(imap_server_t *srv)
 {
+    /* A FETCH response being built in the output must not have another
+     * written into its middle. */
+    if (srv->in_fetch)
+        return &no_event;
     for (;;) {
         if (srv->nnews > 0) {
             memset(&srv->news_ev, 0, sizeof(srv->news_ev));
@@ -822,7 +835,7 @@ imap_server_next(imap_server_t *srv)
         /* A client that does not read its responses is not served
          * further until it does; a command already begun goes on. */
         if (srv->rd == RD_LINE && srv->mode == M_CMD && !srv->first_done &&
-            srv->out.len >= IMAP_OUTPUT_MAX)
+            srv->out.len - srv->out_off >= IMAP_OUTPUT_MAX)
             return &no_event;
         if (!read_step(srv))
             return &no_event;
@@ -977,14 +990,35 @@ imap_server_complete(imap_server_t *srv, enum imap_status st, const char *code,
 const char *
 imap_server_output(const imap_server_t *srv, size_t *len)
 {
-    *len = srv->out.len;
-    return srv->out.len ? srv->out.data : "";
+    *len = srv->out.len - srv->out_off;
+    return *len ? srv->out.data + srv->out_off : "";
 }
 
 void
 imap_server_output_done(imap_server_t *srv, size_t n)
 {
-    buf_consume(&srv->out, n);
+    if (n > srv->out.len - srv->out_off)
+        n = srv->out.len - srv->out_off;
+    srv->out_off += n;
+    if (srv->out_off == srv->out.len) {
+        if (srv->in_fetch && srv->fb == &srv->out)
+            srv->fetch_start = 0;
+        srv->out_off = 0;
+        /* After a large answer, give its memory back. */
+        if (srv->out.cap > 4 * IMAP_OUTPUT_MAX)
+            buf_free(&srv->out);
+        else
+            buf_reset(&srv->out);
+    } else if (srv->out_off > srv->out.len / 2 &&
+               srv->out_off > IMAP_OUTPUT_MAX) {
+        /* Moved once it is mostly sent: linear over the whole answer. */
+        buf_consume(&srv->out, srv->out_off);
+        if (srv->in_fetch && srv->fb == &srv->out)
+            srv->fetch_start = srv->fetch_start > srv->out_off
+                                   ? srv->fetch_start - srv->out_off
+                                   : 0;
+        srv->out_off = 0;
+    }
 }
 
 void

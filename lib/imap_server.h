@@ -231,7 +231,9 @@ void imap_server_tls_started(imap_server_t *srv);
 /*
  * Ends the session from the caller's side (autologout timer, shutting
  * down): queues "* BYE text" and gives IMAP_EV_CLOSE next. A pending
- * decision and held responses are dropped.
+ * decision and held responses are dropped, and a FETCH response being
+ * built is taken back as far as it was not sent (the caller may still
+ * finish it: it goes nowhere).
  */
 void imap_server_close(imap_server_t *srv, const char *text);
 
@@ -316,10 +318,11 @@ void imap_server_enabled(imap_server_t *srv, const char *const *caps, size_t n);
 void imap_server_untagged(imap_server_t *srv, const char *text);
 
 /*
- * One FETCH response (7.4.2): begin, any items in any order, end. The
- * response is built apart and queued whole at _end, so unsolicited
- * responses never fall inside it. seq is the message's sequence number;
- * uid and flags as elsewhere.
+ * One FETCH response (7.4.2): begin, any items in any order, end. No other
+ * response can fall inside it: the untagged helpers abort meanwhile and
+ * imap_server_next() gives IMAP_EV_NONE. A response that goes out at once
+ * is built in the output (a body is copied once), one to be held apart.
+ * seq is the message's sequence number; uid and flags as elsewhere.
  */
 void imap_server_fetch_begin(imap_server_t *srv, uint32_t seq);
 void imap_server_fetch_uid(imap_server_t *srv, uint32_t uid);

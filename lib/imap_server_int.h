@@ -97,11 +97,16 @@ struct imap_server {
     bool idling;
     char *user, *pass, *authzid; /* AUTHENTICATE PLAIN, wiped after */
 
-    /* Output. */
+    /* Output: out[out_off..len) is still to be sent. An offset rather
+     * than buf_consume(), so that sending a large FETCH answer in socket
+     * sized pieces does not move the rest each time. */
     buf_t out;
-    buf_t held;        /* unsolicited responses held back */
-    bool held_expunge; /* held has an EXPUNGE */
-    buf_t fetch;       /* the FETCH response being built */
+    size_t out_off;
+    buf_t held;         /* unsolicited responses held back */
+    bool held_expunge;  /* held has an EXPUNGE */
+    buf_t fetch;        /* a FETCH response being built to be held */
+    buf_t *fb;          /* where the FETCH response goes: out, or fetch */
+    size_t fetch_start; /* where it starts in *fb */
     bool in_fetch, fetch_first;
 };
 
@@ -133,5 +138,8 @@ void imap_resp_flush_held(imap_server_t *srv);
 /* Queues an untagged response, or holds it (see imap_server.h). */
 void imap_resp_emit(imap_server_t *srv, const char *data, size_t n,
                     bool expunge);
+/* Whether an untagged response other than EXPUNGE written now would go
+ * out at once. */
+bool imap_resp_now(const imap_server_t *srv);
 
 #endif

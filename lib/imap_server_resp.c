@@ -206,32 +206,39 @@ imap_resp_flush_held(imap_server_t *srv)
     srv->held_expunge = false;
 }
 
-void
-imap_resp_emit(imap_server_t *srv, const char *data, size_t n, bool expunge)
+static bool
+goes_now(const imap_server_t *srv, bool expunge)
 {
-    bool now;
-
     switch (srv->st) {
     case S_DONE:
-        return;
     case S_CONNECT:
     case S_TLS:
         /* Nothing before the greeting, nothing in clear text after
          * STARTTLS's OK. */
-        now = false;
-        break;
+        return false;
     default:
         if (srv->idling)
-            now = true;
-        else if (in_progress(srv))
-            now = !(expunge && imap_server_no_expunge(srv->cur));
-        else
-            /* No command in progress: RFC 3501 5.3 allows all but
-             * EXPUNGE, and what follows a held one waits behind it. */
-            now = !expunge && srv->held.len == 0;
-        break;
+            return true;
+        if (in_progress(srv))
+            return !(expunge && imap_server_no_expunge(srv->cur));
+        /* No command in progress: RFC 3501 5.3 allows all but EXPUNGE,
+         * and what follows a held one waits behind it. */
+        return !expunge && srv->held.len == 0;
     }
-    if (now) {
+}
+
+bool
+imap_resp_now(const imap_server_t *srv)
+{
+    return goes_now(srv, false);
+}
+
+void
+imap_resp_emit(imap_server_t *srv, const char *data, size_t n, bool expunge)
+{
+    if (srv->st == S_DONE)
+        return;
+    if (goes_now(srv, expunge)) {
         buf_add(&srv->out, data, n);
         return;
     }
@@ -495,17 +502,22 @@ fetch_item_start(imap_server_t *srv, const char *name)
     if (!srv->in_fetch)
         panic("FETCH item outside imap_server_fetch_begin()");
     if (!srv->fetch_first)
-        buf_addc(&srv->fetch, ' ');
+        buf_addc(srv->fb, ' ');
     srv->fetch_first = false;
-    buf_adds(&srv->fetch, name);
+    buf_adds(srv->fb, name);
 }
 
 void
 imap_server_fetch_begin(imap_server_t *srv, uint32_t seq)
 {
     check_not_fetch(srv);
-    buf_reset(&srv->fetch);
-    buf_printf(&srv->fetch, "* %" PRIu32 " FETCH (", seq);
+    /* A response that goes out at once is built in place: a large body
+     * is copied once. */
+    srv->fb = imap_resp_now(srv) ? &srv->out : &srv->fetch;
+    if (srv->fb == &srv->fetch)
+        buf_reset(&srv->fetch);
+    srv->fetch_start = srv->fb->len;
+    buf_printf(srv->fb, "* %" PRIu32 " FETCH (", seq);
     srv->in_fetch = true;
     srv->fetch_first = true;
 }
@@ -514,15 +526,15 @@ void
 imap_server_fetch_uid(imap_server_t *srv, uint32_t uid)
 {
     fetch_item_start(srv, "UID");
-    buf_printf(&srv->fetch, " %" PRIu32, uid);
+    buf_printf(srv->fb, " %" PRIu32, uid);
 }
 
 void
 imap_server_fetch_flags(imap_server_t *srv, const char *flags)
 {
     fetch_item_start(srv, "FLAGS (");
-    put_flags(&srv->fetch, flags);
-    buf_addc(&srv->fetch, ')');
+    put_flags(srv->fb, flags);
+    buf_addc(srv->fb, ')');
 }
 
 void
@@ -546,7 +558,7 @@ imap_server_fetch_internaldate(imap_server_t *srv, time_t t, int zone)
     }
     z = zone < 0 ? -zone : zone;
     fetch_item_start(srv, "INTERNALDATE");
-    buf_printf(&srv->fetch, " \"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\"",
+    buf_printf(srv->fb, " \"%02d-%s-%04d %02d:%02d:%02d %c%02d%02d\"",
                tm.tm_mday, mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour,
                tm.tm_min, tm.tm_sec, zone < 0 ? '-' : '+', z / 60, z % 60);
 }
@@ -555,7 +567,7 @@ void
 imap_server_fetch_size(imap_server_t *srv, uint64_t size)
 {
     fetch_item_start(srv, "RFC822.SIZE");
-    buf_printf(&srv->fetch, " %" PRIu64, size);
+    buf_printf(srv->fb, " %" PRIu64, size);
 }
 
 void
@@ -569,11 +581,11 @@ imap_server_fetch_item(imap_server_t *srv, const char *name, const char *value,
         buf_addc(&n, *c > 0x20 && *c < 0x7f ? *c : '?');
     fetch_item_start(srv, n.len ? n.data : "X");
     buf_free(&n);
-    buf_addc(&srv->fetch, ' ');
+    buf_addc(srv->fb, ' ');
     if (len == 0)
-        buf_adds(&srv->fetch, "NIL");
+        buf_adds(srv->fb, "NIL");
     else
-        buf_add(&srv->fetch, value, len);
+        buf_add(srv->fb, value, len);
 }
 
 static void
@@ -637,9 +649,9 @@ imap_server_fetch_section(imap_server_t *srv, const struct imap_fetch_att *att,
     section_name(&name, att);
     fetch_item_start(srv, name.data);
     buf_free(&name);
-    buf_addc(&srv->fetch, ' ');
+    buf_addc(srv->fb, ' ');
     if (d == NULL) {
-        buf_adds(&srv->fetch, "NIL");
+        buf_adds(srv->fb, "NIL");
         return;
     }
     if (att->partial) {
@@ -654,11 +666,11 @@ imap_server_fetch_section(imap_server_t *srv, const struct imap_fetch_att *att,
         }
     }
     if (len == 0) {
-        buf_adds(&srv->fetch, "\"\"");
+        buf_adds(srv->fb, "\"\"");
         return;
     }
-    buf_printf(&srv->fetch, "{%zu}\r\n", len);
-    buf_add(&srv->fetch, d, len);
+    buf_printf(srv->fb, "{%zu}\r\n", len);
+    buf_add(srv->fb, d, len);
 }
 
 void
@@ -667,7 +679,9 @@ imap_server_fetch_end(imap_server_t *srv)
     if (!srv->in_fetch)
         panic("imap_server_fetch_end() without _begin()");
     srv->in_fetch = false;
-    buf_add(&srv->fetch, ")\r\n", 3);
+    buf_add(srv->fb, ")\r\n", 3);
+    if (srv->fb == &srv->out)
+        return;
     imap_resp_emit(srv, srv->fetch.data, srv->fetch.len, false);
     /* A large body must not keep its buffer for the whole session. */
     if (srv->fetch.cap > 65536)
