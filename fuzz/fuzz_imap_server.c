@@ -24,6 +24,10 @@
  *     when the caller writes one with no command in progress;
  *   - commands come only in a state that allows them, APPEND's message is
  *     never over max_append;
+ *   - lib/imap_mime.h, run on each APPEND's message, makes ENVELOPE and
+ *     BODYSTRUCTURE values that are balanced lists of well-formed atoms,
+ *     strings and literals, of bounded size, and sections that lie inside
+ *     the message;
  *   - it gives at most a few events per input byte and never stalls;
  *   - nothing comes after LOGOUT or CLOSE.
  */
@@ -33,6 +37,7 @@
 #include <string.h>
 
 #include "lib/buf.h"
+#include "lib/imap_mime.h"
 #include "lib/imap_server.h"
 
 #define MAX_APPEND 4096
@@ -182,7 +187,8 @@ take_output(struct fz *f)
     check_output(f);
 }
 
-static const char msg[] = "Subject: fuzz\r\nFrom: a@b.test\r\n\r\nbody\r\n";
+static const char fetch_msg[] =
+    "Subject: fuzz\r\nFrom: a@b.test\r\n\r\nbody\r\n";
 
 static void
 answer_fetch(struct fz *f, const struct imap_cmd *c)
@@ -210,7 +216,7 @@ answer_fetch(struct fz *f, const struct imap_cmd *c)
                                                (int)(f->seed % 3000) - 1500);
                 break;
             case IMAP_FETCH_RFC822_SIZE:
-                imap_server_fetch_size(f->srv, sizeof(msg) - 1);
+                imap_server_fetch_size(f->srv, sizeof(fetch_msg) - 1);
                 break;
             case IMAP_FETCH_ENVELOPE:
             case IMAP_FETCH_BODY:
@@ -218,13 +224,132 @@ answer_fetch(struct fz *f, const struct imap_cmd *c)
                 imap_server_fetch_item(f->srv, "ENVELOPE", "(NIL \"x\")", 9);
                 break;
             default:
-                imap_server_fetch_section(
-                    f->srv, a, a->sec.nparts > 2 ? NULL : msg, sizeof(msg) - 1);
+                imap_server_fetch_section(f->srv, a,
+                                          a->sec.nparts > 2 ? NULL : fetch_msg,
+                                          sizeof(fetch_msg) - 1);
                 break;
             }
         }
         imap_server_fetch_end(f->srv);
     }
+}
+
+/* Whether v[0..n) is one well-formed IMAP value: a list of lists, NIL,
+ * numbers, atoms, quoted strings and literals (RFC 3501 9). */
+static void
+check_value(const char *v, size_t n, const char *what)
+{
+    size_t i = 0;
+    int depth = 0;
+
+    while (i < n) {
+        char c = v[i];
+
+        if (c == '(') {
+            depth++;
+            i++;
+        } else if (c == ')') {
+            if (--depth < 0)
+                fail("unbalanced list", what);
+            i++;
+        } else if (c == ' ') {
+            i++;
+        } else if (c == '"') {
+            for (i++; i < n && v[i] != '"'; i++) {
+                if (v[i] == '\\') {
+                    i++;
+                    if (i >= n || (v[i] != '"' && v[i] != '\\'))
+                        fail("bad escape in a quoted string", what);
+                } else if ((unsigned char)v[i] < 0x20 ||
+                           (unsigned char)v[i] > 0x7e) {
+                    fail("bad octet in a quoted string", what);
+                }
+            }
+            if (i >= n)
+                fail("unterminated quoted string", what);
+            i++;
+        } else if (c == '{') {
+            unsigned long long lit = 0;
+
+            for (i++; i < n && v[i] >= '0' && v[i] <= '9'; i++)
+                lit = lit * 10 + (unsigned long long)(v[i] - '0');
+            if (n - i < 3 || memcmp(v + i, "}\r\n", 3) != 0 || n - i - 3 < lit)
+                fail("bad literal", what);
+            i += 3 + lit;
+        } else if ((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+            while (i < n && ((v[i] >= 'A' && v[i] <= 'Z') ||
+                             (v[i] >= '0' && v[i] <= '9')))
+                i++;
+        } else {
+            fail("unexpected octet in a value", what);
+        }
+        if (depth == 0 && i < n)
+            fail("more than one value", what);
+    }
+    if (depth != 0)
+        fail("unbalanced list", what);
+}
+
+/* ENVELOPE, BODY, BODYSTRUCTURE and some sections of an APPEND's
+ * message, as a FETCH response. */
+static void
+answer_mime(struct fz *f, const char *msg, size_t len)
+{
+    static const char *const from_subject[] = {"SUBJECT", "FROM"};
+    static const char *const to[] = {"TO"};
+    static const struct imap_section secs[] = {
+        {.spec = IMAP_SEC_WHOLE},
+        {.spec = IMAP_SEC_TEXT},
+        {.part = {1}, .nparts = 1, .spec = IMAP_SEC_MIME},
+        {.part = {2}, .nparts = 1, .spec = IMAP_SEC_WHOLE},
+        {.part = {1, 2}, .nparts = 2, .spec = IMAP_SEC_WHOLE},
+        {.part = {2, 1}, .nparts = 2, .spec = IMAP_SEC_HEADER},
+        {.part = {1, 1, 1}, .nparts = 3, .spec = IMAP_SEC_TEXT},
+        {.spec = IMAP_SEC_FIELDS, .fields = {from_subject, 2}},
+        {.part = {3},
+         .nparts = 1,
+         .spec = IMAP_SEC_FIELDS_NOT,
+         .fields = {to, 1}},
+    };
+    imap_mime_t *m = imap_mime_parse(msg, len);
+    buf_t v = BUF_INIT, scratch = BUF_INIT;
+    size_t bound = 16 * len + 400 * IMAP_MIME_PARTS_MAX;
+
+    if (imap_mime_size(m) != len || imap_mime_header_size(m) > len)
+        fail("imap_mime sizes", NULL);
+    imap_server_fetch_begin(f->srv, 1);
+    imap_mime_envelope(m, &v);
+    check_value(v.data, v.len, "ENVELOPE");
+    imap_server_fetch_item(f->srv, "ENVELOPE", v.data, v.len);
+    buf_reset(&v);
+    imap_mime_bodystructure(m, true, &v);
+    if (v.len > bound)
+        fail("BODYSTRUCTURE too large", NULL);
+    check_value(v.data, v.len, "BODYSTRUCTURE");
+    imap_server_fetch_item(f->srv, "BODYSTRUCTURE", v.data, v.len);
+    buf_reset(&v);
+    imap_mime_bodystructure(m, false, &v);
+    check_value(v.data, v.len, "BODY");
+    imap_server_fetch_item(f->srv, "BODY", v.data, v.len);
+    for (size_t i = 0; i < sizeof(secs) / sizeof(secs[0]); i++) {
+        struct imap_fetch_att att = {.item = IMAP_FETCH_SECTION,
+                                     .sec = secs[i]};
+        const char *d;
+        size_t n;
+
+        if (!imap_mime_section(m, &secs[i], &scratch, &d, &n)) {
+            imap_server_fetch_section(f->srv, &att, NULL, 0);
+            continue;
+        }
+        if (!(d >= msg && d + n <= msg + len) &&
+            !(d == scratch.data && n == scratch.len))
+            fail("section outside the message", NULL);
+        imap_server_fetch_section(f->srv, &att, d, n);
+    }
+    imap_server_fetch_end(f->srv);
+    imap_mime_destroy(&m);
+    buf_free(&v);
+    buf_free(&scratch);
 }
 
 static enum imap_status
@@ -324,6 +449,7 @@ answer(struct fz *f, const struct imap_event *ev)
         if (c->append.len > MAX_APPEND)
             fail("APPEND over max_append", NULL);
         imap_server_untagged(f->srv, "OK \r\n\x01 sanitised");
+        answer_mime(f, c->append.msg, c->append.len);
         break;
     default:
         break;

@@ -21,6 +21,7 @@
 #include <check.h>
 
 #include "lib/buf.h"
+#include "lib/imap_mime.h"
 #include "lib/imap_server.h"
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
@@ -1427,6 +1428,79 @@ START_TEST(test_close_pending)
 }
 END_TEST
 
+/* A large FETCH answer, sent in small pieces while it is written: the
+ * stream is whole and in order. */
+START_TEST(test_large_fetch_pieces)
+{
+    struct run r;
+    const struct imap_event *ev;
+    buf_t body = BUF_INIT, want = BUF_INIT;
+    struct imap_fetch_att att = {.item = IMAP_FETCH_SECTION};
+
+    for (int i = 0; i < 200000; i++)
+        buf_printf(&body, "line %d\r\n", i);
+    run_start(&r, O_PLAIN);
+    step(&r, IN, false);
+    buf_reset(&r.out);
+    ev = step(&r, "c FETCH 1:3 BODY.PEEK[]\r\n", true);
+    ck_assert_ptr_nonnull(ev);
+    for (uint32_t seq = 1; seq <= 3; seq++) {
+        size_t n;
+        const char *o;
+
+        imap_server_fetch_begin(r.srv, seq);
+        imap_server_fetch_uid(r.srv, seq);
+        /* Some of it goes out before the response is finished. */
+        o = imap_server_output(r.srv, &n);
+        buf_add(&r.out, o, n / 2);
+        imap_server_output_done(r.srv, n / 2);
+        imap_server_fetch_section(r.srv, &att, body.data, body.len);
+        imap_server_fetch_end(r.srv);
+        buf_printf(&want, "* %u FETCH (UID %u BODY[] {%zu}\r\n", seq, seq,
+                   body.len);
+        buf_add(&want, body.data, body.len);
+        buf_adds(&want, ")\r\n");
+        while ((o = imap_server_output(r.srv, &n)), n > 0) {
+            size_t k = n < 1000 ? n : 1000;
+
+            buf_add(&r.out, o, k);
+            imap_server_output_done(r.srv, k);
+        }
+    }
+    imap_server_complete(r.srv, IMAP_OK, NULL, NULL);
+    take_output(&r);
+    buf_adds(&want, "c OK FETCH completed\r\n");
+    ck_assert_uint_eq(r.out.len, want.len);
+    ck_assert(memcmp(r.out.data, want.data, want.len) == 0);
+    run_free(&r);
+    buf_free(&body);
+    buf_free(&want);
+}
+END_TEST
+
+/* Closed in the middle of a FETCH response: the part not sent is taken
+ * back, the output stays whole responses. */
+START_TEST(test_close_in_fetch)
+{
+    struct run r;
+
+    run_start(&r, O_PLAIN);
+    step(&r, IN, false);
+    ck_assert_ptr_nonnull(step(&r, "c FETCH 1 FLAGS\r\n", true));
+    imap_server_fetch_begin(r.srv, 1);
+    imap_server_fetch_flags(r.srv, "\\Seen");
+    imap_server_close(r.srv, "Shutting down");
+    /* The caller may finish the response; it goes nowhere. */
+    imap_server_fetch_uid(r.srv, 1);
+    imap_server_fetch_end(r.srv);
+    step(&r, NULL, false);
+    check_wellformed(&r.out);
+    ck_assert_ptr_nonnull(strstr(r.out.data, SELECTED "* BYE Shutting "
+                                                      "down\r\n"));
+    run_free(&r);
+}
+END_TEST
+
 /* Formatting of values and caller text. */
 START_TEST(test_format)
 {
@@ -1462,6 +1536,10 @@ START_TEST(test_format)
     imap_server_untagged_status(r.srv, IMAP_NO, "ALERT]x", "[not a code");
     imap_server_untagged_status(r.srv, IMAP_BAD, NULL, NULL);
     imap_server_untagged(r.srv, NULL);
+    /* A text ending like a literal's announcement must not read as one
+     * (found by fuzz_imap_server). */
+    imap_server_untagged(r.srv, "see {5}");
+    imap_server_untagged(r.srv, "ENABLED AUTH4}");
     imap_server_fetch_begin(r.srv, 7);
     imap_server_fetch_internaldate(r.srv, 0, 90);
     imap_server_fetch_internaldate(r.srv, 1700000000, -1439);
@@ -1477,6 +1555,7 @@ START_TEST(test_format)
                  "* ID (\"k\\\"ey\" NIL)\r\n* ID NIL\r\n* SEARCH\r\n"
                  "* NAMESPACE ((\"INBOX.\" \".\")) NIL NIL\r\n"
                  "* NO [ALERT?x] [not a code\r\n* BAD Completed\r\n* OK\r\n"
+                 "* see {5?\r\n* ENABLED AUTH4}\r\n"
                  "* 7 FETCH (INTERNALDATE \"01-Jan-1970 01:30:00 +0130\" "
                  "INTERNALDATE \"13-Nov-2023 22:14:20 -2359\" BODY[] NIL "
                  "X?Y NIL RFC822.SIZE 12345678901)\r\n");
@@ -1583,6 +1662,274 @@ START_TEST(test_tls_started_unasked)
 }
 END_TEST
 
+/*
+ * lib/imap_mime.h, the FETCH helper: ENVELOPE, BODYSTRUCTURE and sections
+ * of messages, compared with what RFC 3501 7.4.2 and 6.4.5 want.
+ */
+
+#define M_MIXED                                                                \
+    "Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\r\n"                          \
+    "From: Terry Gray <gray@cac.washington.edu>\r\n"                           \
+    "Subject: IMAP4rev1 WG mtg summary and minutes\r\n"                        \
+    "To: imap@cac.washington.edu, \"A, \\\"B\\\"\" <ab@x.test>,\r\n"           \
+    " group: m@n.test, o@p.test;\r\n"                                          \
+    "cc: minutes@CNRI.Reston.VA.US,\r\n John Klensin <KLENSIN@MIT.EDU>\r\n"    \
+    "Message-Id: <B27397-0100000@cac.washington.edu>\r\n"                      \
+    "MIME-Version: 1.0\r\n"                                                    \
+    "Content-Type: multipart/mixed; boundary=\"XX\"\r\n"                       \
+    "\r\n"                                                                     \
+    "preamble\r\n"                                                             \
+    "--XX\r\n"                                                                 \
+    "Content-Type: text/plain; charset=utf-8\r\n"                              \
+    "\r\n"                                                                     \
+    "hello\r\nworld\r\n"                                                       \
+    "--XX  \r\n"                                                               \
+    "Content-Type: message/rfc822\r\n"                                         \
+    "Content-Disposition: attachment; filename=\"x.eml\"\r\n"                  \
+    "\r\n"                                                                     \
+    "Subject: inner\r\nFrom: <@r1,@r2:a@b.test>\r\n\r\ninner body\r\n"         \
+    "--XXnot a delimiter\r\n"                                                  \
+    "--XX--\r\n"                                                               \
+    "epilogue\r\n"
+
+#define M_ALT                                                                  \
+    "From: a@b.test\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\n"    \
+    "--out\r\nContent-Type: multipart/alternative; boundary=\"in\"\r\n\r\n"    \
+    "--in\r\nContent-Type: text/plain\r\n\r\nplain\r\n"                        \
+    "--in\r\nContent-Type: text/html; charset=\"us-ascii\"\r\n\r\n"            \
+    "<p>html</p>\r\n--in--\r\n"                                                \
+    "--out\r\nContent-Type: image/png; name=a.png\r\n"                         \
+    "Content-Transfer-Encoding: base64\r\nContent-ID: <img1>\r\n"              \
+    "Content-Description: a picture\r\nContent-MD5: Q2hlY2sgSW50\r\n"          \
+    "Content-Disposition: inline\r\nContent-Language: en, de\r\n"              \
+    "Content-Location: http://x.test/a.png\r\n\r\niVBORw0K\r\n--out--\r\n"
+
+static const struct mime_row {
+    const char *label, *msg;
+    const char *envelope, *bodystructure, *body;
+} mime_rows[] = {
+    {"plain", "Subject: hi\r\n\r\nline 1\r\nline 2",
+     "(NIL \"hi\" NIL NIL NIL NIL NIL NIL NIL NIL)",
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 14 2 "
+     "NIL NIL NIL NIL)",
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 14 2)"},
+    {"empty", "", "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0 NIL "
+     "NIL NIL NIL)",
+     NULL},
+    {"header only, bare LF", "Subject: x\nFrom: Me <me@x.test>\n",
+     "(NIL \"x\" ((\"Me\" NIL \"me\" \"x.test\")) ((\"Me\" NIL \"me\" "
+     "\"x.test\")) ((\"Me\" NIL \"me\" \"x.test\")) NIL NIL NIL NIL NIL)",
+     NULL,
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" "
+     "0 0)"},
+    {"mixed", M_MIXED,
+     "(\"Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\" \"IMAP4rev1 WG mtg summary "
+     "and minutes\" ((\"Terry Gray\" NIL \"gray\" \"cac.washington.edu\")) "
+     "((\"Terry Gray\" NIL \"gray\" \"cac.washington.edu\")) ((\"Terry Gray\" "
+     "NIL \"gray\" \"cac.washington.edu\")) ((NIL NIL \"imap\" "
+     "\"cac.washington.edu\")(\"A, \\\"B\\\"\" NIL \"ab\" \"x.test\")(NIL NIL "
+     "\"group\" NIL)(NIL NIL \"m\" \"n.test\")(NIL NIL \"o\" \"p.test\")(NIL "
+     "NIL NIL NIL)) ((NIL NIL \"minutes\" \"CNRI.Reston.VA.US\")(\"John "
+     "Klensin\" NIL \"KLENSIN\" \"MIT.EDU\")) NIL NIL "
+     "\"<B27397-0100000@cac.washington.edu>\")",
+     "((\"TEXT\" \"PLAIN\" (\"charset\" \"utf-8\") NIL NIL \"7BIT\" 12 2 NIL "
+     "NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 75 (NIL "
+     "\"inner\" ((NIL \"@r1,@r2\" \"a\" \"b.test\")) ((NIL \"@r1,@r2\" \"a\" "
+     "\"b.test\")) ((NIL \"@r1,@r2\" \"a\" \"b.test\")) NIL NIL NIL NIL NIL) "
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 31 2 NIL "
+     "NIL NIL NIL) 5 NIL (\"attachment\" (\"filename\" \"x.eml\")) NIL NIL) "
+     "\"MIXED\" (\"boundary\" \"XX\") NIL NIL NIL)",
+     NULL},
+    {"alternative and extension fields", M_ALT, NULL,
+     "(((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1 NIL NIL NIL NIL)(\"TEXT\" "
+     "\"HTML\" (\"charset\" \"us-ascii\") NIL NIL \"7BIT\" 11 1 NIL NIL NIL "
+     "NIL) \"ALTERNATIVE\" (\"boundary\" \"in\") NIL NIL NIL)(\"IMAGE\" "
+     "\"PNG\" (\"name\" \"a.png\") \"<img1>\" \"a picture\" \"BASE64\" 8 "
+     "\"Q2hlY2sgSW50\" (\"inline\" NIL) (\"en\" \"de\") "
+     "\"http://x.test/a.png\") \"MIXED\" (\"boundary\" \"out\") NIL NIL NIL)",
+     "(((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 5 1)(\"TEXT\" \"HTML\" "
+     "(\"charset\" \"us-ascii\") NIL NIL \"7BIT\" 11 1) \"ALTERNATIVE\")"
+     "(\"IMAGE\" \"PNG\" (\"name\" \"a.png\") \"<img1>\" \"a picture\" "
+     "\"BASE64\" 8) \"MIXED\")"},
+    {"multipart without boundary",
+     "Content-Type: multipart/mixed\r\n\r\n--x\r\n\r\nA\r\n--x--\r\n", NULL,
+     "(\"APPLICATION\" \"OCTET-STREAM\" NIL NIL NIL \"7BIT\" 17 NIL NIL NIL "
+     "NIL)",
+     NULL},
+    {"multipart without parts",
+     "Content-Type: multipart/mixed; boundary=x\r\n\r\nno parts here\r\n", NULL,
+     "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0 "
+     "NIL NIL NIL NIL) \"MIXED\" (\"boundary\" \"x\") NIL NIL NIL)",
+     NULL},
+    {"unclosed multipart",
+     "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\nA\r\n", NULL,
+     NULL,
+     "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 3 1) "
+     "\"MIXED\")"},
+    {"digest",
+     "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\n"
+     "Subject: s\r\n\r\nb\r\n--d--\r\n",
+     NULL, NULL,
+     "((\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 15 (NIL \"s\" NIL NIL NIL "
+     "NIL NIL NIL NIL NIL) (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL "
+     "NIL \"7BIT\" 1 1) 3) \"DIGEST\")"},
+    {"empty quoted parameter",
+     "Content-Type: text/plain; a=\"\"; b=\"\\\"\"\r\n\r\nx", NULL, NULL,
+     "(\"TEXT\" \"PLAIN\" (\"a\" \"\" \"b\" \"\\\"\") NIL NIL \"7BIT\" 1 1)"},
+    {"bad content type", "Content-Type: text\r\n\r\nx", NULL, NULL,
+     "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 1 1)"},
+    {"envelope odds",
+     "Subject: caf\xc3\xa9\r\nFrom: (c) \"x \\\\ y\" <x@y>\r\n"
+     "Reply-To:\r\nSender: s@t\r\nTo: undisclosed-recipients:;\r\n"
+     "Cc: bare, @odd, <>\r\nBcc: a@b (comment), \"q\"@c\r\n"
+     "In-Reply-To: <p@q>\r\n\r\n",
+     "(NIL {5}\r\ncaf\xc3\xa9 ((\"x \\\\ y\" NIL \"x\" \"y\")) ((NIL NIL \"s\" "
+     "\"t\")) ((\"x \\\\ y\" NIL \"x\" \"y\")) ((NIL NIL "
+     "\"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) ((NIL NIL \"bare\" "
+     "\"\")(NIL NIL \"\" \"odd\")) ((NIL NIL \"a\" \"b\")(NIL NIL \"q\" "
+     "\"c\")) \"<p@q>\" NIL)",
+     NULL, NULL},
+};
+
+START_TEST(test_mime)
+{
+    const struct mime_row *row = &mime_rows[_i];
+    imap_mime_t *m = imap_mime_parse(row->msg, strlen(row->msg));
+    buf_t b = BUF_INIT;
+
+    ck_assert_uint_eq(imap_mime_size(m), strlen(row->msg));
+    if (row->envelope) {
+        imap_mime_envelope(m, &b);
+        ck_assert_msg(strcmp(b.data, row->envelope) == 0,
+                      "%s: envelope: got\n%s\nwant\n%s", row->label, b.data,
+                      row->envelope);
+        buf_reset(&b);
+    }
+    if (row->bodystructure) {
+        imap_mime_bodystructure(m, true, &b);
+        ck_assert_msg(strcmp(b.data, row->bodystructure) == 0,
+                      "%s: bodystructure: got\n%s\nwant\n%s", row->label,
+                      b.data, row->bodystructure);
+        buf_reset(&b);
+    }
+    if (row->body) {
+        imap_mime_bodystructure(m, false, &b);
+        ck_assert_msg(strcmp(b.data, row->body) == 0,
+                      "%s: body: got\n%s\nwant\n%s", row->label, b.data,
+                      row->body);
+    }
+    imap_mime_destroy(&m);
+    ck_assert_ptr_null(m);
+    buf_free(&b);
+}
+END_TEST
+
+static const struct {
+    const char *label, *msg, *section, *want; /* want NULL: none */
+} section_rows[] = {
+    {"whole", "S: x\r\n\r\nbody", "", "S: x\r\n\r\nbody"},
+    {"header", "S: x\r\n\r\nbody", "HEADER", "S: x\r\n\r\n"},
+    {"text", "S: x\r\n\r\nbody", "TEXT", "body"},
+    {"part 1 of a single part", "S: x\r\n\r\nbody", "1", "body"},
+    {"part 2 of a single part", "S: x\r\n\r\nbody", "2", NULL},
+    {"mime of part 1", "S: x\r\n\r\nbody", "1.MIME", "S: x\r\n\r\n"},
+    {"header of a non-message part", "S: x\r\n\r\nbody", "1.HEADER", NULL},
+    {"fields", "A: 1\r\nB: 2\r\n 3\r\nc: 4\r\n\r\nbody", "HEADER.FIELDS (C B)",
+     "B: 2\r\n 3\r\nc: 4\r\n\r\n"},
+    {"fields not", "A: 1\r\nB: 2\r\nc: 4\r\n\r\nbody",
+     "HEADER.FIELDS.NOT (C B)", "A: 1\r\n\r\n"},
+    {"fields none", "A: 1\r\n\r\nbody", "HEADER.FIELDS (X)", "\r\n"},
+    {"fields unended", "A: 1", "HEADER.FIELDS (A)", "A: 1\r\n\r\n"},
+    {"multipart part", M_MIXED, "1", "hello\r\nworld"},
+    {"multipart part mime", M_MIXED, "1.MIME",
+     "Content-Type: text/plain; charset=utf-8\r\n\r\n"},
+    {"message part", M_MIXED, "2",
+     "Subject: inner\r\nFrom: <@r1,@r2:a@b.test>\r\n\r\ninner body\r\n"
+     "--XXnot a delimiter"},
+    {"message part header", M_MIXED, "2.HEADER",
+     "Subject: inner\r\nFrom: <@r1,@r2:a@b.test>\r\n\r\n"},
+    {"message part text", M_MIXED, "2.TEXT",
+     "inner body\r\n--XXnot a delimiter"},
+    {"message part fields", M_MIXED, "2.HEADER.FIELDS (SUBJECT)",
+     "Subject: inner\r\n\r\n"},
+    {"inside a message part", M_MIXED, "2.1",
+     "inner body\r\n--XXnot a delimiter"},
+    {"past the last part", M_MIXED, "3", NULL},
+    {"nested", M_ALT, "1.2", "<p>html</p>"},
+    {"nested mime", M_ALT, "1.2.MIME",
+     "Content-Type: text/html; charset=\"us-ascii\"\r\n\r\n"},
+    {"nested too far", M_ALT, "1.2.1", "<p>html</p>"},
+    {"nested beyond", M_ALT, "1.2.2", NULL},
+    {"attachment", M_ALT, "2", "iVBORw0K"},
+};
+
+START_TEST(test_mime_section)
+{
+    const char *msg = section_rows[_i].msg, *want = section_rows[_i].want;
+    imap_mime_t *m = imap_mime_parse(msg, strlen(msg));
+    imap_parse_t *p = imap_parse_new();
+    const struct imap_cmd *c;
+    const char *why, *data;
+    buf_t cmd = BUF_INIT, scratch = BUF_INIT;
+    size_t len;
+    bool found;
+
+    buf_printf(&cmd, "a FETCH 1 BODY[%s]\r\n", section_rows[_i].section);
+    ck_assert_int_eq(imap_parse_command(p, cmd.data, cmd.len, &c, &why), 0);
+    found = imap_mime_section(m, &c->fetch.att[0].sec, &scratch, &data, &len);
+    ck_assert_msg(found == (want != NULL), "%s: found %d",
+                  section_rows[_i].label, found);
+    if (found)
+        ck_assert_msg(len == strlen(want) && memcmp(data, want, len) == 0,
+                      "%s: got <%.*s>, want <%s>", section_rows[_i].label,
+                      (int)len, data, want);
+    imap_mime_destroy(&m);
+    imap_parse_destroy(&p);
+    buf_free(&cmd);
+    buf_free(&scratch);
+}
+END_TEST
+
+/* Nesting and part count are bounded. */
+START_TEST(test_mime_limits)
+{
+    buf_t msg = BUF_INIT, b = BUF_INIT;
+    imap_mime_t *m;
+    size_t opened = 0, texts = 0;
+
+    for (int i = 0; i < 40; i++)
+        buf_printf(&msg,
+                   "Content-Type: multipart/mixed; boundary=b%d\r\n\r\n"
+                   "--b%d\r\n",
+                   i, i);
+    buf_adds(&msg, "\r\ndeep\r\n");
+    m = imap_mime_parse(msg.data, msg.len);
+    imap_mime_bodystructure(m, true, &b);
+    for (size_t i = 0; i < b.len; i++)
+        opened += b.data[i] == '(' && b.data[i + 1] == '(';
+    ck_assert_uint_le(opened, IMAP_MIME_DEPTH_MAX + 1);
+    ck_assert_ptr_nonnull(strstr(b.data, "\"APPLICATION\" \"OCTET-STREAM\""));
+    imap_mime_destroy(&m);
+
+    buf_reset(&msg);
+    buf_reset(&b);
+    buf_adds(&msg, "Content-Type: multipart/mixed; boundary=p\r\n\r\n");
+    for (int i = 0; i < 2000; i++)
+        buf_adds(&msg, "--p\r\n\r\nx\r\n");
+    buf_adds(&msg, "--p--\r\n");
+    m = imap_mime_parse(msg.data, msg.len);
+    imap_mime_bodystructure(m, false, &b);
+    for (const char *q = b.data; (q = strstr(q, "\"TEXT\"")) != NULL; q++)
+        texts++;
+    ck_assert_uint_le(texts, IMAP_MIME_PARTS_MAX);
+    ck_assert_uint_ge(texts, IMAP_MIME_PARTS_MAX - 2);
+    imap_mime_destroy(&m);
+    buf_free(&msg);
+    buf_free(&b);
+}
+END_TEST
+
 static Suite *
 imap_server_suite(void)
 {
@@ -1616,6 +1963,8 @@ imap_server_suite(void)
     tcase_add_test(tc, test_state);
     tcase_add_test(tc, test_close_during_handshake);
     tcase_add_test(tc, test_close_pending);
+    tcase_add_test(tc, test_close_in_fetch);
+    tcase_add_test(tc, test_large_fetch_pieces);
     tcase_add_test(tc, test_format);
     tcase_add_test(tc, test_defaults);
     tcase_add_test_raise_signal(tc, test_complete_nothing_pending, SIGABRT);
@@ -1625,6 +1974,12 @@ imap_server_suite(void)
     tcase_add_test_raise_signal(tc, test_untagged_in_fetch, SIGABRT);
     tcase_add_test_raise_signal(tc, test_fetch_item_outside, SIGABRT);
     tcase_add_test_raise_signal(tc, test_tls_started_unasked, SIGABRT);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("mime");
+    tcase_add_loop_test(tc, test_mime, 0, NROWS(mime_rows));
+    tcase_add_loop_test(tc, test_mime_section, 0, NROWS(section_rows));
+    tcase_add_test(tc, test_mime_limits);
     suite_add_tcase(s, tc);
     return s;
 }
