@@ -7,6 +7,8 @@
  * guard_resolve_step() and is told the answers through the
  * guard_resolve_*_answer() calls, so a test can drive it from a table in
  * memory, and guard_handlers.c drives it from asynchronous Redis replies.
+ * The rate counters (guard_rate.c) are counted in the guard and shared with
+ * the other guard copies through Redis in the background.
  * Everything here runs on the actor's loop thread. Strings a query or a verdict
  * returns are borrowed from the resolver and live until
  * guard_resolve_destroy().
@@ -19,6 +21,7 @@
 
 #include "actor.h"
 #include "lib/smtp_addr.h"
+#include "store.h"
 
 /* Alias hops allowed along one path (a catch-all counts as one). */
 #define GUARD_MAX_DEPTH 8
@@ -129,6 +132,21 @@ const struct guard_verdict *guard_resolve_verdict(const guard_resolve_t *r);
 
 /* Number of questions asked so far (for tests and logs). */
 int guard_resolve_queries(const guard_resolve_t *r);
+
+typedef struct guard_rate guard_rate_t;
+
+/* Rate counters on loop that flush into store (borrowed; it may be down)
+ * every flush_ms. Never fails. Destroy them after the store, whose
+ * destruction calls back the flush that is out. */
+guard_rate_t *guard_rate_new(loop_t *loop, store_async_t *store, int flush_ms);
+void guard_rate_destroy(guard_rate_t **r_p);
+
+/* Counts one event of kind ("conn", "msg", ...) for subject (a client
+ * address or a user) in this minute and returns the minute's count with
+ * it: the global count learned at the last flush plus this guard's events
+ * since. Answers at once, whether Redis is up or not. */
+long long guard_rate_hit(guard_rate_t *r, const char *kind,
+                         const char *subject);
 
 /* The handlers and hooks (guard_handlers.c). */
 int guard_init(actor_t *a);

@@ -2,14 +2,19 @@
  * guard_handlers.c - guard.connect, guard.mail and guard.rcpt answered from
  * Redis without blocking the loop.
  *
- * Each request becomes a job that owns it. A job sends one round of Redis
- * commands at a time (pipelined on the one connection), and moves on when
- * the last reply of the round is in: a rate counter, or the answer to the
- * resolver's question (guard_resolve.c), after which the resolver is
- * stepped again. Any store failure in a round (Redis down, a command
- * timing out, an error reply) answers 451 4.3.0, never a 250; a timer at
- * the request's deadline answers 451 as well, so the caller never waits
- * for nothing. A job answered early stays alive until its last Redis
+ * Rate limits are decided at once from the counters in this process
+ * (guard_rate.c), which share their counts through Redis in the
+ * background: guard.connect, and guard.mail without a sender to check,
+ * never wait for Redis, and go on while it is down.
+ *
+ * Anything that needs an address resolved becomes a job that owns the
+ * request. A job sends one round of Redis commands at a time (pipelined on
+ * the one connection), and moves on when the last reply of the round is
+ * in: the answer to the resolver's question (guard_resolve.c), after which
+ * the resolver is stepped again. Any store failure in a round (Redis down,
+ * a command timing out, an error reply) answers 451 4.3.0, never a 250; a
+ * timer at the request's deadline answers 451 as well, so the caller never
+ * waits for nothing. A job answered early stays alive until its last Redis
  * callback has run, since the store calls back exactly once per command.
  */
 #include <stdlib.h>
@@ -29,25 +34,18 @@
 /* The deadline answer goes out this long before the caller's deadline, so
  * it arrives while the caller still listens. */
 #define GUARD_DEADLINE_MARGIN_MS 100
-/* Rate counters live two windows, so a late reader still finds its own. */
-#define GUARD_RATE_TTL "120"
-
-/* INCR and EXPIRE as one step: a counter never lives without its expiry. */
-static const char rate_script[] = "local n = redis.call('INCR', KEYS[1]) "
-                                  "redis.call('EXPIRE', KEYS[1], ARGV[1]) "
-                                  "return n";
 
 struct guard {
     store_async_t *store;
+    guard_rate_t *rate;
     long conn_per_minute, msg_per_minute;
     long user_msg_per_minute, user_rcpt_per_minute;
 };
 
-enum job_kind { JOB_CONNECT, JOB_MAIL, JOB_RCPT };
+enum job_kind { JOB_MAIL, JOB_RCPT };
 
 /* The replies one round may wait for; each has its own slot. */
 enum slot_id {
-    S_RATE,
     S_DOM_MEMBER,
     S_DOM_HASH,
     S_USER_EXISTS,
@@ -77,11 +75,7 @@ struct job {
     loop_timer_t *deadline;
     struct slot slots[S__COUNT];
 
-    /* The rate limit asked about: what, and its limit. */
-    const char *rate_what;
-    long rate_limit;
     /* What the round's replies said. */
-    long long rate;
     bool dom_ours, dom_disabled, user_exists, user_disabled;
     char *catchall;
     char **targets;
@@ -89,7 +83,6 @@ struct job {
 };
 
 static void job_advance(struct job *j);
-static void rcpt_start(struct job *j);
 
 static bool
 is_one(const store_reply_t *r)
@@ -105,7 +98,6 @@ is_one(const store_reply_t *r)
 static void
 round_reset(struct job *j)
 {
-    j->rate = 0;
     j->dom_ours = j->dom_disabled = j->user_exists = j->user_disabled = false;
     free(j->catchall);
     j->catchall = NULL;
@@ -232,9 +224,6 @@ static void
 take_reply(struct job *j, enum slot_id id, const store_reply_t *r)
 {
     switch (id) {
-    case S_RATE:
-        j->rate = store_reply_int(r);
-        break;
     case S_DOM_MEMBER:
         j->dom_ours = is_one(r);
         break;
@@ -323,25 +312,6 @@ static void
 round_end(struct job *j)
 {
     job_release(j);
-}
-
-/* Counts one event of kind for subject (a client address or a user) in
- * this minute; job_advance() compares the count with limit. */
-static void
-send_rate(struct job *j, const char *kind, const char *subject,
-          const char *what, long limit)
-{
-    char key[STORE_KEY_MAX];
-    long long minute = (long long)(clock_wall_us() / 60000000);
-    const char *argv[] = {"EVAL", rate_script, "1",
-                          store_key_rate(key, kind, subject, minute),
-                          GUARD_RATE_TTL};
-
-    j->rate_what = what;
-    j->rate_limit = limit;
-    round_begin(j);
-    job_cmd(j, S_RATE, 5, argv);
-    round_end(j);
 }
 
 static void
@@ -490,20 +460,32 @@ mail_check_sender(struct job *j)
     resolve(j);
 }
 
-static void
-rate_verdict(struct job *j, const char *what, long limit)
+/* Counts one event of kind for subject (a client address or a user) in
+ * this minute. Returns NULL while the count is within limit, else the 451
+ * reply to send (caller owns it). */
+static envelope_t *
+rate_check(struct guard *g, const envelope_t *env, const char *kind,
+           const char *subject, const char *what, long limit)
 {
-    const char *ip = envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP);
+    long long n = guard_rate_hit(g->rate, kind, subject);
+    const char *ip = envelope_get_str(env, ENV_KEY_CLIENT_IP);
     char text[GUARD_ADDR_MAX + 64], user[GUARD_ADDR_MAX + 1];
-    const char *who = session_user(job_env(j), user, sizeof(user)) ? user
-                                                                    : ip;
+    const char *who;
 
-    snprintf(text, sizeof(text), "too many %s from %s, try later", what,
-             who);
-    log_warn(j->trace, "guard_rate_limited",
-             "kind=%s ip=%s count=%lld limit=%ld", what, log_q(ip), j->rate,
-             limit);
-    job_answer(j, 451, "4.7.1", text);
+    if (n <= limit)
+        return NULL;
+    who = session_user(env, user, sizeof(user)) ? user : ip;
+    snprintf(text, sizeof(text), "too many %s from %s, try later", what, who);
+    log_warn(envelope_trace(env), "guard_rate_limited",
+             "kind=%s ip=%s count=%lld limit=%ld", what, log_q(ip), n, limit);
+    return envelope_new_reply(env, 451, "4.7.1", text);
+}
+
+/* Answers a job with the reply of rate_check(), taken. */
+static void
+job_rate_refused(struct job *j, envelope_t **reply_p)
+{
+    job_reply(j, reply_p);
     job_done(j);
 }
 
@@ -518,36 +500,21 @@ job_advance(struct job *j)
         job_done(j);
         return;
     }
-    if (j->res != NULL) {
-        if (j->asked == GUARD_Q_DOMAIN) {
-            struct guard_domain_info d = {j->dom_ours, j->dom_disabled,
-                                          j->catchall};
+    /* Every round asks the resolver's question. */
+    if (j->asked == GUARD_Q_DOMAIN) {
+        struct guard_domain_info d = {j->dom_ours, j->dom_disabled,
+                                      j->catchall};
 
-            guard_resolve_domain_answer(j->res, &d);
-        } else {
-            struct guard_local_info l = {j->user_exists, j->user_disabled,
-                                         (const char *const *)j->targets,
-                                         j->ntargets};
-
-            guard_resolve_local_answer(j->res, &l);
-        }
-        j->asked = GUARD_Q_DONE;
-        resolve(j);
-        return;
-    }
-    /* The rate counter is in. */
-    if (j->rate > j->rate_limit) {
-        rate_verdict(j, j->rate_what, j->rate_limit);
-        return;
-    }
-    if (j->kind == JOB_CONNECT) {
-        job_answer(j, 250, "2.0.0", "ok");
-        job_done(j);
-    } else if (j->kind == JOB_RCPT) {
-        rcpt_start(j);
+        guard_resolve_domain_answer(j->res, &d);
     } else {
-        mail_check_sender(j);
+        struct guard_local_info l = {j->user_exists, j->user_disabled,
+                                     (const char *const *)j->targets,
+                                     j->ntargets};
+
+        guard_resolve_local_answer(j->res, &l);
     }
+    j->asked = GUARD_Q_DONE;
+    resolve(j);
 }
 
 int
@@ -555,17 +522,21 @@ guard_init(actor_t *a)
 {
     const config_t *cfg = actor_config(a);
     struct guard *g = xcalloc(1, sizeof(*g));
+    int flush_ms;
 
     g->conn_per_minute = config_int(cfg, "guard.conn_per_minute");
     g->msg_per_minute = config_int(cfg, "guard.msg_per_minute");
     g->user_msg_per_minute = config_int(cfg, "guard.user_msg_per_minute");
     g->user_rcpt_per_minute = config_int(cfg, "guard.user_rcpt_per_minute");
     /* Connects in the background and keeps trying: while Redis is away,
-     * requests get 451 and the actor stays on the bus. */
+     * lookups get 451 and the actor stays on the bus. */
     g->store = store_async_new(actor_loop(a), cfg, GUARD_REDIS_TIMEOUT_MS);
+    flush_ms = (int)config_int(cfg, "guard.rate_flush_ms");
+    g->rate = guard_rate_new(actor_loop(a), g->store, flush_ms);
     actor_set_data(a, g);
-    log_info(NULL, "guard_config", "conn_per_minute=%ld msg_per_minute=%ld",
-             g->conn_per_minute, g->msg_per_minute);
+    log_info(NULL, "guard_config",
+             "conn_per_minute=%ld msg_per_minute=%ld rate_flush_ms=%d",
+             g->conn_per_minute, g->msg_per_minute, flush_ms);
     return 0;
 }
 
@@ -576,8 +547,10 @@ guard_fini(actor_t *a)
 
     if (g == NULL)
         return;
-    /* Fails every command still out: their jobs answer 451 and go. */
+    /* Fails every command still out: their jobs answer 451 and go, the
+     * rate flush out puts its events back. */
     store_async_destroy(&g->store);
+    guard_rate_destroy(&g->rate);
     free(g);
     actor_set_data(a, NULL);
 }
@@ -603,18 +576,19 @@ guard_on_connect(actor_t *a, bus_request_t **req_p)
 {
     static const char *const need[] = {ENV_KEY_CLIENT_IP, ENV_KEY_ROLE, NULL};
     struct guard *g = actor_data(a);
-    struct job *j;
+    const envelope_t *env;
+    envelope_t *reply = NULL;
 
     if (!has_fields(a, req_p, need))
         return;
-    j = job_new(a, req_p, JOB_CONNECT);
-    if (g->conn_per_minute == 0) {
-        job_answer(j, 250, "2.0.0", "ok");
-        job_done(j);
-        return;
-    }
-    send_rate(j, "conn", envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP),
-              "connections", g->conn_per_minute);
+    env = bus_request_envelope(*req_p);
+    if (g->conn_per_minute > 0)
+        reply =
+            rate_check(g, env, "conn", envelope_get_str(env, ENV_KEY_CLIENT_IP),
+                       "connections", g->conn_per_minute);
+    if (reply == NULL)
+        reply = envelope_new_reply(env, 250, "2.0.0", "ok");
+    actor_reply(a, req_p, &reply);
 }
 
 void
@@ -624,6 +598,7 @@ guard_on_mail(actor_t *a, bus_request_t **req_p)
                                        ENV_KEY_MAIL_FROM, NULL};
     struct guard *g = actor_data(a);
     char user[GUARD_ADDR_MAX + 1];
+    envelope_t *reply = NULL;
     struct job *j;
 
     if (!has_fields(a, req_p, need))
@@ -632,21 +607,21 @@ guard_on_mail(actor_t *a, bus_request_t **req_p)
     /* An authenticated session is limited per user (it may come from any
      * address), any other per client address. */
     if (session_user(job_env(j), user, sizeof(user))) {
-        if (g->user_msg_per_minute == 0)
-            mail_check_sender(j);
-        else
-            send_rate(j, "umsg", user, "messages", g->user_msg_per_minute);
-        return;
+        if (g->user_msg_per_minute > 0)
+            reply = rate_check(g, job_env(j), "umsg", user, "messages",
+                               g->user_msg_per_minute);
+    } else if (g->msg_per_minute > 0) {
+        reply = rate_check(g, job_env(j), "msg",
+                           envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP),
+                           "messages", g->msg_per_minute);
     }
-    if (g->msg_per_minute == 0) {
+    if (reply != NULL)
+        job_rate_refused(j, &reply);
+    else
         mail_check_sender(j);
-        return;
-    }
-    send_rate(j, "msg", envelope_get_str(job_env(j), ENV_KEY_CLIENT_IP),
-              "messages", g->msg_per_minute);
 }
 
-/* Resolves the recipient (after its rate check, when there is one). */
+/* Resolves the recipient. */
 static void
 rcpt_start(struct job *j)
 {
@@ -679,8 +654,13 @@ guard_on_rcpt(actor_t *a, bus_request_t **req_p)
     j = job_new(a, req_p, JOB_RCPT);
     j->rcpt_flags = flags;
     if ((flags & GUARD_RELAY) && g->user_rcpt_per_minute > 0) {
-        send_rate(j, "urcpt", user, "recipients", g->user_rcpt_per_minute);
-        return;
+        envelope_t *reply = rate_check(g, job_env(j), "urcpt", user,
+                                       "recipients", g->user_rcpt_per_minute);
+
+        if (reply != NULL) {
+            job_rate_refused(j, &reply);
+            return;
+        }
     }
     rcpt_start(j);
 }

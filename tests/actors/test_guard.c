@@ -7,7 +7,8 @@
  * through bus/store.h, the way samotop-admin writes them. Ports
  * 18700-18799 belong to this suite: one block of ten per world (redis on
  * the first port, the broker on the next three): 18700 policy, 18710
- * rate, 18720 to 18740 the outages.
+ * rate, 18720 to 18740 the outages, 18750 and 18760 two guards sharing one
+ * Redis, 18770 rate limits while Redis is down.
  */
 #include <signal.h>
 #include <stdarg.h>
@@ -602,15 +603,14 @@ world_rate_start(void)
                 "SAMOTOP_GUARD_MSG_PER_MINUTE=2");
 }
 
-/* A client of this world's broker, once this world's guard answers pings.
- * Another guard answering means another run holds these ports: say so
- * rather than fail later in a puzzling way. */
+/* A client of the broker at clients (ports base+1 ..), once the guard
+ * guard answers pings there. Another guard answering means another run
+ * holds these ports: say so rather than fail later in a puzzling way. */
 static bus_client_t *
-world_client(void)
+guard_client(const char *clients, pid_t guard, int base)
 {
     char why[256];
-    bus_client_t *c =
-        bus_client_new(NULL, W.clients, 1 << 20, why, sizeof(why));
+    bus_client_t *c = bus_client_new(NULL, clients, 1 << 20, why, sizeof(why));
     int64_t until = test_now_ms() + 10000, pid = 0;
 
     ck_assert_msg(c != NULL, "bus_client_new: %s", why);
@@ -620,16 +620,23 @@ world_client(void)
         if (bus_client_call(c, &req, &reply, why, sizeof(why)) == 0) {
             pid = envelope_get_int(reply, ENV_KEY_PID, 0);
             envelope_destroy(&reply);
-            if (pid == W.guard)
+            if (pid == guard)
                 return c;
             snprintf(why, sizeof(why),
                      "guard pid %lld answered, ours is %d: "
                      "is another run using ports %d-%d?",
-                     (long long)pid, (int)W.guard, W.base, W.base + 3);
+                     (long long)pid, (int)guard, base, base + 3);
         }
         ck_assert_msg(test_now_ms() < until, "guard never answered: %s", why);
         usleep(50000);
     }
+}
+
+/* A client of this world's broker, once this world's guard answers. */
+static bus_client_t *
+world_client(void)
+{
+    return guard_client(W.clients, W.guard, W.base);
 }
 
 struct req {
@@ -915,6 +922,61 @@ START_TEST(test_connect_unlimited)
 }
 END_TEST
 
+/* A string key's value (caller frees), or NULL when it has none. */
+static char *
+rget(store_t *s, const char *key)
+{
+    const char *argv[] = {"GET", key};
+    store_reply_t *r = NULL;
+    char why[256], *v = NULL;
+
+    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), 2, argv, NULL) == 0,
+                  "redis GET: %s", why);
+    if (store_reply_type(r) == STORE_STR)
+        v = strdup(store_reply_str(r, NULL));
+    store_reply_free(&r);
+    return v;
+}
+
+/* Waits (3 s at most) until key holds want: the guard sends its counts
+ * every guard.rate_flush_ms (100 here). Then waits a little more, so the
+ * guard that sent it has its reply too. */
+static void
+wait_key(store_t *s, const char *key, const char *want, const char *what)
+{
+    int64_t until = test_now_ms() + 3000;
+    char *v = NULL;
+
+    for (;;) {
+        free(v);
+        v = rget(s, key);
+        if ((v && strcmp(v, want) == 0) || test_now_ms() >= until)
+            break;
+        usleep(20000);
+    }
+    ck_assert_msg(v && strcmp(v, want) == 0, "%s: %s is %s, want %s", what, key,
+                  v ? v : "(nil)", want);
+    free(v);
+    usleep(50000);
+}
+
+/* One guard.connect from ip; returns the reply's code. */
+static int
+connect_code(bus_client_t *c, const char *ip)
+{
+    struct req rq = {"guard.connect", "mta", NULL, ip, NULL, NULL};
+    envelope_t *reply = guard_call(c, &rq, NULL);
+    int code = envelope_code(reply);
+
+    if (code == 451) {
+        ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "4.7.1");
+        ck_assert_ptr_nonnull(
+            strstr(envelope_get_str(reply, ENV_KEY_TEXT), "too many"));
+    }
+    envelope_destroy(&reply);
+    return code;
+}
+
 /* Waits out the last seconds of a minute, so that a run of requests falls
  * in one rate window. */
 static void
@@ -954,10 +1016,12 @@ START_TEST(test_conn_rate)
     ck_assert_int_eq(envelope_code(reply), 250);
     envelope_destroy(&reply);
 
-    /* The counter is where schemas/redis.md says, and it expires. */
+    /* The counter is where schemas/redis.md says, holds every attempt
+     * (one flush interval later: the guard counts in memory first), and
+     * it expires. */
     s = redis_connect(W.base, 1000);
     store_key_rate(key, "conn", "192.0.2.1", minute);
-    ck_assert_int_eq(rcmd(s, "GET", key, NULL), 0);
+    wait_key(s, key, "4", "conn counter");
     ttl = rcmd(s, "TTL", key, NULL);
     ck_assert_msg(ttl > 0 && ttl <= 120, "ttl %lld", ttl);
     store_destroy(&s);
@@ -995,17 +1059,34 @@ START_TEST(test_msg_rate)
 }
 END_TEST
 
-/* Every guard request while Redis is away: 451 4.3.0, quickly. */
+/* While Redis is away: every guard request that looks an address up
+ * gets 451 4.3.0, quickly; rate limits are decided on the guard's own
+ * counts, so guard.connect and an unauthenticated guard.mail go on. */
 static void
 expect_unavailable(bus_client_t *c, const char *when)
 {
     static const struct req rqs[] = {
         {"guard.rcpt", "mta", NULL, NULL, "", "alice@example.test"},
-        {"guard.connect", "mta", NULL, NULL, NULL, NULL},
         {"guard.mail", "msa", "alice@example.test", NULL, "team@example.test",
          NULL},
     };
+    static const struct req local[] = {
+        {"guard.connect", "mta", NULL, NULL, NULL, NULL},
+        {"guard.mail", "mta", NULL, NULL, "bob@remote.test", NULL},
+    };
 
+    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+        int64_t ms;
+        envelope_t *reply = guard_call(c, &local[i], &ms);
+
+        ck_assert_msg(envelope_code(reply) == 250,
+                      "%s, %s: got %d (%s), want 250", when, local[i].type,
+                      envelope_code(reply),
+                      envelope_get_str(reply, ENV_KEY_TEXT));
+        ck_assert_msg(ms < 500, "%s, %s: answered after %lld ms", when,
+                      local[i].type, (long long)ms);
+        envelope_destroy(&reply);
+    }
     for (size_t i = 0; i < sizeof(rqs) / sizeof(rqs[0]); i++) {
         int64_t ms;
         envelope_t *reply = guard_call(c, &rqs[i], &ms);
@@ -1085,6 +1166,178 @@ START_TEST(test_redis_stalled)
     kill(W.redis, SIGCONT);
     ms = wait_recovered(c, 6000);
     ck_assert_msg(ms >= 0, "guard did not recover after redis resumed");
+    bus_client_destroy(&c);
+    world_stop();
+}
+END_TEST
+
+/* A Redis that lost the script (SCRIPT FLUSH, a restart the guard did
+ * not see) answers NOSCRIPT: the counts are not lost, the guard loads the
+ * script again and sends them. */
+START_TEST(test_rate_noscript)
+{
+    bus_client_t *c = world_client();
+    store_t *s = redis_connect(W.base, 1000);
+    char key[STORE_KEY_MAX];
+
+    same_minute();
+    store_key_rate(key, "conn", "192.0.2.4", (long long)time(NULL) / 60);
+    ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
+    wait_key(s, key, "1", "first count");
+    rcmd(s, "SCRIPT", "FLUSH", NULL);
+    ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
+    wait_key(s, key, "2", "count after SCRIPT FLUSH");
+    ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
+    ck_assert_int_eq(connect_code(c, "192.0.2.4"), 451);
+    wait_key(s, key, "4", "count of the refused one too");
+    store_destroy(&s);
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* A second broker and guard on ports base .. base+3 that share the world's
+ * Redis, with one more "K=V" for the guard. */
+struct pair {
+    pid_t bus, guard;
+    int base;
+    char clients[64];
+    char env[12][128];
+    const char *envp[13];
+};
+
+static void
+pair_start(struct pair *p, int base, const char *extra)
+{
+    char bus_path[4096], guard_path[4096];
+    const char *bus_argv[] = {bus_path, "--instance", "t2", NULL};
+    const char *guard_argv[] = {guard_path, "--instance", "g2", NULL};
+    int n = 0;
+
+    snprintf(bus_path, sizeof(bus_path), "%s", test_bin("samotop-bus"));
+    snprintf(guard_path, sizeof(guard_path), "%s", test_bin("samotop-guard"));
+    memset(p, 0, sizeof(*p));
+    p->base = base;
+    snprintf(p->clients, sizeof(p->clients), "tcp://127.0.0.1:%d", base + 1);
+    snprintf(p->env[n++], 128, "SAMOTOP_BROKER_CLIENTS=%s", p->clients);
+    snprintf(p->env[n++], 128, "SAMOTOP_BROKER_WORKERS=tcp://127.0.0.1:%d",
+             base + 2);
+    snprintf(p->env[n++], 128, "SAMOTOP_BROKER_TRACE=tcp://127.0.0.1:%d",
+             base + 3);
+    snprintf(p->env[n++], 128, "SAMOTOP_BUS_CLIENTS=%s", p->clients);
+    snprintf(p->env[n++], 128, "SAMOTOP_BUS_WORKERS=tcp://127.0.0.1:%d",
+             base + 2);
+    snprintf(p->env[n++], 128, "SAMOTOP_BUS_TRACE=tcp://127.0.0.1:%d",
+             base + 3);
+    snprintf(p->env[n++], 128, "SAMOTOP_BUS_HEARTBEAT_MS=100");
+    snprintf(p->env[n++], 128, "SAMOTOP_REDIS_PORT=%d", W.base);
+    snprintf(p->env[n++], 128, "%s", extra);
+    for (int i = 0; i < n; i++)
+        p->envp[i] = p->env[i];
+    p->envp[n] = NULL;
+    p->bus = test_spawn(bus_argv, p->envp);
+    p->guard = test_spawn(guard_argv, p->envp);
+}
+
+static void
+pair_stop(struct pair *p)
+{
+    int status = test_stop(p->guard, SIGTERM, 5000);
+
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "second samotop-guard ended with status 0x%x", status);
+    test_stop(p->bus, SIGTERM, 5000);
+}
+
+/* Two guard processes share a limit through Redis: each decides on the
+ * global count it learned at its last flush plus its own events since. */
+START_TEST(test_rate_two_guards)
+{
+    struct pair p;
+    bus_client_t *a, *b;
+    store_t *s;
+    char key[STORE_KEY_MAX];
+    const char *ip = "192.0.2.5";
+
+    world_start(18750, "SAMOTOP_GUARD_CONN_PER_MINUTE=5", NULL);
+    pair_start(&p, 18760, "SAMOTOP_GUARD_CONN_PER_MINUTE=5");
+    a = world_client();
+    b = guard_client(p.clients, p.guard, p.base);
+    s = redis_connect(W.base, 1000);
+    same_minute();
+    store_key_rate(key, "conn", ip, (long long)time(NULL) / 60);
+
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(connect_code(a, ip) == 250, "A, connection %d", i + 1);
+    wait_key(s, key, "3", "A's three");
+    /* B has not counted this address yet: until its first flush comes
+     * back it knows only its own event (the lag guard_rate.c states). */
+    ck_assert_int_eq(connect_code(b, ip), 250);
+    wait_key(s, key, "4", "A's three and B's one");
+    /* Now B knows A's: its 5th is the limit, its 6th over it, though B
+     * itself counted only three. */
+    ck_assert_msg(connect_code(b, ip) == 250, "B at the global 5th");
+    ck_assert_msg(connect_code(b, ip) == 451, "B at the global 6th");
+    wait_key(s, key, "6", "both guards' events");
+    /* A learns B's events at its next flush: it refuses from then on. */
+    connect_code(a, ip);
+    wait_key(s, key, "7", "A's next");
+    ck_assert_msg(connect_code(a, ip) == 451, "A after learning B's");
+    ck_assert_msg(connect_code(b, ip) == 451, "B still");
+    /* Another address is counted apart, by both. */
+    ck_assert_int_eq(connect_code(a, "192.0.2.6"), 250);
+    ck_assert_int_eq(connect_code(b, "192.0.2.6"), 250);
+
+    store_destroy(&s);
+    bus_client_destroy(&a);
+    bus_client_destroy(&b);
+    pair_stop(&p);
+    world_stop();
+}
+END_TEST
+
+/* With Redis down the limits still hold, on the guard's own counts, and
+ * those counts reach Redis once it is back. */
+START_TEST(test_rate_redis_down)
+{
+    bus_client_t *c;
+    store_t *s;
+    char key[STORE_KEY_MAX];
+    const char *ip = "192.0.2.8";
+    struct req rcpt = {"guard.rcpt", "mta", NULL, ip, "", "alice@example.test"};
+    envelope_t *reply;
+
+    world_start(18770, "SAMOTOP_GUARD_CONN_PER_MINUTE=3", NULL);
+    c = world_client();
+    ck_assert_int_ge(wait_recovered(c, 5000), 0);
+    same_minute();
+    store_key_rate(key, "conn", ip, (long long)time(NULL) / 60);
+    kill(W.redis, SIGKILL);
+    waitpid(W.redis, NULL, 0);
+    W.redis = 0;
+
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(connect_code(c, ip) == 250, "connection %d", i + 1);
+    ck_assert_int_eq(connect_code(c, ip), 451);
+    /* Lookups still need Redis. */
+    reply = guard_call(c, &rcpt, NULL);
+    ck_assert_int_eq(envelope_code(reply), 451);
+    ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "4.3.0");
+    envelope_destroy(&reply);
+
+    /* Back (empty, no persistence here): the four events are sent. */
+    W.redis = redis_start(W.base);
+    s = redis_connect(W.base, 1000);
+    {
+        int64_t until = test_now_ms() + 6000;
+        char *v = NULL;
+
+        while ((v = rget(s, key)) == NULL && test_now_ms() < until)
+            usleep(50000);
+        free(v);
+    }
+    wait_key(s, key, "4", "counts kept while Redis was down");
+    ck_assert_int_eq(connect_code(c, ip), 451);
+    store_destroy(&s);
     bus_client_destroy(&c);
     world_stop();
 }
@@ -1191,6 +1444,13 @@ guard_suite(void)
     tcase_add_unchecked_fixture(tc, world_rate_start, world_stop);
     tcase_add_test(tc, test_conn_rate);
     tcase_add_test(tc, test_msg_rate);
+    tcase_add_test(tc, test_rate_noscript);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("rate_shared");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_rate_two_guards);
+    tcase_add_test(tc, test_rate_redis_down);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("outage");
