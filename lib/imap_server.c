@@ -90,8 +90,14 @@ clear_credentials(imap_server_t *srv)
 static void
 reset_command(imap_server_t *srv, bool secret)
 {
-    if (secret && srv->cmd.data)
-        explicit_bzero(srv->cmd.data, srv->cmd.len);
+    if (secret) {
+        if (srv->cmd.data)
+            explicit_bzero(srv->cmd.data, srv->cmd.len);
+        /* The lines read stay in the input buffer: before what is still
+         * unread, and past its end where imap_server_input() moved it. */
+        explicit_bzero(srv->in, srv->in_off);
+        explicit_bzero(srv->in + srv->in_len, srv->in_cap - srv->in_len);
+    }
     /* A large APPEND must not keep its buffer for the whole session. */
     if (srv->cmd.cap > 2 * srv->max_command)
         buf_free(&srv->cmd);
