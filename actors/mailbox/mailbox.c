@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include "lib/config.h"
 #include "lib/err.h"
@@ -7,6 +8,24 @@
 
 #include "mailbox.h"
 
+/* The store keeps the directories of recently used mailboxes open (two
+ * fds each), and IMAP sessions will come: the soft limit on open files
+ * goes up to the hard one. */
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    log_info(NULL, "nofile", "limit=%llu", (unsigned long long)rl.rlim_cur);
+}
+
 int
 mailbox_init(actor_t *a)
 {
@@ -14,6 +33,8 @@ mailbox_init(actor_t *a)
     struct mailbox *mb = xcalloc(1, sizeof(*mb));
     char why[512];
 
+    raise_nofile();
+    mb->actor = a;
     mb->store = maildir_new(config_str(cfg, "data"),
                             config_str(cfg, "hostname"), why, sizeof(why));
     if (mb->store == NULL) {
@@ -32,11 +53,17 @@ mailbox_fini(actor_t *a)
 
     if (mb == NULL)
         return;
-    log_info(NULL, "store_closed",
-             "delivered=%llu deferred=%llu refused=%llu bad_requests=%llu",
-             (unsigned long long)mb->delivered,
-             (unsigned long long)mb->deferred, (unsigned long long)mb->refused,
-             (unsigned long long)mb->bad_requests);
+    /* The loop has stopped; the requests parked are stored and answered
+     * before the bus worker goes. */
+    loop_timer_cancel(actor_loop(a), &mb->commit_timer);
+    mailbox_deliver_flush(mb);
+    log_info(
+        NULL, "store_closed",
+        "delivered=%llu deferred=%llu refused=%llu bad_requests=%llu "
+        "commits=%llu requests=%llu",
+        (unsigned long long)mb->delivered, (unsigned long long)mb->deferred,
+        (unsigned long long)mb->refused, (unsigned long long)mb->bad_requests,
+        (unsigned long long)mb->commits, (unsigned long long)mb->committed);
     maildir_destroy(&mb->store);
     free(mb);
     actor_set_data(a, NULL);

@@ -27,18 +27,40 @@
  * 256-byte path; this leaves room for what other MTAs let through). */
 #define MAILBOX_MAX_MAIL_FROM 512
 
+/* A group commit takes at most this many requests, or messages of this
+ * many bytes (the bus hands an actor bus.worker_capacity requests at a
+ * time, 64 by default). */
+#define MAILBOX_BATCH_MAX 64
+#define MAILBOX_BATCH_BYTES (64u << 20)
+
+struct parked; /* a mailbox.deliver waiting for its group commit */
+
 struct mailbox {
+    actor_t *actor;
     maildir_t *store;
+    /* mailbox.deliver requests parked until the loop has read every
+     * request waiting; the timer (0 ms) runs the group commit. */
+    struct parked *parked[MAILBOX_BATCH_MAX];
+    int nparked;
+    size_t parked_bytes;
+    loop_timer_t *commit_timer;
     uint64_t delivered, deferred, refused, bad_requests;
+    uint64_t commits, committed; /* group commits, requests in them */
 };
 
 /* Opens the Maildir store under the "data" folder; an error stops
  * start-up (the reason is logged). */
 int mailbox_init(actor_t *a);
+/* Stores and answers what is parked, then closes the store. */
 void mailbox_fini(actor_t *a);
 
 /* mailbox.deliver: stores one message for several mailboxes and answers
- * with a status per recipient (mailbox_deliver.c). */
+ * with a status per recipient; the request is parked and stored with the
+ * others that arrived with it, in one group commit (mailbox_deliver.c). */
 void mailbox_on_deliver(actor_t *a, bus_request_t **req_p);
+
+/* Runs the group commit of what is parked now and answers each request;
+ * nothing parked is a no-op. */
+void mailbox_deliver_flush(struct mailbox *mb);
 
 #endif

@@ -154,6 +154,27 @@ log_outcomes(const char *trace, const struct maildir_rcpt *r, size_t n)
     }
 }
 
+/* A request waiting for its group commit. The strings in r borrow from
+ * the request's body, which lives as long as req. */
+struct parked {
+    bus_request_t *req;
+    int64_t t0; /* arrival, for the log */
+    char *head; /* the Return-Path line */
+    struct iovec parts[2];
+    struct maildir_rcpt *r;
+    size_t n;
+};
+
+static void
+on_commit_timer(loop_t *loop, void *arg)
+{
+    struct mailbox *mb = arg;
+
+    (void)loop;
+    mb->commit_timer = NULL;
+    mailbox_deliver_flush(mb);
+}
+
 void
 mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
 {
@@ -161,15 +182,10 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     const envelope_t *req = bus_request_envelope(*req_p);
     const value_t *body = envelope_body_peek(req);
     const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
-    const char *trace = envelope_trace(req), *why, *ecode, *text;
+    const char *trace = envelope_trace(req), *why, *ecode;
     const char *msg, *from;
-    size_t msg_len, from_len, n, stored;
-    int64_t t0 = clock_mono_us();
-    struct maildir_rcpt *r;
-    struct iovec parts[2];
-    envelope_t *reply;
-    value_t *results;
-    char *head;
+    size_t msg_len, from_len;
+    struct parked *p;
     int code;
 
     if ((why = request_check(body, &code, &ecode)) != NULL) {
@@ -182,43 +198,97 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     }
     msg = value_str(value_get(body, ENV_KEY_MESSAGE), &msg_len);
     from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
-    n = value_count(rcpts);
-    r = xcalloc(n, sizeof(*r));
-    for (size_t i = 0; i < n; i++) {
+    p = xcalloc(1, sizeof(*p));
+    p->t0 = clock_mono_us();
+    p->n = value_count(rcpts);
+    p->r = xcalloc(p->n, sizeof(*p->r));
+    for (size_t i = 0; i < p->n; i++) {
         const value_t *item = value_at(rcpts, i);
         const value_t *folder = value_get(item, MAILBOX_KEY_FOLDER);
 
-        r[i].mailbox =
-            value_str(value_get(item, MAILBOX_KEY_MAILBOX), &r[i].mailbox_len);
+        p->r[i].mailbox = value_str(value_get(item, MAILBOX_KEY_MAILBOX),
+                                    &p->r[i].mailbox_len);
         if (folder != NULL)
-            r[i].folder = value_str(folder, &r[i].folder_len);
+            p->r[i].folder = value_str(folder, &p->r[i].folder_len);
     }
     /* RFC 5321 section 4.4: the final delivery adds the Return-Path. It is
      * the same for every recipient, so the copies can still share a file. */
-    head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
-    parts[0] = (struct iovec){head, strlen(head)};
-    parts[1] = (struct iovec){(void *)msg, msg_len};
-    /* XXX: the writes and fsyncs block the loop (a few ms per message on a
+    p->head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
+    p->parts[0] = (struct iovec){p->head, strlen(p->head)};
+    p->parts[1] = (struct iovec){(void *)msg, msg_len};
+    p->req = *req_p;
+    *req_p = NULL;
+    mb->parked[mb->nparked++] = p;
+    mb->parked_bytes += p->parts[0].iov_len + msg_len;
+    /* The loop runs a 0 ms timer only once it has read every request
+     * waiting on the bus, so the commit takes all that came together. */
+    if (mb->nparked == MAILBOX_BATCH_MAX ||
+        mb->parked_bytes >= MAILBOX_BATCH_BYTES) {
+        loop_timer_cancel(actor_loop(a), &mb->commit_timer);
+        mailbox_deliver_flush(mb);
+    } else if (mb->commit_timer == NULL) {
+        mb->commit_timer =
+            loop_timer_add(actor_loop(a), 0, on_commit_timer, mb);
+    }
+}
+
+/* Answers p, whose message is stored (or not) as mm says, and frees it. */
+static void
+answer(struct mailbox *mb, struct parked *p, const struct maildir_msg *mm,
+       int batch)
+{
+    const envelope_t *req = bus_request_envelope(p->req);
+    const char *trace = envelope_trace(req), *ecode, *text;
+    envelope_t *reply;
+    value_t *results;
+    int code;
+
+    sum_up(p->r, p->n, &code, &ecode, &text);
+    log_outcomes(trace, p->r, p->n);
+    mb->delivered += mm->stored;
+    for (size_t i = 0; i < p->n; i++) {
+        mb->deferred += p->r[i].code >= 400 && p->r[i].code < 500;
+        mb->refused += p->r[i].code >= 500;
+    }
+    log_info(trace, "deliver",
+             "id=%s mailboxes=%zu stored=%zu size=%zu ms=%.1f batch=%d "
+             "code=%d",
+             log_q(envelope_id(req)), p->n, mm->stored,
+             p->parts[0].iov_len + p->parts[1].iov_len,
+             (double)(clock_mono_us() - p->t0) / 1000.0, batch, code);
+    reply = envelope_new_reply(req, code, ecode, text);
+    results = results_new(p->r, p->n);
+    value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
+    actor_reply(mb->actor, &p->req, &reply);
+    free(p->head);
+    free(p->r);
+    free(p);
+}
+
+void
+mailbox_deliver_flush(struct mailbox *mb)
+{
+    struct parked *batch[MAILBOX_BATCH_MAX];
+    struct maildir_msg mm[MAILBOX_BATCH_MAX];
+    int n = mb->nparked;
+
+    if (n == 0)
+        return;
+    memcpy(batch, mb->parked, sizeof(batch[0]) * (size_t)n);
+    mb->nparked = 0;
+    mb->parked_bytes = 0;
+    for (int i = 0; i < n; i++)
+        mm[i] = (struct maildir_msg){batch[i]->parts, 2, batch[i]->r,
+                                     batch[i]->n, 0};
+    /* XXX: the writes and fsyncs block the loop (a few ms per commit on a
      * local disk, far more on a busy or network one), holding up every
      * other request of this actor meanwhile, and the IMAP sessions once
      * they share the loop. They belong on a thread pool that answers
-     * through the loop; other copies of the actor take the load until then. */
-    stored = maildir_deliver(mb->store, parts, 2, r, n);
-    sum_up(r, n, &code, &ecode, &text);
-    log_outcomes(trace, r, n);
-    mb->delivered += stored;
-    for (size_t i = 0; i < n; i++) {
-        mb->deferred += r[i].code >= 400 && r[i].code < 500;
-        mb->refused += r[i].code >= 500;
-    }
-    log_info(trace, "deliver",
-             "id=%s mailboxes=%zu stored=%zu size=%zu ms=%.1f code=%d",
-             log_q(envelope_id(req)), n, stored, parts[0].iov_len + msg_len,
-             (double)(clock_mono_us() - t0) / 1000.0, code);
-    reply = envelope_new_reply(req, code, ecode, text);
-    results = results_new(r, n);
-    value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
-    free(head);
-    free(r);
-    actor_reply(a, req_p, &reply);
+     * through the loop; other copies of the actor take the load until
+     * then. */
+    maildir_deliver_batch(mb->store, mm, (size_t)n);
+    mb->commits++;
+    mb->committed += (uint64_t)n;
+    for (int i = 0; i < n; i++)
+        answer(mb, batch[i], &mm[i], n);
 }

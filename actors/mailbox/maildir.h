@@ -14,9 +14,17 @@
  * gets its own copy, written the same way. Nothing is ever left in new/
  * that is not a whole, fsync'd message, and nothing is left in tmp/.
  *
+ * Several messages can be stored as one batch (maildir_deliver_batch()):
+ * every file is written, then every file fsync'd, then linked, then each
+ * new/ directory fsync'd once for the whole batch, so that one journal
+ * commit covers many messages. The rules above hold for each of them.
+ *
  * Mailbox and folder names are checked before any path is built from
  * them, and every path is walked with openat(O_NOFOLLOW) from the mail
- * root, so no name can reach outside it.
+ * root, so no name can reach outside it. The tmp/ and new/ directories of
+ * recently used mailboxes stay open (a small LRU cache), so that a
+ * delivery does not walk the path again; a cached directory found removed
+ * is opened afresh.
  *
  * The store is used from one thread (the mailbox actor's loop) and the
  * calls block on the disk.
@@ -64,6 +72,18 @@ struct maildir_rcpt {
     bool linked;
 };
 
+/* One message of a batch, with its recipients and their outcomes. */
+struct maildir_msg {
+    const struct iovec *parts; /* written one after the other */
+    int nparts;
+    struct maildir_rcpt *rcpts;
+    size_t n;
+    size_t stored; /* out: recipients whose copy is stored (code 250) */
+};
+
+/* Mailboxes whose directories stay open, at most (two fds each). */
+#define MAILDIR_CACHE_MAX 256
+
 /* Opens (creating it, mode 0700, when missing) data_dir/mail as the mail
  * root. host names this machine in file names (NULL or "": the system's
  * host name). Returns NULL when the root cannot be had, with the reason
@@ -71,7 +91,18 @@ struct maildir_rcpt {
 maildir_t *maildir_new(const char *data_dir, const char *host, char *why,
                        size_t whylen);
 
+/* Closes every cached directory and frees the store; NULL ok. */
 void maildir_destroy(maildir_t **md_p);
+
+/* Sets how many mailboxes' directories stay open (at least 1); the
+ * default is MAILDIR_CACHE_MAX, less when RLIMIT_NOFILE is low. This is
+ * also the most mailboxes one group commit holds open: a message with
+ * more recipients than that is stored the slower way, one mailbox after
+ * the other. */
+void maildir_set_cache_max(maildir_t *md, size_t max);
+
+/* Mailboxes whose directories are open now. */
+size_t maildir_cache_size(const maildir_t *md);
 
 /* Whether name (len bytes) is a mailbox name the store accepts: lower-case
  * ASCII local@domain, one "@", a local part of dot-atom characters with no
@@ -98,5 +129,13 @@ void maildir_unique_name(maildir_t *md, size_t size,
  * recipients whose copy is stored (code 250). */
 size_t maildir_deliver(maildir_t *md, const struct iovec *parts, int nparts,
                        struct maildir_rcpt *rcpts, size_t n);
+
+/* Stores each of the nmsgs messages as maildir_deliver() would, as one
+ * group commit: no copy is reported stored before its file and its new/
+ * entry are fsync'd, one message or mailbox failing never fails another,
+ * and nothing is left in tmp/. Fills in each message's stored count and
+ * returns the sum. */
+size_t maildir_deliver_batch(maildir_t *md, struct maildir_msg *msgs,
+                             size_t nmsgs);
 
 #endif

@@ -9,11 +9,14 @@
  *
  * Ports 18400-18499 belong to this suite; each test takes a block of ten
  * (five for each row of test_bad_request) and uses the first three.
+ * A burst of requests sent at once is stored in group commits, each
+ * request answered as if it had come alone.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,13 +35,17 @@
 
 /* One broker and one mailbox actor on their own ports and data folder. */
 struct rig {
-    char base[64], data[96];
+    char base[64], data[96], log[96];
     char clients[64];
     char env[11][160];
     const char *envp[12];
     pid_t broker, mailbox;
     bus_client_t *c;
 };
+
+/* Set by a test that reads the mailbox's log: rig_start() sends it to
+ * rig.log, and rig_stop() leaves the folder for the test to remove. */
+static const char *mailbox_log;
 
 static int64_t
 wait_ping(bus_client_t *c, int ms)
@@ -92,7 +99,21 @@ rig_start(struct rig *r, int base)
         r->envp[j] = r->env[j];
     r->envp[i] = NULL;
     r->broker = test_spawn(bus_argv, r->envp);
-    r->mailbox = test_spawn(mb_argv, r->envp);
+    if (mailbox_log != NULL) {
+        /* The mailbox's log (its stderr) into a file the test reads. */
+        int saved = dup(2), fd;
+
+        snprintf(r->log, sizeof(r->log), "%s/mailbox.log", r->base);
+        fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ck_assert_int_ge(fd, 0);
+        dup2(fd, 2);
+        r->mailbox = test_spawn(mb_argv, r->envp);
+        dup2(saved, 2);
+        close(saved);
+        close(fd);
+    } else {
+        r->mailbox = test_spawn(mb_argv, r->envp);
+    }
     r->c = bus_client_new(NULL, r->clients, 16 << 20, why, sizeof(why));
     ck_assert_msg(r->c != NULL, "bus_client_new: %s", why);
     ck_assert_msg(wait_ping(r->c, 10000) >= 0, "the mailbox never answered");
@@ -116,7 +137,8 @@ rig_stop(struct rig *r)
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                   "samotop-mailbox did not stop cleanly: status %d", status);
     test_stop(r->broker, SIGTERM, 2000);
-    nftw(r->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (mailbox_log == NULL)
+        nftw(r->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* A recipient of a request: the mailbox, and a folder or NULL. */
@@ -547,6 +569,152 @@ START_TEST(test_schema_refused)
 }
 END_TEST
 
+/* A burst of requests sent at once: they are stored in group commits
+ * (the log shows fewer commits than requests), and each is answered as
+ * if it had come alone: its own file, linked into its own mailboxes, and
+ * the broken mailbox failing only its own copies. */
+struct outcome {
+    bool done;
+    int err, code, rcode[2];
+    char file[2][256];
+};
+
+static void
+on_outcome(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct outcome *o = arg;
+    const value_t *results;
+
+    (void)text;
+    o->done = true;
+    o->err = err;
+    if (reply == NULL)
+        return;
+    o->code = envelope_code(reply);
+    results = value_get(envelope_body_peek(reply), ENV_KEY_RESULTS);
+    for (size_t i = 0; i < 2 && i < value_count(results); i++) {
+        const char *f = value_get_str(value_at(results, i), "file");
+
+        o->rcode[i] = (int)value_get_int(value_at(results, i), ENV_KEY_CODE, 0);
+        snprintf(o->file[i], sizeof(o->file[i]), "%s", f ? f : "");
+    }
+}
+
+static void
+on_quit(loop_t *loop, void *arg)
+{
+    (void)arg;
+    loop_stop(loop);
+}
+
+START_TEST(test_burst_group_commit)
+{
+    enum { N = 40 };
+    static struct outcome o[N];
+    struct rig r;
+    loop_t *loop = loop_new();
+    bus_client_t *c;
+    char why[256], path[256], line[1024], msgs[N][64], boxes[N][2][64];
+    struct stat first;
+    FILE *log;
+    long commits = -1, requests = -1;
+    int delivers = 0, max_batch = 0, fd;
+
+    memset(o, 0, sizeof(o));
+    mailbox_log = "on";
+    rig_start(&r, 18450);
+    snprintf(path, sizeof(path), "%s/mail/example.test", r.data);
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/mail/example.test/broken", r.data);
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/mail/example.test/broken/new", r.data);
+    fd = open(path, O_WRONLY | O_CREAT, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    c = bus_client_new(loop, r.clients, 16 << 20, why, sizeof(why));
+    ck_assert_msg(c != NULL, "bus_client_new: %s", why);
+    for (int i = 0; i < N; i++) {
+        struct to to[2];
+        envelope_t *req;
+
+        /* Every request goes to alice, and to one more: bob, a mailbox
+         * of its own, or (every fourth) the broken one. */
+        snprintf(msgs[i], sizeof(msgs[i]), "Subject: %d\r\n\r\nbody %d\r\n", i,
+                 i);
+        snprintf(boxes[i][0], sizeof(boxes[i][0]), "alice@example.test");
+        if (i % 4 == 3)
+            snprintf(boxes[i][1], sizeof(boxes[i][1]), "broken@example.test");
+        else if (i % 2)
+            snprintf(boxes[i][1], sizeof(boxes[i][1]), "bob@example.test");
+        else
+            snprintf(boxes[i][1], sizeof(boxes[i][1]), "u%d@example.test", i);
+        to[0] = (struct to){boxes[i][0], NULL};
+        to[1] = (struct to){boxes[i][1], NULL};
+        req = deliver_new(FROM, msgs[i], strlen(msgs[i]), to, 2);
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_outcome, &o[i]), 0);
+    }
+    for (int64_t until = test_now_ms() + 20000; test_now_ms() < until;) {
+        int done = 0;
+
+        for (int i = 0; i < N; i++)
+            done += o[i].done;
+        if (done == N)
+            break;
+        loop_timer_add(loop, 10, on_quit, NULL);
+        loop_run(loop);
+    }
+    for (int i = 0; i < N; i++) {
+        bool broken = i % 4 == 3;
+
+        ck_assert_msg(o[i].done && o[i].err == 0, "request %d: done %d err %s",
+                      i, o[i].done, err_name(o[i].err));
+        ck_assert_msg(o[i].code == (broken ? 451 : 250),
+                      "request %d: got %d, want %d", i, o[i].code,
+                      broken ? 451 : 250);
+        ck_assert_int_eq(o[i].rcode[0], 250);
+        ck_assert_int_eq(o[i].rcode[1], broken ? 451 : 250);
+        first = want_copy(copy_path(&r, boxes[i][0], NULL, o[i].file[0]),
+                          msgs[i], strlen(msgs[i]));
+        ck_assert_msg(first.st_nlink == (broken ? 1u : 2u),
+                      "request %d: st_nlink %lu", i,
+                      (unsigned long)first.st_nlink);
+        for (int j = 0; j < i; j++)
+            ck_assert_msg(strcmp(o[i].file[0], o[j].file[0]) != 0,
+                          "requests %d and %d share a file", j, i);
+        if (!broken)
+            ck_assert_str_eq(o[i].file[1], o[i].file[0]);
+    }
+    snprintf(path, sizeof(path), "%s/mail/example.test/alice/tmp", r.data);
+    ck_assert_msg(rmdir(path) == 0, "alice's tmp/ is not empty: %s",
+                  strerror(errno));
+    bus_client_destroy(&c);
+    loop_destroy(&loop);
+    rig_stop(&r);
+    log = fopen(r.log, "r");
+    ck_assert_ptr_nonnull(log);
+    while (fgets(line, sizeof(line), log) != NULL) {
+        const char *b = strstr(line, " batch=");
+        const char *cm = strstr(line, " commits=");
+
+        if (strstr(line, "deliver") != NULL && b != NULL) {
+            delivers++;
+            if (atoi(b + 7) > max_batch)
+                max_batch = atoi(b + 7);
+        }
+        if (cm != NULL)
+            sscanf(cm, " commits=%ld requests=%ld", &commits, &requests);
+    }
+    fclose(log);
+    ck_assert_int_eq(delivers, N);
+    ck_assert_int_eq(requests, N);
+    ck_assert_msg(commits >= 1 && commits < N && max_batch > 1,
+                  "%ld commits for %d requests, largest %d: no group commit",
+                  commits, N, max_batch);
+    mailbox_log = NULL;
+    nftw(r.base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+END_TEST
+
 static Suite *
 mailbox_deliver_suite(void)
 {
@@ -561,6 +729,7 @@ mailbox_deliver_suite(void)
     tcase_add_test(tc, test_broken_mailbox_defers);
     tcase_add_loop_test(tc, test_bad_request, 0, NROWS(bad_rows));
     tcase_add_test(tc, test_schema_refused);
+    tcase_add_test(tc, test_burst_group_commit);
     suite_add_tcase(s, tc);
     return s;
 }

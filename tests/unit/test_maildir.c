@@ -17,6 +17,7 @@
 #include <ftw.h>
 #include <sched.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -814,6 +815,312 @@ START_TEST(test_cross_device_copy)
 }
 END_TEST
 
+/* Group commits. */
+
+/* Descriptors open in this process. */
+static int
+fd_count(void)
+{
+    return entries("/proc/self/fd", NULL, 0);
+}
+
+/* The folder's directory under its mailbox: "" for INBOX. */
+static const char *
+folder_dir(const char *folder)
+{
+    return folder == NULL || strcmp(folder, "INBOX") == 0 ? "" : folder;
+}
+
+/* A message whose copies went to the recipients of r[0..n) that were
+ * stored: one file, hard-linked, byte for byte, nothing left in tmp/. */
+static void
+want_stored(const char *label, const struct fx *f, const struct maildir_rcpt *r,
+            size_t n, const char *msg, size_t len)
+{
+    struct stat first = {0};
+    size_t links = 0, seen = 0;
+
+    for (size_t i = 0; i < n; i++)
+        if (r[i].code == 250) {
+            bool dup = false;
+
+            for (size_t j = 0; j < i; j++)
+                dup |=
+                    r[j].code == 250 && r[j].mailbox_len == r[i].mailbox_len &&
+                    memcmp(r[j].mailbox, r[i].mailbox, r[i].mailbox_len) == 0 &&
+                    strcmp(folder_dir(r[j].folder), folder_dir(r[i].folder)) ==
+                        0;
+            links += !dup;
+        }
+    for (size_t i = 0; i < n; i++) {
+        const char *at_ = memchr(r[i].mailbox, '@', r[i].mailbox_len);
+        char dir[600];
+        struct stat st;
+
+        if (r[i].code != 250)
+            continue;
+        snprintf(dir, sizeof(dir), "%s/%.*s/%s", at_ + 1,
+                 (int)(at_ - r[i].mailbox), r[i].mailbox,
+                 folder_dir(r[i].folder));
+        want_content(label, at(f, "%s/new/%s", dir, r[i].file), msg, len);
+        want_entries(label, at(f, "%s/tmp", dir), 0);
+        st = stat_of(at(f, "%s/new/%s", dir, r[i].file));
+        if (seen++ == 0)
+            first = st;
+        ck_assert_msg(st.st_ino == first.st_ino,
+                      "%s: %.*s: another inode than the first copy's", label,
+                      (int)r[i].mailbox_len, r[i].mailbox);
+        ck_assert_msg(st.st_nlink == links, "%s: st_nlink %lu, want %zu", label,
+                      (unsigned long)st.st_nlink, links);
+    }
+}
+
+/* Five messages in one group commit, to overlapping mailboxes, one with
+ * a bad name and one naming a mailbox twice: each message is one file
+ * linked into its own mailboxes, each mailbox holds what was sent to it,
+ * and the counts add up. */
+START_TEST(test_batch)
+{
+    static const char *bodies[] = {"one\r\n", "two\r\n", "three\r\n",
+                                   "four\r\n", "five\r\n"};
+    struct maildir_rcpt r0[2] = {rcpt("alice@example.test", NULL),
+                                 rcpt("bob@example.test", NULL)};
+    struct maildir_rcpt r1[1] = {rcpt("alice@example.test", NULL)};
+    struct maildir_rcpt r2[2] = {rcpt("bob@example.test", NULL),
+                                 rcpt("carol@other.test", ".Spam")};
+    struct maildir_rcpt r3[3] = {rcpt("alice@example.test", NULL),
+                                 rcpt("alice@example.test", "INBOX"),
+                                 rcpt("dave@example.test", NULL)};
+    struct maildir_rcpt r4[2] = {rcpt("../x@example.test", NULL),
+                                 rcpt("dave@example.test", NULL)};
+    struct maildir_rcpt *rs[] = {r0, r1, r2, r3, r4};
+    static const size_t ns[] = {2, 1, 2, 3, 2},
+                        want_stored_n[] = {2, 1, 2, 3, 1};
+    struct iovec parts[5];
+    struct maildir_msg mm[5];
+    struct fx f;
+
+    fx_init(&f);
+    for (int k = 0; k < 5; k++) {
+        parts[k] = (struct iovec){(void *)bodies[k], strlen(bodies[k])};
+        mm[k] = (struct maildir_msg){&parts[k], 1, rs[k], ns[k], 99};
+    }
+    ck_assert_int_eq(maildir_deliver_batch(f.md, mm, 5), 9);
+    for (int k = 0; k < 5; k++) {
+        char label[32];
+
+        snprintf(label, sizeof(label), "batch message %d", k);
+        ck_assert_msg(mm[k].stored == want_stored_n[k],
+                      "%s: stored %zu, want %zu", label, mm[k].stored,
+                      want_stored_n[k]);
+        want_stored(label, &f, rs[k], ns[k], bodies[k], strlen(bodies[k]));
+        for (size_t i = 0; i < ns[k]; i++)
+            if (rs[k][i].code != 250)
+                want_code(label, &rs[k][i], 550, "5.1.1");
+        for (int j = 0; j < k; j++)
+            ck_assert_msg(strcmp(rs[k][ns[k] - 1].file, rs[j][0].file) != 0,
+                          "%s: the file name of message %d", label, j);
+    }
+    ck_assert_str_eq(r3[0].file, r3[1].file);
+    want_entries("batch", at(&f, "example.test/alice/new"), 3);
+    want_entries("batch", at(&f, "example.test/bob/new"), 2);
+    want_entries("batch", at(&f, "example.test/dave/new"), 2);
+    want_entries("batch", at(&f, "other.test/carol/.Spam/new"), 1);
+    want_entries("batch", at(&f, "other.test/carol/new"), 0);
+    fx_done(&f);
+}
+END_TEST
+
+/* A broken mailbox in a group commit fails its copies alone: the other
+ * messages, and the other mailboxes of its messages, are stored. */
+START_TEST(test_batch_broken)
+{
+    struct maildir_rcpt r0[1] = {rcpt("a@example.test", NULL)};
+    struct maildir_rcpt r1[2] = {rcpt("broken@example.test", NULL),
+                                 rcpt("b@example.test", NULL)};
+    struct maildir_rcpt r2[1] = {rcpt("broken@example.test", NULL)};
+    struct maildir_rcpt r3[2] = {rcpt("b@example.test", NULL),
+                                 rcpt("broken@example.test", NULL)};
+    struct iovec part = {"hi\r\n", 4};
+    struct maildir_msg mm[4] = {{&part, 1, r0, 1, 0},
+                                {&part, 1, r1, 2, 0},
+                                {&part, 1, r2, 1, 0},
+                                {&part, 1, r3, 2, 0}};
+    struct fx f;
+    int fd;
+
+    fx_init(&f);
+    ck_assert_int_eq(mkdir(at(&f, "example.test"), 0700), 0);
+    ck_assert_int_eq(mkdir(at(&f, "example.test/broken"), 0700), 0);
+    fd = open(at(&f, "example.test/broken/new"), O_WRONLY | O_CREAT, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(maildir_deliver_batch(f.md, mm, 4), 3);
+    want_code("broken batch", &r0[0], 250, "2.0.0");
+    want_code("broken batch", &r1[0], 451, "4.3.0");
+    want_code("broken batch", &r1[1], 250, "2.0.0");
+    want_code("broken batch", &r2[0], 451, "4.3.0");
+    want_code("broken batch", &r3[0], 250, "2.0.0");
+    want_code("broken batch", &r3[1], 451, "4.3.0");
+    ck_assert_msg(r1[0].failed_op != NULL && r1[0].sys_errno != 0,
+                  "no failed step or errno");
+    ck_assert_int_eq(mm[0].stored, 1);
+    ck_assert_int_eq(mm[1].stored, 1);
+    ck_assert_int_eq(mm[2].stored, 0);
+    ck_assert_int_eq(mm[3].stored, 1);
+    want_entries("broken batch", at(&f, "example.test/b/new"), 2);
+    want_entries("broken batch", at(&f, "example.test/b/tmp"), 0);
+    want_entries("broken batch", at(&f, "example.test/a/tmp"), 0);
+    want_entries("broken batch", at(&f, "example.test/broken/tmp"), 0);
+    fx_done(&f);
+}
+END_TEST
+
+/* A group commit where one mailbox is on a full file system and one on
+ * another file system (no hard links there). */
+START_TEST(test_batch_no_space)
+{
+    struct maildir_rcpt r0[2] = {rcpt("a@example.test", NULL),
+                                 rcpt("full@example.test", NULL)};
+    struct maildir_rcpt r1[1] = {rcpt("full@example.test", NULL)};
+    struct maildir_rcpt r2[3] = {rcpt("other@example.test", NULL),
+                                 rcpt("c@example.test", NULL),
+                                 rcpt("a@example.test", NULL)};
+    size_t len = 256 * 1024;
+    char *msg = malloc(len);
+    struct iovec part = {msg, len};
+    struct maildir_msg mm[3] = {
+        {&part, 1, r0, 2, 0}, {&part, 1, r1, 1, 0}, {&part, 1, r2, 3, 0}};
+    struct fx f;
+
+    if (!private_mounts()) {
+        fprintf(stderr, "test_batch_no_space: skipped: cannot mount a "
+                        "tmpfs\n");
+        free(msg);
+        return;
+    }
+    fx_init(&f);
+    memset(msg, 'x', len);
+    ck_assert_int_eq(mkdir(at(&f, "example.test"), 0700), 0);
+    ck_assert_int_eq(mkdir(at(&f, "example.test/full"), 0700), 0);
+    ck_assert_int_eq(mkdir(at(&f, "example.test/other"), 0700), 0);
+    mount_tmpfs(at(&f, "example.test/full"), "64k");
+    mount_tmpfs(at(&f, "example.test/other"), "1m");
+    ck_assert_int_eq(maildir_deliver_batch(f.md, mm, 3), 4);
+    want_code("batch no space", &r0[0], 250, "2.0.0");
+    want_code("batch no space", &r0[1], 452, "4.2.2");
+    want_code("batch no space", &r1[0], 452, "4.2.2");
+    want_code("batch no space", &r2[0], 250, "2.0.0");
+    want_code("batch no space", &r2[1], 250, "2.0.0");
+    want_code("batch no space", &r2[2], 250, "2.0.0");
+    /* The third message was written into other's tmp/, on a file system
+     * of its own: c and a could not link that file and have copies of
+     * their own. */
+    ck_assert_msg(!r2[0].linked && !r2[1].linked && !r2[2].linked,
+                  "linked: %d %d %d", r2[0].linked, r2[1].linked, r2[2].linked);
+    want_entries("batch no space", at(&f, "example.test/full/tmp"), 0);
+    want_entries("batch no space", at(&f, "example.test/full/new"), 0);
+    want_entries("batch no space", at(&f, "example.test/other/tmp"), 0);
+    want_entries("batch no space", at(&f, "example.test/a/tmp"), 0);
+    want_entries("batch no space", at(&f, "example.test/c/tmp"), 0);
+    want_entries("batch no space", at(&f, "example.test/a/new"), 2);
+    want_content("batch no space", at(&f, "example.test/c/new/%s", r2[1].file),
+                 msg, len);
+    umount2(at(&f, "example.test/full"), MNT_DETACH);
+    umount2(at(&f, "example.test/other"), MNT_DETACH);
+    fx_done(&f);
+    free(msg);
+}
+END_TEST
+
+/* A mailbox whose directories go away while they are cached (removed by
+ * hand) is made again at the next delivery, which is stored there. */
+static const struct removed_row {
+    const char *label, *path; /* under the mail root */
+} removed_rows[] = {
+    {"mailbox removed", "example.test/alice"},
+    {"new/ removed", "example.test/alice/new"},
+    {"tmp/ removed", "example.test/alice/tmp"},
+    {"domain removed", "example.test"},
+};
+
+START_TEST(test_cache_removed)
+{
+    const struct removed_row *w = &removed_rows[_i];
+    struct maildir_rcpt r[2] = {rcpt("alice@example.test", NULL),
+                                rcpt("bob@example.test", NULL)};
+    char path[1024];
+    struct fx f;
+
+    fx_init(&f);
+    ck_assert_int_eq(deliver(&f, "one\r\n", 5, r, 2), 2);
+    ck_assert_int_eq(maildir_cache_size(f.md), 2);
+    snprintf(path, sizeof(path), "%s", at(&f, "%s", w->path));
+    ck_assert_int_eq(nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    ck_assert_int_eq(deliver(&f, "two\r\n", 5, r, 2), 2);
+    want_code(w->label, &r[0], 250, "2.0.0");
+    want_code(w->label, &r[1], 250, "2.0.0");
+    want_content(w->label, at(&f, "example.test/alice/new/%s", r[0].file),
+                 "two\r\n", 5);
+    want_entries(w->label, at(&f, "example.test/alice/tmp"), 0);
+    want_entries(w->label, at(&f, "example.test/bob/tmp"), 0);
+    want_entries(w->label, at(&f, "example.test/bob/new"),
+                 strcmp(w->path, "example.test") == 0 ? 1 : 2);
+    /* And again, from the cache. */
+    ck_assert_int_eq(deliver(&f, "three\r\n", 7, r, 2), 2);
+    want_content(w->label, at(&f, "example.test/alice/new/%s", r[0].file),
+                 "three\r\n", 7);
+    fx_done(&f);
+}
+END_TEST
+
+/* The cache holds what it is told, and never a descriptor more: a
+ * message with more mailboxes than that goes alone (one file, linked),
+ * a batch with more is split, and destroying the store closes them all. */
+START_TEST(test_cache_bounded)
+{
+    char names[10][32];
+    struct maildir_rcpt r[10], single[10];
+    struct iovec part = {"hi\r\n", 4};
+    struct maildir_msg mm[10];
+    int fds0 = fd_count(), fds1;
+    struct fx f;
+
+    fx_init(&f);
+    maildir_set_cache_max(f.md, 4);
+    for (int i = 0; i < 10; i++) {
+        snprintf(names[i], sizeof(names[i]), "u%d@example.test", i);
+        r[i] = rcpt(names[i], NULL);
+        single[i] = rcpt(names[i], NULL);
+        mm[i] = (struct maildir_msg){&part, 1, &single[i], 1, 0};
+    }
+    ck_assert_int_eq(deliver(&f, "hi\r\n", 4, r, 10), 10);
+    want_stored("one message, ten mailboxes", &f, r, 10, "hi\r\n", 4);
+    ck_assert_msg(maildir_cache_size(f.md) <= 4, "cache holds %zu",
+                  maildir_cache_size(f.md));
+    ck_assert_int_eq(maildir_deliver_batch(f.md, mm, 10), 10);
+    for (int i = 0; i < 10; i++) {
+        want_code("ten messages", &single[i], 250, "2.0.0");
+        want_entries("ten messages", at(&f, "example.test/u%d/new", i), 2);
+        want_entries("ten messages", at(&f, "example.test/u%d/tmp", i), 0);
+    }
+    ck_assert_msg(maildir_cache_size(f.md) <= 4, "cache holds %zu",
+                  maildir_cache_size(f.md));
+    /* One mailbox again and again: its two directories stay open, and
+     * nothing more is opened. */
+    ck_assert_int_eq(deliver(&f, "hi\r\n", 4, r, 1), 1);
+    fds1 = fd_count();
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(deliver(&f, "hi\r\n", 4, r, 1), 1);
+    ck_assert_int_eq(fd_count(), fds1);
+    ck_assert_msg(fds1 <= fds0 + 1 + 2 * 4, "%d fds open, %d before", fds1,
+                  fds0);
+    fx_done(&f);
+    ck_assert_msg(fd_count() == fds0, "%d fds open after destroy, %d before",
+                  fd_count(), fds0);
+}
+END_TEST
+
 /* The data folder is made when it is missing; a file in its place is an
  * error with a reason. */
 START_TEST(test_new_store)
@@ -869,6 +1176,14 @@ maildir_suite(void)
     tcase_add_test(tc, test_same_mailbox_twice);
     tcase_add_test(tc, test_no_space);
     tcase_add_test(tc, test_cross_device_copy);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("deliver_batch");
+    tcase_add_test(tc, test_batch);
+    tcase_add_test(tc, test_batch_broken);
+    tcase_add_test(tc, test_batch_no_space);
+    tcase_add_loop_test(tc, test_cache_removed, 0, NROWS(removed_rows));
+    tcase_add_test(tc, test_cache_bounded);
     suite_add_tcase(s, tc);
     return s;
 }
