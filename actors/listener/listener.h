@@ -48,11 +48,22 @@ struct listener {
     int sessions, max_sessions, max_per_ip;
     int64_t idle_ms, session_ms, bus_timeout_ms;
     uint64_t accepted, refused;
+    /* Out of descriptors (EMFILE, ENFILE): the listening sockets are not
+     * watched until a session closes or accept_timer fires. An episode
+     * lasts until an accept succeeds again, and is logged once. */
+    bool accept_paused, starved;
+    loop_timer_t *accept_timer;
+    int64_t starved_since;
+    uint64_t starved_episodes;
 };
 
 /* Binds the roles named by listener.roles; 0 or an error, logged. */
 int listener_net_start(listener_t *l);
 void listener_net_stop(listener_t *l);
+
+/* Watches the listening sockets again if accepting was paused for want
+ * of descriptors (a session that closes calls it); a no-op otherwise. */
+void listener_net_resume(listener_t *l);
 
 /* A new session on an accepted socket (listener_net.c calls it). */
 void listener_session_start(listener_t *l, struct role *role, int fd,

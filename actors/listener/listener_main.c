@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lib/err.h"
@@ -84,6 +85,24 @@ tls_setup(listener_t *l, const config_t *cfg)
     return 0;
 }
 
+/* Each session holds a descriptor: the soft limit on open files (often
+ * 1024) goes up to the hard one, so that listener.max_sessions, not the
+ * limit, decides how many sessions there may be. */
+static void
+raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    log_info(NULL, "nofile", "limit=%llu", (unsigned long long)rl.rlim_cur);
+}
+
 static int
 listener_init(actor_t *a)
 {
@@ -91,6 +110,7 @@ listener_init(actor_t *a)
     const config_t *cfg = actor_config(a);
     int rc;
 
+    raise_nofile();
     l->actor = a;
     l->loop = actor_loop(a);
     l->bus = actor_client(a);
@@ -126,9 +146,10 @@ listener_fini(actor_t *a)
     listener_sessions_close_all(l);
     zhashx_destroy(&l->per_ip);
     tls_ctx_destroy(&l->tls);
-    log_info(NULL, "listener_stopped", "accepted=%llu refused=%llu",
-             (unsigned long long)l->accepted,
-             (unsigned long long)l->refused);
+    log_info(NULL, "listener_stopped",
+             "accepted=%llu refused=%llu starved_episodes=%llu",
+             (unsigned long long)l->accepted, (unsigned long long)l->refused,
+             (unsigned long long)l->starved_episodes);
 }
 
 int

@@ -75,6 +75,59 @@ addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
     }
 }
 
+/* How long accepting stays paused after running out of descriptors,
+ * unless a session closes first. */
+#define ACCEPT_RETRY_MS 100
+
+static void
+on_accept_retry(loop_t *loop, void *arg)
+{
+    listener_t *l = arg;
+
+    (void)loop;
+    l->accept_timer = NULL;
+    listener_net_resume(l);
+}
+
+/*
+ * accept() failed for want of descriptors. The connection stays in the
+ * listen queue and the socket stays readable, so watching it would wake
+ * the loop again at once, for ever: stop watching every listening socket
+ * until a session closes (which frees a descriptor) or the timer fires
+ * (another process may free one). Logged once an episode.
+ */
+static void
+accept_pause(listener_t *l, const struct role *role, int err)
+{
+    if (!l->accept_paused) {
+        for (int i = 0; i < l->nroles; i++)
+            loop_fd_mod(l->loop, l->roles[i].fd, 0);
+        l->accept_paused = true;
+        l->accept_timer =
+            loop_timer_add(l->loop, ACCEPT_RETRY_MS, on_accept_retry, l);
+    }
+    if (!l->starved) {
+        l->starved = true;
+        l->starved_since = loop_now_ms(l->loop);
+        l->starved_episodes++;
+        log_warn(NULL, "accept_paused",
+                 "role=%s reason=%s sessions=%d retry_ms=%d episodes=%llu",
+                 role->name, log_q(strerror(err)), l->sessions, ACCEPT_RETRY_MS,
+                 (unsigned long long)l->starved_episodes);
+    }
+}
+
+void
+listener_net_resume(listener_t *l)
+{
+    if (!l->accept_paused)
+        return;
+    loop_timer_cancel(l->loop, &l->accept_timer);
+    for (int i = 0; i < l->nroles; i++)
+        loop_fd_mod(l->loop, l->roles[i].fd, LOOP_READ);
+    l->accept_paused = false;
+}
+
 /* Refuses a connection before any session exists: RFC 5321 3.1 lets a
  * server answer the connection with a 421 and close. */
 static void
@@ -105,10 +158,20 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
                          SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM)
+                accept_pause(l, role, errno);
+            else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                 log_warn(NULL, "accept_failed", "role=%s reason=%s",
                          role->name, log_q(strerror(errno)));
             return;
+        }
+        if (l->starved) {
+            l->starved = false;
+            log_info(NULL, "accept_resumed",
+                     "role=%s paused_ms=%lld sessions=%d", role->name,
+                     (long long)(loop_now_ms(l->loop) - l->starved_since),
+                     l->sessions);
         }
         addr_text(&ss, ip, sizeof(ip));
         count = (intptr_t)zhashx_lookup(l->per_ip, ip);
@@ -192,6 +255,8 @@ listener_net_start(listener_t *l)
 void
 listener_net_stop(listener_t *l)
 {
+    loop_timer_cancel(l->loop, &l->accept_timer);
+    l->accept_paused = false;
     for (int i = 0; i < l->nroles; i++) {
         loop_fd_del(l->loop, l->roles[i].fd);
         close(l->roles[i].fd);

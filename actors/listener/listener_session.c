@@ -150,6 +150,8 @@ session_close(struct session *s, const char *why)
         tls_shutdown(s->tls);
     loop_fd_del(l->loop, s->fd);
     close(s->fd);
+    /* A descriptor is free again: accepting resumes if it had paused. */
+    listener_net_resume(l);
     loop_timer_cancel(l->loop, &s->idle_timer);
     loop_timer_cancel(l->loop, &s->total_timer);
     count = (intptr_t)zhashx_lookup(l->per_ip, s->ip);

@@ -483,10 +483,95 @@ class Timeouts(unittest.TestCase):
         self.assertLess(time.time() - t0, 7)
 
 
-def children(name):
-    out = subprocess.run(["pgrep", "-P", str(SYS.proc.pid), "-x", name],
-                         capture_output=True, text=True).stdout.split()
+def children(name, system=None):
+    out = subprocess.run(["pgrep", "-P", str((system or SYS).proc.pid), "-x",
+                          name], capture_output=True, text=True).stdout.split()
     return [int(p) for p in out]
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of pid so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class OutOfDescriptors(unittest.TestCase):
+    """Its own system, started with a small limit on open files: the
+    listener raises its soft limit to the hard one and logs it; once it
+    runs out, accept() fails with EMFILE, and it must neither spin on the
+    listening socket nor stop for good."""
+
+    SOFT, HARD = 64, 160
+
+    @classmethod
+    def setUpClass(cls):
+        import resource
+
+        cls.sys = st.System(BASE + 60, extra_env={
+            "SAMOTOP_LISTENER_MAX_PER_IP": "1000",
+            "SAMOTOP_LISTENER_MAX_SESSIONS": "1000",
+            "SAMOTOP_GUARD_CONN_PER_MINUTE": "100000",
+        })
+        cls.sys.proc = subprocess.Popen(
+            [st.bin_path("samotopd")], env=cls.sys.env, stdout=cls.sys.log,
+            stderr=cls.sys.log, preexec_fn=lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (cls.SOFT, cls.HARD)))
+        cls.sys.wait_ready()
+        cls.addr = ("127.0.0.1", BASE + 60 + 10)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sys.stop()
+
+    def listener_lines(self, event):
+        return [l for l in self.sys.logtext().splitlines()
+                if "actor=listener/" in l and "event=%s " % event in l]
+
+    def test_emfile_pauses_accept_without_spinning(self):
+        lines = self.listener_lines("nofile")
+        self.assertTrue(lines and "limit=%d" % self.HARD in lines[0], lines)
+        # comm is cut to 15 characters
+        pid = children("samotop-listene", self.sys)[0]
+        held = []
+        try:
+            # More connections than descriptors: the kernel queues what
+            # the listener cannot accept.
+            for _ in range(self.HARD + 20):
+                held.append(socket.create_connection(self.addr, timeout=10))
+            deadline = time.time() + 10
+            while time.time() < deadline and not self.listener_lines(
+                    "accept_paused"):
+                time.sleep(0.1)
+            self.assertTrue(self.listener_lines("accept_paused"),
+                            self.sys.logtext()[-3000:])
+            time.sleep(0.5)
+            c0, t0 = cpu_seconds(pid), time.time()
+            time.sleep(2)
+            used = (cpu_seconds(pid) - c0) / (time.time() - t0)
+            self.assertLess(used, 0.2, "the listener spins: %.0f%% CPU while "
+                            "out of descriptors" % (100 * used))
+            self.assertEqual(len(self.listener_lines("accept_paused")), 1,
+                             "logged more than once in one episode")
+        finally:
+            for c in held:
+                c.close()
+        # Descriptors come back as the sessions close: new sessions are
+        # served again, and the episode's end is logged.
+        deadline = time.time() + 20
+        code = None
+        while time.time() < deadline and code != 220:
+            try:
+                r = Raw(self.addr)
+                code = r.greeting[0]
+                r.cmd("QUIT")
+                r.close()
+            except (OSError, EOFError):
+                time.sleep(0.2)
+        self.assertEqual(code, 220)
+        self.assertTrue(self.listener_lines("accept_resumed"))
+        with smtplib.SMTP(*self.addr) as c:
+            self.assertEqual(c.ehlo()[0], 250)
 
 
 class MailboxKilled(unittest.TestCase):
