@@ -95,6 +95,7 @@ buf_take(buf_t *b)
     char *s;
 
     buf_reserve(b, 0);
+    b->data[b->len] = '\0'; /* a buffer never written holds no NUL yet */
     s = b->data;
     b->data = NULL;
     b->len = b->cap = 0;
