@@ -49,6 +49,7 @@ struct session {
     enum tls_state tls_state;
     bool starttls;     /* STARTTLS answered: handshake once output is out */
     bool closing;      /* close once the output is out */
+    bool eof;          /* the client sent all it will (it may still read) */
     bool dead;         /* socket closed; freed when no call is outstanding */
     int watching;      /* LOOP_* events the loop watches for */
     buf_t in;          /* read, not yet taken by the engine */
@@ -660,6 +661,8 @@ handshake(struct session *s)
 static void
 session_pump(struct session *s)
 {
+    bool idle = false; /* nothing more to do until input or a reply */
+
     for (int rounds = 0; rounds < 64 && !s->dead; rounds++) {
         const struct smtp_event *ev;
         bool progress = false;
@@ -702,14 +705,32 @@ session_pump(struct session *s)
                 return;
             continue;
         }
-        if (!progress || s->calls > 0)
+        if (!progress || s->calls > 0) {
+            idle = true;
             break;
+        }
     }
     if (s->dead)
         return;
-    /* Read while the engine can take more; a TLS connection may hold
-     * decrypted bytes that epoll cannot see. */
-    watch(s, s->in.len < IN_MAX && s->calls == 0 ? LOOP_READ : 0);
+    if (s->eof) {
+        /* What the client sent before it stopped is all answered: done. */
+        if (s->calls == 0 && idle) {
+            session_close(s, "client_closed");
+            return;
+        }
+        /* A reply is awaited, or the rounds ran out: no more reading;
+         * back when the reply comes, or when the socket takes output (at
+         * once) to go on. */
+        watch(s, s->calls == 0 ? LOOP_WRITE : 0);
+        return;
+    }
+    /* Read while the session's input has room, bus call or not: the
+     * engine keeps what comes meanwhile (pipelining) and takes less when
+     * its buffer is full, which is the back-pressure that stops reading.
+     * So the watch stays as it is through the message, and epoll_ctl()
+     * is called only when back-pressure starts or ends. A TLS connection
+     * may hold decrypted bytes that epoll cannot see. */
+    watch(s, s->in.len < IN_MAX ? LOOP_READ : 0);
     if (s->tls_state == TLS_UP && tls_pending(s->tls) && s->calls == 0 &&
         s->in.len < IN_MAX)
         on_io(s->l->loop, s->fd, LOOP_READ, s);
@@ -726,7 +747,7 @@ on_io(loop_t *loop, int fd, int events, void *arg)
         session_pump(s);
         return;
     }
-    if (events & LOOP_READ) {
+    if ((events & LOOP_READ) && !s->eof) {
         char buf[16384];
 
         while (s->in.len < IN_MAX && !s->dead) {
@@ -734,8 +755,15 @@ on_io(loop_t *loop, int fd, int events, void *arg)
 
             if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
                 break;
-            if (n <= 0) {
-                session_close(s, n == 0 ? "client_closed" : "read_failed");
+            if (n == 0) {
+                /* The client is done sending, maybe only half-closed
+                 * and waiting for replies: what it sent is answered
+                 * first, then the session closes (session_pump). */
+                s->eof = true;
+                break;
+            }
+            if (n < 0) {
+                session_close(s, "read_failed");
                 return;
             }
             if (s->starttls)

@@ -236,6 +236,54 @@ class Delivery(unittest.TestCase):
 SMUGGLES = ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\r", "\r\n.\n"]
 
 
+class HalfClose(unittest.TestCase):
+    """A client that sends its last lines and shuts down its sending side
+    at once still gets every reply: the listener reads on while a bus
+    call is out, so it sees the end of input before the mailbox answers,
+    and must answer what came before it."""
+
+    def half_closed_session(self, tail):
+        a0 = len(files("carol"))
+        r = Raw()
+        self.assertEqual(r.cmd("EHLO client.remote.test")[0], 250)
+        r.send("MAIL FROM:<hc@remote.test>\r\nRCPT TO:<carol@example.test>\r\n"
+               "DATA\r\n")
+        self.assertEqual(r.reply()[0], 250)
+        self.assertEqual(r.reply()[0], 250)
+        self.assertEqual(r.reply()[0], 354)
+        r.send(message("half close") + b".\r\n" + tail)
+        r.s.shutdown(socket.SHUT_WR)
+        code, lines = r.reply()
+        self.assertEqual(code, 250, lines)
+        self.assertIn("2.0.0", lines[0])
+        return r, a0
+
+    def test_quit_then_shutdown(self):
+        r, a0 = self.half_closed_session(b"QUIT\r\n")
+        self.assertEqual(r.reply()[0], 221)
+        self.assertTrue(r.closed())
+        r.close()
+        self.assertEqual(len(wait_files("carol", a0 + 1)), a0 + 1)
+
+    def test_shutdown_without_quit(self):
+        r, a0 = self.half_closed_session(b"")
+        self.assertTrue(r.closed())
+        self.assertEqual(r.buf, b"")
+        r.close()
+        self.assertEqual(len(wait_files("carol", a0 + 1)), a0 + 1)
+
+    def test_shutdown_mid_command(self):
+        """A line cut short by the end of input is never executed, and the
+        session closes."""
+        r = Raw()
+        r.send("NOOP\r\nRSET")
+        r.s.shutdown(socket.SHUT_WR)
+        self.assertEqual(r.reply()[0], 250)
+        self.assertTrue(r.closed())
+        self.assertEqual(r.buf, b"", "the cut RSET was answered")
+        r.close()
+
+
 class Smuggling(unittest.TestCase):
     def test_bare_lf_cr_never_end_data(self):
         for v in SMUGGLES:
