@@ -1,9 +1,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,11 +86,12 @@ write_cert(FILE *f, void *arg)
     return PEM_write_X509(f, arg);
 }
 
-int
-tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
-                       size_t whylen)
+/* Writes a new key and a self-signed certificate for hostname. */
+static int
+self_signed_create(const char *cert_path, const char *key_path,
+                   const char *hostname, char *why, size_t whylen)
 {
-    char cert_path[4096], key_path[4096], san[300];
+    char san[300];
     EVP_PKEY *key = NULL;
     X509 *x = NULL;
     X509_NAME *name;
@@ -96,14 +99,6 @@ tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
     X509V3_CTX v3;
     int rc = ERR_SYS;
 
-    snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
-    snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
-    if (access(cert_path, R_OK) == 0 && access(key_path, R_OK) == 0)
-        return 0;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        snprintf(why, whylen, "cannot make %s: %s", dir, strerror(errno));
-        return ERR_SYS;
-    }
     key = EVP_EC_gen("P-256");
     x = X509_new();
     if (key == NULL || x == NULL) {
@@ -153,6 +148,59 @@ tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
 out:
     X509_free(x);
     EVP_PKEY_free(key);
+    return rc;
+}
+
+static bool
+both_there(const char *cert_path, const char *key_path)
+{
+    return access(cert_path, R_OK) == 0 && access(key_path, R_OK) == 0;
+}
+
+/*
+ * Several processes may start on a fresh data folder at once (listener
+ * copies). Without a lock each would write its own key and certificate,
+ * and one could end up with another's key beside its certificate ("key
+ * values mismatch"). So the check and the creation happen under an
+ * exclusive flock() on dir/.lock, and the one that waited checks again:
+ * only the first creates, the others find its pair, whole.
+ */
+int
+tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
+                       size_t whylen)
+{
+    char cert_path[4096], key_path[4096], lock_path[4096];
+    int fd, rc;
+
+    snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
+    snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
+    snprintf(lock_path, sizeof(lock_path), "%s/.lock", dir);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(why, whylen, "cannot make %s: %s", dir, strerror(errno));
+        return ERR_SYS;
+    }
+    fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+
+        /* A folder we may not write to, made by someone else: usable as
+         * it is when it holds both files. */
+        if (both_there(cert_path, key_path))
+            return 0;
+        snprintf(why, whylen, "cannot open %s: %s", lock_path, strerror(e));
+        return ERR_SYS;
+    }
+    while ((rc = flock(fd, LOCK_EX)) != 0 && errno == EINTR)
+        ;
+    if (rc != 0) {
+        snprintf(why, whylen, "cannot lock %s: %s", lock_path, strerror(errno));
+        close(fd);
+        return ERR_SYS;
+    }
+    rc = both_there(cert_path, key_path)
+             ? 0
+             : self_signed_create(cert_path, key_path, hostname, why, whylen);
+    close(fd); /* and the lock with it */
     return rc;
 }
 

@@ -27,8 +27,10 @@ enum {
 /* Makes sure dir holds cert.pem and key.pem: when either is missing, a new
  * EC P-256 key and a self-signed certificate for hostname (valid ten years,
  * hostname as subjectAltName) are written there, key mode 0600, each file
- * written under a temporary name and renamed so that several processes
- * starting at once never see half a file. Returns 0 or ERR_SYS with why. */
+ * written under a temporary name and renamed so that no reader sees half a
+ * file. Check and creation hold an flock() on dir/.lock, so that of
+ * several processes starting at once only one creates the pair and the
+ * others use it. Returns 0 or ERR_SYS with why. */
 int tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
                            size_t whylen);
 

@@ -544,6 +544,31 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class SeveralListeners(unittest.TestCase):
+    """Listener copies started together on a fresh data folder share one
+    self-signed certificate; none fails on another's key (they used to
+    race to write the pair: "key values mismatch")."""
+
+    def test_fresh_data_folder(self):
+        for attempt in range(3):
+            sys_ = st.System(BASE + 80, extra_env={
+                "SAMOTOP_SUPERVISOR_LISTENER": "4",
+                "SAMOTOP_HOSTNAME": "mx.example.test",
+            })
+            try:
+                sys_.start()
+                text = sys_.logtext()
+                self.assertNotIn("tls_setup_failed", text)
+                self.assertEqual(len(children("samotop-listene", sys_)), 4)
+                self.assertEqual(text.count("event=ready service=listener "),
+                                 4, "attempt %d" % attempt)
+                with smtplib.SMTP("127.0.0.1", BASE + 80 + 10) as c:
+                    c.starttls(context=ssl._create_unverified_context())
+                    self.assertEqual(c.ehlo()[0], 250)
+            finally:
+                sys_.stop()
+
+
 class OutOfDescriptors(unittest.TestCase):
     """Its own system, started with a small limit on open files: the
     listener raises its soft limit to the hard one and logs it; once it
