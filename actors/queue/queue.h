@@ -154,6 +154,19 @@ int64_t queue_retry_delay_ms(int attempts, long min_s, long max_s,
 
 typedef struct queue queue_t;
 
+/* A Lua script of the queue's. It goes to Redis by its SHA1 (EVALSHA),
+ * loaded once per connection with SCRIPT LOAD, and as its text (EVAL)
+ * only when Redis does not know it (NOSCRIPT: a restarted or flushed
+ * Redis). */
+struct queue_script {
+    const char *name; /* for the log */
+    const char *text;
+    char sha[41]; /* lower-case hex, made by queue_init() */
+};
+
+/* Every script queue_sched.c runs, NULL-terminated. */
+extern struct queue_script *const queue_sched_scripts[];
+
 struct queue_conf {
     long scan_ms, lease_ms, max_inflight;
     long retry_min_s, retry_max_s, lifetime_s, delay_warn_s;
@@ -173,6 +186,11 @@ struct queue {
     int submits, inflight;
     loop_timer_t *scan;
     bool claiming, kick_again;
+    /* Whether this connection was sent SCRIPT LOAD for every script;
+     * cleared by anything that says the connection or the scripts went.
+     * loading counts the SCRIPT LOADs that are out. */
+    bool scripts_sent;
+    int loading;
     struct queue_job *jobs;
     uint64_t submitted, delivered, bounced, deferred;
 };
@@ -184,8 +202,18 @@ typedef void queue_store_fn(void *arg, int err, const store_reply_t *reply);
  * returned (ERR_REDIS when Redis is away, ERR_CLOSED when stopping). */
 int queue_cmd(queue_t *q, queue_store_fn *fn, void *arg, int argc,
               const char *const *argv, const size_t *lens);
-int queue_cmd_argv(queue_t *q, queue_store_fn *fn, void *arg,
-                   const struct queue_argv *a);
+
+/* Whether the connection to Redis is up now. When it is not, the scripts
+ * are loaded again once it is. */
+bool queue_store_ready(queue_t *q);
+
+/* Runs script with argv (argc items: the key count, the keys, then the
+ * arguments; lens may be NULL for C strings), copied: EVALSHA, and EVAL
+ * again if Redis answers NOSCRIPT. fn gets the script's reply, called
+ * exactly once, later, unless an error is returned (as queue_cmd()). */
+int queue_script_cmd(queue_t *q, const struct queue_script *script,
+                     queue_store_fn *fn, void *arg, int argc,
+                     const char *const *argv, const size_t *lens);
 
 /* Frees the queue once it is closing and nothing refers to it. */
 void queue_maybe_free(queue_t *q);

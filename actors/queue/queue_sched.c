@@ -43,46 +43,54 @@
  * claimed id is scored at now + lease, so that others skip it until the
  * lease could have expired. It looks at 16 ids more than it wants, to
  * step over ones an admin made due while they are leased. */
-static const char claim_script[] =
-    "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], "
-    "'LIMIT', 0, tonumber(ARGV[4]) + 16) "
-    "local got = {} "
-    "local later = tonumber(ARGV[1]) + tonumber(ARGV[3]) "
-    "for _, id in ipairs(ids) do "
-    "  if #got >= tonumber(ARGV[4]) then break end "
-    "  if redis.call('SET', ARGV[5] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) "
-    "  then "
-    "    redis.call('ZADD', KEYS[1], later, id) "
-    "    got[#got + 1] = id "
-    "  end "
-    "end "
-    "return got";
+static struct queue_script claim_script = {
+    .name = "claim",
+    .text =
+        "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], "
+        "'LIMIT', 0, tonumber(ARGV[4]) + 16) "
+        "local got = {} "
+        "local later = tonumber(ARGV[1]) + tonumber(ARGV[3]) "
+        "for _, id in ipairs(ids) do "
+        "  if #got >= tonumber(ARGV[4]) then break end "
+        "  if redis.call('SET', ARGV[5] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) "
+        "  then "
+        "    redis.call('ZADD', KEYS[1], later, id) "
+        "    got[#got + 1] = id "
+        "  end "
+        "end "
+        "return got"};
 
 /* KEYS: lease, msg, body, rcpts; ARGV: owner. */
-static const char load_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end "
-    "return {1, redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]), "
-    "redis.call('HGETALL', KEYS[4])}";
+static struct queue_script load_script = {
+    .name = "load",
+    .text = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end "
+            "return {1, redis.call('HGETALL', KEYS[2]), "
+            "redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}"};
 
 /* KEYS: lease, due; ARGV: owner, lease_ms, until, id. */
-static const char renew_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
-    "redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4]) "
-    "return 1";
+static struct queue_script renew_script = {
+    .name = "renew",
+    .text = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+            "redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+            "redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4]) "
+            "return 1"};
 
 /* KEYS: lease; ARGV: owner, then groups "N CMD ARG...". XXX: the commands
  * name keys not passed in KEYS; all of them share the {q} slot, which is
  * what Redis Cluster needs in practice. */
-static const char update_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "local i = 2 "
-    "while i <= #ARGV do "
-    "  local n = tonumber(ARGV[i]) "
-    "  redis.call(unpack(ARGV, i + 1, i + n)) "
-    "  i = i + n + 1 "
-    "end "
-    "return 1";
+static struct queue_script update_script = {
+    .name = "update",
+    .text = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+            "local i = 2 "
+            "while i <= #ARGV do "
+            "  local n = tonumber(ARGV[i]) "
+            "  redis.call(unpack(ARGV, i + 1, i + n)) "
+            "  i = i + n + 1 "
+            "end "
+            "return 1"};
+
+struct queue_script *const queue_sched_scripts[] = {
+    &claim_script, &load_script, &renew_script, &update_script, NULL};
 
 struct queue_job;
 
@@ -184,6 +192,16 @@ job_cmd(struct queue_job *j, queue_store_fn *fn, int argc,
     return true;
 }
 
+static bool
+job_script(struct queue_job *j, const struct queue_script *script,
+           queue_store_fn *fn, int argc, const char *const *argv)
+{
+    if (queue_script_cmd(j->q, script, fn, j, argc, argv, NULL) != 0)
+        return false;
+    j->store_out++;
+    return true;
+}
+
 /* Takes a store callback back; false when the job is to go. */
 static bool
 job_store_back(struct queue_job *j)
@@ -216,9 +234,7 @@ on_renew(loop_t *loop, void *arg)
     struct queue_job *j = arg;
     queue_t *q = j->q;
     char klease[STORE_KEY_MAX], kdue[STORE_KEY_MAX], ms[24], until[24];
-    const char *argv[] = {"EVAL",
-                          renew_script,
-                          "2",
+    const char *argv[] = {"2",
                           store_key_queue_lease(klease, j->id),
                           store_key_queue_due(kdue),
                           q->owner,
@@ -230,7 +246,7 @@ on_renew(loop_t *loop, void *arg)
     snprintf(ms, sizeof(ms), "%ld", q->conf.lease_ms);
     snprintf(until, sizeof(until), "%lld",
              (long long)(queue_now_ms() + q->conf.lease_ms));
-    job_cmd(j, on_renewed, 9, argv, NULL);
+    job_script(j, &renew_script, on_renewed, 7, argv);
 }
 
 static void
@@ -298,9 +314,7 @@ job_new(queue_t *q, const char *id)
     struct queue_job *j = xcalloc(1, sizeof(*j));
     char klease[STORE_KEY_MAX], kmsg[STORE_KEY_MAX], kbody[STORE_KEY_MAX],
         krcpts[STORE_KEY_MAX];
-    const char *argv[] = {"EVAL",
-                          load_script,
-                          "4",
+    const char *argv[] = {"4",
                           store_key_queue_lease(klease, id),
                           store_key_queue_msg(kmsg, id),
                           store_key_queue_body(kbody, id),
@@ -318,7 +332,7 @@ job_new(queue_t *q, const char *id)
     q->inflight++;
     j->renew =
         loop_timer_add(actor_loop(q->a), q->conf.lease_ms / 3, on_renew, j);
-    if (!job_cmd(j, on_loaded, 8, argv, NULL))
+    if (!job_script(j, &load_script, on_loaded, 6, argv))
         job_drop(j);
     return j;
 }
@@ -1015,14 +1029,13 @@ job_commit(struct queue_job *j)
 
     j->phase = PH_COMMIT;
     queue_argv_init(&a);
-    queue_argv_add(&a, "EVAL");
-    queue_argv_addref(&a, update_script, sizeof(update_script) - 1);
     queue_argv_add(&a, "1");
     queue_argv_add(&a, store_key_queue_lease(klease, j->id));
     queue_argv_add(&a, q->owner);
     for (int i = 0; i < j->update.n; i++)
         queue_argv_addref(&a, j->update.v[i], j->update.lens[i]);
-    if (queue_cmd_argv(q, on_committed, j, &a) == 0)
+    if (queue_script_cmd(q, &update_script, on_committed, j, a.n,
+                         (const char *const *)a.v, a.lens) == 0)
         j->store_out++;
     else
         step_failed(j, "redis unavailable");
@@ -1070,17 +1083,16 @@ claim(queue_t *q)
     char kdue[STORE_KEY_MAX], kprefix[STORE_KEY_MAX], now[24], lease[24],
         limit[24];
     const char *argv[] = {
-        "EVAL",   claim_script, "1",   store_key_queue_due(kdue),         now,
-        q->owner, lease,        limit, store_key_queue_lease(kprefix, "")};
+        "1",   store_key_queue_due(kdue),         now, q->owner, lease,
+        limit, store_key_queue_lease(kprefix, "")};
     long room = q->conf.max_inflight - q->inflight;
 
-    if (q->closing || q->claiming || room <= 0 || q->store == NULL ||
-        !store_async_ready(q->store))
+    if (q->closing || q->claiming || room <= 0 || !queue_store_ready(q))
         return;
     snprintf(now, sizeof(now), "%lld", (long long)queue_now_ms());
     snprintf(lease, sizeof(lease), "%ld", q->conf.lease_ms);
     snprintf(limit, sizeof(limit), "%ld", room);
-    if (queue_cmd(q, on_claimed, q, 9, argv, NULL) == 0)
+    if (queue_script_cmd(q, &claim_script, on_claimed, q, 7, argv, NULL) == 0)
         q->claiming = true;
 }
 

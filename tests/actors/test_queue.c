@@ -12,7 +12,7 @@
  * Ports 19200-19249 belong to this suite: one block of ten per world
  * (redis on the first port, the broker on the next three): 19200
  * delivery, 19210 expiry, 19220 two queues, 19230 a queue killed, 19240
- * Redis down.
+ * Redis down, 19245 the scripts forgotten.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -1565,6 +1565,118 @@ START_TEST(test_redis_down)
 }
 END_TEST
 
+/* A number from INFO section: the value after "key=" on the line that
+ * begins with line (e.g. "cmdstat_evalsha:", "calls"); 0 when there is
+ * none. */
+static long long
+info_number(const char *section, const char *line, const char *key)
+{
+    store_t *s = redis_connect(W.base, 1000);
+    store_reply_t *r = rcmdr(s, "INFO", section, NULL);
+    const char *text = store_reply_str(r, NULL), *at, *eol;
+    char want[64];
+    long long n = 0;
+
+    snprintf(want, sizeof(want), "%s=", key);
+    for (at = text; at && *at; at = eol ? eol + 1 : NULL) {
+        eol = strchr(at, '\n');
+        if (strncmp(at, line, strlen(line)) == 0) {
+            const char *v = strstr(at, want);
+
+            if (v && (eol == NULL || v < eol))
+                n = strtoll(v + strlen(want), NULL, 10);
+            break;
+        }
+    }
+    store_reply_free(&r);
+    store_destroy(&s);
+    return n;
+}
+
+static long long
+script_calls(const char *cmd)
+{
+    char line[64];
+
+    snprintf(line, sizeof(line), "cmdstat_%s:", cmd);
+    return info_number("commandstats", line, "calls");
+}
+
+/* Submits to alice until a 250 (Redis may be on its way back), then waits
+ * for the nth file in her Maildir and for the message to leave the
+ * queue. */
+static void
+deliver_nth(bus_client_t *c, int nth, const char *when)
+{
+    struct sub s = {.from = "", .to = {{.mailbox = "alice@example.test"}}};
+    char id[QUEUE_ID_MAX] = "";
+    int64_t until = test_now_ms() + 8000;
+    int code = 0;
+
+    while (code != 250 && test_now_ms() < until) {
+        envelope_t *reply = submit(c, &s);
+
+        code = envelope_code(reply);
+        if (code == 250)
+            snprintf(id, sizeof(id), "%s",
+                     envelope_get_str(reply, ENV_KEY_QUEUE_ID));
+        envelope_destroy(&reply);
+        if (code != 250)
+            usleep(200000);
+    }
+    ck_assert_msg(code == 250, "%s: no 250 to queue.submit", when);
+    ck_assert_msg(wait_files("alice", nth, 5000) == nth, "%s: not delivered",
+                  when);
+    ck_assert_msg(wait_gone(id, 5000), "%s: %s still queued", when, id);
+}
+
+/* The scripts go by their SHA1, and mail goes on when Redis forgets them:
+ * after SCRIPT FLUSH under a live connection (an EVALSHA gets NOSCRIPT and
+ * goes again as EVAL, and the scripts are loaded again for the next), and
+ * after Redis restarted. */
+START_TEST(test_scripts_flushed)
+{
+    bus_client_t *c;
+    store_t *s;
+    long long evals;
+
+    world_start_n(19245, NULL, 1);
+    c = world_client();
+    deliver_nth(c, 1, "first message");
+    /* Claim, load and update at least, none of them as EVAL. */
+    ck_assert_msg(script_calls("evalsha") >= 3, "EVALSHA calls: %lld",
+                  script_calls("evalsha"));
+    ck_assert_msg(script_calls("eval") == 0, "EVAL calls: %lld",
+                  script_calls("eval"));
+
+    s = redis_connect(W.base, 1000);
+    store_reply_free(&(store_reply_t *){rcmdr(s, "SCRIPT", "FLUSH", NULL)});
+    store_destroy(&s);
+    deliver_nth(c, 2, "after SCRIPT FLUSH");
+    ck_assert_msg(info_number("errorstats", "errorstat_NOSCRIPT:", "count") >=
+                      1,
+                  "no EVALSHA met NOSCRIPT after SCRIPT FLUSH");
+    evals = script_calls("eval");
+    ck_assert_msg(evals >= 1, "no EVAL after NOSCRIPT");
+    /* Loaded again: the next message needs no EVAL. */
+    deliver_nth(c, 3, "after the reload");
+    ck_assert_msg(script_calls("eval") == evals,
+                  "EVAL calls went from %lld to %lld: scripts not reloaded",
+                  evals, script_calls("eval"));
+
+    kill(W.redis, SIGKILL);
+    waitpid(W.redis, NULL, 0);
+    W.redis = redis_start(W.base);
+    redis_fill(W.base);
+    deliver_nth(c, 4, "after a Redis restart");
+    ck_assert_msg(script_calls("evalsha") >= 3,
+                  "EVALSHA calls after the restart: %lld",
+                  script_calls("evalsha"));
+    bus_client_destroy(&c);
+    world_stop();
+}
+END_TEST
+
 static Suite *
 queue_suite(void)
 {
@@ -1601,6 +1713,7 @@ queue_suite(void)
     tcase_add_test(tc, test_two_queues);
     tcase_add_test(tc, test_lease_takeover);
     tcase_add_test(tc, test_redis_down);
+    tcase_add_test(tc, test_scripts_flushed);
     suite_add_tcase(s, tc);
     return s;
 }
