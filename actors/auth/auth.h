@@ -6,15 +6,18 @@
  * PLAIN, LOGIN) and turns a login name into the account it names, so a
  * test can drive it from tables. auth_pool.c runs password verifications
  * (lib/passwd.h, tens of milliseconds and 32 MiB each) on worker threads
- * and hands the results back on the loop thread. auth_handlers.c answers
- * auth.verify from Redis without blocking the loop. Everything but the
- * pool's threads runs on the actor's loop thread.
+ * and hands the results back on the loop thread. auth_cache.c remembers
+ * logins that scrypt verified, so that the next one with the same
+ * password against the same stored hash does not need it. auth_handlers.c
+ * answers auth.verify from Redis without blocking the loop. Everything but
+ * the pool's threads runs on the actor's loop thread.
  */
 #ifndef SAMOTOP_AUTH_H
 #define SAMOTOP_AUTH_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "actor.h"
 #include "lib/loop.h"
@@ -107,6 +110,45 @@ int auth_pool_submit(auth_pool_t *pool, const char *password, size_t len,
 
 /* Verifications waiting for a thread now. */
 int auth_pool_waiting(const auth_pool_t *pool);
+
+typedef struct auth_cache auth_cache_t;
+
+/* What a cache entry holds: the SHA-256 of a stored hash string and the
+ * HMAC-SHA256 of a password under the cache's key. Wipe it after use. */
+struct auth_cache_proof {
+    unsigned char stored[32];
+    unsigned char mac[32];
+};
+
+/* A cache of at most size verified logins, each good for ttl_s seconds
+ * from its verification, with a new random key. NULL with the reason in
+ * why when OpenSSL has no randomness or no HMAC. Caller owns it. */
+auth_cache_t *auth_cache_new(long size, long ttl_s, char *why, size_t whylen);
+
+/* Wipes and frees every entry and the key; frees and NULLs *cache_p. */
+void auth_cache_destroy(auth_cache_t **cache_p);
+
+/* Makes the proof of password (len bytes) checked against stored into
+ * *out. Returns 0, or ERR_SYS when OpenSSL fails (*out is wiped). */
+int auth_cache_proof_make(const auth_cache_t *c, const char *stored,
+                          const char *password, size_t len,
+                          struct auth_cache_proof *out);
+
+void auth_cache_proof_wipe(struct auth_cache_proof *p);
+
+/* Whether account has an entry equal to *p that has not expired at now_ms
+ * (monotonic). An expired entry is dropped; a mismatch leaves the entry. */
+bool auth_cache_match(auth_cache_t *c, const char *account,
+                      const struct auth_cache_proof *p, int64_t now_ms);
+
+/* Remembers *p (copied) for account in place of what it had, dropping the
+ * least recently used entry when the cache is full. Only for a proof that
+ * scrypt verified. */
+void auth_cache_put(auth_cache_t *c, const char *account,
+                    const struct auth_cache_proof *p, int64_t now_ms);
+
+/* Entries held now. */
+size_t auth_cache_count(const auth_cache_t *c);
 
 /* The handler and hooks (auth_handlers.c). */
 int auth_init(actor_t *a);

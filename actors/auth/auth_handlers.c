@@ -9,18 +9,25 @@
  *           of the client address, the account's pw and disabled, the
  *           domain's disabled. A store failure answers 454 4.7.0; a
  *           counter at auth.fail_limit answers 454 4.7.0 without looking
- *           at the password.
+ *           at the password. An enabled account in an enabled domain
+ *           whose stored hash and password match an entry of the cache of
+ *           verified logins (auth_cache.c) goes straight to CLEAR.
  *   VERIFY  the password is checked on a pool thread: against the stored
  *           hash, or, for an account that does not exist (or whose hash is
  *           unreadable), against a dummy hash, so the time taken does not
  *           say which accounts exist. A full pool answers 454 4.7.0.
  *   CLEAR   a match on an enabled account in an enabled domain: the
- *           account's failure counter is deleted, then 235 2.7.0.
+ *           account's failure counter is deleted, then 235 2.7.0, and the
+ *           login goes into the cache.
  *   COUNT   anything else: both counters go up (with their expiry), and
  *   DELAY   after auth.fail_delay_ms times the larger count (at most
  *           auth.fail_delay_max_ms, and never past the caller's deadline)
  *           535 5.7.8, the same answer for a wrong password, an unknown
  *           account and a disabled one.
+ *
+ * Only a match is ever cached; a password that misses the cache, right or
+ * wrong, takes the whole way above, counters and delays included, and so
+ * costs what it cost without a cache.
  *
  * A timer at the request's deadline answers 454 4.7.0, so the caller never
  * waits for nothing. A job answered early lives on until its last Redis or
@@ -75,7 +82,8 @@ struct auth {
     store_async_t *store;
     auth_pool_t *pool;
     long fail_limit, fail_window_s, fail_delay_ms, fail_delay_max_ms;
-    struct job *jobs; /* every live job, for fini */
+    auth_cache_t *cache; /* NULL when auth.cache_ttl_s is 0 */
+    struct job *jobs;    /* every live job, for fini */
     bool stopping;
 };
 
@@ -119,6 +127,11 @@ struct job {
     char *stored; /* the account's pw, wiped when freed */
     bool found, disabled, domain_disabled, bad_hash;
     int verdict;
+
+    /* The cache: the proof of this password against stored, made when the
+     * account may log in at all; whether it hit. */
+    struct auth_cache_proof proof;
+    bool have_proof, cache_hit;
 };
 
 static void job_advance(struct job *j);
@@ -151,13 +164,23 @@ counter_of(const store_reply_t *r)
 }
 
 static void
+wipe_str(char **s_p)
+{
+    if (*s_p == NULL)
+        return;
+    OPENSSL_cleanse(*s_p, strlen(*s_p));
+    free(*s_p);
+    *s_p = NULL;
+}
+
+/* Drops what was read of the account's hash and derived from the
+ * password. */
+static void
 forget_stored(struct job *j)
 {
-    if (j->stored == NULL)
-        return;
-    OPENSSL_cleanse(j->stored, strlen(j->stored));
-    free(j->stored);
-    j->stored = NULL;
+    wipe_str(&j->stored);
+    auth_cache_proof_wipe(&j->proof);
+    j->have_proof = false;
 }
 
 static void
@@ -209,12 +232,15 @@ job_answer(struct job *j, int code, const char *ecode, const char *text,
         value_set_str(envelope_body(reply), ENV_KEY_ERROR, err_name(err));
     log_info(j->trace, "auth_verify",
              "user=%s ip=%s mech=%s outcome=%s reason=%s code=%d "
-             "fails_user=%lld fails_ip=%lld ms=%lld",
+             "fails_user=%lld fails_ip=%lld cache=%s ms=%lld",
              log_q(j->acct.name), log_q(or_dash(j->ip)), j->mech,
              code / 100 == 2   ? "ok"
              : code / 100 == 4 ? "tempfail"
                                : "fail",
              reason, code, j->fails_user, j->fails_ip,
+             j->au->cache == NULL ? "off"
+             : j->cache_hit       ? "hit"
+                                  : "miss",
              (long long)(clock_mono_ms() - j->started_ms));
     actor_reply(j->a, &j->req, &reply);
     /* Nothing secret is needed any more. */
@@ -467,9 +493,9 @@ send_verify(struct job *j)
     j->holds++;
     rc = auth_pool_submit(j->au->pool, j->creds.password, j->creds.password_len,
                           j->found ? j->stored : NULL, on_verified, j);
-    /* The pool has its own copies now. */
+    /* The pool has its own copies now (the proof stays for the cache). */
     auth_creds_wipe(&j->creds);
-    forget_stored(j);
+    wipe_str(&j->stored);
     if (rc != 0) {
         j->holds--;
         log_warn(j->trace, "auth_busy", "waiting=%d",
@@ -527,6 +553,40 @@ failure_reason(const struct job *j)
     return "domain_disabled";
 }
 
+/* After the lookup: whether the password is one the cache saw verified
+ * against the stored hash just read, for an account that may log in. A
+ * miss leaves the proof for cache_remember(). */
+static bool
+cache_lookup(struct job *j)
+{
+    struct auth *au = j->au;
+
+    if (au->cache == NULL || !j->found || j->disabled || j->domain_disabled)
+        return false;
+    if (auth_cache_proof_make(au->cache, j->stored, j->creds.password,
+                              j->creds.password_len, &j->proof) != 0) {
+        log_warn(j->trace, "auth_cache_failed", "reason=openssl");
+        return false;
+    }
+    j->have_proof = true;
+    if (!auth_cache_match(au->cache, j->acct.name, &j->proof, clock_mono_ms()))
+        return false;
+    j->cache_hit = true;
+    auth_creds_wipe(&j->creds);
+    forget_stored(j);
+    return true;
+}
+
+/* A login scrypt verified goes into the cache. */
+static void
+cache_remember(struct job *j)
+{
+    struct auth *au = j->au;
+
+    if (au->cache && j->have_proof && !j->cache_hit)
+        auth_cache_put(au->cache, j->acct.name, &j->proof, clock_mono_ms());
+}
+
 /* Every callback of the stage is in, and the job has not been answered. */
 static void
 job_advance(struct job *j)
@@ -548,6 +608,10 @@ job_advance(struct job *j)
                        j->fails_user >= au->fail_limit ? "locked_user"
                                                        : "locked_ip");
             job_done(j);
+            return;
+        }
+        if (cache_lookup(j)) {
+            send_clear(j);
             return;
         }
         send_verify(j);
@@ -572,6 +636,7 @@ job_advance(struct job *j)
             /* The password is right; a counter left behind only expires
              * later. */
             log_warn(j->trace, "auth_store_unavailable", "stage=clear");
+        cache_remember(j);
         job_answer(j, 235, "2.7.0", TEXT_OK, 0, "ok");
         job_done(j);
         return;
@@ -729,14 +794,25 @@ auth_init(actor_t *a)
     char why[256];
     int threads = (int)config_int(cfg, "auth.threads");
     int queue = (int)config_int(cfg, "auth.queue");
+    long cache_ttl_s, cache_size;
 
     au->fail_limit = config_int(cfg, "auth.fail_limit");
     au->fail_window_s = config_int(cfg, "auth.fail_window_s");
     au->fail_delay_ms = config_int(cfg, "auth.fail_delay_ms");
     au->fail_delay_max_ms = config_int(cfg, "auth.fail_delay_max_ms");
+    cache_ttl_s = config_int(cfg, "auth.cache_ttl_s");
+    cache_size = config_int(cfg, "auth.cache_size");
+    if (cache_ttl_s > 0 &&
+        (au->cache = auth_cache_new(cache_size, cache_ttl_s, why,
+                                    sizeof(why))) == NULL) {
+        log_err(NULL, "auth_cache_failed", "reason=%s", log_q(why));
+        free(au);
+        return ERR_SYS;
+    }
     au->pool = auth_pool_new(actor_loop(a), threads, queue, why, sizeof(why));
     if (au->pool == NULL) {
         log_err(NULL, "auth_pool_failed", "reason=%s", log_q(why));
+        auth_cache_destroy(&au->cache);
         free(au);
         return ERR_SYS;
     }
@@ -746,9 +822,10 @@ auth_init(actor_t *a)
     actor_set_data(a, au);
     log_info(NULL, "auth_config",
              "threads=%d queue=%d fail_limit=%ld fail_window_s=%ld "
-             "fail_delay_ms=%ld fail_delay_max_ms=%ld",
+             "fail_delay_ms=%ld fail_delay_max_ms=%ld cache_ttl_s=%ld "
+             "cache_size=%ld",
              threads, queue, au->fail_limit, au->fail_window_s,
-             au->fail_delay_ms, au->fail_delay_max_ms);
+             au->fail_delay_ms, au->fail_delay_max_ms, cache_ttl_s, cache_size);
     return 0;
 }
 
@@ -782,6 +859,8 @@ auth_fini(actor_t *a)
         }
         job_free(j);
     }
+    /* Wipes every entry and the key. */
+    auth_cache_destroy(&au->cache);
     free(au);
     actor_set_data(a, NULL);
 }

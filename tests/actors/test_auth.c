@@ -10,7 +10,8 @@
  * password, hash or SASL response may appear there. Ports 19100-19149
  * belong to this suite, one block of five per world (redis on the first
  * port, the broker on the next three): 19100 sasl, 19105 throttle, 19110
- * busy, 19115 and 19120 the outages, 19125 stop.
+ * busy, 19115 and 19120 the outages, 19125 stop, 19130 the cache of
+ * verified logins, 19135 its expiry, 19140 no cache.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -46,9 +47,10 @@
 #define PW_ERIN "Erin_Mixed_Case_9"
 #define PW_THROTTLE "throttle-Pass-42"
 #define PW_WRONG "Wr0ng-Guess!x"
+#define PW_NEW "a-New-password-8"
 
-static const char *const secrets[] = {PW_ALICE, PW_CAROL,    PW_DAVE,
-                                      PW_ERIN,  PW_THROTTLE, PW_WRONG};
+static const char *const secrets[] = {PW_ALICE,    PW_CAROL, PW_DAVE, PW_ERIN,
+                                      PW_THROTTLE, PW_WRONG, PW_NEW};
 
 /* Made once in main(), before any world starts. */
 static char hash_alice[PASSWD_MAX], hash_carol[PASSWD_MAX],
@@ -1401,6 +1403,278 @@ START_TEST(test_stop_while_working)
 }
 END_TEST
 
+/* ---------------------------------------------------------------------
+ * The cache of verified logins: throttling as above (limit 3, window 60 s)
+ * without delays, and the default cache.
+ */
+
+static void
+world_cache_start(void)
+{
+    world_start(19130, "SAMOTOP_AUTH_FAIL_LIMIT=3",
+                "SAMOTOP_AUTH_FAIL_DELAY_MS=0", "SAMOTOP_AUTH_FAIL_WINDOW_S=60",
+                NULL);
+}
+
+/* One PLAIN login: asserts the answer's code and returns how long it
+ * took, in ms. */
+static int64_t
+login(bus_client_t *c, const char *user, const char *pw, const char *ip,
+      int want, const char *label)
+{
+    struct req rq = {.mech = "PLAIN",
+                     .response = plain("", user, pw),
+                     .username = NULL,
+                     .password = NULL,
+                     .ip = ip};
+    int64_t ms;
+    envelope_t *reply = auth_call(c, &rq, &ms);
+
+    ck_assert_msg(envelope_code(reply) == want, "%s: got %d, want %d", label,
+                  envelope_code(reply), want);
+    envelope_destroy(&reply);
+    return ms;
+}
+
+/* The fastest of n logins that must all succeed, in ms. */
+static int64_t
+fastest_ok(bus_client_t *c, const char *user, const char *pw, int n,
+           const char *label)
+{
+    int64_t best = -1;
+
+    for (int i = 0; i < n; i++) {
+        int64_t ms = login(c, user, pw, "192.0.2.1", 235, label);
+
+        if (best < 0 || ms < best)
+            best = ms;
+    }
+    return best;
+}
+
+/* scrypt with the default parameters takes tens of ms, a cached login no
+ * more than a few: each bound, with the label of the login. */
+static void
+expect_scrypt(int64_t ms, const char *label)
+{
+    ck_assert_msg(ms >= 10, "%s: answered in %lld ms: no scrypt?", label,
+                  (long long)ms);
+}
+
+static void
+expect_cached(int64_t ms, const char *label)
+{
+    ck_assert_msg(ms < 5, "%s: answered in %lld ms: not from the cache?", label,
+                  (long long)ms);
+}
+
+/* How many of the actor's auth_verify lines for user say cache=what. */
+static int
+log_count(const char *user, const char *what)
+{
+    char *log = read_log(), want_user[128], want_cache[32];
+    int n = 0;
+
+    snprintf(want_user, sizeof(want_user), "user=%s ", user);
+    snprintf(want_cache, sizeof(want_cache), " cache=%s ", what);
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n"))
+        if (strstr(line, "event=auth_verify") && strstr(line, want_user) &&
+            strstr(line, want_cache))
+            n++;
+    free(log);
+    return n;
+}
+
+static void
+user_set(const char *local, const char *field, const char *value)
+{
+    store_t *s = redis_connect(W.base, 1000);
+    char k[STORE_KEY_MAX];
+
+    rcmd(s, "HSET", store_key_user(k, "example.test", local), field, value,
+         NULL);
+    store_destroy(&s);
+}
+
+/* A new stored hash of pw for t<n>, in out. */
+static void
+new_password(const char *local, const char *pw, char out[PASSWD_MAX])
+{
+    ck_assert_int_eq(passwd_hash(pw, strlen(pw), out, PASSWD_MAX), 0);
+    user_set(local, "pw", out);
+}
+
+/* The first login pays for scrypt, the next ones come from the cache. */
+START_TEST(test_cache_hit)
+{
+    bus_client_t *c = world_client();
+    struct req rq = {.mech = "LOGIN",
+                     .response = NULL,
+                     .username = "t1@example.test",
+                     .password = PW_THROTTLE};
+    envelope_t *reply;
+    int64_t ms;
+
+    expect_scrypt(login(c, "t1@example.test", PW_THROTTLE, "192.0.2.1", 235,
+                        "t1, first login"),
+                  "t1, first login");
+    expect_cached(
+        fastest_ok(c, "t1@example.test", PW_THROTTLE, 3, "t1, logins after"),
+        "t1, logins after");
+    /* The same account however spelled, and over LOGIN too. */
+    expect_cached(
+        fastest_ok(c, "T1@Example.TEST", PW_THROTTLE, 3, "T1 in capitals"),
+        "T1 in capitals");
+    expect(reply = auth_call(c, &rq, &ms), "t1 over LOGIN", 235, "2.7.0", NULL,
+           "t1@example.test");
+    envelope_destroy(&reply);
+    ck_assert_int_eq(log_count("t1@example.test", "miss"), 1);
+    ck_assert_int_eq(log_count("t1@example.test", "hit"), 7);
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* A new stored hash misses, even of the same password; the old password
+ * fails once the password changed. */
+START_TEST(test_cache_password_changed)
+{
+    bus_client_t *c = world_client();
+    char h[PASSWD_MAX];
+
+    login(c, "t2@example.test", PW_THROTTLE, "192.0.2.1", 235, "t2, first");
+    expect_cached(fastest_ok(c, "t2@example.test", PW_THROTTLE, 2, "t2"), "t2");
+    /* The same password, salted anew: another stored string. */
+    new_password("t2", PW_THROTTLE, h);
+    expect_scrypt(login(c, "t2@example.test", PW_THROTTLE, "192.0.2.1", 235,
+                        "t2, hash made again"),
+                  "t2, hash made again");
+    expect_cached(fastest_ok(c, "t2@example.test", PW_THROTTLE, 2,
+                             "t2, after the new hash"),
+                  "t2, after the new hash");
+    /* Another password: the cached one is refused, as by scrypt. */
+    new_password("t2", PW_NEW, h);
+    expect_scrypt(login(c, "t2@example.test", PW_THROTTLE, "198.51.100.21", 535,
+                        "t2, old password"),
+                  "t2, old password");
+    expect_scrypt(login(c, "t2@example.test", PW_NEW, "192.0.2.1", 235,
+                        "t2, new password"),
+                  "t2, new password");
+    expect_cached(
+        fastest_ok(c, "t2@example.test", PW_NEW, 2, "t2, new password again"),
+        "t2, new password again");
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* A disabled account or domain is refused at once, cached or not, and
+ * comes back when enabled again. */
+START_TEST(test_cache_disabled)
+{
+    bus_client_t *c = world_client();
+    store_t *s;
+    char k[STORE_KEY_MAX];
+
+    login(c, "t3@example.test", PW_THROTTLE, "192.0.2.1", 235, "t3, first");
+    expect_cached(fastest_ok(c, "t3@example.test", PW_THROTTLE, 2, "t3"), "t3");
+    user_set("t3", "disabled", "1");
+    login(c, "t3@example.test", PW_THROTTLE, "198.51.100.31", 535,
+          "t3 disabled");
+    user_set("t3", "disabled", "0");
+    login(c, "t3@example.test", PW_THROTTLE, "192.0.2.1", 235,
+          "t3 enabled again");
+    s = redis_connect(W.base, 1000);
+    rcmd(s, "HSET", store_key_domain(k, "example.test"), "disabled", "1", NULL);
+    store_destroy(&s);
+    login(c, "t3@example.test", PW_THROTTLE, "198.51.100.32", 535,
+          "t3, domain disabled");
+    s = redis_connect(W.base, 1000);
+    rcmd(s, "HSET", store_key_domain(k, "example.test"), "disabled", "0", NULL);
+    store_destroy(&s);
+    expect_cached(fastest_ok(c, "t3@example.test", PW_THROTTLE, 2,
+                             "t3, domain enabled again"),
+                  "t3, domain enabled again");
+    ck_assert_msg(log_count("t3@example.test", "miss") >= 3,
+                  "the disabled logins did not miss the cache");
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* A wrong password against a cached account costs scrypt, is counted,
+ * and the lockout comes before the cache. */
+START_TEST(test_cache_wrong_password)
+{
+    bus_client_t *c = world_client();
+
+    login(c, "t4@example.test", PW_THROTTLE, "192.0.2.1", 235, "t4, first");
+    expect_cached(fastest_ok(c, "t4@example.test", PW_THROTTLE, 2, "t4"), "t4");
+    expect_scrypt(login(c, "t4@example.test", PW_WRONG, "198.51.100.41", 535,
+                        "t4, wrong password"),
+                  "t4, wrong password");
+    ck_assert_int_eq(counter("authfail_user", "t4@example.test", 1), 1);
+    ck_assert_int_eq(counter("authfail_ip", "198.51.100.41", 1), 1);
+    /* The right one still comes from the cache, and clears the count. */
+    expect_cached(fastest_ok(c, "t4@example.test", PW_THROTTLE, 1,
+                             "t4, right after wrong"),
+                  "t4, right after wrong");
+    ck_assert_int_eq(counter("authfail_user", "t4@example.test", 0), 0);
+    /* At the limit the account is locked, cached or not. */
+    for (int i = 0; i < 3; i++) {
+        char ip[32];
+
+        snprintf(ip, sizeof(ip), "198.51.100.%d", 42 + i);
+        login(c, "t4@example.test", PW_WRONG, ip, 535, "t4, wrong again");
+    }
+    expect_locked(c, "t4@example.test", "192.0.2.1");
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* Entries expire auth.cache_ttl_s after the verification that made them,
+ * however often they are hit. */
+START_TEST(test_cache_ttl)
+{
+    bus_client_t *c;
+
+    world_start(19135, "SAMOTOP_AUTH_CACHE_TTL_S=1", NULL);
+    c = world_client();
+    expect_scrypt(
+        login(c, "t5@example.test", PW_THROTTLE, "192.0.2.1", 235, "t5, first"),
+        "t5, first");
+    expect_cached(fastest_ok(c, "t5@example.test", PW_THROTTLE, 2, "t5"), "t5");
+    usleep(600000);
+    login(c, "t5@example.test", PW_THROTTLE, "192.0.2.1", 235,
+          "t5, hit after 0.6 s");
+    usleep(600000);
+    expect_scrypt(login(c, "t5@example.test", PW_THROTTLE, "192.0.2.1", 235,
+                        "t5, 1.2 s after the first"),
+                  "t5, 1.2 s after the first");
+    expect_cached(
+        fastest_ok(c, "t5@example.test", PW_THROTTLE, 2, "t5, cached again"),
+        "t5, cached again");
+    ck_assert_int_eq(log_count("t5@example.test", "miss"), 2);
+    bus_client_destroy(&c);
+    world_stop();
+}
+END_TEST
+
+/* auth.cache_ttl_s=0: no cache, every login pays for scrypt. */
+START_TEST(test_cache_off)
+{
+    bus_client_t *c;
+
+    world_start(19140, "SAMOTOP_AUTH_CACHE_TTL_S=0", NULL);
+    c = world_client();
+    login(c, "t6@example.test", PW_THROTTLE, "192.0.2.1", 235, "t6, first");
+    for (int i = 0; i < 2; i++)
+        expect_scrypt(login(c, "t6@example.test", PW_THROTTLE, "192.0.2.1", 235,
+                            "t6, cache off"),
+                      "t6, cache off");
+    ck_assert_int_eq(log_count("t6@example.test", "off"), 3);
+    bus_client_destroy(&c);
+    world_stop();
+}
+END_TEST
+
 static Suite *
 auth_suite(void)
 {
@@ -1433,6 +1707,21 @@ auth_suite(void)
     tcase_add_test(tc, test_throttle_account);
     tcase_add_test(tc, test_throttle_ip);
     tcase_add_test(tc, test_success_clears);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cache");
+    tcase_set_timeout(tc, 60);
+    tcase_add_unchecked_fixture(tc, world_cache_start, world_stop);
+    tcase_add_test(tc, test_cache_hit);
+    tcase_add_test(tc, test_cache_password_changed);
+    tcase_add_test(tc, test_cache_disabled);
+    tcase_add_test(tc, test_cache_wrong_password);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cache_worlds");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_cache_ttl);
+    tcase_add_test(tc, test_cache_off);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("outage");
