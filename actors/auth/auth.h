@@ -86,8 +86,11 @@ typedef struct auth_pool auth_pool_t;
 /* A verification's outcome, on the loop thread: 0 the password matches,
  * 1 it does not (always 1 for a dummy run), ERR_CLOSED when the pool was
  * destroyed first. bad_hash says that the stored hash could not be read
- * (a dummy verification ran in its place, and the outcome is 1). */
-typedef void auth_pool_fn(void *arg, int result, bool bad_hash);
+ * (a dummy verification ran in its place, and the outcome is 1). rehashed
+ * is a new hash of the password with the default parameters when one was
+ * asked for and the password matched, else NULL; borrowed for the call. */
+typedef void auth_pool_fn(void *arg, int result, bool bad_hash,
+                          const char *rehashed);
 
 /* A pool of threads running verifications, reporting on loop; at most
  * queue_max verifications wait for a thread. Makes the hash that dummy
@@ -102,11 +105,14 @@ void auth_pool_destroy(auth_pool_t **pool_p);
 
 /* Queues the check of password (len bytes, copied) against stored (a
  * lib/passwd.h hash, copied), or, when stored is NULL, a dummy check that
- * takes as long and never matches. fn is called once, later, on the loop
- * thread. Returns 0, or ERR_TOO_BIG when queue_max verifications already
- * wait (fn is then never called). The copies are wiped after use. */
+ * takes as long and never matches. With rehash, a match also hashes the
+ * password anew (passwd_hash(), on the same thread). fn is called once,
+ * later, on the loop thread. Returns 0, or ERR_TOO_BIG when queue_max
+ * verifications already wait (fn is then never called). The copies are
+ * wiped after use. */
 int auth_pool_submit(auth_pool_t *pool, const char *password, size_t len,
-                     const char *stored, auth_pool_fn *fn, void *arg);
+                     const char *stored, bool rehash, auth_pool_fn *fn,
+                     void *arg);
 
 /* Verifications waiting for a thread now. */
 int auth_pool_waiting(const auth_pool_t *pool);
@@ -133,6 +139,10 @@ void auth_cache_destroy(auth_cache_t **cache_p);
 int auth_cache_proof_make(const auth_cache_t *c, const char *stored,
                           const char *password, size_t len,
                           struct auth_cache_proof *out);
+
+/* Points a proof at another stored hash string of the same password (one
+ * written by a rehash). Returns 0 or ERR_SYS. */
+int auth_cache_proof_rebind(struct auth_cache_proof *p, const char *stored);
 
 void auth_cache_proof_wipe(struct auth_cache_proof *p);
 

@@ -195,9 +195,8 @@ auth_cache_destroy(auth_cache_t **cache_p)
     free(c);
 }
 
-/* The SHA-256 of a stored hash string into p. */
-static int
-stored_digest(struct auth_cache_proof *p, const char *stored)
+int
+auth_cache_proof_rebind(struct auth_cache_proof *p, const char *stored)
 {
     const EVP_MD *md = EVP_sha256();
     unsigned int n = 0;
@@ -216,7 +215,7 @@ auth_cache_proof_make(const auth_cache_t *c, const char *stored,
     size_t n = 0;
     int ok;
 
-    if (stored_digest(out, stored) != 0)
+    if (auth_cache_proof_rebind(out, stored) != 0)
         goto fail;
     ctx = EVP_MAC_CTX_dup(c->mac);
     ok = ctx != NULL &&

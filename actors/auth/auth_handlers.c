@@ -15,10 +15,13 @@
  *   VERIFY  the password is checked on a pool thread: against the stored
  *           hash, or, for an account that does not exist (or whose hash is
  *           unreadable), against a dummy hash, so the time taken does not
- *           say which accounts exist. A full pool answers 454 4.7.0.
+ *           say which accounts exist. A full pool answers 454 4.7.0. A
+ *           stored hash weaker than passwd_default is hashed anew there
+ *           when the password matches.
  *   CLEAR   a match on an enabled account in an enabled domain: the
- *           account's failure counter is deleted, then 235 2.7.0, and the
- *           login goes into the cache.
+ *           account's failure counter is deleted and, after a rehash, the
+ *           new hash is stored if the stored one is still the one checked;
+ *           then 235 2.7.0, and the login goes into the cache.
  *   COUNT   anything else: both counters go up (with their expiry), and
  *   DELAY   after auth.fail_delay_ms times the larger count (at most
  *           auth.fail_delay_max_ms, and never past the caller's deadline)
@@ -44,6 +47,7 @@
 #include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/passwd.h"
 #include "lib/xalloc.h"
 #include "store.h"
 #include "store_keys.h"
@@ -76,6 +80,13 @@ static const char count_script[] = "local r = {} "
                                    "end "
                                    "return r";
 
+/* KEYS[1] the account; ARGV: the hash that was checked, the new one. A
+ * password changed while the old one was being checked stays changed. */
+static const char rehash_script[] =
+    "if redis.call('HGET', KEYS[1], 'pw') ~= ARGV[1] then return 0 end "
+    "redis.call('HSET', KEYS[1], 'pw', ARGV[2]) "
+    "return 1";
+
 struct job;
 
 struct auth {
@@ -96,6 +107,7 @@ enum slot_id {
     S_ACCOUNT,
     S_DOMAIN,
     S_CLEAR,
+    S_REHASH,
     S_COUNT,
     S__COUNT
 };
@@ -132,6 +144,11 @@ struct job {
      * account may log in at all; whether it hit. */
     struct auth_cache_proof proof;
     bool have_proof, cache_hit;
+    /* A rehash: asked of the pool (stored is then kept for the compare
+     * and set), its outcome, and what the compare and set said. */
+    bool want_rehash;
+    char *rehashed;
+    long long rehash_set;
 };
 
 static void job_advance(struct job *j);
@@ -179,6 +196,7 @@ static void
 forget_stored(struct job *j)
 {
     wipe_str(&j->stored);
+    wipe_str(&j->rehashed);
     auth_cache_proof_wipe(&j->proof);
     j->have_proof = false;
 }
@@ -346,6 +364,10 @@ take_reply(struct job *j, enum slot_id id, const store_reply_t *r)
         break;
     case S_CLEAR:
         break;
+    case S_REHASH:
+        j->rehash_set =
+            store_reply_type(r) == STORE_INT ? store_reply_int(r) : -1;
+        break;
     case S_COUNT:
         /* The counts come back in the order the keys went. */
         j->fails_user = counter_of(store_reply_at(r, 0));
@@ -449,11 +471,20 @@ send_lookup(struct job *j)
 static void
 send_clear(struct job *j)
 {
-    char k[STORE_KEY_MAX];
+    char k[STORE_KEY_MAX], kacct[STORE_KEY_MAX];
     const char *del[] = {"DEL", key_user(j, k)};
 
     round_begin(j, ST_CLEAR);
     job_cmd(j, S_CLEAR, 2, del);
+    if (j->rehashed && j->stored) {
+        const char *cas[] = {
+            "EVAL",    rehash_script,
+            "1",       store_key_user(kacct, j->acct.domain, j->acct.local),
+            j->stored, j->rehashed};
+
+        j->rehash_set = -1;
+        job_cmd(j, S_REHASH, 6, cas);
+    }
     round_end(j);
 }
 
@@ -475,12 +506,14 @@ send_count(struct job *j)
 }
 
 static void
-on_verified(void *arg, int result, bool bad_hash)
+on_verified(void *arg, int result, bool bad_hash, const char *rehashed)
 {
     struct job *j = arg;
 
     j->verdict = result;
     j->bad_hash = bad_hash;
+    if (rehashed && !j->answered)
+        j->rehashed = xstrdup(rehashed);
     job_release(j);
 }
 
@@ -491,11 +524,17 @@ send_verify(struct job *j)
 
     j->stage = ST_VERIFY;
     j->holds++;
+    /* Only a login that can succeed is worth upgrading. */
+    j->want_rehash = j->found && !j->disabled && !j->domain_disabled &&
+                     passwd_needs_rehash(j->stored) == 1;
     rc = auth_pool_submit(j->au->pool, j->creds.password, j->creds.password_len,
-                          j->found ? j->stored : NULL, on_verified, j);
-    /* The pool has its own copies now (the proof stays for the cache). */
+                          j->found ? j->stored : NULL, j->want_rehash,
+                          on_verified, j);
+    /* The pool has its own copies now; the stored hash stays only for the
+     * compare and set of a rehash. */
     auth_creds_wipe(&j->creds);
-    wipe_str(&j->stored);
+    if (!j->want_rehash)
+        wipe_str(&j->stored);
     if (rc != 0) {
         j->holds--;
         log_warn(j->trace, "auth_busy", "waiting=%d",
@@ -577,12 +616,26 @@ cache_lookup(struct job *j)
     return true;
 }
 
-/* A login scrypt verified goes into the cache. */
+/* A login scrypt verified goes into the cache, bound to the hash Redis
+ * now holds: the new one after a rehash that took, none after one whose
+ * outcome is unknown (the next login then verifies again). */
 static void
 cache_remember(struct job *j)
 {
     struct auth *au = j->au;
 
+    if (j->rehashed) {
+        const char *how = j->failed            ? "unknown"
+                          : j->rehash_set == 1 ? "stored"
+                                               : "changed";
+
+        log_info(j->trace, "auth_rehash", "user=%s outcome=%s",
+                 log_q(j->acct.name), how);
+        if (j->rehash_set != 1 || j->failed ||
+            (j->have_proof &&
+             auth_cache_proof_rebind(&j->proof, j->rehashed) != 0))
+            return;
+    }
     if (au->cache && j->have_proof && !j->cache_hit)
         auth_cache_put(au->cache, j->acct.name, &j->proof, clock_mono_ms());
 }

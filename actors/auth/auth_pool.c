@@ -9,7 +9,9 @@
  * and the eventfd: no logging (log_q() is not thread-safe), no bus, no
  * Redis. A dummy verification checks the password against a hash of random
  * bytes made at start, with the default parameters, so that an unknown
- * account costs what a known one costs.
+ * account costs what a known one costs. A job that asks for a rehash also
+ * hashes the password anew after a match, on the same thread, so that the
+ * loop never runs scrypt and the password is never copied out of the job.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -33,6 +35,8 @@ struct pool_job {
     char *password;
     size_t len;
     char *stored; /* NULL: a dummy run */
+    bool rehash;
+    char *rehashed; /* the new hash when asked and matched, else NULL */
     int result;
     bool bad_hash;
     auth_pool_fn *fn;
@@ -85,6 +89,10 @@ job_free(struct pool_job *j)
         OPENSSL_cleanse(j->stored, strlen(j->stored));
         free(j->stored);
     }
+    if (j->rehashed) {
+        OPENSSL_cleanse(j->rehashed, PASSWD_MAX);
+        free(j->rehashed);
+    }
     free(j);
 }
 
@@ -107,6 +115,15 @@ job_run(auth_pool_t *p, struct pool_job *j)
     }
     /* Anything but a match is a "no" (passwd.h). */
     j->result = rc == 0 ? 0 : 1;
+    if (rc == 0 && j->rehash) {
+        j->rehashed = xmalloc(PASSWD_MAX);
+        if (passwd_hash(j->password, j->len, j->rehashed, PASSWD_MAX) != 0) {
+            /* The login stands; the upgrade waits for the next one. */
+            OPENSSL_cleanse(j->rehashed, PASSWD_MAX);
+            free(j->rehashed);
+            j->rehashed = NULL;
+        }
+    }
     OPENSSL_cleanse(j->password, j->len);
 }
 
@@ -158,7 +175,8 @@ deliver(struct pool_job *j, int result)
     while (j) {
         struct pool_job *next = j->next;
 
-        j->fn(j->arg, result < 0 ? result : j->result, j->bad_hash);
+        j->fn(j->arg, result < 0 ? result : j->result, j->bad_hash,
+              result < 0 ? NULL : j->rehashed);
         job_free(j);
         j = next;
     }
@@ -255,7 +273,7 @@ auth_pool_destroy(auth_pool_t **pool_p)
 
 int
 auth_pool_submit(auth_pool_t *pool, const char *password, size_t len,
-                 const char *stored, auth_pool_fn *fn, void *arg)
+                 const char *stored, bool rehash, auth_pool_fn *fn, void *arg)
 {
     struct pool_job *j;
 
@@ -273,6 +291,7 @@ auth_pool_submit(auth_pool_t *pool, const char *password, size_t len,
     j->password[len] = '\0';
     j->len = len;
     j->stored = stored ? xstrdup(stored) : NULL;
+    j->rehash = rehash && stored != NULL;
     j->fn = fn;
     j->arg = arg;
     pthread_mutex_lock(&pool->mu);

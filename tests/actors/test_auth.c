@@ -47,14 +47,17 @@
 #define PW_ERIN "Erin_Mixed_Case_9"
 #define PW_THROTTLE "throttle-Pass-42"
 #define PW_WRONG "Wr0ng-Guess!x"
+#define PW_LOW "low-cost-Hash-7"
 #define PW_NEW "a-New-password-8"
 
 static const char *const secrets[] = {PW_ALICE,    PW_CAROL, PW_DAVE, PW_ERIN,
-                                      PW_THROTTLE, PW_WRONG, PW_NEW};
+                                      PW_THROTTLE, PW_WRONG, PW_LOW,  PW_NEW};
 
-/* Made once in main(), before any world starts. */
+/* Made once in main(), before any world starts. hash_low has weaker
+ * parameters than the default, for the rehash on login. */
 static char hash_alice[PASSWD_MAX], hash_carol[PASSWD_MAX],
-    hash_dave[PASSWD_MAX], hash_erin[PASSWD_MAX], hash_throttle[PASSWD_MAX];
+    hash_dave[PASSWD_MAX], hash_erin[PASSWD_MAX], hash_throttle[PASSWD_MAX],
+    hash_low[PASSWD_MAX];
 
 /* Standard base64 with padding of len bytes, in a rotating static buffer. */
 static const char *
@@ -405,6 +408,7 @@ redis_fill(int port)
     add_user(s, "example.test", "erin", hash_erin, "0");
     add_user(s, "example.test", "broken", "not a hash", "0");
     add_user(s, "off.test", "dave", hash_dave, "0");
+    add_user(s, "example.test", "low", hash_low, "0");
     for (int i = 1; i <= 9; i++) {
         snprintf(l, sizeof(l), "t%d", i);
         add_user(s, "example.test", l, hash_throttle, "0");
@@ -1629,6 +1633,45 @@ START_TEST(test_cache_wrong_password)
 }
 END_TEST
 
+/* A hash made with weaker parameters than the default is replaced by a
+ * default one at the first good login; the next login is a cache hit on
+ * the new hash. */
+START_TEST(test_rehash)
+{
+    bus_client_t *c = world_client();
+    store_t *s;
+    store_reply_t *r = NULL;
+    char k[STORE_KEY_MAX], why[256], now[PASSWD_MAX];
+    const char *argv[] = {"HGET", store_key_user(k, "example.test", "low"),
+                          "pw"};
+    struct passwd_params p;
+    char *log;
+
+    ck_assert_int_eq(passwd_needs_rehash(hash_low), 1);
+    login(c, "low@example.test", PW_LOW, "192.0.2.1", 235, "low, first");
+    s = redis_connect(W.base, 1000);
+    ck_assert_int_eq(store_cmd(s, &r, why, sizeof(why), 3, argv, NULL), 0);
+    ck_assert_int_eq(store_reply_type(r), STORE_STR);
+    snprintf(now, sizeof(now), "%s", store_reply_str(r, NULL));
+    store_reply_free(&r);
+    store_destroy(&s);
+    ck_assert_msg(strcmp(now, hash_low) != 0, "the weak hash is still stored");
+    ck_assert_int_eq(passwd_parse(now, &p, NULL, 0), 0);
+    ck_assert_int_eq(p.ln, passwd_default.ln);
+    ck_assert_int_eq(passwd_needs_rehash(now), 0);
+    ck_assert_int_eq(passwd_verify(PW_LOW, strlen(PW_LOW), now, NULL, 0), 0);
+    log = read_log();
+    ck_assert_msg(strstr(log, "event=auth_rehash user=low@example.test "
+                              "outcome=stored") != NULL,
+                  "no auth_rehash line");
+    free(log);
+    expect_cached(
+        fastest_ok(c, "low@example.test", PW_LOW, 2, "low, after the rehash"),
+        "low, after the rehash");
+    bus_client_destroy(&c);
+}
+END_TEST
+
 /* Entries expire auth.cache_ttl_s after the verification that made them,
  * however often they are hit. */
 START_TEST(test_cache_ttl)
@@ -1716,6 +1759,7 @@ auth_suite(void)
     tcase_add_test(tc, test_cache_password_changed);
     tcase_add_test(tc, test_cache_disabled);
     tcase_add_test(tc, test_cache_wrong_password);
+    tcase_add_test(tc, test_rehash);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cache_worlds");
@@ -1754,6 +1798,14 @@ main(void)
     make_hash(PW_DAVE, hash_dave);
     make_hash(PW_ERIN, hash_erin);
     make_hash(PW_THROTTLE, hash_throttle);
+    if (passwd_hash_params(
+            PW_LOW, strlen(PW_LOW),
+            &(struct passwd_params){
+                .ln = 10, .r = 8, .p = 1, .saltlen = 16, .keylen = 32},
+            hash_low, sizeof(hash_low)) != 0) {
+        fprintf(stderr, "test_auth: passwd_hash_params failed\n");
+        exit(EXIT_FAILURE);
+    }
     make_verify_rows();
     sr = srunner_create(auth_suite());
     srunner_set_fork_status(sr, CK_FORK);
