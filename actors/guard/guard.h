@@ -68,7 +68,9 @@ enum guard_query_kind {
 struct guard_query {
     enum guard_query_kind kind;
     const char *domain; /* lower case */
-    const char *local;  /* lower case, unquoted; GUARD_Q_LOCAL only */
+    const char *local;  /* lower case, unquoted: GUARD_Q_LOCAL's subject;
+                           with GUARD_Q_DOMAIN, the local part asked next
+                           if the domain is ours (see the answers) */
 };
 
 /* What the store knows of a domain: in samotop:domains, its hash's
@@ -120,7 +122,11 @@ void guard_resolve_destroy(guard_resolve_t **r_p);
 enum guard_query_kind guard_resolve_step(guard_resolve_t *r,
                                          struct guard_query *q);
 
-/* The answers; the resolver copies what it keeps. */
+/* The answers; the resolver copies what it keeps. A GUARD_Q_DOMAIN
+ * question may be answered with the facts of q->local@q->domain too, in
+ * the same round: guard_resolve_local_answer() right after
+ * guard_resolve_domain_answer(). The next step then uses them instead of
+ * asking (and drops them when the domain is not ours). */
 void guard_resolve_domain_answer(guard_resolve_t *r,
                                  const struct guard_domain_info *info);
 void guard_resolve_local_answer(guard_resolve_t *r,
@@ -130,7 +136,9 @@ void guard_resolve_local_answer(guard_resolve_t *r,
  * borrowed. */
 const struct guard_verdict *guard_resolve_verdict(const guard_resolve_t *r);
 
-/* Number of questions asked so far (for tests and logs). */
+/* Number of questions asked so far, which is the number of rounds when
+ * each domain question is answered with its local part (for tests and
+ * logs). */
 int guard_resolve_queries(const guard_resolve_t *r);
 
 typedef struct guard_rate guard_rate_t;

@@ -11,11 +11,13 @@
  * request. A job sends one round of Redis commands at a time (pipelined on
  * the one connection), and moves on when the last reply of the round is
  * in: the answer to the resolver's question (guard_resolve.c), after which
- * the resolver is stepped again. Any store failure in a round (Redis down,
- * a command timing out, an error reply) answers 451 4.3.0, never a 250; a
- * timer at the request's deadline answers 451 as well, so the caller never
- * waits for nothing. A job answered early stays alive until its last Redis
- * callback has run, since the store calls back exactly once per command.
+ * the resolver is stepped again. A question about a domain fetches the
+ * facts of the local part that comes next in the same round, so a
+ * recipient of ours costs one round, not two. Any store failure in a round
+ * (Redis down, a command timing out, an error reply) answers 451 4.3.0, never a
+ * 250; a timer at the request's deadline answers 451 as well, so the caller
+ * never waits for nothing. A job answered early stays alive until its last
+ * Redis callback has run, since the store calls back exactly once per command.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +72,8 @@ struct job {
     char trace[ENVELOPE_MAX_NAME + 1];
     guard_resolve_t *res; /* while resolving an address */
     enum guard_query_kind asked;
-    int holds; /* Redis callbacks to come, +1 while sending */
+    bool with_local; /* a domain round that fetched the local part too */
+    int holds;       /* Redis callbacks to come, +1 while sending */
     bool failed, answered;
     loop_timer_t *deadline;
     struct slot slots[S__COUNT];
@@ -314,12 +317,16 @@ round_end(struct job *j)
     job_release(j);
 }
 
+/* Sends the round for the resolver's question: a domain's facts, a local
+ * part's, or both (the local part's keys are known from the address; when
+ * the domain is not ours, their answers are dropped). */
 static void
 send_query(struct job *j, const struct guard_query *q)
 {
     char k1[STORE_KEY_MAX], k2[STORE_KEY_MAX];
 
     j->asked = q->kind;
+    j->with_local = q->kind == GUARD_Q_DOMAIN && q->local != NULL;
     round_begin(j);
     if (q->kind == GUARD_Q_DOMAIN) {
         const char *member[] = {"SISMEMBER", store_key_domains(k1), q->domain};
@@ -328,7 +335,8 @@ send_query(struct job *j, const struct guard_query *q)
 
         job_cmd(j, S_DOM_MEMBER, 3, member);
         job_cmd(j, S_DOM_HASH, 4, hash);
-    } else {
+    }
+    if (q->kind == GUARD_Q_LOCAL || j->with_local) {
         const char *user = store_key_user(k1, q->domain, q->local);
         const char *exists[] = {"EXISTS", user};
         const char *disabled[] = {"HGET", user, "disabled"};
@@ -506,7 +514,8 @@ job_advance(struct job *j)
                                       j->catchall};
 
         guard_resolve_domain_answer(j->res, &d);
-    } else {
+    }
+    if (j->asked == GUARD_Q_LOCAL || j->with_local) {
         struct guard_local_info l = {j->user_exists, j->user_disabled,
                                      (const char *const *)j->targets,
                                      j->ntargets};
@@ -514,6 +523,7 @@ job_advance(struct job *j)
         guard_resolve_local_answer(j->res, &l);
     }
     j->asked = GUARD_Q_DONE;
+    j->with_local = false;
     resolve(j);
 }
 

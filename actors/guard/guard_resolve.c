@@ -14,6 +14,11 @@
  * the height of the walk below it so that the depth limit holds for every
  * path, also the ones that reach it second.
  *
+ * A question about a domain names the local part that comes next if the
+ * domain is ours, so that a driver can fetch both in one round: an answer
+ * about that local part given with the domain's is kept for the step that
+ * follows, and used instead of asking.
+ *
  * A failure at the top (unknown user, disabled, relaying) is the verdict.
  * Below the top, a target that cannot take mail is skipped with a warning
  * and the rest still get it; only when nothing is left does the first
@@ -63,6 +68,16 @@ struct strv {
     size_t n, cap;
 };
 
+/* Facts of a local part fetched with its domain's. */
+struct prefetch {
+    bool ok;              /* the domain question allows one now */
+    bool got;             /* given, for the next step */
+    char *domain, *local; /* what it is about */
+    bool account, disabled;
+    char **targets;
+    size_t ntargets;
+};
+
 struct guard_resolve {
     int flags;
     char *trace;
@@ -78,6 +93,7 @@ struct guard_resolve {
     struct done *done;
     size_t ndone;
 
+    struct prefetch pre;
     struct strv mailboxes, forward;
     /* The first failure met below the top, for when nothing is left. */
     int first_code;
@@ -106,6 +122,41 @@ strv_free(struct strv *sv)
         free(sv->v[i]);
     free(sv->v);
     memset(sv, 0, sizeof(*sv));
+}
+
+static void
+prefetch_clear(struct prefetch *p)
+{
+    for (size_t i = 0; i < p->ntargets; i++)
+        free(p->targets[i]);
+    free(p->targets);
+    free(p->domain);
+    free(p->local);
+    memset(p, 0, sizeof(*p));
+}
+
+/* Copies an answer's targets (none for an account). */
+static void
+copy_targets(const struct guard_local_info *info, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (info->account || info->ntargets == 0)
+        return;
+    *out = xcalloc(info->ntargets, sizeof(**out));
+    for (size_t i = 0; i < info->ntargets; i++)
+        (*out)[i] = xstrdup(info->targets[i]);
+    *n = info->ntargets;
+}
+
+/* The local part to ask about: the frame's, in lower case. */
+static void
+set_lookup(struct frame *f)
+{
+    if (f->lookup != NULL)
+        return;
+    f->lookup = xstrdup(f->local);
+    guard_lower(f->lookup);
 }
 
 static void
@@ -331,8 +382,20 @@ on_domain(guard_resolve_t *r, struct frame *f, const struct dom *d,
         node_fail(r, 550, "5.2.1", "domain disabled");
         return false;
     }
-    f->lookup = xstrdup(f->local);
-    guard_lower(f->lookup);
+    set_lookup(f);
+    if (r->pre.got && strcmp(r->pre.domain, f->domain) == 0 &&
+        strcmp(r->pre.local, f->lookup) == 0) {
+        /* Fetched with the domain. */
+        f->account = r->pre.account;
+        f->disabled = r->pre.disabled;
+        f->targets = r->pre.targets;
+        f->ntargets = r->pre.ntargets;
+        r->pre.targets = NULL;
+        r->pre.ntargets = 0;
+        r->pre.got = false;
+        f->state = F_GOT;
+        return false;
+    }
     f->state = F_LOCAL;
     q->kind = GUARD_Q_LOCAL;
     q->domain = f->domain;
@@ -431,6 +494,7 @@ guard_resolve_destroy(guard_resolve_t **r_p)
     for (size_t i = 0; i < r->ndone; i++)
         free(r->done[i].key);
     free(r->done);
+    prefetch_clear(&r->pre);
     strv_free(&r->mailboxes);
     strv_free(&r->forward);
     free(r->rcpt);
@@ -458,6 +522,7 @@ guard_resolve_step(guard_resolve_t *r, struct guard_query *q)
     memset(q, 0, sizeof(*q));
     if (r->asked != GUARD_Q_DONE)
         misuse(r, "step with a question unanswered");
+    r->pre.ok = false;
     while (!r->finished) {
         struct frame *f = top(r);
 
@@ -476,8 +541,11 @@ guard_resolve_step(guard_resolve_t *r, struct guard_query *q)
                 break;
             }
             if ((d = dom_find(r, f->domain)) == NULL) {
+                /* The local part to ask next if the domain is ours. */
+                set_lookup(f);
                 q->kind = GUARD_Q_DOMAIN;
                 q->domain = f->domain;
+                q->local = f->lookup;
                 goto ask;
             }
             if (on_domain(r, f, d, q))
@@ -502,6 +570,7 @@ guard_resolve_step(guard_resolve_t *r, struct guard_query *q)
             break;
         }
     }
+    prefetch_clear(&r->pre);
     r->verdict.rcpt = r->rcpt;
     r->verdict.mailboxes = (const char *const *)r->mailboxes.v;
     r->verdict.nmailboxes = r->mailboxes.n;
@@ -509,6 +578,8 @@ guard_resolve_step(guard_resolve_t *r, struct guard_query *q)
     r->verdict.nforward = r->forward.n;
     return GUARD_Q_DONE;
 ask:
+    /* A prefetch not used by now was about a domain that is not ours. */
+    prefetch_clear(&r->pre);
     r->asked = q->kind;
     r->nqueries++;
     return q->kind;
@@ -530,6 +601,8 @@ guard_resolve_domain_answer(guard_resolve_t *r,
     d->ours = info->ours;
     d->disabled = info->disabled;
     d->catchall = info->catchall ? xstrdup(info->catchall) : NULL;
+    /* The question named f->lookup: its facts may come along. */
+    r->pre.ok = true;
 }
 
 void
@@ -538,17 +611,24 @@ guard_resolve_local_answer(guard_resolve_t *r,
 {
     struct frame *f = top(r);
 
+    if (r->pre.ok && r->asked == GUARD_Q_DONE && f != NULL) {
+        /* Fetched in the round of the domain question, which named the
+         * top frame's local part. */
+        r->pre.ok = false;
+        r->pre.got = true;
+        r->pre.domain = xstrdup(f->domain);
+        r->pre.local = xstrdup(f->lookup);
+        r->pre.account = info->account;
+        r->pre.disabled = info->disabled;
+        copy_targets(info, &r->pre.targets, &r->pre.ntargets);
+        return;
+    }
     if (r->asked != GUARD_Q_LOCAL || f == NULL || f->state != F_LOCAL)
         misuse(r, "local answer without a question");
     r->asked = GUARD_Q_DONE;
     f->account = info->account;
     f->disabled = info->disabled;
-    if (!info->account && info->ntargets > 0) {
-        f->targets = xcalloc(info->ntargets, sizeof(*f->targets));
-        for (size_t i = 0; i < info->ntargets; i++)
-            f->targets[i] = xstrdup(info->targets[i]);
-        f->ntargets = info->ntargets;
-    }
+    copy_targets(info, &f->targets, &f->ntargets);
     f->state = F_GOT;
 }
 

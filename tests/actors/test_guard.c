@@ -284,23 +284,44 @@ static const struct resolve_row resolve_rows[] = {
      NULL, NULL},
 };
 
-START_TEST(test_resolve)
+/* Resolves addr from the tables; with prefetch, a domain question is
+ * answered with its local part's facts too, as the actor does in one
+ * round. Caller owns the result. */
+static guard_resolve_t *
+run_resolver(const char *label, const char *addr, int flags, bool prefetch)
 {
-    const struct resolve_row *row = &resolve_rows[_i];
-    guard_resolve_t *r = guard_resolve_new(row->addr, row->flags, "t");
-    const struct guard_verdict *v;
+    guard_resolve_t *r = guard_resolve_new(addr, flags, "t");
     struct guard_query q;
     enum guard_query_kind k;
-    char got[4096];
     int steps = 0;
 
     while ((k = guard_resolve_step(r, &q)) != GUARD_Q_DONE) {
-        ck_assert_msg(++steps < 1000, "%s: does not end", row->label);
-        if (k == GUARD_Q_DOMAIN)
+        ck_assert_msg(++steps < 1000, "%s: does not end", label);
+        if (k == GUARD_Q_DOMAIN) {
             fake_answer_domain(r, &q);
-        else
+            if (prefetch) {
+                ck_assert_msg(q.local != NULL, "%s: domain %s without local",
+                              label, q.domain);
+                fake_answer_local(r, &q);
+            }
+        } else {
             fake_answer_local(r, &q);
+        }
     }
+    ck_assert_int_eq(guard_resolve_queries(r), steps);
+    return r;
+}
+
+/* Checks row's verdict; returns the questions asked (the rounds). */
+static int
+resolve_row(const struct resolve_row *row, bool prefetch)
+{
+    guard_resolve_t *r =
+        run_resolver(row->label, row->addr, row->flags, prefetch);
+    const struct guard_verdict *v;
+    char got[4096];
+    int queries;
+
     v = guard_resolve_verdict(r);
     ck_assert_msg(v->code == row->code && strcmp(v->ecode, row->ecode) == 0,
                   "%s: got %d %s (%s), want %d %s", row->label, v->code,
@@ -321,8 +342,59 @@ START_TEST(test_resolve)
                       "%s: forward got \"%s\", want \"%s\"", row->label, got,
                       row->forward);
     }
+    queries = guard_resolve_queries(r);
     guard_resolve_destroy(&r);
     ck_assert_ptr_null(r);
+    return queries;
+}
+
+START_TEST(test_resolve)
+{
+    resolve_row(&resolve_rows[_i], false);
+}
+END_TEST
+
+/* The same verdicts when each domain question brings its local part's
+ * facts along, in as many rounds or fewer. */
+START_TEST(test_resolve_prefetch)
+{
+    const struct resolve_row *row = &resolve_rows[_i];
+    int apart = resolve_row(row, false), together = resolve_row(row, true);
+
+    ck_assert_msg(together <= apart, "%s: %d rounds with prefetch, %d without",
+                  row->label, together, apart);
+}
+END_TEST
+
+struct rounds_row {
+    const char *addr;
+    int apart, together;
+};
+
+/* Rounds to Redis, each domain then its local part, or both at once. */
+static const struct rounds_row rounds_rows[] = {
+    {"alice@example.test", 2, 1},   {"nobody@example.test", 2, 1},
+    {"bob@evil.test", 1, 1},        {"alice@off.test", 1, 1},
+    {"sales@other.test", 4, 2},     {"team@example.test", 5, 4},
+    {"alice+x@example.test", 3, 2},
+};
+
+START_TEST(test_resolve_rounds)
+{
+    const struct rounds_row *row = &rounds_rows[_i];
+    guard_resolve_t *r;
+    int apart, together;
+
+    /* Verdicts are checked above; here only the count. */
+    r = run_resolver(row->addr, row->addr, 0, false);
+    apart = guard_resolve_queries(r);
+    guard_resolve_destroy(&r);
+    r = run_resolver(row->addr, row->addr, 0, true);
+    together = guard_resolve_queries(r);
+    guard_resolve_destroy(&r);
+    ck_assert_msg(apart == row->apart && together == row->together,
+                  "%s: got %d and %d rounds, want %d and %d", row->addr, apart,
+                  together, row->apart, row->together);
 }
 END_TEST
 
@@ -1427,6 +1499,10 @@ guard_suite(void)
     tc = tcase_create("resolve");
     tcase_add_loop_test(tc, test_resolve, 0,
                         sizeof(resolve_rows) / sizeof(resolve_rows[0]));
+    tcase_add_loop_test(tc, test_resolve_prefetch, 0,
+                        sizeof(resolve_rows) / sizeof(resolve_rows[0]));
+    tcase_add_loop_test(tc, test_resolve_rounds, 0,
+                        sizeof(rounds_rows) / sizeof(rounds_rows[0]));
     suite_add_tcase(s, tc);
 
     tc = tcase_create("policy");
