@@ -1,12 +1,19 @@
 /*
  * smtp_server.c - the ESMTP server engine (RFC 5321 and its extensions).
  *
- * Input is copied into a fixed buffer and parsed by smtp_server_next(): one
+ * Input is copied into a buffer and parsed by smtp_server_next(): one
  * command line at a time (so pipelined commands run in order, RFC 2920 3.1),
  * or, in DATA and BDAT, straight into the message buffer. A command that
  * needs the caller's decision parks the engine until smtp_server_reply();
  * everything else the engine answers itself. Nothing here recurses on
  * input, and every buffer has a fixed ceiling (see smtp_server.h).
+ *
+ * The buffers start small, since an idle session needs a few hundred
+ * bytes, and grow to their ceilings only for what needs it (an AUTH line
+ * of 12 KB, a burst of pipelined input, many queued replies); once the
+ * engine waits for a command again, or the output is sent, they shrink
+ * back. The ceilings, not the sizes, decide what is taken and when the
+ * client is held back.
  *
  * Event data lives in the engine: the command line is copied into line[]
  * and the event's strings point into it, so feeding more input while a
@@ -535,6 +542,17 @@ line_step(smtp_server_t *srv)
         smtp_server_refuse(srv, 500, "5.5.6", "Error: line too long");
         return true;
     }
+    if (n + 1 > srv->line_cap) {
+        /* n + 2 <= limit <= line_max - 1, so this stays under line_max. */
+        size_t cap = srv->line_cap;
+
+        while (cap < n + 1)
+            cap *= 2;
+        if (cap > srv->line_max)
+            cap = srv->line_max;
+        srv->line = xrealloc(srv->line, cap);
+        srv->line_cap = cap;
+    }
     memcpy(srv->line, start, n);
     srv->line[n] = '\0';
     if (srv->st == ST_AUTH) {
@@ -584,10 +602,12 @@ smtp_server_new(const struct smtp_server_opts *o)
     longest = srv->max_line;
     if (longest < SMTP_AUTH_LINE_MAX + 2)
         longest = SMTP_AUTH_LINE_MAX + 2;
-    srv->line_cap = longest + 1;
+    srv->line_max = longest + 1;
+    srv->line_cap = LINE_START;
     srv->line = xmalloc(srv->line_cap);
     /* Room for the longest line and some pipelined commands after it. */
-    srv->in_cap = longest + 4096;
+    srv->in_max = longest + 4096;
+    srv->in_cap = IN_START;
     srv->in = xmalloc(srv->in_cap);
     srv->st = ST_CONNECT;
     return srv;
@@ -624,13 +644,41 @@ smtp_server_input(smtp_server_t *srv, const void *data, size_t len)
         srv->in_len -= srv->in_off;
         srv->in_off = 0;
     }
-    room = srv->in_cap - srv->in_len;
+    room = srv->in_max - srv->in_len;
     if (len > room)
         len = room;
+    if (srv->in_len + len > srv->in_cap) {
+        size_t cap = srv->in_cap;
+
+        while (cap < srv->in_len + len)
+            cap = cap > srv->in_max / 2 ? srv->in_max : cap * 2;
+        srv->in = xrealloc(srv->in, cap);
+        srv->in_cap = cap;
+    }
     if (len > 0)
         memcpy(srv->in + srv->in_len, data, len);
     srv->in_len += len;
     return len;
+}
+
+/* The engine waits for a command line, with no decision pending: what a
+ * long line or a burst of input made the buffers grow to is given back. */
+static void
+trim(smtp_server_t *srv)
+{
+    size_t left = srv->in_len - srv->in_off;
+
+    if (srv->in_cap > IN_START && left <= IN_START) {
+        memmove(srv->in, srv->in + srv->in_off, left);
+        srv->in_off = 0;
+        srv->in_len = left;
+        srv->in = xrealloc(srv->in, IN_START);
+        srv->in_cap = IN_START;
+    }
+    if (srv->line_cap > LINE_START) {
+        srv->line = xrealloc(srv->line, LINE_START);
+        srv->line_cap = LINE_START;
+    }
 }
 
 const struct smtp_event *
@@ -677,8 +725,10 @@ smtp_server_next(smtp_server_t *srv)
              * not served further until it does. */
             if (srv->out.len >= SMTP_OUTPUT_MAX)
                 return &no_event;
-            if (!line_step(srv))
+            if (!line_step(srv)) {
+                trim(srv);
                 return &no_event;
+            }
             break;
         }
         /* A decision found is handed out at the top, after the news. */
@@ -777,6 +827,9 @@ void
 smtp_server_output_done(smtp_server_t *srv, size_t n)
 {
     buf_consume(&srv->out, n);
+    /* After a burst of replies (a client pipelining a lot). */
+    if (srv->out.len == 0 && srv->out.cap > OUT_KEEP)
+        buf_free(&srv->out);
 }
 
 void

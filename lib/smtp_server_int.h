@@ -22,6 +22,11 @@
 #define NEWS_MAX 4
 #define MECH_MAX 20        /* RFC 4422 3.1: SASL names are 1..20 chars */
 #define REPLY_LINE_MAX 512 /* RFC 5321 4.5.3.1.5, with CRLF */
+/* Where the input and line buffers start and what they shrink back to;
+ * the output buffer's capacity kept once all was sent (smtp_server.c). */
+#define IN_START 1024
+#define LINE_START 512
+#define OUT_KEEP 1024
 
 enum smtp_state {
     ST_CONNECT, /* the greeting is still to be decided */
@@ -61,9 +66,10 @@ struct smtp_server {
     enum smtp_event_type news[NEWS_MAX];
     int nnews;
 
-    /* Input not yet parsed: in[in_off..in_len). */
+    /* Input not yet parsed: in[in_off..in_len). The buffer starts small
+     * and grows up to in_max, the limit smtp_server_input() keeps. */
     char *in;
-    size_t in_off, in_len, in_cap;
+    size_t in_off, in_len, in_cap, in_max;
     bool skipping;  /* inside a line over its limit, dropping it */
     size_t skipped; /* its length so far */
 
@@ -78,9 +84,10 @@ struct smtp_server {
     bool trans, trans_utf8, bdat_used;
     int nrcpts;
 
-    /* The command line being handled; the decision's strings point in. */
+    /* The command line being handled; the decision's strings point in.
+     * It grows for a long line (an AUTH line: up to line_max). */
     char *line;
-    size_t line_cap;
+    size_t line_cap, line_max;
     struct smtp_path path;
 
     /* The message being received. */

@@ -21,6 +21,7 @@
 
 #include "lib/buf.h"
 #include "lib/smtp_server.h"
+#include "lib/smtp_server_int.h" /* buffer sizes, for test_buffers */
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
 
@@ -1249,6 +1250,87 @@ START_TEST(test_backpressure_decision)
 }
 END_TEST
 
+/* The input limit is the same whatever the buffer's size: the longest
+ * line (an AUTH line) and 4096 more, taken while a decision waits. */
+START_TEST(test_backpressure_exact)
+{
+    struct smtp_server_opts o = opts_for(O_MTA);
+    smtp_server_t *srv = smtp_server_new(&o);
+    char *in = repeat('x', 40000);
+
+    ck_assert_int_eq(smtp_server_next(srv)->type, SMTP_EV_CONNECT);
+    ck_assert_uint_eq(smtp_server_input(srv, in, 100), 100);
+    ck_assert_uint_eq(smtp_server_input(srv, in, 40000),
+                      SMTP_AUTH_LINE_MAX + 2 + 4096 - 100);
+    ck_assert_uint_eq(smtp_server_input(srv, in, 1), 0);
+    smtp_server_destroy(&srv);
+    free(in);
+}
+END_TEST
+
+/* An idle session keeps small buffers: they grow for a long AUTH line or
+ * a burst of pipelined commands, and shrink back once it is handled. */
+START_TEST(test_buffers)
+{
+    char *b64 = repeat('A', 12288 - 12);
+    buf_t in = BUF_INIT;
+    struct run r;
+    size_t n;
+    int noops;
+
+    run_start(&r, O_MTA, 0);
+    ck_assert_uint_eq(r.srv->in_cap, IN_START);
+    ck_assert_uint_eq(r.srv->line_cap, LINE_START);
+    feed(&r, EHLO, strlen(EHLO), 0);
+    ck_assert_uint_eq(r.srv->in_cap, IN_START);
+    ck_assert_uint_eq(r.srv->line_cap, LINE_START);
+    ck_assert_uint_le(r.srv->out.cap, OUT_KEEP);
+
+    /* A 12288-octet AUTH line needs both at their largest, then not. */
+    buf_printf(&in, "AUTH X-TEST %s\r\n", b64);
+    feed(&r, in.data, in.len - 2, 1000);
+    ck_assert_uint_gt(r.srv->in_cap, in.len - 2);
+    feed(&r, "\r\n", 2, 0);
+    ck_assert_uint_eq(r.srv->in_cap, IN_START);
+    ck_assert_uint_eq(r.srv->line_cap, LINE_START);
+    feed(&r, "*\r\nNOOP\r\n", 9, 0);
+    want_summary("auth", &r, "220,250,334,501 5.7.0,250 2.0.0");
+
+    /* 5000 pipelined NOOPs, their replies read only at the end. */
+    buf_reset(&in);
+    for (int i = 0; i < 5000; i++)
+        buf_adds(&in, "NOOP\r\n");
+    for (size_t pos = 0, rounds = 0; pos < in.len; rounds++) {
+        pos += smtp_server_input(r.srv, in.data + pos, in.len - pos);
+        while (smtp_server_next(r.srv)->type != SMTP_EV_NONE)
+            ;
+        if (rounds == 0) {
+            ck_assert_uint_gt(r.srv->in_cap, IN_START);
+            smtp_server_output(r.srv, &n);
+            ck_assert_uint_ge(n, SMTP_OUTPUT_MAX);
+        }
+        take_output(&r);
+        ck_assert_uint_lt(rounds, 10000);
+    }
+    /* The last of the input, then nothing more to answer. */
+    for (size_t before = 0; before != r.out.len;) {
+        before = r.out.len;
+        drain(&r);
+    }
+    noops = 0;
+    for (const char *p = r.out.data; (p = strstr(p, "250 2.0.0 OK\r\n"));
+         p++)
+        noops++;
+    ck_assert_int_eq(noops, 5000 + 1);
+    ck_assert_uint_eq(r.srv->in_cap, IN_START);
+    ck_assert_uint_eq(r.srv->line_cap, LINE_START);
+    ck_assert_uint_le(r.srv->out.cap, OUT_KEEP);
+    run_free(&r);
+    free(b64);
+    buf_free(&in);
+}
+END_TEST
+
 /* A client that pipelines without reading replies stalls the engine once
  * SMTP_OUTPUT_MAX is queued (RFC 2920 3.1). */
 START_TEST(test_backpressure_output)
@@ -1593,6 +1675,8 @@ smtp_server_suite(void)
     tcase_add_test(tc, test_bdat_limit);
     tcase_add_test(tc, test_backpressure_decision);
     tcase_add_test(tc, test_backpressure_output);
+    tcase_add_test(tc, test_backpressure_exact);
+    tcase_add_test(tc, test_buffers);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("api");
