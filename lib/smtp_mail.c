@@ -36,7 +36,10 @@ smtp_mail_clear(smtp_server_t *srv)
 }
 
 /* Appends to the message unless it is already over max_message: then it
- * is only marked, and read to its end without being kept (RFC 1870 6.3). */
+ * is only marked, and read to its end without being kept (RFC 1870 6.3).
+ * Growing, it goes straight to the size MAIL declared (SIZE=, bounded by
+ * max_message) with a little room, so a message that keeps its word is
+ * never copied to a larger buffer; past that, it doubles. */
 static void
 msg_add(smtp_server_t *srv, const char *p, size_t n)
 {
@@ -51,6 +54,14 @@ msg_add(smtp_server_t *srv, const char *p, size_t n)
     need = srv->msg_len + n;
     if (need > srv->msg_cap) {
         cap = srv->msg_cap ? srv->msg_cap : 4096;
+        if (srv->msg_hint > 0) {
+            size_t hint = srv->msg_hint + srv->msg_hint / 64 + 1024;
+
+            if (hint > srv->max_message)
+                hint = srv->max_message;
+            if (hint > cap)
+                cap = hint;
+        }
         while (cap < need)
             cap = cap > srv->max_message / 2 ? srv->max_message : cap * 2;
         srv->msg = xrealloc(srv->msg, cap);
@@ -470,21 +481,91 @@ text_line_end(smtp_server_t *srv)
     msg_add(srv, "\r\n", 2);
 }
 
+/* The next CR and the next LF at or after the scan, or end when there is
+ * none: each is found with memchr() once and kept until the scan passes
+ * it, so every octet is looked at a bounded number of times, whatever the
+ * mix of line ends (bare CRs or LFs cannot make the scan quadratic). */
+struct eol {
+    const char *end, *cr, *lf;
+    bool have_cr, have_lf;
+};
+
+static const char *
+next_cr(struct eol *e, const char *p)
+{
+    if (!e->have_cr || e->cr < p) {
+        e->cr = memchr(p, '\r', (size_t)(e->end - p));
+        if (e->cr == NULL)
+            e->cr = e->end;
+        e->have_cr = true;
+    }
+    return e->cr;
+}
+
+static const char *
+next_lf(struct eol *e, const char *p)
+{
+    if (!e->have_lf || e->lf < p) {
+        e->lf = memchr(p, '\n', (size_t)(e->end - p));
+        if (e->lf == NULL)
+            e->lf = e->end;
+        e->have_lf = true;
+    }
+    return e->lf;
+}
+
+/* Takes the whole lines at p that need no more than copying: text ending
+ * in CRLF, with no other CR in it, not starting with a dot at D_BOL. They
+ * are added as one run, as they came. Returns where it stopped: at the
+ * end, or where the state machine has to look at each octet. */
+static const char *
+data_lines(smtp_server_t *srv, struct eol *e, const char *p)
+{
+    const char *run = p;
+
+    while (p < e->end && !(srv->dstate == D_BOL && *p == '.')) {
+        const char *lf = next_lf(e, p), *cr = next_cr(e, p);
+
+        /* No LF, a bare LF (no CR before it), or a bare CR before it. */
+        if (lf == e->end || cr >= lf || cr + 1 != lf)
+            break;
+        /* RFC 5321 4.5.3.1.6: the line with its CRLF. */
+        if (srv->text_line + (size_t)(cr - p) + 2 > srv->max_text_line)
+            srv->too_long = true;
+        srv->text_line = 0;
+        srv->dstate = D_BOL;
+        p = lf + 1;
+    }
+    msg_add(srv, run, (size_t)(p - run));
+    return p;
+}
+
 /*
  * DATA text (RFC 5321 4.1.1.4, 4.5.2). The end is only CRLF "." CRLF,
  * where the first CRLF may be the DATA command's own: a bare LF or CR next
  * to a dot never ends it (SMTP smuggling), they are line ends of the text
  * and stored as CRLF. Dot-stuffing is undone at the start of a line that
  * followed a real CRLF. Returns true at the end of the data.
+ *
+ * Plain lines are found with memchr() and copied whole (data_lines());
+ * the state machine below takes the rest: a dot at the start of a line,
+ * a bare CR or LF, a line cut by the end of the input.
  */
 bool
 smtp_mail_data_feed(smtp_server_t *srv)
 {
     const char *p = srv->in + srv->in_off, *end = srv->in + srv->in_len;
+    struct eol e = {.end = end};
 
     while (p < end) {
-        char c = *p;
+        char c;
 
+        if (srv->dstate == D_BOL || srv->dstate == D_TEXT) {
+            p = data_lines(srv, &e, p);
+            if (p == end)
+                break;
+        }
+        c = *p;
         switch (srv->dstate) {
         case D_TEXT:
             if (c == '\r') {
@@ -494,10 +575,9 @@ smtp_mail_data_feed(smtp_server_t *srv)
                 text_line_end(srv);
                 p++;
             } else {
-                const char *q = p;
+                const char *cr = next_cr(&e, p), *lf = next_lf(&e, p);
+                const char *q = cr < lf ? cr : lf;
 
-                while (q < end && *q != '\r' && *q != '\n')
-                    q++;
                 srv->text_line += (size_t)(q - p);
                 msg_add(srv, p, (size_t)(q - p));
                 p = q;

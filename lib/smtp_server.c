@@ -181,6 +181,7 @@ smtp_server_reset_txn(smtp_server_t *srv)
         smtp_server_news(srv, SMTP_EV_RESET);
     srv->trans = srv->trans_utf8 = srv->bdat_used = false;
     srv->nrcpts = 0;
+    srv->msg_hint = 0;
     smtp_mail_clear(srv);
 }
 
@@ -789,6 +790,7 @@ smtp_server_reply(smtp_server_t *srv, int code, const char *ecode,
         if (code / 100 == 2) {
             srv->trans = true;
             srv->trans_utf8 = srv->dec.mail.smtputf8;
+            srv->msg_hint = srv->dec.mail.size_given ? srv->dec.mail.size : 0;
             srv->nrcpts = 0;
             srv->bdat_used = false;
         }

@@ -93,6 +93,7 @@ struct smtp_server {
     /* The message being received. */
     char *msg;
     size_t msg_len, msg_cap;
+    size_t msg_hint; /* the SIZE= of the transaction's MAIL, or 0 */
     bool over, too_long;
     enum smtp_dstate dstate;
     size_t text_line; /* octets of the current DATA line so far */

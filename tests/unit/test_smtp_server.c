@@ -13,6 +13,7 @@
  * each reply's code and enhanced code, e.g. "220,250,250 2.1.0".
  */
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -896,6 +897,190 @@ START_TEST(test_smuggling_example)
 }
 END_TEST
 
+/* The DATA rules one octet at a time, as the engine's scanner once ran
+ * them (before it copied whole lines): the message the data makes, the
+ * longest line with its CRLF, and the octets up to and including the end
+ * (0 when it never ends). */
+static size_t
+ref_data(const char *in, size_t n, buf_t *out, size_t *longest)
+{
+    enum { R_BOL, R_TEXT, R_CR, R_DOT, R_DOTCR } st = R_BOL;
+    size_t line = 0, i = 0;
+
+    *longest = 0;
+    while (i < n) {
+        char c = in[i];
+
+        switch (st) {
+        case R_TEXT:
+            if (c == '\r') {
+                st = R_CR;
+            } else if (c == '\n') {
+                *longest = line + 2 > *longest ? line + 2 : *longest;
+                line = 0;
+                buf_add(out, "\r\n", 2);
+            } else {
+                buf_addc(out, c);
+                line++;
+            }
+            i++;
+            break;
+        case R_BOL:
+            if (c == '.') {
+                st = R_DOT;
+                line = 1;
+                i++;
+            } else {
+                st = R_TEXT;
+            }
+            break;
+        case R_CR:
+            *longest = line + 2 > *longest ? line + 2 : *longest;
+            line = 0;
+            buf_add(out, "\r\n", 2);
+            if (c == '\n') {
+                st = R_BOL;
+                i++;
+            } else {
+                st = R_TEXT;
+            }
+            break;
+        case R_DOT:
+            if (c == '\r') {
+                st = R_DOTCR;
+                i++;
+            } else {
+                st = R_TEXT;
+            }
+            break;
+        case R_DOTCR:
+            if (c == '\n')
+                return i + 1;
+            st = R_CR;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Random DATA text of dots, CRs, LFs, NULs and letters, fed whole and in
+ * random slices: the engine stores exactly what the rules above give, and
+ * reads the commands after the end as commands. */
+START_TEST(test_data_model)
+{
+    static const char alphabet[] = "aaaab..\r\r\n\n\n";
+    uint32_t seed = 12345u + (uint32_t)_i * 7919u;
+    buf_t in = BUF_INIT, want = BUF_INIT, text = BUF_INIT;
+
+    for (int round = 0; round < 200; round++) {
+        size_t n, used, longest;
+        struct run r;
+
+        buf_reset(&text);
+        seed = seed * 1103515245u + 12345u;
+        n = (seed >> 16) % 300;
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            if ((seed >> 16) % 97 == 0)
+                buf_addc(&text, '\0');
+            else
+                buf_addc(&text, alphabet[(seed >> 16) % (sizeof(alphabet) - 1)]);
+        }
+        buf_adds(&text, "\r\n.\r\n");
+        buf_reset(&want);
+        used = ref_data(text.data, text.len, &want, &longest);
+        ck_assert_uint_gt(used, 0);
+        buf_reset(&in);
+        buf_adds(&in, TXN "DATA\r\n");
+        buf_add(&in, text.data, used);
+        buf_adds(&in, "NOOP\r\n");
+        for (int mode = 0; mode < 2; mode++) {
+            size_t chunk = mode == 0 ? 0 : 1 + (seed >> 20) % 17;
+            buf_t detail = BUF_INIT;
+
+            run_start(&r, O_MTA, 0);
+            feed(&r, in.data, in.len, chunk);
+            drain(&r);
+            want_summary("model", &r,
+                         "220,250,250 2.1.0,250 2.1.5,354,250 2.0.0,250 2.0.0");
+            buf_printf(&detail, "MESSAGE bdat=0 len=%zu [", want.len);
+            buf_add(&detail, want.data, want.len);
+            buf_adds(&detail, "]\n");
+            ck_assert_msg(memmem(r.detail.data, r.detail.len, detail.data,
+                                 detail.len) != NULL,
+                          "seed %u round %d chunk %zu: message differs", seed,
+                          round, chunk);
+            buf_free(&detail);
+            run_free(&r);
+        }
+    }
+    buf_free(&in);
+    buf_free(&want);
+    buf_free(&text);
+}
+END_TEST
+
+/* SIZE= sizes the message buffer once; a message over its word still
+ * fits, by growing. */
+static void
+size_hint_start(struct run *r)
+{
+    struct smtp_server_opts o = opts_for(O_MTA);
+
+    o.max_message = 1 << 20;
+    memset(r, 0, sizeof(*r));
+    r->greeting = 220;
+    r->srv = smtp_server_new(&o);
+    drain(r);
+    feed(r, EHLO, strlen(EHLO), 0);
+}
+
+START_TEST(test_data_size_hint)
+{
+    static const char *const mail[] = {
+        "MAIL FROM:<a@b.test> SIZE=200000\r\n" RCPTOK "DATA\r\n",
+        "MAIL FROM:<a@b.test> SIZE=1000\r\n" RCPTOK "DATA\r\n",
+        "MAIL FROM:<a@b.test>\r\n" RCPTOK "DATA\r\n",
+    };
+    char *line = repeat('s', 98);
+    buf_t in = BUF_INIT;
+    struct run r;
+    size_t cap;
+
+    for (int i = 0; i < 2000; i++) /* 200000 octets */
+        buf_printf(&in, "%s\r\n", line);
+    size_hint_start(&r);
+    for (int round = 0; round < 2; round++) {
+        /* Declared and kept: one growth, to the size declared and a
+         * little, never past it; the second time too. */
+        feed(&r, mail[0], strlen(mail[0]), 0);
+        feed(&r, in.data, 5000, 0);
+        cap = r.srv->msg_cap;
+        ck_assert_uint_ge(cap, 200000);
+        ck_assert_uint_lt(cap, 210000);
+        feed(&r, in.data + 5000, in.len - 5000, 0);
+        ck_assert_uint_eq(r.srv->msg_cap, cap);
+        feed(&r, ".\r\n", 3, 0);
+        want_detail("size hint", &r, "MESSAGE bdat=0 len=200000 [");
+    }
+    /* Declared too small, or not at all: grows as it comes. */
+    for (int k = 1; k < 3; k++) {
+        buf_reset(&r.detail);
+        feed(&r, mail[k], strlen(mail[k]), 0);
+        feed(&r, in.data, in.len, 1000);
+        ck_assert_uint_ge(r.srv->msg_cap, 200000);
+        feed(&r, ".\r\n", 3, 0);
+        want_detail("size hint off", &r, "MESSAGE bdat=0 len=200000 [");
+    }
+    want_events("size hint", &r,
+                "CONNECT HELO MAIL RCPT MESSAGE RESET MAIL RCPT MESSAGE RESET "
+                "MAIL RCPT MESSAGE RESET MAIL RCPT MESSAGE RESET");
+    run_free(&r);
+    free(line);
+    buf_free(&in);
+}
+END_TEST
+
 /* What EHLO offers (RFC 5321 4.1.1.1 and each extension's RFC). */
 static const struct ehlo_row {
     const char *label;
@@ -1662,6 +1847,8 @@ smtp_server_suite(void)
     tcase_add_test(tc, test_smuggling_example);
     tcase_add_test(tc, test_nul);
     tcase_add_test(tc, test_starttls_late_bytes);
+    tcase_add_loop_test(tc, test_data_model, 0, 10);
+    tcase_add_test(tc, test_data_size_hint);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");
