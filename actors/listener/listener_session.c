@@ -24,6 +24,10 @@
 
 /* What a session keeps read but not yet taken by the engine, at most. */
 #define IN_MAX 16384
+/* The first reads of a session ask for this much, and each read that fills
+ * what it asked for doubles it (up to IN_MAX): a session of short commands
+ * keeps a small buffer, a message streams in 16 KiB reads. */
+#define IN_READ_MIN 4096
 
 enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_UP };
 
@@ -52,7 +56,12 @@ struct session {
     bool eof;          /* the client sent all it will (it may still read) */
     bool dead;         /* socket closed; freed when no call is outstanding */
     int watching;      /* LOOP_* events the loop watches for */
-    buf_t in;          /* read, not yet taken by the engine */
+    /* Read, not yet taken by the engine: in.data[in_off .. in.len). The
+     * socket is read straight into the end of it and the engine takes
+     * from in_off, so no byte is copied on the way or moved down. */
+    buf_t in;
+    size_t in_off, in_read;
+    bool in_drained;   /* the last read took all the socket had */
     int calls;         /* bus calls outstanding (0 or 1) */
     int64_t last_active;
     loop_timer_t *idle_timer, *total_timer;
@@ -74,6 +83,32 @@ struct session {
 
 static void session_pump(struct session *s);
 static void session_free(struct session *s);
+
+/* Bytes read and not yet taken by the engine. */
+static size_t
+in_pending(const struct session *s)
+{
+    return s->in.len - s->in_off;
+}
+
+/* Makes room at the end of s->in for the next read and returns how many
+ * bytes to read there: what IN_MAX leaves, at most s->in_read. What the
+ * engine has not taken moves to the front only when the room is short. */
+static size_t
+in_space(struct session *s)
+{
+    size_t pending = in_pending(s), want = IN_MAX - pending;
+
+    if (want > s->in_read)
+        want = s->in_read;
+    if (s->in_off > 0 && s->in.cap - s->in.len - 1 < want) {
+        memmove(s->in.data, s->in.data + s->in_off, pending);
+        s->in.len = pending;
+        s->in_off = 0;
+    }
+    buf_reserve(&s->in, want);
+    return want;
+}
 
 static void
 txn_clear(struct session *s)
@@ -428,7 +463,6 @@ message_with_received(struct session *s, const char *data, size_t len)
     char date[64];
     const char *helo = smtp_server_helo(s->smtp);
     void *bytes;
-    size_t n;
 
     rfc5322_date(date, sizeof(date));
     buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
@@ -441,10 +475,16 @@ message_with_received(struct session *s, const char *data, size_t len)
     if (s->nrcpts == 1 && s->ntargets >= 1)
         buf_printf(&b, "\r\n\tfor <%s>", s->targets[0].rcpt);
     buf_printf(&b, ";\r\n\t%s\r\n", date);
-    buf_add(&b, data, len);
-    n = b.len;
-    bytes = buf_take(&b);
-    return value_new_bin_take(&bytes, n);
+    /* The header, then the message, in one buffer of the final size that
+     * the value takes as it is: the message is copied once, and not into
+     * a buffer grown to the next power of two (512 KiB for 256). */
+    bytes = xmalloc(b.len + len);
+    memcpy(bytes, b.data, b.len);
+    if (len > 0)
+        memcpy((char *)bytes + b.len, data, len);
+    len += b.len;
+    buf_free(&b);
+    return value_new_bin_take(&bytes, len);
 }
 
 static bool
@@ -670,10 +710,13 @@ session_pump(struct session *s)
 
         if (s->tls_state == TLS_HANDSHAKE && !handshake(s))
             return;
-        if (s->in.len > 0 && !s->starttls) {
-            size_t took = smtp_server_input(s->smtp, s->in.data, s->in.len);
+        if (in_pending(s) > 0 && !s->starttls) {
+            size_t took = smtp_server_input(s->smtp, s->in.data + s->in_off,
+                                            in_pending(s));
 
-            buf_consume(&s->in, took);
+            s->in_off += took;
+            if (s->in_off == s->in.len)
+                s->in_off = s->in.len = 0;
             progress = took > 0;
         }
         while (s->calls == 0 && !s->dead) {
@@ -701,6 +744,7 @@ session_pump(struct session *s)
             /* Everything read after the STARTTLS line is dropped: it was
              * sent in the clear and must never be executed (RFC 3207 5). */
             buf_reset(&s->in);
+            s->in_off = 0;
             if (!start_tls(s))
                 return;
             continue;
@@ -724,15 +768,21 @@ session_pump(struct session *s)
         watch(s, s->calls == 0 ? LOOP_WRITE : 0);
         return;
     }
+    /* A client that stopped sending (it waits for replies, or idles) needs
+     * no buffer: thousands of idle sessions then hold none. */
+    if (s->in_drained && in_pending(s) == 0 && s->in.cap > 0) {
+        buf_free(&s->in);
+        s->in_off = 0;
+    }
     /* Read while the session's input has room, bus call or not: the
      * engine keeps what comes meanwhile (pipelining) and takes less when
      * its buffer is full, which is the back-pressure that stops reading.
      * So the watch stays as it is through the message, and epoll_ctl()
      * is called only when back-pressure starts or ends. A TLS connection
      * may hold decrypted bytes that epoll cannot see. */
-    watch(s, s->in.len < IN_MAX ? LOOP_READ : 0);
+    watch(s, in_pending(s) < IN_MAX ? LOOP_READ : 0);
     if (s->tls_state == TLS_UP && tls_pending(s->tls) && s->calls == 0 &&
-        s->in.len < IN_MAX)
+        in_pending(s) < IN_MAX)
         on_io(s->l->loop, s->fd, LOOP_READ, s);
 }
 
@@ -748,10 +798,9 @@ on_io(loop_t *loop, int fd, int events, void *arg)
         return;
     }
     if ((events & LOOP_READ) && !s->eof) {
-        char buf[16384];
-
-        while (s->in.len < IN_MAX && !s->dead) {
-            ssize_t n = sock_read(s, buf, sizeof(buf));
+        while (in_pending(s) < IN_MAX && !s->dead) {
+            size_t want = in_space(s);
+            ssize_t n = sock_read(s, s->in.data + s->in.len, want);
 
             if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
                 break;
@@ -768,10 +817,14 @@ on_io(loop_t *loop, int fd, int events, void *arg)
             }
             if (s->starttls)
                 continue; /* after STARTTLS and before the handshake */
-            buf_add(&s->in, buf, (size_t)n);
+            s->in.len += (size_t)n;
+            s->in.data[s->in.len] = '\0';
             s->last_active = loop_now_ms(s->l->loop);
-            if ((size_t)n < sizeof(buf))
+            s->in_drained = (size_t)n < want;
+            if (s->in_drained)
                 break;
+            if (s->in_read < IN_MAX)
+                s->in_read *= 2;
         }
     }
     session_pump(s);
@@ -828,6 +881,7 @@ listener_session_start(listener_t *l, struct role *role, int fd,
     snprintf(s->ip, sizeof(s->ip), "%s", ip);
     envelope_new_trace(s->trace);
     s->smtp = smtp_server_new(&role->opts);
+    s->in_read = IN_READ_MIN;
     s->last_active = loop_now_ms(l->loop);
     if (loop_fd_add(l->loop, fd, LOOP_READ, on_io, s) != 0) {
         close(fd);
