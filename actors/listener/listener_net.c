@@ -16,64 +16,8 @@
 #include "lib/config.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/net.h"
 #include "listener.h"
-
-static int
-bind_addr(const char *addr, char *why, size_t whylen)
-{
-    char host[256], service[16];
-    struct addrinfo hints = {0}, *res = NULL, *ai;
-    int port, fd = -1, one = 1, rc;
-
-    if (config_split_addr(addr, host, sizeof(host), &port) != 0) {
-        snprintf(why, whylen, "%s is not HOST:PORT", addr);
-        return -1;
-    }
-    snprintf(service, sizeof(service), "%d", port);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if ((rc = getaddrinfo(host, service, &hints, &res)) != 0) {
-        snprintf(why, whylen, "%s: %s", addr, gai_strerror(rc));
-        return -1;
-    }
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK |
-                                       SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            continue;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-            listen(fd, 4096) == 0)
-            break;
-        snprintf(why, whylen, "cannot listen on %s: %s", addr,
-                 strerror(errno));
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-static void
-addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
-{
-    if (ss->ss_family == AF_INET) {
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, out,
-                  (socklen_t)outlen);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-
-        /* An IPv4 client on a dual-stack socket is counted as IPv4. */
-        if (IN6_IS_ADDR_V4MAPPED(a))
-            inet_ntop(AF_INET, &a->s6_addr[12], out, (socklen_t)outlen);
-        else
-            inet_ntop(AF_INET6, a, out, (socklen_t)outlen);
-    } else {
-        snprintf(out, outlen, "unknown");
-    }
-}
 
 /* How long accepting stays paused after running out of descriptors,
  * unless a session closes first. */
@@ -173,7 +117,7 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
                      (long long)(loop_now_ms(l->loop) - l->starved_since),
                      l->sessions);
         }
-        addr_text(&ss, ip, sizeof(ip));
+        net_addr_text(&ss, ip, sizeof(ip));
         count = (intptr_t)zhashx_lookup(l->per_ip, ip);
         if (l->sessions >= l->max_sessions) {
             l->refused++;
@@ -233,7 +177,7 @@ listener_net_start(listener_t *l)
                                                                : "smtps";
         snprintf(key, sizeof(key), "listen.%s", r->name);
         snprintf(r->addr, sizeof(r->addr), "%s", config_str(cfg, key));
-        r->fd = bind_addr(r->addr, why, sizeof(why));
+        r->fd = net_listen(r->addr, why, sizeof(why));
         if (r->fd < 0) {
             log_err(NULL, "listen_failed", "role=%s addr=%s reason=%s",
                     r->name, r->addr, log_q(why));
