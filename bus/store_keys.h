@@ -43,13 +43,22 @@ store_key_users(char out[STORE_KEY_MAX], const char *domain)
                                           "samotop:{%s}:users", domain));
 }
 
-/* samotop:{D}:user:L - hash: pw, disabled, created. */
+/* samotop:{D}:user:L - hash: pw, disabled, created, quota. */
 static inline char *
 store_key_user(char out[STORE_KEY_MAX], const char *domain, const char *local)
 {
     return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
                                           "samotop:{%s}:user:%s", domain,
                                           local));
+}
+
+/* samotop:{D}:usage - hash: account local part -> bytes its mail takes
+ * (the quota is the field "quota" of the account's own hash). */
+static inline char *
+store_key_usage(char out[STORE_KEY_MAX], const char *domain)
+{
+    return store_key_fmt_ok(out, snprintf(out, STORE_KEY_MAX,
+                                          "samotop:{%s}:usage", domain));
 }
 
 /* samotop:{D}:aliases - set of D's alias local parts. */
