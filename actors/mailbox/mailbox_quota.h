@@ -24,6 +24,7 @@
 #define SAMOTOP_MAILBOX_QUOTA_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "lib/config.h"
@@ -69,6 +70,19 @@ void mailbox_quota_credit(mailbox_quota_t *q, const char *trace,
  * fit is answered NO [OVERQUOTA] (RFC 9208 section 4.3). */
 int mailbox_quota_check(mailbox_quota_t *q, const char *account,
                         uint64_t bytes, mailbox_quota_cb *cb, void *arg);
+
+/* Called once per mailbox_quota_lookup() that returned 0, with the n
+ * accounts' states in the order asked (fits is true in each: the caller
+ * weighs its own sizes). err as for mailbox_quota_cb. */
+typedef void mailbox_quota_lookup_cb(void *arg, int err,
+                                     const struct mailbox_quota_state *st,
+                                     size_t n);
+
+/* Reads usage and limit of n accounts (at most 4096) in one pipelined
+ * round, for a group commit of deliveries. Returns and calls back as
+ * mailbox_quota_check() does. */
+int mailbox_quota_lookup(mailbox_quota_t *q, const char *const *accounts,
+                         size_t n, mailbox_quota_lookup_cb *cb, void *arg);
 
 /* Forgets the checks waiting with this arg: their callbacks are never
  * called. For a session that goes away while it waits. */
