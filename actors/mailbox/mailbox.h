@@ -63,4 +63,26 @@ void mailbox_on_deliver(actor_t *a, bus_request_t **req_p);
  * nothing parked is a no-op. */
 void mailbox_deliver_flush(struct mailbox *mb);
 
+/* Told, on the loop, that a parked message's group commit is done: r[i]
+ * holds each recipient's outcome (the r given to mailbox_deliver_park()). */
+typedef void mailbox_stored_fn(struct mailbox *mb, void *arg,
+                               const struct maildir_rcpt *r, size_t n);
+
+/* Parks a message for the next group commit, the one path every delivery
+ * takes (mailbox.deliver, LMTP): *head_p (taken) then msg go into the
+ * mailboxes of r[0..n), whose outcomes are filled in; done(mb, arg, r, n)
+ * is called once they are on disk or failed. msg, r, trace and id (which
+ * name the message in the log) are borrowed until then. Returns a handle
+ * for mailbox_deliver_cancel(), valid until done is called. */
+struct parked *mailbox_deliver_park(struct mailbox *mb, const char *trace,
+                                    const char *id, char **head_p,
+                                    const char *msg, size_t len,
+                                    struct maildir_rcpt *r, size_t n,
+                                    mailbox_stored_fn *done, void *arg);
+
+/* The owner of a parked message goes away: the message is stored now (its
+ * borrowed data is still there) and done is never called; NULLs *p_p.
+ * NULL is fine. */
+void mailbox_deliver_cancel(struct mailbox *mb, struct parked **p_p);
+
 #endif

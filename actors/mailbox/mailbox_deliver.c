@@ -154,15 +154,24 @@ log_outcomes(const char *trace, const struct maildir_rcpt *r, size_t n)
     }
 }
 
-/* A request waiting for its group commit. The strings in r borrow from
- * the request's body, which lives as long as req. */
+/* A message waiting for its group commit (mailbox_deliver_park()). */
 struct parked {
-    bus_request_t *req;
-    int64_t t0; /* arrival, for the log */
-    char *head; /* the Return-Path line */
+    int64_t t0;        /* arrival, for the log */
+    const char *trace; /* borrowed from the owner */
+    const char *id;
+    char *head;        /* the lines written before the message */
     struct iovec parts[2];
-    struct maildir_rcpt *r;
+    struct maildir_rcpt *r; /* borrowed from the owner */
     size_t n;
+    mailbox_stored_fn *done; /* NULL once the owner went away */
+    void *arg;
+};
+
+/* A mailbox.deliver request waiting for its message's commit. The strings
+ * in r borrow from the request's body, which lives as long as req. */
+struct bus_delivery {
+    bus_request_t *req;
+    struct maildir_rcpt *r;
 };
 
 static void
@@ -175,6 +184,80 @@ on_commit_timer(loop_t *loop, void *arg)
     mailbox_deliver_flush(mb);
 }
 
+struct parked *
+mailbox_deliver_park(struct mailbox *mb, const char *trace, const char *id,
+                     char **head_p, const char *msg, size_t len,
+                     struct maildir_rcpt *r, size_t n, mailbox_stored_fn *done,
+                     void *arg)
+{
+    struct parked *p = xcalloc(1, sizeof(*p));
+
+    p->t0 = clock_mono_us();
+    p->trace = trace;
+    p->id = id;
+    p->head = *head_p;
+    *head_p = NULL;
+    p->parts[0] = (struct iovec){p->head, strlen(p->head)};
+    p->parts[1] = (struct iovec){(void *)msg, len};
+    p->r = r;
+    p->n = n;
+    p->done = done;
+    p->arg = arg;
+    mb->parked[mb->nparked++] = p;
+    mb->parked_bytes += p->parts[0].iov_len + len;
+    /* The loop runs a 0 ms timer only once it has read every request
+     * waiting on the bus, so the commit takes all that came together. */
+    if (mb->nparked == MAILBOX_BATCH_MAX ||
+        mb->parked_bytes >= MAILBOX_BATCH_BYTES) {
+        loop_timer_cancel(actor_loop(mb->actor), &mb->commit_timer);
+        mailbox_deliver_flush(mb);
+    } else if (mb->commit_timer == NULL) {
+        mb->commit_timer =
+            loop_timer_add(actor_loop(mb->actor), 0, on_commit_timer, mb);
+    }
+    return p;
+}
+
+void
+mailbox_deliver_cancel(struct mailbox *mb, struct parked **p_p)
+{
+    struct parked *p = *p_p;
+    bool waiting = false;
+
+    if (p == NULL)
+        return;
+    *p_p = NULL;
+    p->done = NULL;
+    for (int i = 0; i < mb->nparked; i++)
+        waiting |= mb->parked[i] == p;
+    /* What the message borrows goes with its owner: store it now. When it
+     * is not waiting, its commit is running and p is answered next. */
+    if (waiting) {
+        loop_timer_cancel(actor_loop(mb->actor), &mb->commit_timer);
+        mailbox_deliver_flush(mb);
+    }
+}
+
+static void
+bus_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
+           size_t n)
+{
+    struct bus_delivery *d = arg;
+    const envelope_t *req = bus_request_envelope(d->req);
+    const char *ecode, *text;
+    envelope_t *reply;
+    value_t *results;
+    int code;
+
+    sum_up(r, n, &code, &ecode, &text);
+    reply = envelope_new_reply(req, code, ecode, text);
+    results = results_new(r, n);
+    value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
+    actor_reply(mb->actor, &d->req, &reply);
+    free(d->r);
+    free(d);
+}
+
 void
 mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
 {
@@ -184,8 +267,9 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
     const char *trace = envelope_trace(req), *why, *ecode;
     const char *msg, *from;
-    size_t msg_len, from_len;
-    struct parked *p;
+    size_t msg_len, from_len, n;
+    struct bus_delivery *d;
+    char *head;
     int code;
 
     if ((why = request_check(body, &code, &ecode)) != NULL) {
@@ -198,70 +282,52 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     }
     msg = value_str(value_get(body, ENV_KEY_MESSAGE), &msg_len);
     from = value_str(value_get(body, ENV_KEY_MAIL_FROM), &from_len);
-    p = xcalloc(1, sizeof(*p));
-    p->t0 = clock_mono_us();
-    p->n = value_count(rcpts);
-    p->r = xcalloc(p->n, sizeof(*p->r));
-    for (size_t i = 0; i < p->n; i++) {
+    n = value_count(rcpts);
+    d = xcalloc(1, sizeof(*d));
+    d->r = xcalloc(n, sizeof(*d->r));
+    for (size_t i = 0; i < n; i++) {
         const value_t *item = value_at(rcpts, i);
         const value_t *folder = value_get(item, MAILBOX_KEY_FOLDER);
 
-        p->r[i].mailbox = value_str(value_get(item, MAILBOX_KEY_MAILBOX),
-                                    &p->r[i].mailbox_len);
+        d->r[i].mailbox = value_str(value_get(item, MAILBOX_KEY_MAILBOX),
+                                    &d->r[i].mailbox_len);
         if (folder != NULL)
-            p->r[i].folder = value_str(folder, &p->r[i].folder_len);
+            d->r[i].folder = value_str(folder, &d->r[i].folder_len);
     }
     /* RFC 5321 section 4.4: the final delivery adds the Return-Path. It is
      * the same for every recipient, so the copies can still share a file. */
-    p->head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
-    p->parts[0] = (struct iovec){p->head, strlen(p->head)};
-    p->parts[1] = (struct iovec){(void *)msg, msg_len};
-    p->req = *req_p;
+    head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
+    d->req = *req_p;
     *req_p = NULL;
-    mb->parked[mb->nparked++] = p;
-    mb->parked_bytes += p->parts[0].iov_len + msg_len;
-    /* The loop runs a 0 ms timer only once it has read every request
-     * waiting on the bus, so the commit takes all that came together. */
-    if (mb->nparked == MAILBOX_BATCH_MAX ||
-        mb->parked_bytes >= MAILBOX_BATCH_BYTES) {
-        loop_timer_cancel(actor_loop(a), &mb->commit_timer);
-        mailbox_deliver_flush(mb);
-    } else if (mb->commit_timer == NULL) {
-        mb->commit_timer =
-            loop_timer_add(actor_loop(a), 0, on_commit_timer, mb);
-    }
+    mailbox_deliver_park(mb, trace, envelope_id(req), &head, msg, msg_len,
+                         d->r, n, bus_stored, d);
 }
 
-/* Answers p, whose message is stored (or not) as mm says, and frees it. */
+/* Logs and counts p's outcomes, tells its owner (if still there) and
+ * frees it. */
 static void
 answer(struct mailbox *mb, struct parked *p, const struct maildir_msg *mm,
        int batch)
 {
-    const envelope_t *req = bus_request_envelope(p->req);
-    const char *trace = envelope_trace(req), *ecode, *text;
-    envelope_t *reply;
-    value_t *results;
+    const char *ecode, *text;
     int code;
 
     sum_up(p->r, p->n, &code, &ecode, &text);
-    log_outcomes(trace, p->r, p->n);
+    log_outcomes(p->trace, p->r, p->n);
     mb->delivered += mm->stored;
     for (size_t i = 0; i < p->n; i++) {
         mb->deferred += p->r[i].code >= 400 && p->r[i].code < 500;
         mb->refused += p->r[i].code >= 500;
     }
-    log_info(trace, "deliver",
+    log_info(p->trace, "deliver",
              "id=%s mailboxes=%zu stored=%zu size=%zu ms=%.1f batch=%d "
              "code=%d",
-             log_q(envelope_id(req)), p->n, mm->stored,
+             log_q(p->id), p->n, mm->stored,
              p->parts[0].iov_len + p->parts[1].iov_len,
              (double)(clock_mono_us() - p->t0) / 1000.0, batch, code);
-    reply = envelope_new_reply(req, code, ecode, text);
-    results = results_new(p->r, p->n);
-    value_set_take(envelope_body(reply), ENV_KEY_RESULTS, &results);
-    actor_reply(mb->actor, &p->req, &reply);
+    if (p->done)
+        p->done(mb, p->arg, p->r, p->n);
     free(p->head);
-    free(p->r);
     free(p);
 }
 
