@@ -816,10 +816,13 @@ set_bad_name(struct maildir_rcpt *r)
     r->text = "no such mailbox: invalid mailbox or folder name";
 }
 
-/* Clears r's outcome, and refuses it (true) when a name is bad. */
+/* Clears r's outcome, and refuses it (true) when a name is bad; one the
+ * caller refused keeps its outcome. */
 static bool
 rcpt_refused(struct maildir_rcpt *r)
 {
+    if (r->refused)
+        return true;
     r->code = 0;
     r->file[0] = '\0';
     r->sys_errno = 0;

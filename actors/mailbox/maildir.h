@@ -56,6 +56,10 @@ struct maildir_rcpt {
     /* In: the Maildir++ folder (".Spam"), or NULL for INBOX. */
     const char *folder;
     size_t folder_len;
+    /* In: true when the caller already refused this copy (e.g. over the
+     * account's quota) and set code, ecode and text: it is not stored and
+     * keeps that outcome. */
+    bool refused;
 
     /* Out: the SMTP reply for this copy: 250 2.0.0, 452 4.2.2 (no space,
      * quota), 451 4.3.0 (other I/O errors) or 550 5.1.1 (bad name). */
