@@ -8,7 +8,10 @@
 #include "err.h"
 #include "xalloc.h"
 
-enum ckind { C_STR, C_INT, C_BOOL, C_ADDR, C_ENDPOINTS, C_PATH, C_LEVEL };
+enum ckind {
+    C_STR, C_INT, C_BOOL, C_ADDR, C_ENDPOINTS, C_PATH, C_LEVEL,
+    C_ADDR_OPT /* empty (off), or HOST:PORT with port 0 allowed */
+};
 
 struct ckey {
     const char *key;
@@ -159,6 +162,11 @@ static const struct ckey ckeys[] = {
     {"tls.cert", C_PATH, "", 0, 0, false,
      "certificate chain (PEM); empty: self-signed in data/tls"},
     {"tls.key", C_PATH, "", 0, 0, false, "private key (PEM)"},
+    {"metrics.listen", C_ADDR_OPT, "", 0, 0, false,
+     "HTTP /metrics, /health, /ready at HOST:PORT (0: any port, logged); "
+     "empty: off; under samotopd the base of a port block (README)"},
+    {"metrics.sample_ms", C_INT, "5000", 100, 3600000, false,
+     "how often gauges read from Redis (queue depth, age) are sampled"},
     {"supervisor.redis", C_BOOL, "yes", 0, 0, false,
      "start a redis-server for the local profile"},
     {"supervisor.redis_server", C_STR, "redis-server", 0, 0, false,
@@ -319,6 +327,24 @@ check_value(const struct ckey *k, const char *v, char *why, size_t whylen)
             return ERR_CONFIG;
         }
         return 0;
+    case C_ADDR_OPT: {
+        size_t vl = strlen(v);
+        char tmp[300];
+
+        if (vl == 0)
+            return 0;
+        /* Port 0 asks the kernel for a free port: check it as port 1. */
+        snprintf(tmp, sizeof(tmp), "%s", v);
+        if (vl >= 2 && vl < sizeof(tmp) && strcmp(v + vl - 2, ":0") == 0)
+            tmp[vl - 1] = '1';
+        if (vl >= sizeof(tmp) ||
+            config_split_addr(tmp, host, sizeof(host), &port) != 0) {
+            snprintf(why, whylen, "\"%s\" is not empty or HOST:PORT with a "
+                     "port in 0..65535", v);
+            return ERR_CONFIG;
+        }
+        return 0;
+    }
     case C_LEVEL:
         if (strcmp(v, "debug") && strcmp(v, "info") && strcmp(v, "warn") &&
             strcmp(v, "err") && strcmp(v, "fatal")) {
