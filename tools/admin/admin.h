@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "bus/store.h"
 #include "lib/config.h"
@@ -189,6 +190,21 @@ int admin_db_domain_exists(admin_db_t *db, const char *domain);
  * -1. */
 enum { ADMIN_ACCOUNT = 1, ADMIN_ALIAS = 2 };
 int admin_db_addr_kind(admin_db_t *db, const struct admin_addr *a);
+
+/* Sizes (admin_size.c). */
+
+/* The largest size taken (8 PiB), so that usage counters in Redis
+ * (64-bit) never overflow when quotas are added up. */
+#define ADMIN_SIZE_MAX (1ull << 53)
+#define ADMIN_SIZE_TEXT_MAX 32
+
+/* Reads a size in bytes: digits with an optional K, M, G or T (powers of
+ * 1024, case-insensitive, "B" or "iB" may follow), or "none" (0). Returns
+ * 0 with *out set, or -1 with the reason in *why (static). */
+int admin_size_parse(const char *s, uint64_t *out, const char **why);
+
+/* Writes n as "BYTES" or "BYTES (1.5M)" into out. */
+void admin_size_format(uint64_t n, char *out, size_t len);
 
 /* Passwords (admin_password.c). */
 
