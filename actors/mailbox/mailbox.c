@@ -42,6 +42,7 @@ mailbox_init(actor_t *a)
         free(mb);
         return ERR_SYS;
     }
+    mb->quota = mailbox_quota_new(actor_loop(a), cfg);
     actor_set_data(a, mb);
     return 0;
 }
@@ -55,6 +56,9 @@ mailbox_fini(actor_t *a)
         return;
     /* The loop has stopped; the requests parked are stored and answered
      * before the bus worker goes. */
+    /* Messages still waiting for their quota lookup are parked unchecked
+     * (the lookups fail with ERR_CLOSED), then stored with the others. */
+    mailbox_quota_destroy(&mb->quota);
     loop_timer_cancel(actor_loop(a), &mb->commit_timer);
     mailbox_deliver_flush(mb);
     log_info(

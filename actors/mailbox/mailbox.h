@@ -12,6 +12,7 @@
 
 #include "actor.h"
 
+#include "mailbox_quota.h"
 #include "maildir.h"
 
 /* Keys inside mailbox.deliver's rcpts items and its reply's results.
@@ -44,6 +45,9 @@ struct mailbox {
     int nparked;
     size_t parked_bytes;
     loop_timer_t *commit_timer;
+    /* Each account's quota and usage (mailbox_quota.h); IMAP charges and
+     * credits through it too. */
+    mailbox_quota_t *quota;
     uint64_t delivered, deferred, refused, bad_requests;
     uint64_t commits, committed; /* group commits, requests in them */
 };

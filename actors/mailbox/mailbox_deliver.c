@@ -165,6 +165,8 @@ struct parked {
     size_t n;
     mailbox_stored_fn *done; /* NULL once the owner went away */
     void *arg;
+    bool quota_wait;   /* its quota lookup is out (mailbox_quota.h) */
+    struct mailbox *mb; /* while it is out */
 };
 
 /* A mailbox.deliver request waiting for its message's commit. The strings
@@ -182,6 +184,101 @@ on_commit_timer(loop_t *loop, void *arg)
     (void)loop;
     mb->commit_timer = NULL;
     mailbox_deliver_flush(mb);
+}
+
+/* Puts p in the next group commit. */
+static void
+park_now(struct mailbox *mb, struct parked *p)
+{
+    mb->parked[mb->nparked++] = p;
+    mb->parked_bytes += p->parts[0].iov_len + p->parts[1].iov_len;
+    /* The loop runs a 0 ms timer only once it has read every request
+     * waiting on the bus, so the commit takes all that came together. */
+    if (mb->nparked == MAILBOX_BATCH_MAX ||
+        mb->parked_bytes >= MAILBOX_BATCH_BYTES) {
+        loop_timer_cancel(actor_loop(mb->actor), &mb->commit_timer);
+        mailbox_deliver_flush(mb);
+    } else if (mb->commit_timer == NULL) {
+        mb->commit_timer =
+            loop_timer_add(actor_loop(mb->actor), 0, on_commit_timer, mb);
+    }
+}
+
+/* Whether r[i] is the first of p's recipients with its mailbox and folder
+ * (later ones share its copy, and are charged nothing more). */
+static bool
+first_copy(const struct parked *p, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (p->r[j].mailbox_len == p->r[i].mailbox_len &&
+            memcmp(p->r[j].mailbox, p->r[i].mailbox, p->r[i].mailbox_len) ==
+                0 &&
+            p->r[j].folder_len == p->r[i].folder_len &&
+            (p->r[i].folder_len == 0 ||
+             memcmp(p->r[j].folder, p->r[i].folder, p->r[i].folder_len) == 0))
+            return false;
+    return true;
+}
+
+/* The quota lookup of p's recipients (in order, those with a good name)
+ * is in: a copy that would take its account over quota is refused with
+ * 452 4.2.2 (RFC 3463 X.2.2, mailbox full), the others go to the commit.
+ * XXX: messages to one account whose lookups overlap each see the usage
+ * before the others, so a burst may pass the quota by one group commit. */
+static void
+on_quota(void *arg, int err, const struct mailbox_quota_state *st, size_t n)
+{
+    struct parked *p = arg;
+    size_t size = p->parts[0].iov_len + p->parts[1].iov_len, k = 0;
+    uint64_t *more = xcalloc(n ? n : 1, sizeof(*more));
+
+    p->quota_wait = false;
+    for (size_t i = 0; i < p->n && err == 0 && k < n; i++) {
+        struct maildir_rcpt *r = &p->r[i];
+
+        if (!maildir_name_ok(r->mailbox, r->mailbox_len))
+            continue;
+        if (first_copy(p, i)) {
+            if (mailbox_quota_fits(st[k].used + more[k], size, st[k].limit))
+                more[k] += size;
+            else {
+                r->refused = true;
+                r->code = 452;
+                r->ecode = "4.2.2";
+                r->text = "mailbox full";
+                log_info(p->trace, "over_quota",
+                         "id=%s mailbox=%.*s used=%llu quota=%llu size=%zu",
+                         log_q(p->id), (int)r->mailbox_len, r->mailbox,
+                         (unsigned long long)st[k].used,
+                         (unsigned long long)st[k].limit, size);
+            }
+        }
+        k++;
+    }
+    free(more);
+    park_now(p->mb, p);
+}
+
+/* Asks for the quotas of p's accounts before it is parked; false when it
+ * cannot (Redis away: the message goes on unchecked). */
+static bool
+quota_ask(struct mailbox *mb, struct parked *p)
+{
+    const char **names = xcalloc(p->n ? p->n : 1, sizeof(*names));
+    size_t k = 0;
+    bool asked;
+
+    for (size_t i = 0; i < p->n; i++)
+        if (maildir_name_ok(p->r[i].mailbox, p->r[i].mailbox_len))
+            names[k++] = xstrndup(p->r[i].mailbox, p->r[i].mailbox_len);
+    p->mb = mb;
+    p->quota_wait = k > 0 && mailbox_quota_lookup(mb->quota, names, k,
+                                                  on_quota, p) == 0;
+    asked = p->quota_wait;
+    for (size_t i = 0; i < k; i++)
+        free((char *)names[i]);
+    free(names);
+    return asked;
 }
 
 struct parked *
@@ -203,18 +300,8 @@ mailbox_deliver_park(struct mailbox *mb, const char *trace, const char *id,
     p->n = n;
     p->done = done;
     p->arg = arg;
-    mb->parked[mb->nparked++] = p;
-    mb->parked_bytes += p->parts[0].iov_len + len;
-    /* The loop runs a 0 ms timer only once it has read every request
-     * waiting on the bus, so the commit takes all that came together. */
-    if (mb->nparked == MAILBOX_BATCH_MAX ||
-        mb->parked_bytes >= MAILBOX_BATCH_BYTES) {
-        loop_timer_cancel(actor_loop(mb->actor), &mb->commit_timer);
-        mailbox_deliver_flush(mb);
-    } else if (mb->commit_timer == NULL) {
-        mb->commit_timer =
-            loop_timer_add(actor_loop(mb->actor), 0, on_commit_timer, mb);
-    }
+    if (mb->quota == NULL || !quota_ask(mb, p))
+        park_now(mb, p);
     return p;
 }
 
@@ -228,6 +315,11 @@ mailbox_deliver_cancel(struct mailbox *mb, struct parked **p_p)
         return;
     *p_p = NULL;
     p->done = NULL;
+    if (p->quota_wait) { /* parked unchecked, to be stored now */
+        mailbox_quota_cancel(mb->quota, p);
+        p->quota_wait = false;
+        park_now(mb, p);
+    }
     for (int i = 0; i < mb->nparked; i++)
         waiting |= mb->parked[i] == p;
     /* What the message borrows goes with its owner: store it now. When it
@@ -325,6 +417,18 @@ answer(struct mailbox *mb, struct parked *p, const struct maildir_msg *mm,
              log_q(p->id), p->n, mm->stored,
              p->parts[0].iov_len + p->parts[1].iov_len,
              (double)(clock_mono_us() - p->t0) / 1000.0, batch, code);
+    /* Each copy stored counts against its account's quota. */
+    for (size_t i = 0; i < p->n && mb->quota != NULL; i++) {
+        char name[MAILDIR_NAME_MAX + 1];
+
+        if (p->r[i].code != 250 || p->r[i].mailbox_len > MAILDIR_NAME_MAX ||
+            !first_copy(p, i))
+            continue;
+        memcpy(name, p->r[i].mailbox, p->r[i].mailbox_len);
+        name[p->r[i].mailbox_len] = '\0';
+        mailbox_quota_charge(mb->quota, p->trace, name,
+                             p->parts[0].iov_len + p->parts[1].iov_len);
+    }
     if (p->done)
         p->done(mb, p->arg, p->r, p->n);
     free(p->head);
