@@ -58,6 +58,13 @@ enum slot_id {
 
 struct job;
 
+/* One reply of a quota round: mailbox i's quota, or its usage. */
+struct quota_slot {
+    struct job *job;
+    size_t i;
+    bool used;
+};
+
 struct slot {
     struct job *job;
     enum slot_id id;
@@ -77,6 +84,13 @@ struct job {
     bool failed, answered;
     loop_timer_t *deadline;
     struct slot slots[S__COUNT];
+
+    /* The quota round of a resolved recipient: per mailbox of the
+     * verdict, its quota and usage (0 when unset). */
+    bool quota_round;
+    size_t nquota;
+    uint64_t *quota_limit, *quota_used;
+    struct quota_slot *quota_slots;
 
     /* What the round's replies said. */
     bool dom_ours, dom_disabled, user_exists, user_disabled;
@@ -117,6 +131,9 @@ job_free(struct job *j)
     loop_timer_cancel(actor_loop(j->a), &j->deadline);
     round_reset(j);
     guard_resolve_destroy(&j->res);
+    free(j->quota_limit);
+    free(j->quota_used);
+    free(j->quota_slots);
     free(j);
 }
 
@@ -421,6 +438,126 @@ mail_verdict(struct job *j)
         job_answer(j, 553, "5.7.1", "sender address not owned by user");
 }
 
+static uint64_t
+reply_u64(const store_reply_t *r)
+{
+    const char *s;
+    long long v = 0;
+
+    if (store_reply_type(r) == STORE_INT)
+        v = store_reply_int(r);
+    else if ((s = store_reply_str(r, NULL)) != NULL)
+        v = strtoll(s, NULL, 10);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+static void
+on_quota_reply(void *arg, int err, const store_reply_t *reply)
+{
+    struct quota_slot *s = arg;
+    struct job *j = s->job;
+
+    if (err != 0 || store_reply_type(reply) == STORE_ERROR)
+        j->failed = true;
+    else if (s->used)
+        j->quota_used[s->i] = reply_u64(reply);
+    else
+        j->quota_limit[s->i] = reply_u64(reply);
+    job_release(j);
+}
+
+/* Asks for the quota and usage of each mailbox the recipient reaches
+ * (an alias's targets too); job_advance() weighs them. */
+static void
+send_quota(struct job *j)
+{
+    const struct guard_verdict *v = guard_resolve_verdict(j->res);
+    char k1[STORE_KEY_MAX], k2[STORE_KEY_MAX];
+    char local[SMTP_LOCAL_MAX + 1];
+
+    j->quota_round = true;
+    j->nquota = v->nmailboxes;
+    j->quota_limit = xcalloc(j->nquota, sizeof(*j->quota_limit));
+    j->quota_used = xcalloc(j->nquota, sizeof(*j->quota_used));
+    j->quota_slots = xcalloc(2 * j->nquota, sizeof(*j->quota_slots));
+    j->holds++;
+    for (size_t i = 0; i < j->nquota && !j->failed; i++) {
+        const char *at = strrchr(v->mailboxes[i], '@');
+        size_t llen = at ? (size_t)(at - v->mailboxes[i]) : 0;
+
+        if (at == NULL || llen > SMTP_LOCAL_MAX) {
+            j->failed = true;
+            break;
+        }
+        memcpy(local, v->mailboxes[i], llen);
+        local[llen] = '\0';
+        {
+            const char *limit[] = {"HGET",
+                                   store_key_user(k1, at + 1, local),
+                                   "quota"};
+            const char *used[] = {"HGET", store_key_usage(k2, at + 1),
+                                  local};
+
+            if (limit[1] == NULL || used[1] == NULL) {
+                j->failed = true;
+                break;
+            }
+            j->quota_slots[2 * i] = (struct quota_slot){j, i, false};
+            j->quota_slots[2 * i + 1] = (struct quota_slot){j, i, true};
+            j->holds += 2;
+            if (store_async_cmd(j->g->store, on_quota_reply,
+                                &j->quota_slots[2 * i], 3, limit,
+                                NULL) != 0) {
+                j->holds -= 2;
+                j->failed = true;
+                break;
+            }
+            if (store_async_cmd(j->g->store, on_quota_reply,
+                                &j->quota_slots[2 * i + 1], 3, used,
+                                NULL) != 0) {
+                j->holds--;
+                j->failed = true;
+                break;
+            }
+        }
+    }
+    job_release(j);
+}
+
+/* The quota round is in. RFC 1870 section 6.1 lets a server refuse at RCPT
+ * a message whose declared SIZE it cannot take now, with 452; without a
+ * declared size, only an account already at its quota is refused. The
+ * status is RFC 3463's X.2.2, mailbox full. Any account over quota refuses
+ * the recipient: the listener answers DATA for a recipient as a whole, so
+ * taking one whose copy must fail would defer (and on retry duplicate)
+ * the others' copies. */
+static void
+quota_verdict(struct job *j)
+{
+    const struct guard_verdict *v = guard_resolve_verdict(j->res);
+    int64_t size = envelope_get_int(job_env(j), ENV_KEY_SIZE, -1);
+
+    for (size_t i = 0; i < j->nquota; i++) {
+        uint64_t limit = j->quota_limit[i], used = j->quota_used[i];
+        bool full = limit > 0 &&
+                    (size > 0 ? used > limit || (uint64_t)size > limit - used
+                              : used >= limit);
+
+        if (!full)
+            continue;
+        log_info(j->trace, "guard_rcpt_over_quota",
+                 "rcpt=%s mailbox=%s used=%llu quota=%llu size=%lld",
+                 log_q(envelope_get_str(job_env(j), ENV_KEY_RCPT)),
+                 log_q(v->mailboxes[i]), (unsigned long long)used,
+                 (unsigned long long)limit, (long long)size);
+        job_answer(j, 452, "4.2.2", "Mailbox full");
+        job_done(j);
+        return;
+    }
+    rcpt_verdict(j);
+    job_done(j);
+}
+
 /* Steps the resolver until it asks (a round goes out) or decides. */
 static void
 resolve(struct job *j)
@@ -429,6 +566,11 @@ resolve(struct job *j)
 
     if (guard_resolve_step(j->res, &q) != GUARD_Q_DONE) {
         send_query(j, &q);
+        return;
+    }
+    if (j->kind == JOB_RCPT && guard_resolve_verdict(j->res)->code == 250 &&
+        guard_resolve_verdict(j->res)->nmailboxes > 0) {
+        send_quota(j);
         return;
     }
     if (j->kind == JOB_RCPT)
@@ -506,6 +648,10 @@ job_advance(struct job *j)
                  envelope_type(job_env(j)));
         job_answer_unavailable(j, ERR_REDIS, "policy store unavailable");
         job_done(j);
+        return;
+    }
+    if (j->quota_round) {
+        quota_verdict(j);
         return;
     }
     /* Every round asks the resolver's question. */

@@ -70,6 +70,7 @@ struct session {
      * each target once (a mailbox reached by two recipients gets one
      * copy). The RCPT being decided keeps its parameters in pending_*. */
     char *mail_from;
+    int64_t size; /* SIZE= declared at MAIL (RFC 1870), or -1 */
     bool smtputf8, eight_bit;
     struct target *targets;
     int ntargets, nremote;
@@ -130,6 +131,7 @@ txn_clear(struct session *s)
     s->pending_orcpt = NULL;
     s->ret = SMTP_RET_NONE;
     s->smtputf8 = s->eight_bit = false;
+    s->size = -1;
 }
 
 /* Adds a target unless the same mailbox or address is there already. */
@@ -601,9 +603,10 @@ on_event(struct session *s, const struct smtp_event *ev)
         if (smtp_server_helo(s->smtp))
             value_set_str(envelope_body(env), ENV_KEY_HELO,
                           smtp_server_helo(s->smtp));
-        if (ev->mail.size_given)
-            value_set_int(envelope_body(env), ENV_KEY_SIZE,
-                          (int64_t)ev->mail.size);
+        if (ev->mail.size_given) {
+            s->size = (int64_t)ev->mail.size;
+            value_set_int(envelope_body(env), ENV_KEY_SIZE, s->size);
+        }
         call(s, &env, SMTP_EV_MAIL);
         return false;
     case SMTP_EV_RCPT:
@@ -614,6 +617,9 @@ on_event(struct session *s, const struct smtp_event *ev)
         value_set_str(envelope_body(env), ENV_KEY_MAIL_FROM,
                       s->mail_from ? s->mail_from : "");
         value_set_str(envelope_body(env), ENV_KEY_RCPT, ev->rcpt.to);
+        /* The guard weighs a declared size against the quota. */
+        if (s->size >= 0)
+            value_set_int(envelope_body(env), ENV_KEY_SIZE, s->size);
         call(s, &env, SMTP_EV_RCPT);
         return false;
     case SMTP_EV_MESSAGE:
@@ -878,6 +884,7 @@ listener_session_start(listener_t *l, struct role *role, int fd,
     s->l = l;
     s->role = role;
     s->fd = fd;
+    s->size = -1;
     snprintf(s->ip, sizeof(s->ip), "%s", ip);
     envelope_new_trace(s->trace);
     s->smtp = smtp_server_new(&role->opts);
