@@ -4,12 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "actor.h"
 #include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/metrics_http.h"
 #include "lib/xalloc.h"
 
 struct actor {
@@ -23,6 +25,10 @@ struct actor {
     void *data;
     int64_t started_ms;
     uint64_t handled, unknown;
+    metrics_t *metrics;
+    metrics_http_t *http;
+    metric_t *m_requests, *m_latency, *m_brokers, *m_inflight, *m_pending,
+        *m_cpu, *m_rss;
 };
 
 static void
@@ -201,6 +207,27 @@ actor_name(const actor_t *a)
     return a->name;
 }
 
+metrics_t *
+actor_metrics(actor_t *a)
+{
+    return a->metrics;
+}
+
+/* Counts an answer to req: by its type and the reply's code, with the
+ * time since the worker took it. */
+static void
+count_answer(actor_t *a, const bus_request_t *req, int code)
+{
+    const char *type = envelope_type(bus_request_envelope(req));
+    char c[16];
+
+    snprintf(c, sizeof(c), "%d", code);
+    metrics_inc(a->m_requests, METRICS_L(type, c));
+    metrics_observe(a->m_latency, METRICS_L(type),
+                    (double)(clock_mono_us() - bus_request_received_us(req)) /
+                        1e6);
+}
+
 void
 actor_set_data(actor_t *a, void *data)
 {
@@ -216,6 +243,8 @@ actor_data(actor_t *a)
 int
 actor_reply(actor_t *a, bus_request_t **req_p, envelope_t **reply_p)
 {
+    if (*req_p && *reply_p)
+        count_answer(a, *req_p, envelope_code(*reply_p));
     return bus_worker_reply_take(a->worker, req_p, reply_p);
 }
 
@@ -223,6 +252,8 @@ int
 actor_fail(actor_t *a, bus_request_t **req_p, int code, const char *ecode,
            const char *text)
 {
+    if (*req_p)
+        count_answer(a, *req_p, code);
     return bus_worker_fail_take(a->worker, req_p, code, ecode, text, 0);
 }
 
@@ -268,7 +299,89 @@ on_request(void *arg, bus_request_t **req_p)
              (unsigned long long)a->unknown);
     snprintf(text, sizeof(text), "%s does not handle %s", a->desc->name,
              envelope_type(env));
+    /* Not by its type: a peer could make up any number of them. */
+    metrics_inc(a->m_requests, METRICS_L("other", "502"));
     bus_worker_fail_take(a->worker, req_p, 502, "5.5.1", text, ERR_PROTO);
+}
+
+/* Gauges read at each scrape rather than counted. */
+static void
+on_collect(metrics_t *m, void *arg)
+{
+    actor_t *a = arg;
+    struct rusage ru;
+    long pages = 0, rss = 0;
+    FILE *f;
+
+    (void)m;
+    metrics_set(a->m_brokers, NULL,
+                a->worker ? bus_worker_brokers(a->worker) : 0);
+    metrics_set(a->m_inflight, NULL,
+                a->worker ? bus_worker_inflight(a->worker) : 0);
+    metrics_set(a->m_pending, NULL, (double)bus_client_pending(a->client));
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        metrics_set(a->m_cpu, NULL,
+                    (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) /
+                            1e6);
+    if ((f = fopen("/proc/self/statm", "r")) != NULL) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) == 2)
+            metrics_set(a->m_rss, NULL, (double)rss * sysconf(_SC_PAGESIZE));
+        fclose(f);
+    }
+}
+
+/* /health and /ready: the process answers and a broker can reach its
+ * worker. */
+static int
+on_health(void *arg, char *why, size_t whylen)
+{
+    actor_t *a = arg;
+
+    if (a->worker && bus_worker_brokers(a->worker) > 0)
+        return 0;
+    snprintf(why, whylen, "no broker heard from at %s",
+             config_str(a->args.cfg, "bus.workers"));
+    return -1;
+}
+
+/* The metrics every actor has; the actor adds its own in init. */
+static void
+metrics_start(actor_t *a)
+{
+    metrics_t *m = a->metrics = metrics_new();
+
+    metrics_set(metrics_gauge(m, "process_start_time_seconds",
+                              "Start time of the process since the epoch, "
+                              "in seconds",
+                              NULL),
+                NULL, (double)(clock_wall_us() / 1000000));
+    metrics_set(metrics_gauge(m, "samotop_actor_info",
+                              "The actor this process runs, and its copy",
+                              "service,instance"),
+                METRICS_L(a->desc->name, a->args.instance), 1);
+    a->m_cpu = metrics_counter(m, "process_cpu_seconds_total",
+                               "User and system CPU time spent, in seconds",
+                               NULL);
+    a->m_rss = metrics_gauge(m, "process_resident_memory_bytes",
+                             "Resident memory size in bytes", NULL);
+    a->m_requests = metrics_counter(
+        m, "samotop_bus_requests_total",
+        "Bus requests this actor answered, by type and reply code",
+        "type,code");
+    a->m_latency = metrics_histogram(
+        m, "samotop_bus_request_duration_seconds",
+        "Time from taking a bus request to answering it, by type", "type",
+        NULL, 0);
+    a->m_brokers = metrics_gauge(m, "samotop_bus_brokers",
+                                 "Brokers the worker hears from", NULL);
+    a->m_inflight = metrics_gauge(m, "samotop_bus_worker_inflight",
+                                  "Requests taken and not yet answered",
+                                  NULL);
+    a->m_pending = metrics_gauge(m, "samotop_bus_client_pending",
+                                 "Requests sent and waiting for an outcome",
+                                 NULL);
+    metrics_on_collect(m, on_collect, a);
 }
 
 static void
@@ -317,6 +430,8 @@ actor_main(int argc, char **argv, const struct actor_desc *desc)
                                why, sizeof(why));
     if (a->client == NULL)
         log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
+    metrics_start(a);
+    bus_client_set_metrics(a->client, a->metrics);
     wo.endpoints = config_str(cfg, "bus.workers");
     wo.service = desc->name;
     wo.capacity = (int)config_int(cfg, "bus.worker_capacity");
@@ -331,14 +446,29 @@ actor_main(int argc, char **argv, const struct actor_desc *desc)
         log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
     if (desc->tick && desc->tick_ms > 0)
         a->tick_timer = loop_timer_add(a->loop, desc->tick_ms, on_tick, a);
-    log_info(NULL, "ready", "service=%s bus=%s pid=%d", desc->name,
-             wo.endpoints, (int)getpid());
+    if (*config_str(cfg, "metrics.listen")) {
+        struct metrics_http_opts ho = {
+            .listen = config_str(cfg, "metrics.listen"),
+            .metrics = a->metrics,
+            .health = on_health,
+            .arg = a,
+        };
+
+        a->http = metrics_http_new(a->loop, &ho, why, sizeof(why));
+        if (a->http == NULL)
+            log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
+    }
+    log_info(NULL, "ready", "service=%s bus=%s pid=%d metrics_port=%d",
+             desc->name, wo.endpoints, (int)getpid(),
+             a->http ? metrics_http_port(a->http) : 0);
     rc = loop_run(a->loop);
+    metrics_http_destroy(&a->http);
     if (desc->fini)
         desc->fini(a);
     loop_timer_cancel(a->loop, &a->tick_timer);
     bus_worker_destroy(&a->worker);
     bus_client_destroy(&a->client);
+    metrics_destroy(&a->metrics);
     loop_destroy(&a->loop);
     log_info(NULL, "stopped", "handled=%llu unknown=%llu",
              (unsigned long long)a->handled, (unsigned long long)a->unknown);

@@ -21,6 +21,7 @@
 #include "envelope.h"
 #include "lib/config.h"
 #include "lib/loop.h"
+#include "lib/metrics.h"
 
 typedef struct actor actor_t;
 
@@ -80,6 +81,12 @@ const config_t *actor_config(const actor_t *a);
 bus_client_t *actor_client(actor_t *a);
 /* "name/instance"; borrowed. */
 const char *actor_name(const actor_t *a);
+/* The process's metrics registry (lib/metrics.h), there from before init
+ * to after fini; borrowed. With metrics.listen set it is served over HTTP
+ * with /health (200 while a broker is heard from). Every actor counts its
+ * answers by type and code and their latency here; actors register their
+ * own metrics in init. */
+metrics_t *actor_metrics(actor_t *a);
 void actor_set_data(actor_t *a, void *data);
 void *actor_data(actor_t *a);
 

@@ -22,6 +22,7 @@
 
 #include "envelope.h"
 #include "lib/loop.h"
+#include "lib/metrics.h"
 
 typedef struct bus_client bus_client_t;
 typedef struct bus_worker bus_worker_t;
@@ -54,6 +55,10 @@ int bus_client_call(bus_client_t *client, envelope_t **req_p,
 
 /* Requests waiting for an outcome. */
 size_t bus_client_pending(const bus_client_t *client);
+
+/* Counts every request's outcome and latency by service in m (borrowed;
+ * it must outlive the client). */
+void bus_client_set_metrics(bus_client_t *client, metrics_t *m);
 
 /* Called with each request; the handler owns *req_p (it is nulled) and
  * must answer it with bus_worker_reply_take() or bus_worker_fail_take(),
@@ -100,6 +105,15 @@ void bus_request_destroy(bus_request_t **req_p);
 
 /* Requests handed out and not yet answered. */
 int bus_worker_inflight(const bus_worker_t *worker);
+
+/* Brokers this worker has heard from within its liveness window (a
+ * heartbeat or a request since it last registered): 0 means no request
+ * can reach it. */
+int bus_worker_brokers(const bus_worker_t *worker);
+
+/* When the worker took the request, on the monotonic clock (clock.h), for
+ * the handler's latency. */
+int64_t bus_request_received_us(const bus_request_t *req);
 
 /* The service part of a type ("guard" for "guard.rcpt") into out; returns
  * 0 or ERR_INVAL when there is no dot or it is too long. */

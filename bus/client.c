@@ -18,6 +18,7 @@
 #include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/metrics.h"
 #include "lib/xalloc.h"
 #include "proto.h"
 
@@ -29,6 +30,8 @@ struct pending {
     bus_reply_fn *fn;
     void *arg;
     int64_t deadline_us;
+    int64_t started_us; /* monotonic, for the latency histogram */
+    char svc[PROTO_MAX_NAME];
     loop_timer_t *timer;
     /* Set while the request is not yet with a broker. */
     char *service, *trace, *payload;
@@ -44,6 +47,7 @@ struct bus_client {
     zhashx_t *pending; /* id -> struct pending */
     struct pending *unsent_head, *unsent_tail;
     loop_timer_t *retry_timer;
+    metric_t *m_latency, *m_results; /* NULL until bus_client_set_metrics */
 };
 
 static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
@@ -144,11 +148,44 @@ unsent_remove(bus_client_t *c, struct pending *p)
     p->next_unsent = NULL;
 }
 
+void
+bus_client_set_metrics(bus_client_t *c, metrics_t *m)
+{
+    c->m_latency = metrics_histogram(
+        m, "samotop_bus_client_request_duration_seconds",
+        "Time from sending a bus request to its outcome, by service",
+        "service", NULL, 0);
+    c->m_results = metrics_counter(
+        m, "samotop_bus_client_requests_total",
+        "Bus requests sent, by service and outcome (ok, or the error: "
+        "timeout, noworker, worker_lost, proto, closed)",
+        "service,result");
+}
+
+/* Counts the outcome of p: "ok" or the error's name in lower case. */
+static void
+count_outcome(bus_client_t *c, const struct pending *p, int err)
+{
+    char result[32];
+    size_t i;
+
+    if (c->m_results == NULL)
+        return;
+    snprintf(result, sizeof(result), "%s", err ? err_name(err) : "ok");
+    for (i = 0; result[i]; i++)
+        if (result[i] >= 'A' && result[i] <= 'Z')
+            result[i] = (char)(result[i] - 'A' + 'a');
+    metrics_inc(c->m_results, METRICS_L(p->svc, result));
+    metrics_observe(c->m_latency, METRICS_L(p->svc),
+                    (double)(clock_mono_us() - p->started_us) / 1e6);
+}
+
 /* Ends a request: takes it out of the tables, then calls back. */
 static void
 finish(bus_client_t *c, struct pending *p, int err, const char *text,
        const envelope_t *reply)
 {
+    count_outcome(c, p, err);
     zhashx_delete(c->pending, p->id);
     if (p->payload)
         unsent_remove(c, p);
@@ -268,6 +305,8 @@ pending_start(bus_client_t *c, envelope_t **req_p, bus_reply_fn *fn,
     p->fn = fn;
     p->arg = arg;
     p->deadline_us = envelope_deadline(req);
+    p->started_us = clock_mono_us();
+    snprintf(p->svc, sizeof(p->svc), "%s", service);
     zhashx_insert(c->pending, p->id, p);
     if (c->unsent_head == NULL &&
         send_request(c, service, p->id, envelope_trace(req), payload, len) ==

@@ -31,6 +31,7 @@ struct link {
     void *sock;
     unsigned gen; /* bumped at every reconnect */
     int64_t last_heard;
+    bool heard; /* the broker spoke since we last registered */
 };
 
 struct bus_worker {
@@ -53,6 +54,7 @@ struct bus_request {
     char *client_id; /* the client's ROUTER identity, in hex */
     char *reqid;
     envelope_t *env;
+    int64_t received_us;
 };
 
 static int worker_on_readable(loop_t *loop, void *zsocket, void *arg);
@@ -114,6 +116,7 @@ link_open(bus_worker_t *w, struct link *l)
     }
     l->gen++;
     l->last_heard = clock_mono_ms();
+    l->heard = false;
     link_ready(w, l);
     return 0;
 }
@@ -248,6 +251,7 @@ take_request(bus_worker_t *w, struct link *l, const struct hdr *h,
     req->client_id = xstrdup(h->f[2]);
     req->reqid = xstrdup(h->f[3]);
     req->env = env;
+    req->received_us = clock_mono_us();
     w->inflight++;
     /* A request whose caller has given up is never acted on: the caller
      * already told its client to retry, and acting now would do the work
@@ -275,6 +279,7 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
     if (n <= 0)
         return 0;
     l->last_heard = clock_mono_ms();
+    l->heard = true;
     if (n > 2 || hdr_parse(&f[0], &h) < 2 || !hdr_is(&h, 0, PROTO_WORKER)) {
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
                  n);
@@ -380,4 +385,23 @@ int
 bus_worker_inflight(const bus_worker_t *w)
 {
     return w->inflight;
+}
+
+int
+bus_worker_brokers(const bus_worker_t *w)
+{
+    int64_t now = clock_mono_ms();
+    int n = 0;
+
+    for (int i = 0; i < w->nlinks; i++)
+        if (w->links[i].heard && now - w->links[i].last_heard <=
+                                     (int64_t)w->o.heartbeat_ms * w->o.liveness)
+            n++;
+    return n;
+}
+
+int64_t
+bus_request_received_us(const bus_request_t *req)
+{
+    return req->received_us;
 }

@@ -327,7 +327,7 @@ metrics_set(metric_t *g, const char *const *values, double v)
 {
     struct series *s;
 
-    if (g == NULL || g->type != M_GAUGE)
+    if (g == NULL || g->type == M_HISTOGRAM || isnan(v))
         return;
     if ((s = series_get(g, values)) != NULL)
         s->value = v;

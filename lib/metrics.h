@@ -68,8 +68,10 @@ extern const int METRICS_LATENCY_NBOUNDS;
  * value is "". Counters only go up: a negative v is ignored. */
 void metrics_add(metric_t *c, const char *const *values, double v);
 void metrics_inc(metric_t *c, const char *const *values);
-/* Gauges only. */
+/* Sets a gauge, or a counter copied from a source that counts by itself
+ * (CPU time from getrusage()). */
 void metrics_set(metric_t *g, const char *const *values, double v);
+/* Gauges only. */
 void metrics_dec(metric_t *g, const char *const *values);
 /* Histograms only. */
 void metrics_observe(metric_t *h, const char *const *values, double v);
