@@ -312,6 +312,29 @@ broker_endpoints(struct supervisor *sup, struct child *c, int n)
     }
 }
 
+/* Each copy of each actor serves its metrics on a port of its own: with
+ * metrics.listen = HOST:BASE, copy n (from 1) of the kind in slot k of
+ * actor_kinds (bus 0, listener 1, auth 2, guard 3, mailbox 4, queue 5,
+ * relay 6) gets BASE + 10 k + n - 1. A copy past the tenth, a port past
+ * 65535, or BASE 0 gets port 0: the child picks a free one and logs it. */
+static void
+metrics_endpoint(struct supervisor *sup, struct child *c, size_t slot, int n)
+{
+    const char *base = config_str(sup->cfg, "metrics.listen");
+    const char *colon = strrchr(base, ':');
+    long port;
+
+    if (*base == '\0' || colon == NULL)
+        return;
+    port = strtol(colon + 1, NULL, 10);
+    if (port > 0 && n <= 10)
+        port += 10 * (long)slot + n - 1;
+    if (port > 65535 || n > 10)
+        port = 0;
+    c->env[3] = xasprintf("%s=%.*s:%ld", config_env_name("metrics.listen"),
+                          (int)(colon - base), base, port);
+}
+
 /* Builds the child table and checks that every executable exists before
  * anything is started. */
 static void
@@ -348,6 +371,7 @@ build_table(struct supervisor *sup)
             c->argv[2] = xasprintf("%ld", i);
             if (actor_kinds[k].group == G_BUS && copies > 1)
                 broker_endpoints(sup, c, (int)i);
+            metrics_endpoint(sup, c, k, (int)i);
         }
         free(exe);
     }
@@ -378,8 +402,9 @@ child_exec(struct supervisor *sup, struct child *c)
     for (int s = 1; s < NSIG; s++)
         if (s != SIGKILL && s != SIGSTOP)
             signal(s, SIG_DFL);
-    for (int i = 0; i < 4 && c->env[i]; i++)
-        putenv(c->env[i]);
+    for (int i = 0; i < 4; i++)
+        if (c->env[i])
+            putenv(c->env[i]);
     if (c->group == G_REDIS)
         execvp(c->argv[0], c->argv);
     else

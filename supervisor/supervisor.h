@@ -16,7 +16,10 @@
  * supervisors never share a data folder. samotopd is a child subreaper:
  * orphans its children leave are killed at the stop, so no process it
  * started outlives it. With supervisor.bus above 1, broker copy n binds
- * the n-th item of each broker.* list.
+ * the n-th item of each broker.* list. With metrics.listen = HOST:BASE,
+ * each child serves its metrics on a port of its own, BASE + 10 * slot +
+ * copy - 1 (slots: bus 0, listener 1, auth 2, guard 3, mailbox 4, queue 5,
+ * relay 6; see metrics_endpoint() in supervisor.c).
  */
 #ifndef SAMOTOP_SUPERVISOR_H
 #define SAMOTOP_SUPERVISOR_H
