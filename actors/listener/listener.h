@@ -72,4 +72,13 @@ void listener_session_start(listener_t *l, struct role *role, int fd,
 /* Closes every session (at shutdown). */
 void listener_sessions_close_all(listener_t *l);
 
+/* listener_metrics.c: registers the listener's metrics in m (called once
+ * from init), then counts a session opening (+1) or closing (-1), bytes
+ * read, and the code answered to the step what. */
+void listener_metrics_init(metrics_t *m);
+void listener_metrics_session(const char *role, int delta);
+void listener_metrics_bytes(const char *role, size_t n);
+void listener_metrics_answer(const char *role, enum smtp_event_type what,
+                             int code);
+
 #endif

@@ -111,6 +111,7 @@ listener_init(actor_t *a)
     int rc;
 
     raise_nofile();
+    listener_metrics_init(actor_metrics(a));
     l->actor = a;
     l->loop = actor_loop(a);
     l->bus = actor_client(a);

@@ -80,6 +80,7 @@ struct session {
     unsigned pending_notify;
     char *pending_orcpt;
     int messages;
+    enum smtp_event_type asked; /* the step answer() answers, for metrics */
 };
 
 static void session_pump(struct session *s);
@@ -198,6 +199,7 @@ session_close(struct session *s, const char *why)
     else
         zhashx_update(l->per_ip, s->ip, (void *)(count - 1));
     l->sessions--;
+    listener_metrics_session(s->role->name, -1);
     log_info(s->trace, "session_end", "role=%s ip=%s messages=%d why=%s",
              s->role->name, s->ip, s->messages, why);
     if (s->calls == 0)
@@ -319,6 +321,7 @@ call(struct session *s, envelope_t **env_p, enum smtp_event_type what)
 static void
 answer(struct session *s, int code, const char *ecode, const char *text)
 {
+    listener_metrics_answer(s->role->name, s->asked, code);
     smtp_server_reply(s->smtp, code, ecode, text);
 }
 
@@ -584,6 +587,7 @@ on_event(struct session *s, const struct smtp_event *ev)
     envelope_t *env;
     value_t *body;
 
+    s->asked = ev->type;
     switch (ev->type) {
     case SMTP_EV_CONNECT:
         env = request(s, "guard.connect");
@@ -825,6 +829,7 @@ on_io(loop_t *loop, int fd, int events, void *arg)
                 continue; /* after STARTTLS and before the handshake */
             s->in.len += (size_t)n;
             s->in.data[s->in.len] = '\0';
+            listener_metrics_bytes(s->role->name, (size_t)n);
             s->last_active = loop_now_ms(s->l->loop);
             s->in_drained = (size_t)n < want;
             if (s->in_drained)
@@ -903,6 +908,7 @@ listener_session_start(listener_t *l, struct role *role, int fd,
     l->head = s;
     zhashx_update(l->per_ip, ip, (void *)(count + 1));
     l->sessions++;
+    listener_metrics_session(role->name, 1);
     s->idle_timer = loop_timer_add(l->loop, l->idle_ms, on_idle, s);
     s->total_timer = loop_timer_add(l->loop, l->session_ms, on_total, s);
     log_info(s->trace, "session_start", "role=%s ip=%s sessions=%d",
