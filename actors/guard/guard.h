@@ -163,4 +163,9 @@ void guard_on_connect(actor_t *a, bus_request_t **req_p);
 void guard_on_mail(actor_t *a, bus_request_t **req_p);
 void guard_on_rcpt(actor_t *a, bus_request_t **req_p);
 
+/* guard_metrics.c: registers the guard's metrics in m (from init), and
+ * counts the decision reply gives to req (both borrowed). */
+void guard_metrics_init(metrics_t *m);
+void guard_metrics_decision(const envelope_t *req, const envelope_t *reply);
+
 #endif

@@ -179,6 +179,7 @@ job_reply(struct job *j, envelope_t **reply_p)
         return;
     }
     j->answered = true;
+    guard_metrics_decision(job_env(j), *reply_p);
     actor_reply(j->a, &j->req, reply_p);
 }
 
@@ -684,6 +685,7 @@ guard_init(actor_t *a)
     g->msg_per_minute = config_int(cfg, "guard.msg_per_minute");
     g->user_msg_per_minute = config_int(cfg, "guard.user_msg_per_minute");
     g->user_rcpt_per_minute = config_int(cfg, "guard.user_rcpt_per_minute");
+    guard_metrics_init(actor_metrics(a));
     /* Connects in the background and keeps trying: while Redis is away,
      * lookups get 451 and the actor stays on the bus. */
     g->store = store_async_new(actor_loop(a), cfg, GUARD_REDIS_TIMEOUT_MS);
@@ -744,6 +746,7 @@ guard_on_connect(actor_t *a, bus_request_t **req_p)
                        "connections", g->conn_per_minute);
     if (reply == NULL)
         reply = envelope_new_reply(env, 250, "2.0.0", "ok");
+    guard_metrics_decision(env, reply);
     actor_reply(a, req_p, &reply);
 }
 
