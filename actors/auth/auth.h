@@ -165,4 +165,9 @@ int auth_init(actor_t *a);
 void auth_fini(actor_t *a);
 void auth_on_verify(actor_t *a, bus_request_t **req_p);
 
+/* auth_metrics.c: registers auth's metrics in m (from init), and counts
+ * one answer: its code, its reason and the cache's part (hit, miss, off). */
+void auth_metrics_init(metrics_t *m);
+void auth_metrics_verify(int code, const char *reason, const char *cache_use);
+
 #endif

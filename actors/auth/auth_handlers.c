@@ -260,6 +260,10 @@ job_answer(struct job *j, int code, const char *ecode, const char *text,
              : j->cache_hit       ? "hit"
                                   : "miss",
              (long long)(clock_mono_ms() - j->started_ms));
+    auth_metrics_verify(code, reason,
+                        j->au->cache == NULL ? "off"
+                        : j->cache_hit       ? "hit"
+                                             : "miss");
     actor_reply(j->a, &j->req, &reply);
     /* Nothing secret is needed any more. */
     auth_creds_wipe(&j->creds);
@@ -848,6 +852,8 @@ auth_init(actor_t *a)
     int threads = (int)config_int(cfg, "auth.threads");
     int queue = (int)config_int(cfg, "auth.queue");
     long cache_ttl_s, cache_size;
+
+    auth_metrics_init(actor_metrics(a));
 
     au->fail_limit = config_int(cfg, "auth.fail_limit");
     au->fail_window_s = config_int(cfg, "auth.fail_window_s");
