@@ -181,4 +181,11 @@ void relay_conns_close_all(relay_t *r);
 /* Forgets hosts with no connection and no job in line (from the tick). */
 void relay_hosts_sweep(relay_t *r);
 
+/* --- relay_metrics.c ---------------------------------------------------- */
+
+/* Registers the relay's metrics in m (from init; r is borrowed for the
+ * process's life), and counts a finished job's attempts and results. */
+void relay_metrics_init(relay_t *r, metrics_t *m);
+void relay_metrics_job(const struct relay_job *j);
+
 #endif

@@ -32,6 +32,7 @@ relay_init(actor_t *a)
 
     r->actor = a;
     r->loop = actor_loop(a);
+    relay_metrics_init(r, actor_metrics(a));
     snprintf(r->hostname, sizeof(r->hostname), "%s",
              config_str(cfg, "hostname"));
     if (r->hostname[0] == '\0' &&

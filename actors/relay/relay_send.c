@@ -184,6 +184,7 @@ job_finish(struct relay_job *j)
     }
     settle_open(j, j->last_code, j->last_ecode, j->last_text, j->last_mx);
     job_log(j);
+    relay_metrics_job(j);
     if (j->req)
         job_reply(j);
     j->r->jobs_done++;
