@@ -5,9 +5,11 @@
  * whether decisions are answered at once or only after more input, and
  * after how many events the caller closes the session itself (never when
  * 0); byte 1 which decisions are refused; byte 2 seeds the points where
- * the rest is cut into reads. The rest is what the client sends. Events are
- * answered by a fixed policy, STARTTLS is "handshaken" at once (the rest of
- * that read dropped, as the listener does).
+ * the rest is cut into reads, and its top bit runs the engine in LMTP mode
+ * (RFC 2033). The rest is what the client sends. Events are answered by a
+ * fixed policy (in LMTP mode each recipient of a message on its own, in
+ * either order, or all at once), STARTTLS is "handshaken" at once (the
+ * rest of that read dropped, as the listener does).
  *
  * Whatever the bytes, the engine must not crash, leak or grow past its
  * bounds, and:
@@ -19,6 +21,8 @@
  *     before the next MAIL or the end; RCPT and MESSAGE come only inside
  *     such a transaction, MESSAGE only after an accepted RCPT;
  *   - a DATA message is all CRLF lines, never over max_message;
+ *   - in LMTP mode a message lists exactly the recipients accepted, in
+ *     SMTP mode none;
  *   - nothing comes after QUIT or CLOSE.
  */
 #include <stdint.h>
@@ -45,6 +49,7 @@ struct fz {
     int rcpts;  /* recipients accepted in it */
     bool ended; /* QUIT or CLOSE seen */
     bool tls;   /* STARTTLS seen: drop the rest of the read */
+    bool lmtp;  /* the engine speaks LMTP */
     const struct smtp_event *pending;
 };
 
@@ -128,7 +133,19 @@ answer(struct fz *f, const struct smtp_event *ev)
         smtp_server_reply(f->srv, code, "2.1.5", NULL);
         break;
     case SMTP_EV_MESSAGE:
-        smtp_server_reply(f->srv, no ? 554 : 250, NULL, "queued as FUZZ");
+        if (!f->lmtp || (no && f->ndec % 5 == 0)) {
+            smtp_server_reply(f->srv, no ? 554 : 250, NULL, "queued as FUZZ");
+            break;
+        }
+        /* RFC 2033 4.2: each recipient answered on its own, forwards or
+         * backwards; now and then a 421 among them. */
+        for (int k = 0; k < ev->message.nrcpts; k++) {
+            int i = f->ndec & 1 ? ev->message.nrcpts - 1 - k : k;
+            unsigned pick = (f->ndec + (unsigned)i) % 23;
+
+            code = pick == 0 && no ? 421 : pick % 3 == 0 ? 452 : 250;
+            smtp_server_reply_rcpt(f->srv, i, code, "4.2.2", "per rcpt");
+        }
         break;
     case SMTP_EV_AUTH:
         if (ev->auth.round < 2 && (f->ndec & 1) &&
@@ -150,7 +167,7 @@ check_event(struct fz *f, const struct smtp_event *ev)
 
     if (f->ended)
         fail("event after QUIT or CLOSE", NULL);
-    if (strstr(with, "SMTP") == NULL ||
+    if (strstr(with, f->lmtp ? "LMTP" : "SMTP") == NULL ||
         (smtp_server_authenticated(f->srv) != (with[strlen(with) - 1] == 'A')))
         fail("with keyword", with);
     if (helo && strlen(helo) > 255)
@@ -184,6 +201,13 @@ check_event(struct fz *f, const struct smtp_event *ev)
             fail("MESSAGE without a transaction and a recipient", NULL);
         if (ev->message.len > MAX_MESSAGE)
             fail("MESSAGE over max_message", NULL);
+        if (f->lmtp ? ev->message.nrcpts != f->rcpts ||
+                          ev->message.rcpts == NULL
+                    : ev->message.nrcpts != 0 || ev->message.rcpts != NULL)
+            fail("MESSAGE recipients", NULL);
+        for (int i = 0; i < ev->message.nrcpts; i++)
+            if (ev->message.rcpts[i] == NULL || ev->message.rcpts[i][0] == 0)
+                fail("MESSAGE recipient empty", NULL);
         if (!ev->message.bdat) {
             const char *d = ev->message.data;
             size_t n = ev->message.len;
@@ -310,6 +334,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.delay = data[0] & 4;
     f.close_at = data[0] >> 3;
     f.reject = data[1];
+    f.lmtp = o.lmtp = data[2] & 0x80;
     seed = (uint32_t)data[2] * 2654435761u | 1;
     f.srv = smtp_server_new(&o);
     drain(&f);

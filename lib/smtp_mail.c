@@ -137,7 +137,8 @@ smtp_mail_from(smtp_server_t *srv, char *arg)
     int rc;
 
     if (srv->helo == NULL) {
-        smtp_server_refuse(srv, 503, "5.5.1", "Error: send HELO/EHLO first");
+        smtp_server_refuse(srv, 503, "5.5.1", "Error: send %s first",
+                           srv->lmtp ? "LHLO" : "HELO/EHLO");
         return;
     }
     if (srv->trans) {
@@ -407,8 +408,10 @@ smtp_mail_data(smtp_server_t *srv, char *arg)
         /* RFC 3030 2: never both in one transaction. */
         smtp_server_refuse(srv, 503, "5.5.1", "Error: DATA after BDAT");
     } else if (srv->nrcpts == 0) {
-        /* RFC 2920 3.1: the RCPTs may all have failed in the pipeline. */
-        smtp_server_refuse(srv, 554, "5.5.1", "Error: no valid recipients");
+        /* RFC 2920 3.1: the RCPTs may all have failed in the pipeline;
+         * RFC 2033 4.2: 503 in LMTP. */
+        smtp_server_refuse(srv, srv->lmtp ? 503 : 554, "5.5.1",
+                           "Error: no valid recipients");
     } else {
         smtp_server_replyf(srv, 354, NULL, "End data with <CR><LF>.<CR><LF>");
         srv->st = ST_DATA;
@@ -452,7 +455,7 @@ smtp_mail_bdat(smtp_server_t *srv, char *arg)
         srv->bdat_ecode = "5.5.1";
         srv->bdat_text = "Error: need MAIL command";
     } else if (srv->nrcpts == 0) {
-        srv->bdat_code = 554;
+        srv->bdat_code = srv->lmtp ? 503 : 554; /* RFC 2033 4.2 */
         srv->bdat_ecode = "5.5.1";
         srv->bdat_text = "Error: no valid recipients";
     } else {
@@ -635,16 +638,16 @@ message_end(smtp_server_t *srv, bool bdat)
     srv->st = ST_CMD;
     if (srv->over) {
         /* RFC 1870 6.3; not a protocol error of the client. */
-        smtp_server_replyf(srv, 552, "5.3.4",
-                           "Message size exceeds fixed maximum message size");
+        smtp_server_data_reply(srv, 552, "5.3.4", "Message size exceeds "
+                               "fixed maximum message size");
         smtp_server_reset_txn(srv);
         return;
     }
     if (srv->too_long) {
-        smtp_server_replyf(srv, 554, "5.6.0",
-                           "Message has a line longer than %zu octets "
-                           "(RFC 5321 4.5.3.1.6)",
-                           srv->max_text_line);
+        smtp_server_data_reply(srv, 554, "5.6.0",
+                               "Message has a line longer than %zu octets "
+                               "(RFC 5321 4.5.3.1.6)",
+                               srv->max_text_line);
         smtp_server_reset_txn(srv);
         return;
     }
@@ -652,6 +655,13 @@ message_end(smtp_server_t *srv, bool bdat)
     ev->message.data = srv->msg ? srv->msg : "";
     ev->message.len = srv->msg_len;
     ev->message.bdat = bdat;
+    if (srv->lmtp) {
+        /* RFC 2033 4.2: an answer per recipient, collected here. */
+        srv->ans = xcalloc((size_t)srv->nrcpts, sizeof(*srv->ans));
+        srv->nanswered = 0;
+        ev->message.rcpts = (const char *const *)srv->rcpt;
+        ev->message.nrcpts = srv->nrcpts;
+    }
     smtp_server_decide(srv, SMTP_EV_MESSAGE);
 }
 
@@ -673,9 +683,14 @@ smtp_mail_bdat_feed(smtp_server_t *srv)
         return n > 0;
     srv->st = ST_CMD;
     if (srv->bdat_code) {
-        /* RFC 3030 2: after a refused chunk the transaction is over. */
-        smtp_server_replyf(srv, srv->bdat_code, srv->bdat_ecode, "%s",
-                           srv->bdat_text);
+        /* RFC 3030 2: after a refused chunk the transaction is over. The
+         * last chunk's refusal is the data's, once per LMTP recipient. */
+        if (srv->bdat_last)
+            smtp_server_data_reply(srv, srv->bdat_code, srv->bdat_ecode,
+                                   "%s", srv->bdat_text);
+        else
+            smtp_server_replyf(srv, srv->bdat_code, srv->bdat_ecode, "%s",
+                               srv->bdat_text);
         smtp_server_reset_txn(srv);
         if (srv->bdat_code != 552)
             smtp_server_count_error(srv);

@@ -130,6 +130,21 @@ smtp_server_replyf(smtp_server_t *srv, int code, const char *ecode,
 }
 
 void
+smtp_server_data_reply(smtp_server_t *srv, int code, const char *ecode,
+                       const char *fmt, ...)
+{
+    char text[REPLY_LINE_MAX];
+    va_list ap;
+    int n = srv->lmtp && srv->nrcpts > 0 ? srv->nrcpts : 1;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    for (int i = 0; i < n; i++)
+        smtp_server_put_reply(srv, code, ecode, text);
+}
+
+void
 smtp_server_news(smtp_server_t *srv, enum smtp_event_type type)
 {
     if (srv->nnews == NEWS_MAX)
@@ -172,6 +187,20 @@ smtp_server_refuse(smtp_server_t *srv, int code, const char *ecode,
     smtp_server_count_error(srv);
 }
 
+/* Forgets the LMTP recipients and their answers. */
+static void
+lmtp_clear(smtp_server_t *srv)
+{
+    for (int i = 0; i < srv->nrcpts && srv->lmtp; i++) {
+        free(srv->rcpt[i]);
+        if (srv->ans)
+            free(srv->ans[i].text);
+    }
+    free(srv->ans);
+    srv->ans = NULL;
+    srv->nanswered = 0;
+}
+
 /* Drops the transaction (RFC 5321 4.1.1.5 and the other places that reset
  * it) and tells the caller, who accepted its MAIL. */
 void
@@ -180,6 +209,12 @@ smtp_server_reset_txn(smtp_server_t *srv)
     if (srv->trans)
         smtp_server_news(srv, SMTP_EV_RESET);
     srv->trans = srv->trans_utf8 = srv->bdat_used = false;
+    lmtp_clear(srv);
+    if (srv->rcpt_cap > 8) {
+        free(srv->rcpt);
+        srv->rcpt = NULL;
+        srv->rcpt_cap = 0;
+    }
     srv->nrcpts = 0;
     srv->msg_hint = 0;
     smtp_mail_clear(srv);
@@ -279,13 +314,14 @@ helo_name_ok(const char *s)
     return smtp_utf8_valid(s, n);
 }
 
-/* EHLO / HELO (RFC 5321 4.1.1.1): resets the transaction (4.1.4). */
+/* EHLO / HELO (RFC 5321 4.1.1.1), LHLO (RFC 2033 4.1, answered as EHLO):
+ * resets the transaction (4.1.4). */
 static void
 cmd_helo(smtp_server_t *srv, char *arg, bool esmtp)
 {
     if (!helo_name_ok(arg)) {
         smtp_server_refuse(srv, 501, "5.5.4", "Syntax: %s hostname",
-                           esmtp ? "EHLO" : "HELO");
+                           srv->lmtp ? "LHLO" : esmtp ? "EHLO" : "HELO");
         return;
     }
     smtp_server_reset_txn(srv);
@@ -332,6 +368,7 @@ struct verb {
 enum {
     V_HELO,
     V_EHLO,
+    V_LHLO,
     V_MAIL,
     V_RCPT,
     V_DATA,
@@ -351,6 +388,7 @@ enum {
 static const struct verb verbs[] = {
     {"HELO", V_HELO},
     {"EHLO", V_EHLO},
+    {"LHLO", V_LHLO},
     {"MAIL", V_MAIL},
     {"RCPT", V_RCPT},
     {"DATA", V_DATA},
@@ -412,7 +450,21 @@ command(smtp_server_t *srv, char *line, size_t len)
     switch (id) {
     case V_HELO:
     case V_EHLO:
+        if (srv->lmtp) {
+            /* RFC 2033 4.1: an LMTP server must not accept them. */
+            smtp_server_refuse(srv, 500, "5.5.1",
+                               "Error: this is LMTP, say LHLO");
+            break;
+        }
         cmd_helo(srv, arg, id == V_EHLO);
+        break;
+    case V_LHLO:
+        if (!srv->lmtp) {
+            smtp_server_refuse(srv, 500, "5.5.2",
+                               "Error: command not recognized");
+            break;
+        }
+        cmd_helo(srv, arg, true);
         break;
     case V_MAIL:
         smtp_mail_from(srv, arg);
@@ -464,9 +516,9 @@ command(smtp_server_t *srv, char *line, size_t len)
         smtp_server_refuse(srv, 502, "5.5.1", "Error: EXPN not supported");
         break;
     case V_HELP:
-        smtp_server_replyf(srv, 214, "2.0.0",
-                           "Commands: EHLO HELO MAIL RCPT DATA BDAT "
-                           "RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
+        smtp_server_replyf(srv, 214, "2.0.0", "Commands: %s MAIL RCPT DATA "
+                           "BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+                           srv->lmtp ? "LHLO" : "EHLO HELO");
         break;
     case V_STARTTLS:
         cmd_starttls(srv, arg);
@@ -599,6 +651,10 @@ smtp_server_new(const struct smtp_server_opts *o)
     srv->tls = o->tls_active;
     srv->auth_needs_tls = o->auth_needs_tls;
     srv->mail_needs_auth = o->mail_needs_auth;
+    srv->lmtp = o->lmtp;
+    if (srv->lmtp)
+        /* RFC 2033 4.1: both must be offered. */
+        srv->ext |= SMTP_EXT_PIPELINING | SMTP_EXT_ENHANCEDSTATUSCODES;
 
     longest = srv->max_line;
     if (longest < SMTP_AUTH_LINE_MAX + 2)
@@ -622,6 +678,8 @@ smtp_server_destroy(smtp_server_t **srv_p)
     if (srv == NULL)
         return;
     smtp_auth_clear(srv);
+    lmtp_clear(srv);
+    free(srv->rcpt);
     free(srv->hostname);
     free(srv->auth_mechs);
     free(srv->in);
@@ -796,10 +854,27 @@ smtp_server_reply(smtp_server_t *srv, int code, const char *ecode,
         }
         break;
     case SMTP_EV_RCPT:
-        if (code / 100 == 2)
+        if (code / 100 == 2) {
+            if (srv->lmtp) {
+                if (srv->nrcpts == srv->rcpt_cap) {
+                    srv->rcpt_cap = srv->rcpt_cap ? srv->rcpt_cap * 2 : 8;
+                    srv->rcpt = xrealloc(srv->rcpt, (size_t)srv->rcpt_cap *
+                                                        sizeof(*srv->rcpt));
+                }
+                srv->rcpt[srv->nrcpts] = xstrdup(srv->dec.rcpt.to);
+            }
             srv->nrcpts++;
+        }
         break;
     case SMTP_EV_MESSAGE:
+        if (srv->lmtp) {
+            /* Every recipient not answered yet gets this answer. */
+            srv->pending = SMTP_EV_MESSAGE;
+            for (int i = 0; i < srv->nrcpts; i++)
+                if (srv->ans[i].code == 0)
+                    smtp_server_reply_rcpt(srv, i, code, ecode, text);
+            return;
+        }
         break;
     default:
         panic("pending event is not a decision");
@@ -815,6 +890,44 @@ smtp_server_reply(smtp_server_t *srv, int code, const char *ecode,
         srv->st = ST_DONE;
     } else if (code / 100 == 5 && what != SMTP_EV_MESSAGE) {
         smtp_server_count_error(srv);
+    }
+}
+
+void
+smtp_server_reply_rcpt(smtp_server_t *srv, int i, int code, const char *ecode,
+                       const char *text)
+{
+    struct lmtp_answer *a;
+    bool close = false;
+
+    if (srv->pending != SMTP_EV_MESSAGE || !srv->lmtp || srv->ans == NULL)
+        panic("smtp_server_reply_rcpt() with no LMTP message pending");
+    if (i < 0 || i >= srv->nrcpts || srv->ans[i].code != 0)
+        panic("smtp_server_reply_rcpt() for a bad recipient");
+    if (code < 200 || code > 599 || code / 100 == 3)
+        panic("smtp_server_reply_rcpt() with a bad code");
+    a = &srv->ans[i];
+    a->code = code;
+    if (ecode_valid(ecode, code))
+        snprintf(a->ecode, sizeof(a->ecode), "%s", ecode);
+    else
+        snprintf(a->ecode, sizeof(a->ecode), "%d.0.0", code / 100);
+    a->text = xstrdup(text && *text ? text : default_text(code));
+    if (++srv->nanswered < srv->nrcpts)
+        return;
+    /* RFC 2033 4.2: one reply per recipient, in the order of the RCPTs. */
+    srv->pending = SMTP_EV_NONE;
+    srv->dec_ready = false;
+    for (int k = 0; k < srv->nrcpts; k++) {
+        smtp_server_put_reply(srv, srv->ans[k].code, srv->ans[k].ecode,
+                              srv->ans[k].text);
+        close |= srv->ans[k].code == 421;
+    }
+    /* RFC 5321 4.1.1.4: the buffers are cleared, whatever the answers. */
+    smtp_server_reset_txn(srv);
+    if (close) {
+        smtp_server_news(srv, SMTP_EV_CLOSE);
+        srv->st = ST_DONE;
     }
 }
 
@@ -894,6 +1007,14 @@ smtp_server_with(const smtp_server_t *srv)
         {"ESMTP", "ESMTPA", "ESMTPS", "ESMTPSA"},
         {"UTF8SMTP", "UTF8SMTPA", "UTF8SMTPS", "UTF8SMTPSA"},
     };
+    static const char *const lmtp[2][4] = {
+        {"LMTP", "LMTPA", "LMTPS", "LMTPSA"},
+        {"UTF8LMTP", "UTF8LMTPA", "UTF8LMTPS", "UTF8LMTPSA"},
+    };
+
+    if (srv->lmtp)
+        return lmtp[srv->trans_utf8][(srv->tls ? 2 : 0) +
+                                     (srv->authed ? 1 : 0)];
 
     /* AUTH needs EHLO (RFC 4954 3), so a session that authenticated is
      * ESMTPA even when the client said HELO afterwards. */

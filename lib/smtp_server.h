@@ -27,7 +27,17 @@
  *
  * Memory is bounded by the options: about max_message plus a few command
  * lines (AUTH lines: SMTP_AUTH_LINE_MAX) plus SMTP_OUTPUT_MAX of queued
- * replies, whatever the client sends.
+ * replies, whatever the client sends (in LMTP mode, plus the accepted
+ * recipients' addresses and replies: max_rcpts of each).
+ *
+ * LMTP (RFC 2033), with opts.lmtp: the same engine and events, but the
+ * client says LHLO (HELO and EHLO get 500 5.5.1, 4.1), PIPELINING and
+ * ENHANCEDSTATUSCODES are always offered (4.1), and the end of the data
+ * (DATA's or BDAT LAST's) gets one reply per accepted RCPT, in RCPT order
+ * (4.2): SMTP_EV_MESSAGE lists the recipients, and the caller answers each
+ * with smtp_server_reply_rcpt(), in any order; the replies go out once all
+ * are given. smtp_server_reply() to it answers every recipient not yet
+ * answered alike.
  */
 #ifndef SAMOTOP_SMTP_SERVER_H
 #define SAMOTOP_SMTP_SERVER_H
@@ -83,6 +93,7 @@ struct smtp_server_opts {
     bool tls_active;        /* already under TLS (implicit TLS, port 465) */
     bool auth_needs_tls;    /* AUTH offered only under TLS (RFC 4954 4) */
     bool mail_needs_auth;   /* MAIL before AUTH: 530 5.7.0 (MSA, RFC 6409) */
+    bool lmtp;              /* speak LMTP (RFC 2033), see above */
 };
 
 enum smtp_event_type {
@@ -95,7 +106,8 @@ enum smtp_event_type {
     SMTP_EV_MAIL,    /* MAIL FROM, well-formed: 250 2.1.0 or a refusal */
     SMTP_EV_RCPT,    /* RCPT TO, well-formed: 250 2.1.5 or a refusal */
     SMTP_EV_MESSAGE, /* the whole message (DATA's end or BDAT LAST): 250
-                        2.0.0 ending with the trace id, or a refusal.
+                        2.0.0 ending with the trace id, or a refusal; in
+                        LMTP mode one such answer per recipient.
                         Not given for one the engine refused itself:
                         over max_message (552 5.3.4, RFC 1870) or with a
                         DATA line over max_text_line (554 5.6.0) */
@@ -103,7 +115,8 @@ enum smtp_event_type {
                         535 5.7.8, 454 4.7.0, or 334 for another round
                         of a mechanism the engine does not run */
     /* News: no reply. */
-    SMTP_EV_HELO,     /* EHLO or HELO taken (the engine answered 250) */
+    SMTP_EV_HELO,     /* EHLO, HELO or LHLO taken (the engine answered
+                         250) */
     SMTP_EV_RESET,    /* the transaction the caller accepted with MAIL is
                          over (message answered or refused, RSET,
                          EHLO/HELO, a failed BDAT, QUIT, close): forget
@@ -172,6 +185,10 @@ struct smtp_event {
             const char *data;
             size_t len;
             bool bdat; /* came by BDAT (RFC 3030) */
+            /* LMTP mode: the recipients accepted (the rcpt.to of each
+             * RCPT answered 2xx), in RCPT order; NULL and 0 otherwise. */
+            const char *const *rcpts;
+            int nrcpts;
         } message;
         struct {
             const char *mech; /* upper case, e.g. "PLAIN" */
@@ -224,6 +241,18 @@ const struct smtp_event *smtp_server_next(smtp_server_t *srv);
 void smtp_server_reply(smtp_server_t *srv, int code, const char *ecode,
                        const char *text);
 
+/*
+ * LMTP mode: answers recipient i (0 .. message.nrcpts - 1) of the pending
+ * SMTP_EV_MESSAGE, with code, ecode and text as smtp_server_reply() takes
+ * them (RFC 2033 4.2). Once every recipient has its answer, the replies
+ * are queued in RCPT order and the transaction ends; a 421 among them
+ * then closes the session. Answering with no MESSAGE pending, outside
+ * LMTP mode, an i out of range or one already answered aborts: a caller
+ * bug.
+ */
+void smtp_server_reply_rcpt(smtp_server_t *srv, int i, int code,
+                            const char *ecode, const char *text);
+
 /* The bytes queued for the client (borrowed; *len 0 when none). */
 const char *smtp_server_output(const smtp_server_t *srv, size_t *len);
 
@@ -245,7 +274,8 @@ void smtp_server_tls_started(smtp_server_t *srv);
  */
 void smtp_server_close(smtp_server_t *srv, const char *ecode, const char *text);
 
-/* The EHLO/HELO name given, or NULL before one (and after STARTTLS). */
+/* The EHLO/HELO/LHLO name given, or NULL before one (and after
+ * STARTTLS). */
 const char *smtp_server_helo(const smtp_server_t *srv);
 
 /* Whether the session runs under TLS (opts.tls_active or STARTTLS). */
@@ -262,7 +292,8 @@ bool smtp_server_done(const smtp_server_t *srv);
  * The "with" keyword for a Received header of the current transaction:
  * SMTP (HELO, unless authenticated), ESMTP, ESMTPA, ESMTPS, ESMTPSA (RFC
  * 3848), or UTF8SMTP, UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA when MAIL carried
- * SMTPUTF8 (RFC 6531 3.7.3). Static string.
+ * SMTPUTF8 (RFC 6531 3.7.3); in LMTP mode LMTP, LMTPA, LMTPS, LMTPSA
+ * and UTF8LMTP... alike. Static string.
  */
 const char *smtp_server_with(const smtp_server_t *srv);
 

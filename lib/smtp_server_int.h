@@ -50,13 +50,20 @@ enum smtp_dstate {
 
 enum smtp_mech { MECH_PLAIN, MECH_LOGIN, MECH_OTHER };
 
+/* One LMTP recipient's answer to the message, until all are in. */
+struct lmtp_answer {
+    int code; /* 0: not answered yet */
+    char ecode[12];
+    char *text;
+};
+
 struct smtp_server {
     /* Options, defaults filled in; the strings are ours. */
     char *hostname, *auth_mechs;
     size_t max_line, max_text_line, max_message;
     int max_rcpts, max_errors;
     unsigned ext;
-    bool auth_needs_tls, mail_needs_auth;
+    bool auth_needs_tls, mail_needs_auth, lmtp;
 
     enum smtp_state st;
     enum smtp_event_type pending; /* the decision awaited, or NONE */
@@ -83,6 +90,12 @@ struct smtp_server {
     /* Transaction: MAIL accepted (RFC 5321 4.1.4). */
     bool trans, trans_utf8, bdat_used;
     int nrcpts;
+    /* LMTP: the accepted recipients (rcpt[0..nrcpts)), and once the
+     * message is handed out, each one's answer (RFC 2033 4.2). */
+    char **rcpt;
+    int rcpt_cap;
+    struct lmtp_answer *ans;
+    int nanswered;
 
     /* The command line being handled; the decision's strings point in.
      * It grows for a long line (an AUTH line: up to line_max). */
@@ -135,6 +148,11 @@ bool smtp_server_offered(const smtp_server_t *srv, unsigned ext);
 bool smtp_server_auth_offered(const smtp_server_t *srv);
 /* Drops n parsed bytes of input. */
 void smtp_server_consume(smtp_server_t *srv, size_t n);
+/* Queues a reply to the end of the data: once, or in LMTP mode once per
+ * accepted recipient (RFC 2033 4.2). */
+void smtp_server_data_reply(smtp_server_t *srv, int code, const char *ecode,
+                            const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* smtp_mail.c */
 
