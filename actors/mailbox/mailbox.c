@@ -44,6 +44,11 @@ mailbox_init(actor_t *a)
     }
     mb->quota = mailbox_quota_new(actor_loop(a), cfg);
     actor_set_data(a, mb);
+    mb->imap = mailbox_imap_start(mb);
+    if (mb->imap == NULL) {
+        mailbox_fini(a);
+        return ERR_SYS;
+    }
     return 0;
 }
 
@@ -54,6 +59,8 @@ mailbox_fini(actor_t *a)
 
     if (mb == NULL)
         return;
+    /* IMAP sessions say BYE and go first: they use the quota. */
+    mailbox_imap_stop(&mb->imap);
     /* The loop has stopped; the requests parked are stored and answered
      * before the bus worker goes. */
     /* Messages still waiting for their quota lookup are parked unchecked

@@ -12,6 +12,7 @@
 
 #include "actor.h"
 
+#include "mailbox_imap.h"
 #include "mailbox_quota.h"
 #include "maildir.h"
 
@@ -48,6 +49,7 @@ struct mailbox {
     /* Each account's quota and usage (mailbox_quota.h); IMAP charges and
      * credits through it too. */
     mailbox_quota_t *quota;
+    mbimap_t *imap; /* the IMAP doors and sessions (mailbox_imap.h) */
     uint64_t delivered, deferred, refused, bad_requests;
     uint64_t commits, committed; /* group commits, requests in them */
 };

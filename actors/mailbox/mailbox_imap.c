@@ -1,0 +1,838 @@
+/*
+ * mailbox_imap.c - the IMAP doors and sessions: listening sockets, the
+ * socket of each session (plain, STARTTLS or implicit TLS), the engine
+ * loop, the autologout timer and the logins checked by the auth actor.
+ *
+ * imap_sess_pump() is the heart, as in the listener's SMTP sessions: it
+ * feeds what was read into the engine, handles its events until one waits
+ * for another actor (LOGIN) or a long answer fills the output (FETCH), sends
+ * what the engine queued, and decides whether to read, write, shake hands
+ * or close.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/net.h"
+#include "lib/xalloc.h"
+
+#include "mailbox_imap_int.h"
+
+/* What a session keeps read but not yet taken by the engine, at most. */
+#define IN_MAX 16384
+#define IN_READ_MIN 4096
+/* auth.verify may take its time on purpose: the auth actor delays each
+ * failure (schemas/auth.verify.json asks for 10 s or more). */
+#define AUTH_TIMEOUT_MS 15000
+/* How long accepting stays paused after running out of descriptors. */
+#define ACCEPT_RETRY_MS 100
+
+static void sess_free(struct isess *s);
+static void on_io(loop_t *loop, int fd, int events, void *arg);
+
+/* --- input and output ---------------------------------------------------- */
+
+static size_t
+in_pending(const struct isess *s)
+{
+    return s->in.len - s->in_off;
+}
+
+/* Room at the end of s->in for the next read (see listener_session.c). */
+static size_t
+in_space(struct isess *s)
+{
+    size_t pending = in_pending(s), want = IN_MAX - pending;
+
+    if (want > s->in_read)
+        want = s->in_read;
+    if (s->in_off > 0 && s->in.cap - s->in.len - 1 < want) {
+        memmove(s->in.data, s->in.data + s->in_off, pending);
+        s->in.len = pending;
+        s->in_off = 0;
+    }
+    buf_reserve(&s->in, want);
+    return want;
+}
+
+static void
+watch(struct isess *s, int events)
+{
+    if (s->dead || events == s->watching)
+        return;
+    s->watching = events;
+    loop_fd_mod(s->im->loop, s->fd, events);
+}
+
+static ssize_t
+sock_read(struct isess *s, void *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->tls_state == ITLS_UP)
+        return tls_read(s->tls, buf, len);
+    n = read(s->fd, buf, len);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? TLS_WANT_READ : ERR_SYS;
+    return n;
+}
+
+static ssize_t
+sock_write(struct isess *s, const void *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->tls_state == ITLS_UP)
+        return tls_write(s->tls, buf, len);
+    n = send(s->fd, buf, len, MSG_NOSIGNAL);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? TLS_WANT_WRITE : ERR_SYS;
+    return n;
+}
+
+size_t
+imap_sess_out_len(const struct isess *s)
+{
+    size_t len;
+
+    imap_server_output(s->srv, &len);
+    return len;
+}
+
+/* Sends what the engine queued: 1 when all of it went, 0 when the socket
+ * is full, -1 when the connection is gone. */
+static int
+flush(struct isess *s)
+{
+    for (;;) {
+        size_t len;
+        const char *out = imap_server_output(s->srv, &len);
+        ssize_t n;
+
+        if (len == 0)
+            return 1;
+        n = sock_write(s, out, len);
+        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
+            return 0;
+        if (n <= 0)
+            return -1;
+        imap_server_output_done(s->srv, (size_t)n);
+    }
+}
+
+/* --- life and death ------------------------------------------------------ */
+
+static void
+sess_close(struct isess *s, const char *why)
+{
+    mbimap_t *im = s->im;
+    intptr_t count;
+
+    if (s->dead)
+        return;
+    s->dead = true;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        im->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->tls && s->tls_state == ITLS_UP)
+        tls_shutdown(s->tls);
+    loop_fd_del(im->loop, s->fd);
+    close(s->fd);
+    if (im->accept_paused) {
+        loop_timer_cancel(im->loop, &im->accept_timer);
+        for (int i = 0; i < im->ndoors; i++)
+            loop_fd_mod(im->loop, im->doors[i].fd, LOOP_READ);
+        im->accept_paused = false;
+    }
+    loop_timer_cancel(im->loop, &s->idle_timer);
+    if (s->quota_wait) {
+        /* Its callback will never come: the call is over now. */
+        mailbox_quota_cancel(im->quota, s);
+        s->quota_wait = false;
+        s->calls--;
+    }
+    imap_cmd_unselect(s);
+    mstore_destroy(&s->ms);
+    count = (intptr_t)zhashx_lookup(im->per_ip, s->ip);
+    if (count <= 1)
+        zhashx_delete(im->per_ip, s->ip);
+    else
+        zhashx_update(im->per_ip, s->ip, (void *)(count - 1));
+    im->sessions--;
+    log_info(s->trace, "imap_session_end",
+             "door=%s ip=%s user=%s commands=%llu why=%s", s->door->name,
+             s->ip, s->user ? log_q(s->user) : "-",
+             (unsigned long long)s->commands, why);
+    if (s->calls == 0)
+        sess_free(s);
+}
+
+/* Forgets the work under way (the session ends before it does). */
+static void
+drop_work(struct isess *s)
+{
+    if (s->work_free && s->work_arg)
+        s->work_free(s->work_arg);
+    s->work = NULL;
+    s->work_free = NULL;
+    s->work_arg = NULL;
+}
+
+static void
+sess_free(struct isess *s)
+{
+    drop_work(s);
+    imap_server_destroy(&s->srv);
+    tls_conn_destroy(&s->tls);
+    buf_free(&s->in);
+    free(s->user);
+    free(s);
+}
+
+void
+imap_sess_call_begin(struct isess *s)
+{
+    s->calls++;
+}
+
+bool
+imap_sess_call_end(struct isess *s)
+{
+    s->calls--;
+    if (s->dead) {
+        if (s->calls == 0)
+            sess_free(s);
+        return false;
+    }
+    return true;
+}
+
+void
+imap_sess_complete(struct isess *s, enum imap_status st, const char *code,
+                   const char *text)
+{
+    s->work = NULL;
+    s->work_free = NULL;
+    s->work_arg = NULL;
+    s->cmd = NULL;
+    imap_server_complete(s->srv, st, code, text);
+}
+
+/* --- logins -------------------------------------------------------------- */
+
+static void
+on_auth_reply(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct isess *s = arg;
+    const char *user;
+
+    if (!imap_sess_call_end(s))
+        return;
+    if (err != 0 || reply == NULL) {
+        log_warn(s->trace, "bus_call_failed", "type=auth.verify err=%s "
+                 "text=%s", err_name(err), log_q(text));
+        /* RFC 5530 3: UNAVAILABLE, a temporary failure. */
+        imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
+                           "Authentication temporarily unavailable");
+    } else if (envelope_code(reply) == 235 &&
+               (user = envelope_get_str(reply, ENV_KEY_USER)) != NULL) {
+        char why[256];
+
+        free(s->user);
+        s->user = xstrdup(user);
+        for (char *p = s->user; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        s->ms = mstore_open(config_str(actor_config(s->im->actor), "data"),
+                            s->user, &s->im->limits, why, sizeof(why));
+        if (s->ms == NULL) {
+            log_err(s->trace, "imap_store_unusable", "user=%s reason=%s",
+                    log_q(s->user), log_q(why));
+            free(s->user);
+            s->user = NULL;
+            imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
+                               "Mailbox temporarily unavailable");
+            imap_sess_pump(s);
+            return;
+        }
+        mstore_set_trace(s->ms, s->trace);
+        s->im->logins++;
+        log_info(s->trace, "imap_login", "user=%s door=%s ip=%s tls=%s",
+                 log_q(s->user), s->door->name, s->ip,
+                 imap_server_tls(s->srv) ? "yes" : "no");
+        imap_sess_complete(s, IMAP_OK, NULL, "Logged in");
+    } else {
+        int code = envelope_code(reply);
+
+        s->im->login_failures++;
+        log_info(s->trace, "imap_login_failed", "ip=%s code=%d", s->ip, code);
+        if (code / 100 == 4)
+            imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
+                               "Authentication temporarily unavailable, "
+                               "try again later");
+        else
+            imap_sess_complete(s, IMAP_NO, "AUTHENTICATIONFAILED",
+                               "Authentication failed");
+    }
+    imap_sess_pump(s);
+}
+
+/* AUTHENTICATE PLAIN goes to the auth actor as the client's response,
+ * encoded again (RFC 4616 2: authzid NUL authcid NUL passwd), so that the
+ * auth actor alone decides about an authzid. The buffers held a password:
+ * they are wiped. */
+static char *
+plain_response(const struct imap_event *ev)
+{
+    size_t za = strlen(ev->login.authzid), zu = strlen(ev->login.user),
+           zp = strlen(ev->login.pass), n = za + zu + zp + 2;
+    unsigned char *raw = xmalloc(n + 1);
+    char *b64 = xmalloc(4 * ((n + 2) / 3) + 1);
+
+    memcpy(raw, ev->login.authzid, za);
+    raw[za] = '\0';
+    memcpy(raw + za + 1, ev->login.user, zu);
+    raw[za + 1 + zu] = '\0';
+    memcpy(raw + za + zu + 2, ev->login.pass, zp);
+    EVP_EncodeBlock((unsigned char *)b64, raw, (int)n);
+    OPENSSL_cleanse(raw, n + 1);
+    free(raw);
+    return b64;
+}
+
+static void
+on_login(struct isess *s, const struct imap_event *ev)
+{
+    int64_t timeout = s->im->bus_timeout_ms < AUTH_TIMEOUT_MS
+                          ? AUTH_TIMEOUT_MS
+                          : s->im->bus_timeout_ms;
+    envelope_t *env = envelope_new("auth.verify", s->trace, timeout);
+    value_t *body = envelope_body(env);
+
+    /* The credentials go to the auth actor, never to a log (the schema
+     * marks them secret, so the tap masks them too). */
+    value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
+    if (ev->login.mech == NULL) {
+        value_set_str(body, ENV_KEY_MECHANISM, "LOGIN");
+        value_set_str(body, ENV_KEY_USERNAME, ev->login.user);
+        value_set_str(body, ENV_KEY_PASSWORD, ev->login.pass);
+    } else {
+        char *resp = plain_response(ev);
+
+        value_set_str(body, ENV_KEY_MECHANISM, "PLAIN");
+        value_set_str(body, ENV_KEY_RESPONSE, resp);
+        OPENSSL_cleanse(resp, strlen(resp));
+        free(resp);
+    }
+    imap_sess_call_begin(s);
+    if (bus_client_send_take(s->im->bus, &env, on_auth_reply, s) != 0) {
+        envelope_destroy(&env);
+        s->calls--;
+        imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
+                           "Authentication temporarily unavailable");
+    }
+}
+
+/* --- events -------------------------------------------------------------- */
+
+/* Handles one event; false when the session must stop for now (a call is
+ * out, or it is over). */
+static bool
+on_event(struct isess *s, const struct imap_event *ev)
+{
+    switch (ev->type) {
+    case IMAP_EV_CONNECT:
+        imap_server_complete(s->srv, IMAP_OK, NULL, NULL);
+        return true;
+    case IMAP_EV_LOGIN:
+        s->cmd = ev->cmd;
+        on_login(s, ev);
+        return s->calls == 0;
+    case IMAP_EV_COMMAND:
+        s->commands++;
+        s->cmd = ev->cmd;
+        imap_cmd_run(s, ev->cmd);
+        return s->calls == 0 && !s->dead;
+    case IMAP_EV_IDLE_DONE:
+        return true;
+    case IMAP_EV_STARTTLS:
+        s->starttls = true;
+        return false;
+    case IMAP_EV_LOGOUT:
+    case IMAP_EV_CLOSE:
+        s->closing = true;
+        return false;
+    case IMAP_EV_NONE:
+        break;
+    }
+    return false;
+}
+
+/* --- the pump ------------------------------------------------------------ */
+
+static bool
+start_tls(struct isess *s)
+{
+    s->tls = tls_conn_new(s->im->tls, s->fd);
+    if (s->tls == NULL) {
+        sess_close(s, "tls_setup_failed");
+        return false;
+    }
+    s->tls_state = ITLS_HANDSHAKE;
+    return true;
+}
+
+static bool
+handshake(struct isess *s)
+{
+    int rc = tls_handshake(s->tls);
+
+    if (rc == TLS_WANT_READ) {
+        watch(s, LOOP_READ);
+        return false;
+    }
+    if (rc == TLS_WANT_WRITE) {
+        watch(s, LOOP_WRITE);
+        return false;
+    }
+    if (rc != 0) {
+        log_info(s->trace, "tls_failed", "ip=%s reason=%s", s->ip,
+                 log_q(tls_conn_error(s->tls)));
+        sess_close(s, "tls_failed");
+        return false;
+    }
+    s->tls_state = ITLS_UP;
+    log_info(s->trace, "tls_up", "version=%s cipher=%s",
+             tls_conn_version(s->tls), tls_conn_cipher(s->tls));
+    if (s->starttls) {
+        s->starttls = false;
+        imap_server_tls_started(s->srv);
+    }
+    return true;
+}
+
+void
+imap_sess_pump(struct isess *s)
+{
+    bool idle = false;
+
+    for (int rounds = 0; rounds < 64 && !s->dead; rounds++) {
+        const struct imap_event *ev;
+        bool progress = false;
+        int fl;
+
+        if (s->tls_state == ITLS_HANDSHAKE && !handshake(s))
+            return;
+        if (in_pending(s) > 0 && !s->starttls) {
+            size_t took = imap_server_input(s->srv, s->in.data + s->in_off,
+                                            in_pending(s));
+
+            s->in_off += took;
+            if (s->in_off == s->in.len)
+                s->in_off = s->in.len = 0;
+            progress = took > 0;
+        }
+        while (s->calls == 0 && !s->dead) {
+            if (s->work) {
+                /* A long answer goes on while little is queued; the rest
+                 * when the socket has taken it. */
+                if (imap_sess_out_len(s) >= IMAP_PACE_BYTES)
+                    break;
+                s->work(s);
+                progress = true;
+                continue;
+            }
+            ev = imap_server_next(s->srv);
+            if (ev->type == IMAP_EV_NONE)
+                break;
+            progress = true;
+            if (!on_event(s, ev))
+                break;
+        }
+        if (s->dead)
+            return;
+        fl = flush(s);
+        if (fl < 0) {
+            sess_close(s, "write_failed");
+            return;
+        }
+        if (fl == 0) {
+            watch(s, LOOP_WRITE);
+            return;
+        }
+        if (s->closing) {
+            sess_close(s, "done");
+            return;
+        }
+        if (s->starttls && s->tls_state == ITLS_NONE) {
+            /* Nothing read after the STARTTLS line may be taken as sent
+             * under TLS (RFC 3501 6.2.1). */
+            buf_reset(&s->in);
+            s->in_off = 0;
+            if (!start_tls(s))
+                return;
+            continue;
+        }
+        if (!progress || s->calls > 0) {
+            idle = true;
+            break;
+        }
+    }
+    if (s->dead)
+        return;
+    if (s->eof) {
+        if (s->calls == 0 && s->work == NULL && idle) {
+            sess_close(s, "client_closed");
+            return;
+        }
+        watch(s, s->calls == 0 ? LOOP_WRITE : 0);
+        return;
+    }
+    if (s->in_drained && in_pending(s) == 0 && s->in.cap > 0) {
+        buf_free(&s->in);
+        s->in_off = 0;
+    }
+    watch(s, in_pending(s) < IN_MAX ? LOOP_READ : 0);
+    if (s->tls_state == ITLS_UP && tls_pending(s->tls) && s->calls == 0 &&
+        in_pending(s) < IN_MAX)
+        on_io(s->im->loop, s->fd, LOOP_READ, s);
+}
+
+static void
+on_io(loop_t *loop, int fd, int events, void *arg)
+{
+    struct isess *s = arg;
+
+    (void)loop;
+    (void)fd;
+    if (s->tls_state == ITLS_HANDSHAKE) {
+        imap_sess_pump(s);
+        return;
+    }
+    if ((events & LOOP_READ) && !s->eof) {
+        while (in_pending(s) < IN_MAX && !s->dead) {
+            size_t want = in_space(s);
+            ssize_t n = sock_read(s, s->in.data + s->in.len, want);
+
+            if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
+                break;
+            if (n == 0) {
+                s->eof = true;
+                break;
+            }
+            if (n < 0) {
+                sess_close(s, "read_failed");
+                return;
+            }
+            if (s->starttls)
+                continue; /* after STARTTLS, before the handshake */
+            s->in.len += (size_t)n;
+            s->in.data[s->in.len] = '\0';
+            s->last_active = loop_now_ms(s->im->loop);
+            s->in_drained = (size_t)n < want;
+            if (s->in_drained)
+                break;
+            if (s->in_read < IN_MAX)
+                s->in_read *= 2;
+        }
+    }
+    imap_sess_pump(s);
+}
+
+/* RFC 3501 5.4: the autologout timer, at least 30 minutes by default
+ * (imap.idle_timeout_ms); a client in IDLE is inactive too (RFC 2177 3),
+ * and is expected to renew its IDLE before then. */
+static void
+on_idle_timer(loop_t *loop, void *arg)
+{
+    struct isess *s = arg;
+    int64_t left = s->last_active + s->im->idle_ms - loop_now_ms(loop);
+
+    s->idle_timer = NULL;
+    if (left > 0) {
+        s->idle_timer = loop_timer_add(loop, left, on_idle_timer, s);
+        return;
+    }
+    log_info(s->trace, "idle_timeout", "ip=%s", s->ip);
+    imap_server_close(s->srv, "Autologout; idle for too long");
+    drop_work(s);
+    flush(s);
+    sess_close(s, "idle_timeout");
+}
+
+static void
+sess_start(struct imap_door *d, int fd, const char *ip)
+{
+    mbimap_t *im = d->im;
+    struct isess *s = xcalloc(1, sizeof(*s));
+    intptr_t count = (intptr_t)zhashx_lookup(im->per_ip, ip);
+
+    s->im = im;
+    s->door = d;
+    s->fd = fd;
+    snprintf(s->ip, sizeof(s->ip), "%s", ip);
+    envelope_new_trace(s->trace);
+    s->srv = imap_server_new(&d->opts);
+    s->in_read = IN_READ_MIN;
+    s->last_active = loop_now_ms(im->loop);
+    if (loop_fd_add(im->loop, fd, LOOP_READ, on_io, s) != 0) {
+        close(fd);
+        imap_server_destroy(&s->srv);
+        free(s);
+        return;
+    }
+    s->watching = LOOP_READ;
+    s->next = im->head;
+    if (im->head)
+        im->head->prev = s;
+    im->head = s;
+    zhashx_update(im->per_ip, ip, (void *)(count + 1));
+    im->sessions++;
+    s->idle_timer = loop_timer_add(im->loop, im->idle_ms, on_idle_timer, s);
+    log_info(s->trace, "imap_session_start", "door=%s ip=%s sessions=%d",
+             d->name, ip, im->sessions);
+    /* Implicit TLS (RFC 8314 3.3): the handshake first, then the
+     * greeting. */
+    if (d->implicit_tls && !start_tls(s))
+        return;
+    imap_sess_pump(s);
+}
+
+/* --- the doors ----------------------------------------------------------- */
+
+static void
+on_accept_retry(loop_t *loop, void *arg)
+{
+    mbimap_t *im = arg;
+
+    (void)loop;
+    im->accept_timer = NULL;
+    for (int i = 0; i < im->ndoors; i++)
+        loop_fd_mod(im->loop, im->doors[i].fd, LOOP_READ);
+    im->accept_paused = false;
+}
+
+/* Refuses a connection before any session exists: RFC 3501 7.1.5 lets a
+ * server greet with BYE and close. */
+static void
+refuse(int fd, const char *line)
+{
+    ssize_t n = write(fd, line, strlen(line));
+
+    (void)n;
+    close(fd);
+}
+
+static void
+on_accept(loop_t *loop, int lfd, int events, void *arg)
+{
+    struct imap_door *d = arg;
+    mbimap_t *im = d->im;
+
+    (void)loop;
+    (void)events;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char ip[64];
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* The connection stays queued and the socket readable:
+                 * stop watching until a session closes or a while. */
+                if (!im->accept_paused) {
+                    for (int j = 0; j < im->ndoors; j++)
+                        loop_fd_mod(im->loop, im->doors[j].fd, 0);
+                    im->accept_paused = true;
+                    im->accept_timer = loop_timer_add(
+                        im->loop, ACCEPT_RETRY_MS, on_accept_retry, im);
+                    log_warn(NULL, "accept_paused", "door=%s reason=%s "
+                             "sessions=%d", d->name, log_q(strerror(errno)),
+                             im->sessions);
+                }
+            } else if (errno != EAGAIN && errno != EINTR &&
+                       errno != ECONNABORTED) {
+                log_warn(NULL, "accept_failed", "door=%s reason=%s", d->name,
+                         log_q(strerror(errno)));
+            }
+            return;
+        }
+        net_addr_text(&ss, ip, sizeof(ip));
+        /* Before TLS on IMAPS nothing can be said in clear text: the
+         * connection is just closed. */
+        if (im->sessions >= im->max_sessions) {
+            im->refused++;
+            log_warn(NULL, "session_refused", "door=%s ip=%s reason=full "
+                     "sessions=%d", d->name, ip, im->sessions);
+            if (d->implicit_tls)
+                close(fd);
+            else
+                refuse(fd, "* BYE Too busy, try again later\r\n");
+            continue;
+        }
+        if ((intptr_t)zhashx_lookup(im->per_ip, ip) >= im->max_per_ip) {
+            im->refused++;
+            log_warn(NULL, "session_refused", "door=%s ip=%s reason=per_ip",
+                     d->name, ip);
+            if (d->implicit_tls)
+                close(fd);
+            else
+                refuse(fd, "* BYE Too many connections from your address\r\n");
+            continue;
+        }
+        im->accepted++;
+        sess_start(d, fd, ip);
+    }
+}
+
+/* The certificate the listener uses too: tls.cert and tls.key, or the
+ * self-signed pair made in data/tls (DESIGN.md). */
+static int
+tls_setup(mbimap_t *im, const config_t *cfg)
+{
+    char dir[4096], cert[4200], key[4200], why[512];
+    const char *c = config_str(cfg, "tls.cert"), *k = config_str(cfg, "tls.key");
+
+    if (*c == '\0' || *k == '\0') {
+        snprintf(dir, sizeof(dir), "%s/tls", config_str(cfg, "data"));
+        if (tls_self_signed_ensure(dir, im->hostname, why, sizeof(why)) != 0) {
+            log_err(NULL, "tls_setup_failed", "reason=%s", log_q(why));
+            return ERR_SYS;
+        }
+        snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+        snprintf(key, sizeof(key), "%s/key.pem", dir);
+        c = cert;
+        k = key;
+    }
+    im->tls = tls_server_new(c, k, why, sizeof(why));
+    if (im->tls == NULL) {
+        log_err(NULL, "tls_setup_failed", "cert=%s reason=%s", c, log_q(why));
+        return ERR_SYS;
+    }
+    return 0;
+}
+
+/* The engine's options for each door: IMAP offers STARTTLS and refuses
+ * LOGIN before it (RFC 3501 6.2.3, LOGINDISABLED); IMAPS is under TLS
+ * from the first byte (RFC 8314). */
+static void
+door_opts(mbimap_t *im, struct imap_door *d, const config_t *cfg)
+{
+    struct imap_server_opts *o = &d->opts;
+
+    memset(o, 0, sizeof(*o));
+    o->hostname = im->hostname;
+    o->max_append = (size_t)config_int(cfg, "imap.max_append");
+    o->starttls = !d->implicit_tls;
+    o->tls_active = d->implicit_tls;
+    o->login_needs_tls = true;
+}
+
+static int
+doors_start(mbimap_t *im, const config_t *cfg)
+{
+    static const char *const names[2] = {"imap", "imaps"};
+    char key[64], why[512];
+
+    for (int i = 0; i < 2; i++) {
+        struct imap_door *d = &im->doors[im->ndoors];
+
+        d->im = im;
+        d->name = names[i];
+        d->implicit_tls = i == 1;
+        snprintf(key, sizeof(key), "listen.%s", d->name);
+        snprintf(d->addr, sizeof(d->addr), "%s", config_str(cfg, key));
+        door_opts(im, d, cfg);
+        d->fd = net_listen(d->addr, why, sizeof(why));
+        if (d->fd < 0) {
+            log_err(NULL, "listen_failed", "door=%s addr=%s reason=%s",
+                    d->name, d->addr, log_q(why));
+            return ERR_SYS;
+        }
+        if (loop_fd_add(im->loop, d->fd, LOOP_READ, on_accept, d) != 0) {
+            close(d->fd);
+            return ERR_SYS;
+        }
+        im->ndoors++;
+        log_info(NULL, "listening", "door=%s addr=%s", d->name, d->addr);
+    }
+    return 0;
+}
+
+mbimap_t *
+mailbox_imap_start(struct mailbox *mb)
+{
+    mbimap_t *im = xcalloc(1, sizeof(*im));
+    const config_t *cfg = actor_config(mb->actor);
+
+    im->mb = mb;
+    im->actor = mb->actor;
+    im->loop = actor_loop(mb->actor);
+    im->bus = actor_client(mb->actor);
+    im->ino_fd = -1;
+    snprintf(im->hostname, sizeof(im->hostname), "%s",
+             config_str(cfg, "hostname"));
+    if (im->hostname[0] == '\0' &&
+        gethostname(im->hostname, sizeof(im->hostname) - 1) != 0)
+        snprintf(im->hostname, sizeof(im->hostname), "localhost");
+    im->max_sessions = (int)config_int(cfg, "imap.max_sessions");
+    im->max_per_ip = (int)config_int(cfg, "imap.max_per_ip");
+    im->idle_ms = config_int(cfg, "imap.idle_timeout_ms");
+    im->bus_timeout_ms = config_int(cfg, "bus.timeout_ms");
+    im->limits.append_max = (size_t)config_int(cfg, "imap.max_append");
+    im->per_ip = zhashx_new();
+    im->quota = mb->quota; /* borrowed */
+    if (tls_setup(im, cfg) != 0 || imap_notify_start(im) != 0 ||
+        doors_start(im, cfg) != 0) {
+        mailbox_imap_stop(&im);
+        return NULL;
+    }
+    return im;
+}
+
+void
+mailbox_imap_stop(mbimap_t **im_p)
+{
+    mbimap_t *im = *im_p;
+
+    if (im == NULL)
+        return;
+    loop_timer_cancel(im->loop, &im->accept_timer);
+    for (int i = 0; i < im->ndoors; i++) {
+        loop_fd_del(im->loop, im->doors[i].fd);
+        close(im->doors[i].fd);
+    }
+    im->ndoors = 0;
+    while (im->head) {
+        struct isess *s = im->head;
+
+        imap_server_close(s->srv, "Server shutting down");
+        drop_work(s);
+        flush(s);
+        sess_close(s, "shutdown");
+    }
+    imap_notify_stop(im);
+    log_info(NULL, "imap_stopped",
+             "accepted=%llu refused=%llu logins=%llu login_failures=%llu",
+             (unsigned long long)im->accepted,
+             (unsigned long long)im->refused, (unsigned long long)im->logins,
+             (unsigned long long)im->login_failures);
+    zhashx_destroy(&im->per_ip);
+    tls_ctx_destroy(&im->tls);
+    free(im);
+    *im_p = NULL;
+}

@@ -1,0 +1,268 @@
+/*
+ * mailbox_imap_fetch.c - FETCH and UID FETCH (RFC 3501 6.4.5, 6.4.8).
+ *
+ * The set is resolved once; the answer is then written a message at a
+ * time while less than IMAP_PACE_BYTES is queued (imap_sess_pump() calls
+ * fetch_work() again when the socket has taken it), so a FETCH 1:* of a
+ * large folder never sits in memory whole. A message's file is mapped only
+ * when an item needs its octets, and its MIME tree is parsed only when an
+ * item needs the structure: FLAGS, UID, sizes and dates come from the
+ * index, the top-level header and text from a scan for the blank line.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/err.h"
+#include "lib/imap_mime.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include "mailbox_imap_int.h"
+
+struct fetch {
+    uint32_t *seqs;
+    size_t n, i;
+    /* Messages whose \Seen this FETCH set (ascending), for FLAGS. */
+    uint32_t *seen;
+    size_t nseen, iseen;
+    bool expunged; /* some message was gone: NO [EXPUNGEISSUED] at the end */
+    buf_t scratch;
+};
+
+/* Items that need the message's octets, and those that need its tree. */
+#define NEEDS_DATA                                                         \
+    ((1u << IMAP_FETCH_ENVELOPE) | (1u << IMAP_FETCH_RFC822) |             \
+     (1u << IMAP_FETCH_RFC822_HEADER) | (1u << IMAP_FETCH_RFC822_TEXT) |   \
+     (1u << IMAP_FETCH_BODY) | (1u << IMAP_FETCH_BODYSTRUCTURE) |          \
+     (1u << IMAP_FETCH_SECTION))
+
+static void
+fetch_free(void *arg)
+{
+    struct fetch *f = arg;
+
+    if (f == NULL)
+        return;
+    free(f->seqs);
+    free(f->seen);
+    buf_free(&f->scratch);
+    free(f);
+}
+
+/* The length of the top-level header with its blank line (RFC 5322 2.1):
+ * up to and with the first empty line, or the whole message when there is
+ * none. */
+static size_t
+header_len(const char *d, size_t len)
+{
+    const char *p = d, *end = d + len;
+
+    if (len >= 2 && d[0] == '\r' && d[1] == '\n')
+        return 2;
+    if (len >= 1 && d[0] == '\n')
+        return 1;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+        if (nl == NULL)
+            break;
+        p = nl + 1;
+        if (p < end && *p == '\n')
+            return (size_t)(p + 1 - d);
+        if (p + 1 < end && p[0] == '\r' && p[1] == '\n')
+            return (size_t)(p + 2 - d);
+    }
+    return len;
+}
+
+/* Whether att's octets can be found without the MIME tree. */
+static bool
+simple_section(const struct imap_fetch_att *a)
+{
+    if (a->item == IMAP_FETCH_RFC822 || a->item == IMAP_FETCH_RFC822_HEADER ||
+        a->item == IMAP_FETCH_RFC822_TEXT)
+        return true;
+    return a->item == IMAP_FETCH_SECTION && a->sec.nparts == 0 &&
+           (a->sec.spec == IMAP_SEC_WHOLE || a->sec.spec == IMAP_SEC_HEADER ||
+            a->sec.spec == IMAP_SEC_TEXT);
+}
+
+static void
+simple_data(const struct imap_fetch_att *a, const struct mstore_map *m,
+            const char **data, size_t *len)
+{
+    size_t h;
+    enum imap_section_spec spec = a->item == IMAP_FETCH_RFC822_HEADER
+                                      ? IMAP_SEC_HEADER
+                                  : a->item == IMAP_FETCH_RFC822_TEXT
+                                      ? IMAP_SEC_TEXT
+                                  : a->item == IMAP_FETCH_RFC822
+                                      ? IMAP_SEC_WHOLE
+                                      : a->sec.spec;
+
+    *data = m->data;
+    *len = m->len;
+    if (spec == IMAP_SEC_WHOLE)
+        return;
+    h = header_len(m->data, m->len);
+    if (spec == IMAP_SEC_HEADER) {
+        *len = h;
+    } else {
+        *data = m->data + h;
+        *len = m->len - h;
+    }
+}
+
+/* Writes one message's FETCH response; false when it was gone. */
+static bool
+fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
+{
+    const struct imap_fetch_args *fa = &s->cmd->fetch;
+    const struct mstore_msg *m = mstore_view_msg(s->view, seq);
+    struct mstore_msg msgc, *msg = &msgc;
+    struct mstore_map map;
+    imap_mime_t *mime = NULL;
+    bool mapped = false, flags_done = false, seen_now = false;
+    buf_t b = BUF_INIT;
+
+    if (m == NULL || m->expunged)
+        return false;
+    msgc = *m; /* borrowed until the view's next call */
+    while (f->iseen < f->nseen && f->seen[f->iseen] < seq)
+        f->iseen++;
+    seen_now = f->iseen < f->nseen && f->seen[f->iseen] == seq;
+    if (fa->items & NEEDS_DATA) {
+        if (mstore_map(s->view, seq, &map) != 0)
+            return false;
+        mapped = true;
+    }
+    imap_server_fetch_begin(s->srv, seq);
+    for (size_t k = 0; k < fa->natt; k++) {
+        const struct imap_fetch_att *a = &fa->att[k];
+        const char *data;
+        size_t len;
+
+        switch (a->item) {
+        case IMAP_FETCH_UID:
+            imap_server_fetch_uid(s->srv, msg->uid);
+            break;
+        case IMAP_FETCH_FLAGS:
+            imap_server_fetch_flags(s->srv,
+                                    mstore_view_flags_str(s->view, seq));
+            flags_done = true;
+            break;
+        case IMAP_FETCH_INTERNALDATE:
+            imap_server_fetch_internaldate(s->srv, msg->date, 0);
+            break;
+        case IMAP_FETCH_RFC822_SIZE:
+            imap_server_fetch_size(s->srv, mapped ? map.len : msg->size);
+            break;
+        case IMAP_FETCH_ENVELOPE:
+        case IMAP_FETCH_BODY:
+        case IMAP_FETCH_BODYSTRUCTURE:
+            if (mime == NULL)
+                mime = imap_mime_parse(map.data, map.len);
+            buf_reset(&b);
+            if (a->item == IMAP_FETCH_ENVELOPE)
+                imap_mime_envelope(mime, &b);
+            else
+                imap_mime_bodystructure(mime,
+                                        a->item == IMAP_FETCH_BODYSTRUCTURE,
+                                        &b);
+            imap_server_fetch_item(s->srv,
+                                   a->item == IMAP_FETCH_ENVELOPE ? "ENVELOPE"
+                                   : a->item == IMAP_FETCH_BODY
+                                       ? "BODY"
+                                       : "BODYSTRUCTURE",
+                                   b.data ? b.data : "", b.len);
+            break;
+        case IMAP_FETCH_RFC822:
+        case IMAP_FETCH_RFC822_HEADER:
+        case IMAP_FETCH_RFC822_TEXT:
+        case IMAP_FETCH_SECTION:
+            if (simple_section(a)) {
+                simple_data(a, &map, &data, &len);
+            } else {
+                if (mime == NULL)
+                    mime = imap_mime_parse(map.data, map.len);
+                buf_reset(&f->scratch);
+                if (!imap_mime_section(mime, &a->sec, &f->scratch, &data,
+                                       &len))
+                    data = NULL, len = 0;
+            }
+            imap_server_fetch_section(s->srv, a, data, len);
+            break;
+        }
+    }
+    /* RFC 3501 6.4.5: a fetch that sets \Seen reports the flags. */
+    if (seen_now && !flags_done)
+        imap_server_fetch_flags(s->srv, mstore_view_flags_str(s->view, seq));
+    imap_server_fetch_end(s->srv);
+    buf_free(&b);
+    imap_mime_destroy(&mime);
+    if (mapped)
+        mstore_unmap(&map);
+    return true;
+}
+
+static void
+fetch_work(struct isess *s)
+{
+    struct fetch *f = s->work_arg;
+
+    while (f->i < f->n && imap_sess_out_len(s) < IMAP_PACE_BYTES) {
+        if (!fetch_one(s, f, f->seqs[f->i]))
+            f->expunged = true;
+        f->i++;
+    }
+    if (f->i < f->n)
+        return;
+    if (f->expunged)
+        /* RFC 5530 3: some of the messages were expunged meanwhile. */
+        imap_sess_complete(s, IMAP_NO, "EXPUNGEISSUED",
+                           "Some of the requested messages no longer exist");
+    else
+        imap_sess_complete(s, IMAP_OK, NULL, NULL);
+    fetch_free(f);
+}
+
+void
+imap_fetch_start(struct isess *s, const struct imap_cmd *c)
+{
+    struct fetch *f;
+    const uint32_t *seqs;
+    size_t n;
+    int rc = mstore_view_resolve(s->view, &c->fetch.set, c->uid, &seqs, &n);
+
+    if (rc == ERR_INVAL) {
+        /* RFC 3501 9: a number past EXISTS is a syntax error. */
+        imap_sess_complete(s, IMAP_BAD, NULL, "Invalid message sequence");
+        return;
+    }
+    if (rc != 0) {
+        imap_sess_complete(s, IMAP_NO, "SERVERBUG", "Cannot read the folder");
+        return;
+    }
+    f = xcalloc(1, sizeof(*f));
+    if (n > 0) {
+        f->seqs = xmalloc(n * sizeof(*f->seqs));
+        memcpy(f->seqs, seqs, n * sizeof(*f->seqs));
+    }
+    f->n = n;
+    if (c->fetch.sets_seen && n > 0 && !mstore_view_read_only(s->view)) {
+        const uint32_t *ch;
+        size_t nch;
+
+        if (mstore_view_set_seen(s->view, f->seqs, n, &ch, &nch) == 0 &&
+            nch > 0) {
+            f->seen = xmalloc(nch * sizeof(*f->seen));
+            memcpy(f->seen, ch, nch * sizeof(*f->seen));
+            f->nseen = nch;
+        }
+    }
+    s->work = fetch_work;
+    s->work_free = fetch_free;
+    s->work_arg = f;
+    fetch_work(s);
+}

@@ -1,0 +1,169 @@
+/*
+ * mailbox_imap_int.h - the inside of the mailbox's IMAP doors, shared by
+ * the mailbox_imap*.c files and nothing else.
+ *
+ * mailbox_imap.c owns the doors and the sessions: sockets, TLS, timers,
+ * the engine loop and the logins over the bus. mailbox_imap_cmd.c answers
+ * the commands on folders, mailbox_imap_fetch.c FETCH, mailbox_imap_search.c
+ * SEARCH, and mailbox_imap_notify.c watches the selected folders with
+ * inotify and tells their sessions. The mbimap_t owns every session; a
+ * session with a bus call or a quota check outstanding is freed only when
+ * its callback has run.
+ */
+#ifndef SAMOTOP_MAILBOX_IMAP_INT_H
+#define SAMOTOP_MAILBOX_IMAP_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <czmq.h>
+
+#include "actor.h"
+#include "lib/buf.h"
+#include "lib/imap_server.h"
+#include "lib/tls.h"
+
+#include "mailbox.h"
+#include "mailbox_imap.h"
+#include "mailbox_quota.h"
+#include "mstore.h"
+
+/* A long answer (FETCH of many messages, SEARCH results) is written while
+ * less than this is queued for the client, and goes on when the socket has
+ * taken it: memory stays bounded whatever the client asks for. */
+#define IMAP_PACE_BYTES (256 * 1024)
+
+struct isess;
+struct inote;
+
+/* One listening socket: listen.imap or listen.imaps. */
+struct imap_door {
+    mbimap_t *im;
+    const char *name; /* "imap", "imaps": the key and the logs */
+    bool implicit_tls;
+    char addr[300];
+    int fd;
+    struct imap_server_opts opts;
+};
+
+struct mbimap {
+    struct mailbox *mb;
+    actor_t *actor;
+    loop_t *loop;
+    bus_client_t *bus;
+    char hostname[256];
+    tls_ctx_t *tls;
+    struct imap_door doors[2];
+    int ndoors;
+    struct isess *head; /* live sessions */
+    zhashx_t *per_ip;   /* client address -> sessions open (as a pointer) */
+    int sessions, max_sessions, max_per_ip;
+    int64_t idle_ms, bus_timeout_ms;
+    bool accept_paused;
+    loop_timer_t *accept_timer;
+    uint64_t accepted, refused, logins, login_failures;
+    /* mailbox_imap_notify.c: one inotify descriptor for the process. */
+    int ino_fd;
+    struct inote *notes; /* folders watched, each once */
+    loop_timer_t *note_timer;
+    struct mstore_limits limits;
+    /* The mailbox's (borrowed): APPEND, COPY and EXPUNGE move the usage. */
+    mailbox_quota_t *quota;
+};
+
+enum itls { ITLS_NONE, ITLS_HANDSHAKE, ITLS_UP };
+
+/* A long command under way: called while the output is short, it writes
+ * the next piece and returns; it completes the decision (and clears
+ * s->work) when done. */
+typedef void isess_work_fn(struct isess *s);
+/* Frees the work's state when the session ends before the work does. */
+typedef void isess_work_free_fn(void *arg);
+
+struct isess {
+    struct isess *prev, *next;
+    mbimap_t *im;
+    struct imap_door *door;
+    int fd;
+    char ip[64];
+    char trace[ENVELOPE_TRACE_LEN];
+    imap_server_t *srv;
+    tls_conn_t *tls;
+    enum itls tls_state;
+    bool starttls; /* STARTTLS answered: handshake once output is out */
+    bool closing;  /* close once the output is out */
+    bool eof;      /* the client sent all it will */
+    bool dead;     /* socket closed; freed when nothing is outstanding */
+    int watching;  /* LOOP_* events the loop watches for */
+    buf_t in;      /* read, not yet taken: in.data[in_off .. in.len) */
+    size_t in_off, in_read;
+    bool in_drained;
+    int calls; /* bus calls and quota checks outstanding */
+    bool quota_wait; /* one of them is a quota check */
+    int64_t last_active;
+    loop_timer_t *idle_timer;
+    char *user; /* the account logged in (lower case), or NULL */
+    /* The decision being answered (borrowed from the engine until it is
+     * completed), and the work that goes on answering it. */
+    const struct imap_cmd *cmd;
+    isess_work_fn *work;
+    isess_work_free_fn *work_free;
+    void *work_arg;
+    mstore_t *ms;         /* the account's folders, from the login on */
+    mstore_view_t *view;  /* the selected folder, or NULL */
+    struct inote *note;   /* its inotify watch, or NULL */
+    uint64_t commands;
+};
+
+/* mailbox_imap.c */
+
+/* Runs the session: input into the engine, events, output. May close the
+ * session, and free it when nothing is outstanding: the caller must not
+ * touch s afterwards. */
+void imap_sess_pump(struct isess *s);
+
+/* Bytes queued for the client. */
+size_t imap_sess_out_len(const struct isess *s);
+
+/* Answers the pending decision and clears the work (see struct isess). */
+void imap_sess_complete(struct isess *s, enum imap_status st,
+                        const char *code, const char *text);
+
+/* A bus call or quota check goes out (calls + 1) or came back (- 1): when
+ * it returns false the session was dead and is now freed. */
+void imap_sess_call_begin(struct isess *s);
+bool imap_sess_call_end(struct isess *s);
+
+/* mailbox_imap_cmd.c */
+
+/* Answers a command decision: at once, or by setting s->work, or later
+ * from a callback (s->calls > 0 meanwhile). */
+void imap_cmd_run(struct isess *s, const struct imap_cmd *c);
+
+/* Brings the selected folder up to date and writes what changed (EXISTS,
+ * EXPUNGE when the engine lets it go out now, FETCH FLAGS). Outside a
+ * command it is called only while IDLE runs. */
+void imap_cmd_sync(struct isess *s);
+
+/* The session ends: the selected folder is let go. */
+void imap_cmd_unselect(struct isess *s);
+
+/* mailbox_imap_fetch.c: FETCH (RFC 3501 6.4.5), paced by the output. */
+void imap_fetch_start(struct isess *s, const struct imap_cmd *c);
+
+/* mailbox_imap_search.c: SEARCH (RFC 3501 6.4.4). */
+void imap_search_run(struct isess *s, const struct imap_cmd *c);
+
+/* mailbox_imap_notify.c */
+
+/* The inotify descriptor on the loop; 0 or an error (logged). */
+int imap_notify_start(mbimap_t *im);
+void imap_notify_stop(mbimap_t *im);
+
+/* Watches dir's new/ and cur/ for the session (one watch per folder for
+ * all its sessions), replacing what it watched before; dir NULL only
+ * stops. A folder that cannot be watched is logged, and its session
+ * learns of changes at its next command only. */
+void imap_notify_follow(struct isess *s, const char *dir);
+
+#endif
