@@ -9,6 +9,7 @@
 #include "lib/xalloc.h"
 
 #include "mailbox.h"
+#include "mailbox_metrics.h"
 
 static const char *request_check(const value_t *body, int *code,
                                  const char **ecode);
@@ -406,6 +407,7 @@ answer(struct mailbox *mb, struct parked *p, const struct maildir_msg *mm,
 
     sum_up(p->r, p->n, &code, &ecode, &text);
     log_outcomes(p->trace, p->r, p->n);
+    mailbox_metrics_rcpts(p->r, p->n);
     mb->delivered += mm->stored;
     for (size_t i = 0; i < p->n; i++) {
         mb->deferred += p->r[i].code >= 400 && p->r[i].code < 500;
@@ -441,6 +443,7 @@ mailbox_deliver_flush(struct mailbox *mb)
     struct parked *batch[MAILBOX_BATCH_MAX];
     struct maildir_msg mm[MAILBOX_BATCH_MAX];
     int n = mb->nparked;
+    int64_t t0 = clock_mono_us();
 
     if (n == 0)
         return;
@@ -459,6 +462,7 @@ mailbox_deliver_flush(struct mailbox *mb)
     maildir_deliver_batch(mb->store, mm, (size_t)n);
     mb->commits++;
     mb->committed += (uint64_t)n;
+    mailbox_metrics_commit(n, clock_mono_us() - t0);
     for (int i = 0; i < n; i++)
         answer(mb, batch[i], &mm[i], n);
 }

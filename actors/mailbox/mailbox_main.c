@@ -8,16 +8,25 @@
 #include "actor.h"
 
 #include "mailbox.h"
+#include "mailbox_metrics.h"
 
 static const struct handler mailbox_handlers[] = {
     {ENV_MAILBOX_DELIVER, mailbox_on_deliver}, /* from listener, queue */
     {ENV_NONE, NULL}
 };
 
+/* The metrics first, so that every part of the actor finds them. */
+static int
+mailbox_main_init(actor_t *a)
+{
+    mailbox_metrics_init(actor_metrics(a));
+    return mailbox_init(a);
+}
+
 int
 main(int argc, char **argv)
 {
     return actor_main(argc, argv, &(struct actor_desc){
         .name = "mailbox", .handlers = mailbox_handlers,
-        .init = mailbox_init, .fini = mailbox_fini});
+        .init = mailbox_main_init, .fini = mailbox_fini});
 }
