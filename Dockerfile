@@ -23,6 +23,9 @@ FROM debian:bookworm-slim AS build
 WORKDIR /src
 COPY deploy/deps deploy/deps
 RUN apt-get update -qq && deploy/deps && rm -rf /var/lib/apt/lists/*
+# Marks the layers made from the sources, so that old ones can be pruned
+# (tests/deploy/test_container.sh) while the package layer stays cached.
+LABEL org.samotop.stage=build
 COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMOTOP_TESTS=OFF \
  && cmake --build /build -j"$(nproc)" \
