@@ -53,6 +53,16 @@ int bus_client_send_take(bus_client_t *client, envelope_t **req_p,
 int bus_client_call(bus_client_t *client, envelope_t **req_p,
                     envelope_t **reply_out, char *why, size_t whylen);
 
+/* The same two, to the service named instead of the type's: a request
+ * for one shard of a service ("mailbox.2", lib/shard.h) keeps its type
+ * ("mailbox.deliver"). service NULL is the type's. ERR_INVAL for an empty
+ * or too long name. */
+int bus_client_send_to_take(bus_client_t *client, const char *service,
+                            envelope_t **req_p, bus_reply_fn *fn, void *arg);
+int bus_client_call_to(bus_client_t *client, const char *service,
+                       envelope_t **req_p, envelope_t **reply_out, char *why,
+                       size_t whylen);
+
 /* Requests waiting for an outcome. */
 size_t bus_client_pending(const bus_client_t *client);
 

@@ -281,19 +281,27 @@ on_deadline(loop_t *loop, void *arg)
            NULL);
 }
 
+/* to names the service, or NULL for the one of the request's type. */
 static struct pending *
-pending_start(bus_client_t *c, envelope_t **req_p, bus_reply_fn *fn,
-              void *arg, int *err)
+pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
+              bus_reply_fn *fn, void *arg, int *err)
 {
     envelope_t *req = *req_p;
     char service[PROTO_MAX_NAME];
     struct pending *p;
     char *payload;
     size_t len;
+    int bad;
 
     *req_p = NULL;
-    if (bus_service_of(envelope_type(req), service, sizeof(service)) != 0 ||
-        zhashx_lookup(c->pending, envelope_id(req)) != NULL) {
+    if (to != NULL)
+        bad = *to == '\0' ||
+              snprintf(service, sizeof(service), "%s", to) >=
+                  (int)sizeof(service);
+    else
+        bad = bus_service_of(envelope_type(req), service, sizeof(service)) !=
+              0;
+    if (bad || zhashx_lookup(c->pending, envelope_id(req)) != NULL) {
         envelope_destroy(&req);
         *err = ERR_INVAL;
         return NULL;
@@ -339,13 +347,20 @@ int
 bus_client_send_take(bus_client_t *c, envelope_t **req_p, bus_reply_fn *fn,
                      void *arg)
 {
+    return bus_client_send_to_take(c, NULL, req_p, fn, arg);
+}
+
+int
+bus_client_send_to_take(bus_client_t *c, const char *service,
+                        envelope_t **req_p, bus_reply_fn *fn, void *arg)
+{
     int err;
 
     if (c->loop == NULL) {
         envelope_destroy(req_p);
         return ERR_INVAL;
     }
-    pending_start(c, req_p, fn, arg, &err);
+    pending_start(c, service, req_p, fn, arg, &err);
     return err;
 }
 
@@ -421,13 +436,20 @@ int
 bus_client_call(bus_client_t *c, envelope_t **req_p, envelope_t **reply_out,
                 char *why, size_t whylen)
 {
+    return bus_client_call_to(c, NULL, req_p, reply_out, why, whylen);
+}
+
+int
+bus_client_call_to(bus_client_t *c, const char *service, envelope_t **req_p,
+                   envelope_t **reply_out, char *why, size_t whylen)
+{
     struct call_result r = {0};
     struct pending *p;
     char id[ENVELOPE_MAX_NAME + 1];
     int err;
 
     *reply_out = NULL;
-    p = pending_start(c, req_p, call_done, &r, &err);
+    p = pending_start(c, service, req_p, call_done, &r, &err);
     if (p == NULL) {
         snprintf(why, whylen, "%s", err_str(err));
         return err;
