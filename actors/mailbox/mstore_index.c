@@ -1,0 +1,911 @@
+/*
+ * The index of one folder ("samotop-uidlist") and its sync with the
+ * Maildir's new/ and cur/. See mstore.h for the rules and mstore_int.h
+ * for the structures.
+ *
+ * The file is text, so that an administrator can read it:
+ *
+ *     samotop-uidlist 1 UIDVALIDITY UIDNEXT NEW_MTIME_NS CUR_MTIME_NS
+ *     K $Junk $NotJunk
+ *     UID n|c SIZE DATE KEYWORDS_HEX FILE_NAME
+ *     ...
+ *
+ * The two mtimes are those new/ and cur/ had when last scanned: while
+ * they and the file are unchanged, the index is current and no directory
+ * is read.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/xalloc.h"
+
+#include "mstore_int.h"
+
+/* A directory changed less than this long before it was stamped may
+ * change again within the same timestamp tick unseen: such a stamp is not
+ * kept, so that the next sync reads the directory again. */
+#define RACY_NS (2LL * 1000000000LL)
+
+/* The letters of the system flags, in the order of the MSTORE_F_* bits. */
+static const char flag_letters[] = "RFTSD";
+
+/*
+ * File names.
+ */
+
+size_t
+mname_base_len(const char *name)
+{
+    const char *c = strchr(name, ':');
+
+    return c != NULL ? (size_t)(c - name) : strlen(name);
+}
+
+unsigned
+mname_flags(const char *name)
+{
+    const char *info = strstr(name, ":2,");
+    unsigned flags = 0;
+
+    if (info == NULL)
+        return 0;
+    for (info += 3; *info != '\0'; info++) {
+        const char *l = strchr(flag_letters, *info);
+
+        if (l != NULL && *info != '\0')
+            flags |= 1u << (l - flag_letters);
+    }
+    return flags;
+}
+
+static int
+cmp_char(const void *a, const void *b)
+{
+    return *(const unsigned char *)a - *(const unsigned char *)b;
+}
+
+char *
+mname_with_flags(const char *name, unsigned flags)
+{
+    size_t blen = mname_base_len(name);
+    const char *info = strstr(name, ":2,");
+    char letters[64];
+    size_t n = 0;
+
+    /* The Maildir spec: "2," then the flags in ASCII order; letters we
+     * do not know (Dovecot's keyword letters, P) are kept. */
+    if (info != NULL && (size_t)(info - name) == blen) {
+        for (info += 3; *info != '\0' && n < sizeof(letters) - 8; info++)
+            if (strchr(flag_letters, *info) == NULL && *info != ',' &&
+                memchr(letters, *info, n) == NULL)
+                letters[n++] = *info;
+    }
+    for (unsigned i = 0; flag_letters[i] != '\0'; i++)
+        if (flags & (1u << i))
+            letters[n++] = flag_letters[i];
+    qsort(letters, n, 1, cmp_char);
+    return xasprintf("%.*s:2,%.*s", (int)blen, name, (int)n, letters);
+}
+
+int64_t
+mname_size(const char *name)
+{
+    size_t blen = mname_base_len(name);
+    const char *s = name;
+    int64_t v = -1;
+
+    /* ",S=<size>" among the base name's ","-separated fields (Maildir++,
+     * as Courier and Dovecot write it). */
+    while ((s = strstr(s, ",S=")) != NULL && (size_t)(s - name) < blen) {
+        const char *p = s + 3;
+        int64_t n = 0;
+
+        if (*p >= '0' && *p <= '9') {
+            while (*p >= '0' && *p <= '9' && n < INT64_MAX / 16)
+                n = n * 10 + (*p++ - '0');
+            if (*p == ',' || *p == ':' || *p == '\0')
+                v = n;
+        }
+        s = p;
+    }
+    return v;
+}
+
+/*
+ * The index in memory.
+ */
+
+void
+mindex_clear(struct mindex *ix)
+{
+    for (size_t i = 0; i < ix->n; i++)
+        free(ix->e[i].name);
+    for (unsigned i = 0; i < ix->nkeywords; i++)
+        free(ix->keywords[i]);
+    free(ix->e);
+    memset(ix, 0, sizeof(*ix));
+}
+
+struct mentry *
+mindex_find(const struct mindex *ix, uint32_t uid)
+{
+    size_t lo = 0, hi = ix->n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (ix->e[mid].uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < ix->n && ix->e[lo].uid == uid ? &ix->e[lo] : NULL;
+}
+
+int
+mindex_keyword(struct mindex *ix, const char *kw, bool add)
+{
+    for (unsigned i = 0; i < ix->nkeywords; i++)
+        if (strcasecmp(ix->keywords[i], kw) == 0)
+            return (int)i;
+    if (!add || ix->nkeywords >= MSTORE_KEYWORDS_MAX)
+        return -1;
+    ix->keywords[ix->nkeywords] = xstrdup(kw);
+    return (int)ix->nkeywords++;
+}
+
+static struct mentry *
+mindex_push(struct mindex *ix)
+{
+    if (ix->n == ix->cap) {
+        ix->cap = ix->cap ? ix->cap * 2 : 64;
+        ix->e = xrealloc(ix->e, ix->cap * sizeof(*ix->e));
+    }
+    memset(&ix->e[ix->n], 0, sizeof(ix->e[0]));
+    return &ix->e[ix->n++];
+}
+
+/*
+ * The index file.
+ */
+
+/* A keyword in the file: an IMAP atom (RFC 3501 9, "flag-keyword"). */
+static bool
+keyword_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c) != NULL)
+            return false;
+    }
+    return true;
+}
+
+/* A file name in the file: what a Maildir holds, nothing that walks. */
+static bool
+file_name_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > 255 || s[0] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c < 0x20 || c == 0x7f || c == '/')
+            return false;
+    }
+    return true;
+}
+
+/* The next space-separated token of line [*p, end): its start and length;
+ * false when there is none. */
+static bool
+token(const char **p, const char *end, const char **tok, size_t *len)
+{
+    const char *s = *p, *e;
+
+    if (s >= end || *s == ' ')
+        return false;
+    e = memchr(s, ' ', (size_t)(end - s));
+    if (e == NULL)
+        e = end;
+    *tok = s;
+    *len = (size_t)(e - s);
+    *p = e < end ? e + 1 : end;
+    return true;
+}
+
+static bool
+parse_u64(const char *s, size_t len, int base, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (len == 0 || len > 20)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d;
+        char c = s[i];
+
+        if (c >= '0' && c <= '9')
+            d = (unsigned)(c - '0');
+        else if (base == 16 && c >= 'a' && c <= 'f')
+            d = (unsigned)(c - 'a' + 10);
+        else
+            return false;
+        if (v > (max - d) / (uint64_t)base)
+            return false;
+        v = v * (uint64_t)base + d;
+    }
+    *out = v;
+    return true;
+}
+
+static bool
+next_u64(const char **p, const char *end, int base, uint64_t max,
+         uint64_t *out)
+{
+    const char *t;
+    size_t len;
+
+    return token(p, end, &t, &len) && parse_u64(t, len, base, max, out);
+}
+
+int
+mindex_parse(struct mindex *ix, const char *data, size_t len,
+             size_t messages_max, char *why, size_t whylen)
+{
+    const char *p = data, *end = data + len;
+    size_t lineno = 0;
+    uint64_t v[5];
+    const char *t;
+    size_t tlen;
+
+    mindex_clear(ix);
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *q = p, *le;
+
+        lineno++;
+        if (nl == NULL) {
+            snprintf(why, whylen, "line %zu: no end of line", lineno);
+            goto bad;
+        }
+        le = nl;
+        if ((size_t)(le - p) > MSTORE_LINE_MAX) {
+            snprintf(why, whylen, "line %zu: too long", lineno);
+            goto bad;
+        }
+        if (lineno == 1) {
+            if (!token(&q, le, &t, &tlen) ||
+                tlen != sizeof(MSTORE_INDEX) - 1 ||
+                memcmp(t, MSTORE_INDEX, tlen) != 0 ||
+                !next_u64(&q, le, 10, UINT32_MAX, &v[0]) ||
+                v[0] != MSTORE_INDEX_VERSION ||
+                !next_u64(&q, le, 10, UINT32_MAX, &v[1]) || v[1] == 0 ||
+                !next_u64(&q, le, 10, UINT32_MAX, &v[2]) || v[2] == 0 ||
+                !next_u64(&q, le, 10, INT64_MAX, &v[3]) ||
+                !next_u64(&q, le, 10, INT64_MAX, &v[4]) || q != le) {
+                snprintf(why, whylen, "line 1: bad header");
+                goto bad;
+            }
+            ix->uidvalidity = (uint32_t)v[1];
+            ix->uidnext = (uint32_t)v[2];
+            ix->new_mtime_ns = (int64_t)v[3];
+            ix->cur_mtime_ns = (int64_t)v[4];
+        } else if (lineno == 2) {
+            if (!token(&q, le, &t, &tlen) || tlen != 1 || *t != 'K') {
+                snprintf(why, whylen, "line 2: no keyword list");
+                goto bad;
+            }
+            while (q < le) {
+                if (!token(&q, le, &t, &tlen) || !keyword_ok(t, tlen) ||
+                    ix->nkeywords >= MSTORE_KEYWORDS_MAX) {
+                    snprintf(why, whylen, "line 2: bad keyword");
+                    goto bad;
+                }
+                ix->keywords[ix->nkeywords++] = xstrndup(t, tlen);
+            }
+        } else {
+            struct mentry *e;
+
+            if (ix->n >= messages_max) {
+                snprintf(why, whylen, "over %zu messages", messages_max);
+                goto bad;
+            }
+            if (!next_u64(&q, le, 10, UINT32_MAX, &v[0]) || v[0] == 0 ||
+                v[0] >= ix->uidnext ||
+                (ix->n > 0 && v[0] <= ix->e[ix->n - 1].uid) ||
+                !token(&q, le, &t, &tlen) || tlen != 1 ||
+                (*t != 'n' && *t != 'c') ||
+                !next_u64(&q, le, 10, INT64_MAX, &v[1]) ||
+                !next_u64(&q, le, 10, INT64_MAX, &v[2]) ||
+                !next_u64(&q, le, 16, UINT64_MAX, &v[3]) ||
+                !file_name_ok(q, (size_t)(le - q))) {
+                snprintf(why, whylen, "line %zu: bad message", lineno);
+                goto bad;
+            }
+            if (ix->nkeywords < 64 && (v[3] >> ix->nkeywords) != 0) {
+                snprintf(why, whylen, "line %zu: unknown keyword", lineno);
+                goto bad;
+            }
+            e = mindex_push(ix);
+            e->uid = (uint32_t)v[0];
+            e->in_new = *t == 'n';
+            e->size = v[1];
+            e->date = (int64_t)v[2];
+            e->keywords = v[3];
+            e->name = xstrndup(q, (size_t)(le - q));
+            e->flags = e->in_new ? 0 : mname_flags(e->name);
+        }
+        p = nl + 1;
+    }
+    if (lineno < 2) {
+        snprintf(why, whylen, "no header");
+        goto bad;
+    }
+    return 0;
+bad:
+    mindex_clear(ix);
+    return ERR_MALFORMED;
+}
+
+void
+mindex_format(const struct mindex *ix, struct buf *out)
+{
+    buf_reserve(out, 64 + ix->n * 80);
+    buf_printf(out, "%s %d %" PRIu32 " %" PRIu32 " %" PRId64 " %" PRId64
+                    "\nK",
+               MSTORE_INDEX, MSTORE_INDEX_VERSION, ix->uidvalidity,
+               ix->uidnext, ix->new_mtime_ns, ix->cur_mtime_ns);
+    for (unsigned i = 0; i < ix->nkeywords; i++)
+        buf_printf(out, " %s", ix->keywords[i]);
+    buf_addc(out, '\n');
+    for (size_t i = 0; i < ix->n; i++) {
+        const struct mentry *e = &ix->e[i];
+
+        buf_printf(out, "%" PRIu32 " %c %" PRIu64 " %" PRId64 " %" PRIx64
+                        " %s\n",
+                   e->uid, e->in_new ? 'n' : 'c', e->size, e->date,
+                   e->keywords, e->name);
+    }
+}
+
+/*
+ * Stamps and the lock.
+ */
+
+static int64_t
+ts_ns(const struct timespec *ts)
+{
+    return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
+
+static void
+stamp_of(const struct stat *st, struct mstamp *s)
+{
+    s->ino = (uint64_t)st->st_ino;
+    s->size = (uint64_t)st->st_size;
+    s->mtime_ns = ts_ns(&st->st_mtim);
+    s->ctime_ns = ts_ns(&st->st_ctim);
+}
+
+static bool
+stamp_eq(const struct mstamp *a, const struct mstamp *b)
+{
+    return a->ino == b->ino && a->size == b->size &&
+           a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
+}
+
+/* A directory's mtime to keep in the index, or 0 while it is too fresh
+ * to trust (see RACY_NS). */
+static int64_t
+dir_stamp(const struct stat *st)
+{
+    struct timespec now;
+    int64_t m = ts_ns(&st->st_mtim);
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    return ts_ns(&now) - m < RACY_NS ? 0 : m;
+}
+
+int
+mfolder_lock(mstore_t *ms, struct mfolder *f)
+{
+    while (flock(f->lock_fd, LOCK_EX) != 0) {
+        if (errno != EINTR)
+            return mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                               "cannot lock the folder index: %s",
+                               strerror(errno));
+    }
+    return 0;
+}
+
+void
+mfolder_unlock(struct mfolder *f)
+{
+    flock(f->lock_fd, LOCK_UN);
+}
+
+uint32_t
+mstore_next_uidvalidity(mstore_t *ms)
+{
+    char text[32];
+    uint64_t last = 0, now = (uint64_t)time(NULL), v;
+    ssize_t n;
+    int fd;
+
+    /* RFC 3501 2.3.1.1: a name's UIDVALIDITY must change when its UIDs
+     * do. The account keeps the last one given, so a folder deleted and
+     * made again in the same second still gets a new one. */
+    fd = openat(ms->acct_fd, MSTORE_UIDVALIDITY,
+                O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return (uint32_t)(now ? now : 1);
+    while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+        ;
+    n = pread(fd, text, sizeof(text) - 1, 0);
+    if (n > 0) {
+        text[n] = '\0';
+        last = strtoull(text, NULL, 10);
+    }
+    v = now > last ? now : last + 1;
+    if (v > UINT32_MAX || v == 0)
+        v = 1; /* after 2106, or a bad file: start again low */
+    n = snprintf(text, sizeof(text), "%" PRIu64 "\n", v);
+    if (pwrite(fd, text, (size_t)n, 0) != n || ftruncate(fd, n) != 0)
+        log_warn(ms->trace, "mstore.uidvalidity_write",
+                 "mailbox=%s errno=%d", ms->mailbox, errno);
+    close(fd); /* drops the lock */
+    return (uint32_t)v;
+}
+
+/*
+ * Reading and writing the file.
+ */
+
+/* Reads the index file into f->ix: 0, ERR_NOTFOUND when there is none,
+ * ERR_MALFORMED when it cannot be used (the reason in why), ERR_SYS. */
+static int
+index_read(mstore_t *ms, struct mfolder *f, char *why, size_t whylen)
+{
+    struct stat st;
+    size_t max = 4096 + ms->lim.messages_max * (MSTORE_LINE_MAX / 8);
+    char *data;
+    size_t got = 0;
+    int fd, rc;
+
+    fd = openat(f->dir_fd, MSTORE_INDEX, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? ERR_NOTFOUND : ERR_SYS;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(why, whylen, "not a file");
+        return ERR_MALFORMED;
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        snprintf(why, whylen, "too big (%jd octets)", (intmax_t)st.st_size);
+        return ERR_MALFORMED;
+    }
+    data = xmalloc((size_t)st.st_size + 1);
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, data + got, (size_t)st.st_size - got);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    rc = mindex_parse(&f->ix, data, got, ms->lim.messages_max, why, whylen);
+    free(data);
+    if (rc != 0)
+        return ERR_MALFORMED;
+    stamp_of(&st, &f->stamp);
+    return 0;
+}
+
+int
+mfolder_write(mstore_t *ms, struct mfolder *f)
+{
+    buf_t b = BUF_INIT;
+    struct stat st;
+    size_t off = 0;
+    int fd, rc = 0;
+
+    mindex_format(&f->ix, &b);
+    fd = openat(f->dir_fd, MSTORE_INDEX_TMP,
+                O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                         "cannot write the folder index: %s",
+                         strerror(errno));
+        goto out;
+    }
+    while (off < b.len) {
+        ssize_t n = write(fd, b.data + off, b.len - off);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                             "cannot write the folder index: %s",
+                             strerror(errno));
+            close(fd);
+            goto out;
+        }
+        off += (size_t)n;
+    }
+    if (fstat(fd, &st) != 0 || close(fd) != 0 ||
+        renameat(f->dir_fd, MSTORE_INDEX_TMP, f->dir_fd, MSTORE_INDEX) != 0) {
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                         "cannot write the folder index: %s",
+                         strerror(errno));
+        goto out;
+    }
+    /* A rename changes the file's ctime: stamp it as it now stands. */
+    if (fstatat(f->dir_fd, MSTORE_INDEX, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        stamp_of(&st, &f->stamp);
+    f->loaded = true;
+out:
+    buf_free(&b);
+    return rc;
+}
+
+/*
+ * Scanning new/ and cur/.
+ */
+
+struct found {
+    char *name;
+    bool in_new;
+};
+
+static uint64_t
+hash_base(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+struct htab {
+    uint32_t *slot; /* entry index + 1; 0 empty */
+    size_t mask;
+};
+
+static void
+htab_build(struct htab *h, const struct mindex *ix)
+{
+    size_t size = 64;
+
+    while (size < ix->n * 2 + 2)
+        size *= 2;
+    h->slot = xcalloc(size, sizeof(*h->slot));
+    h->mask = size - 1;
+    for (size_t i = 0; i < ix->n; i++) {
+        const char *name = ix->e[i].name;
+        size_t blen = mname_base_len(name);
+        size_t s = (size_t)hash_base(name, blen) & h->mask;
+
+        while (h->slot[s] != 0)
+            s = (s + 1) & h->mask;
+        h->slot[s] = (uint32_t)(i + 1);
+    }
+}
+
+static struct mentry *
+htab_find(const struct htab *h, struct mindex *ix, const char *name,
+          size_t blen)
+{
+    size_t s = (size_t)hash_base(name, blen) & h->mask;
+
+    for (; h->slot[s] != 0; s = (s + 1) & h->mask) {
+        struct mentry *e = &ix->e[h->slot[s] - 1];
+
+        if (mname_base_len(e->name) == blen &&
+            memcmp(e->name, name, blen) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static int
+cmp_found(const void *a, const void *b)
+{
+    /* Numbers compared as numbers: "1.M5P1" before "1.M123P1", so that
+     * UIDs follow the order of delivery within a second too. */
+    return strverscmp(((const struct found *)a)->name,
+                      ((const struct found *)b)->name);
+}
+
+/* Reads one of new/ and cur/, matching its files with f->ix by base name:
+ * known ones are marked seen (and renamed in the index when their name
+ * changed), others go to *found. */
+static int
+scan_dir(mstore_t *ms, struct mfolder *f, const struct htab *h, bool is_new,
+         struct found **found, size_t *nfound, size_t *capfound,
+         bool *changed)
+{
+    int fd = dup(is_new ? f->new_fd : f->cur_fd);
+    struct dirent *d;
+    DIR *dir;
+
+    if (fd < 0 || (dir = fdopendir(fd)) == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                           "cannot read the folder: %s", strerror(errno));
+    }
+    rewinddir(dir);
+    while ((d = readdir(dir)) != NULL) {
+        const char *name = d->d_name;
+        size_t blen = mname_base_len(name);
+        struct mentry *e;
+
+        if (name[0] == '.' || blen == 0 || !file_name_ok(name, strlen(name)))
+            continue;
+        if (d->d_type != DT_REG) {
+            struct stat st;
+
+            if (d->d_type != DT_UNKNOWN ||
+                fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                !S_ISREG(st.st_mode))
+                continue;
+        }
+        e = htab_find(h, &f->ix, name, blen);
+        if (e != NULL) {
+            if (e->seen_)
+                continue; /* the same message in new/ and cur/ */
+            e->seen_ = true;
+            if (e->in_new != is_new || strcmp(e->name, name) != 0) {
+                free(e->name);
+                e->name = xstrdup(name);
+                e->in_new = is_new;
+                e->flags = is_new ? 0 : mname_flags(name);
+                *changed = true;
+            }
+            continue;
+        }
+        if (*nfound == *capfound) {
+            *capfound = *capfound ? *capfound * 2 : 64;
+            *found = xrealloc(*found, *capfound * sizeof(**found));
+        }
+        (*found)[*nfound].name = xstrdup(name);
+        (*found)[(*nfound)++].in_new = is_new;
+    }
+    closedir(dir);
+    return 0;
+}
+
+/* Matches the directories against f->ix: vanished files leave it (an
+ * expunge), renamed ones keep their UID, new ones get the next UIDs in
+ * the order of their names (a delivery's names sort by time). */
+static int
+scan(mstore_t *ms, struct mfolder *f, bool *changed)
+{
+    struct found *found = NULL;
+    size_t nfound = 0, capfound = 0, kept = 0;
+    struct htab h;
+    int rc;
+    bool warned = false;
+
+    htab_build(&h, &f->ix);
+    for (size_t i = 0; i < f->ix.n; i++)
+        f->ix.e[i].seen_ = false;
+    rc = scan_dir(ms, f, &h, true, &found, &nfound, &capfound, changed);
+    if (rc == 0)
+        rc = scan_dir(ms, f, &h, false, &found, &nfound, &capfound, changed);
+    free(h.slot);
+    if (rc != 0)
+        goto out;
+    for (size_t i = 0; i < f->ix.n; i++) {
+        if (f->ix.e[i].seen_)
+            f->ix.e[kept++] = f->ix.e[i];
+        else
+            free(f->ix.e[i].name);
+    }
+    if (kept != f->ix.n)
+        *changed = true;
+    f->ix.n = kept;
+    qsort(found, nfound, sizeof(*found), cmp_found);
+    for (size_t i = 0; i < nfound; i++) {
+        struct found *fo = &found[i];
+        struct mentry *e;
+        struct stat st;
+        int64_t size;
+
+        if (f->ix.n >= ms->lim.messages_max || f->ix.uidnext == UINT32_MAX) {
+            if (!warned)
+                log_warn(ms->trace, "mstore.folder_full",
+                         "mailbox=%s folder=%s messages=%zu", ms->mailbox,
+                         log_q(f->name), f->ix.n);
+            warned = true;
+            continue;
+        }
+        if (fstatat(fo->in_new ? f->new_fd : f->cur_fd, fo->name, &st,
+                    AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(st.st_mode))
+            continue; /* gone meanwhile */
+        size = mname_size(fo->name);
+        e = mindex_push(&f->ix);
+        e->uid = f->ix.uidnext++;
+        e->in_new = fo->in_new;
+        e->name = fo->name;
+        fo->name = NULL;
+        e->flags = e->in_new ? 0 : mname_flags(e->name);
+        e->size = size >= 0 ? (uint64_t)size : (uint64_t)st.st_size;
+        e->date = (int64_t)st.st_mtim.tv_sec;
+        *changed = true;
+    }
+out:
+    for (size_t i = 0; i < nfound; i++)
+        free(found[i].name);
+    free(found);
+    return rc;
+}
+
+/* Moves the messages in new/ to cur/ (":2," added): this sync's caller
+ * is the session that has them as \Recent (RFC 3501 2.3.2). */
+static void
+claim(struct mfolder *f, uint32_t **claimed, size_t *nclaimed, bool *changed)
+{
+    size_t cap = *nclaimed;
+
+    for (size_t i = 0; i < f->ix.n; i++) {
+        struct mentry *e = &f->ix.e[i];
+        char *to;
+
+        if (!e->in_new)
+            continue;
+        to = mname_with_flags(e->name, 0);
+        if (renameat(f->new_fd, e->name, f->cur_fd, to) != 0) {
+            /* Gone, or moved by another tool: the next scan says. */
+            free(to);
+            f->ix.new_mtime_ns = f->ix.cur_mtime_ns = 0;
+            *changed = true;
+            continue;
+        }
+        free(e->name);
+        e->name = to;
+        e->in_new = false;
+        e->flags = mname_flags(to);
+        *changed = true;
+        if (*nclaimed == cap) {
+            cap = cap ? cap * 2 : 16;
+            *claimed = xrealloc(*claimed, cap * sizeof(**claimed));
+        }
+        (*claimed)[(*nclaimed)++] = e->uid;
+    }
+}
+
+static bool
+any_new(const struct mfolder *f)
+{
+    for (size_t i = 0; i < f->ix.n; i++)
+        if (f->ix.e[i].in_new)
+            return true;
+    return false;
+}
+
+/* Starts f->ix afresh with a new UIDVALIDITY: every file will be numbered
+ * again by the scan. */
+static void
+index_fresh(mstore_t *ms, struct mfolder *f)
+{
+    mindex_clear(&f->ix);
+    f->ix.uidvalidity = mstore_next_uidvalidity(ms);
+    f->ix.uidnext = 1;
+}
+
+int
+mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
+             uint32_t **claimed, size_t *nclaimed)
+{
+    struct stat ist, nst, cst;
+    struct mstamp stamp;
+    bool changed = false, have_index;
+    char why[128] = "";
+    int rc = 0;
+
+    if (claimed != NULL)
+        *claimed = NULL;
+    if (nclaimed != NULL)
+        *nclaimed = 0;
+    have_index = fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) ==
+                 0;
+    if (have_index)
+        stamp_of(&ist, &stamp);
+    if (fstat(f->new_fd, &nst) != 0 || fstat(f->cur_fd, &cst) != 0)
+        return mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                           "cannot read the folder: %s", strerror(errno));
+    /* The cheap way: nothing moved since the index was written. */
+    if (!(how & MF_LOCKED) && f->loaded && have_index &&
+        stamp_eq(&stamp, &f->stamp) && f->ix.new_mtime_ns != 0 &&
+        f->ix.new_mtime_ns == ts_ns(&nst.st_mtim) &&
+        f->ix.cur_mtime_ns == ts_ns(&cst.st_mtim) &&
+        !((how & MF_CLAIM) && any_new(f)))
+        return 0;
+
+    if (!(how & MF_LOCKED) && (rc = mfolder_lock(ms, f)) != 0)
+        return rc;
+    have_index = fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) ==
+                 0;
+    if (have_index)
+        stamp_of(&ist, &stamp);
+    if (!have_index) {
+        /* None yet (a new folder), or removed by hand: number the files
+         * afresh under a new UIDVALIDITY. */
+        if (!f->loaded || f->ix.uidvalidity == 0 || f->ix.n > 0 ||
+            f->stamp.ino != 0)
+            index_fresh(ms, f);
+        changed = true;
+    } else if (!f->loaded || !stamp_eq(&stamp, &f->stamp)) {
+        rc = index_read(ms, f, why, sizeof(why));
+        if (rc == ERR_NOTFOUND) {
+            index_fresh(ms, f);
+            changed = true;
+        } else if (rc != 0) {
+            /* RFC 3501 2.3.1.1: when the UIDs cannot be kept, the
+             * UIDVALIDITY changes. */
+            log_warn(ms->trace, "mstore.index_rebuilt",
+                     "mailbox=%s folder=%s why=%s", ms->mailbox,
+                     log_q(f->name), log_q(why[0] ? why : strerror(errno)));
+            index_fresh(ms, f);
+            changed = true;
+        }
+        rc = 0;
+        f->loaded = true;
+        f->gen++;
+    }
+    f->loaded = true;
+    if (fstat(f->new_fd, &nst) != 0 || fstat(f->cur_fd, &cst) != 0) {
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                         "cannot read the folder: %s", strerror(errno));
+        goto out;
+    }
+    if (changed || f->ix.new_mtime_ns == 0 ||
+        f->ix.new_mtime_ns != ts_ns(&nst.st_mtim) ||
+        f->ix.cur_mtime_ns != ts_ns(&cst.st_mtim)) {
+        int64_t n_ns = dir_stamp(&nst), c_ns = dir_stamp(&cst);
+
+        /* Stamped before reading: a change during the read shows as a
+         * newer mtime next time. */
+        if ((rc = scan(ms, f, &changed)) != 0)
+            goto out;
+        if (n_ns == 0 || c_ns == 0)
+            n_ns = c_ns = 0;
+        if (n_ns != f->ix.new_mtime_ns || c_ns != f->ix.cur_mtime_ns)
+            changed = true;
+        f->ix.new_mtime_ns = n_ns;
+        f->ix.cur_mtime_ns = c_ns;
+    }
+    if ((how & MF_CLAIM) && claimed != NULL)
+        claim(f, claimed, nclaimed, &changed);
+    if (changed) {
+        f->gen++;
+        rc = mfolder_write(ms, f);
+    }
+out:
+    if (!(how & MF_LOCKED))
+        mfolder_unlock(f);
+    return rc;
+}

@@ -1,0 +1,159 @@
+/*
+ * mstore_int.h - what the parts of the IMAP folder store share (mstore.c:
+ * the account and its folders; mstore_index.c: a folder's index file and
+ * its sync with the Maildir; mstore_view.c: sessions' views). Not for
+ * other modules: they use mstore.h.
+ *
+ * A struct mfolder is the store's copy of one folder's index: every
+ * message's UID, file name, size, date and keywords, sorted by UID. It
+ * belongs to the store (mstore_t), is shared by the views on that folder
+ * and freed when its last user lets it go. Its strings belong to it.
+ */
+#ifndef SAMOTOP_MSTORE_INT_H
+#define SAMOTOP_MSTORE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "mstore.h"
+
+/* The index file, its lock and its temporary name, in a folder's Maildir;
+ * the account's last UIDVALIDITY, in the account's Maildir. */
+#define MSTORE_INDEX "samotop-uidlist"
+#define MSTORE_INDEX_TMP "samotop-uidlist.tmp"
+#define MSTORE_INDEX_LOCK "samotop-uidlist.lock"
+#define MSTORE_UIDVALIDITY "samotop-uidvalidity"
+#define MSTORE_SUBSCRIPTIONS "subscriptions"
+#define MSTORE_INDEX_VERSION 1
+/* One line of the index, at most (a file name is at most NAME_MAX). */
+#define MSTORE_LINE_MAX 4096
+
+/* Defaults of struct mstore_limits. */
+#define MSTORE_FOLDERS_MAX 1000
+#define MSTORE_NAME_MAX 200
+#define MSTORE_MESSAGES_MAX 2000000
+#define MSTORE_APPEND_MAX (64 * 1024 * 1024)
+
+/* One message in a folder's index. */
+struct mentry {
+    uint32_t uid;
+    unsigned flags;    /* MSTORE_F_*, from the file name */
+    bool in_new;       /* the file is in new/ (nobody claimed it yet) */
+    bool seen_;        /* scratch, for a scan */
+    uint64_t keywords; /* bit i: the folder's keyword i */
+    uint64_t size;
+    int64_t date;
+    char *name; /* the file's name in new/ or cur/ */
+};
+
+/* A stamp that says whether a file or directory changed. */
+struct mstamp {
+    uint64_t ino, size;
+    int64_t mtime_ns, ctime_ns;
+};
+
+/* The index as a file holds it. */
+struct mindex {
+    uint32_t uidvalidity, uidnext;
+    int64_t new_mtime_ns, cur_mtime_ns; /* the dirs when last scanned; 0:
+                                           scan again */
+    char *keywords[MSTORE_KEYWORDS_MAX];
+    unsigned nkeywords;
+    struct mentry *e; /* ascending UID */
+    size_t n, cap;
+};
+
+struct mfolder {
+    struct mfolder *next; /* the store's open folders */
+    int refs;
+    char *name;   /* IMAP name ("INBOX", "Archive/2024") */
+    char *mdname; /* Maildir++ name ("" for INBOX, ".Archive.2024") */
+    char *path;   /* the folder's Maildir, for inotify */
+    int dir_fd, new_fd, cur_fd, tmp_fd, lock_fd;
+    struct mindex ix;
+    bool loaded;          /* ix holds what the file held at stamp */
+    struct mstamp stamp;  /* of the index file as last read or written */
+    uint64_t gen;         /* bumped whenever ix changes */
+};
+
+struct mstore {
+    char *mailbox;
+    char *path;  /* the account's Maildir */
+    int acct_fd; /* the account's Maildir */
+    struct mstore_limits lim;
+    char trace[64];
+    char err_code[32];
+    char err_text[256];
+    int err; /* the last failure's ERR_* code */
+    int64_t delta;
+    uint32_t append_uid; /* APPENDUID's, for struct mstore_copied */
+    struct mfolder *folders;
+    char host[64]; /* for file names */
+    unsigned long counter;
+};
+
+/* mstore.c */
+int mstore_fail(mstore_t *ms, int err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void mstore_ok(mstore_t *ms);
+/* The folder named (IMAP name), opened and referenced, or NULL with the
+ * error set (NONEXISTENT, or code_missing when given, e.g. TRYCREATE). */
+struct mfolder *mstore_folder_get(mstore_t *ms, const char *name,
+                                  const char *code_missing);
+void mstore_folder_put(mstore_t *ms, struct mfolder **f_p);
+/* Flags as the parser gives them into system flags and keyword bits of
+ * ix, adding keywords when add (LIMIT when the table is full). */
+int mstore_parse_flags(mstore_t *ms, struct mindex *ix,
+                       const char *const *flags, size_t nflags, bool add,
+                       unsigned *sys, uint64_t *kw);
+/* A new unique base name for a message of size octets. */
+void mstore_unique_name(mstore_t *ms, uint64_t size, char *out, size_t outlen);
+
+/* mstore_index.c */
+
+/* Parses an index file's len octets into ix (emptied first); ERR_MALFORMED
+ * with the reason in why for anything amiss, limits included. */
+int mindex_parse(struct mindex *ix, const char *data, size_t len,
+                 size_t messages_max, char *why, size_t whylen);
+/* Appends ix as an index file's text to *out (a buf_t). */
+struct buf;
+void mindex_format(const struct mindex *ix, struct buf *out);
+void mindex_clear(struct mindex *ix);
+/* Entry of uid, or NULL (binary search). */
+struct mentry *mindex_find(const struct mindex *ix, uint32_t uid);
+/* Index of the keyword (case-insensitive, RFC 3501 2.3.2), adding it when
+ * add and there is room; -1 if absent or full. */
+int mindex_keyword(struct mindex *ix, const char *kw, bool add);
+
+/* System flags of a file name (":2," and letters), and the name with new
+ * flags (other letters kept, all in ASCII order). */
+unsigned mname_flags(const char *name);
+char *mname_with_flags(const char *name, unsigned flags);
+/* Length of the base name (before ':'). */
+size_t mname_base_len(const char *name);
+/* The size in ",S=" of the name, or -1. */
+int64_t mname_size(const char *name);
+
+/* How mfolder_sync() goes. */
+enum {
+    MF_CLAIM = 1 << 0, /* move new/ files to cur/; their UIDs go to claimed */
+    MF_LOCKED = 1 << 1 /* the caller holds the lock */
+};
+
+/* Brings f->ix up to date with the index file and the Maildir: cheap (a
+ * few stat calls) when nothing changed, else under the lock: re-reads the
+ * index, scans new/ and cur/, numbers new files, drops vanished ones, and
+ * writes the index back. With MF_CLAIM, files in new/ move to cur/ and
+ * their UIDs are appended to *claimed (caller frees). */
+int mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
+                 uint32_t **claimed, size_t *nclaimed);
+int mfolder_lock(mstore_t *ms, struct mfolder *f);
+void mfolder_unlock(struct mfolder *f);
+/* Writes f->ix to the index file (locked). */
+int mfolder_write(mstore_t *ms, struct mfolder *f);
+/* A fresh UIDVALIDITY for the account: above any it gave before. */
+uint32_t mstore_next_uidvalidity(mstore_t *ms);
+
+#endif
