@@ -469,7 +469,8 @@ cmp_name(const void *a, const void *b)
 static bool
 names_has(const struct names *s, const char *name)
 {
-    return bsearch(&name, s->v, s->n, sizeof(*s->v), cmp_name) != NULL;
+    return s->n > 0 &&
+           bsearch(&name, s->v, s->n, sizeof(*s->v), cmp_name) != NULL;
 }
 
 static void
@@ -477,7 +478,8 @@ names_sort_uniq(struct names *s)
 {
     size_t k = 0;
 
-    qsort(s->v, s->n, sizeof(*s->v), cmp_name);
+    if (s->n > 1)
+        qsort(s->v, s->n, sizeof(*s->v), cmp_name);
     for (size_t i = 0; i < s->n; i++) {
         if (k > 0 && strcmp(s->v[k - 1], s->v[i]) == 0)
             free(s->v[i]);

@@ -726,7 +726,8 @@ scan(mstore_t *ms, struct mfolder *f, bool *changed)
     if (kept != f->ix.n)
         *changed = true;
     f->ix.n = kept;
-    qsort(found, nfound, sizeof(*found), cmp_found);
+    if (nfound > 1)
+        qsort(found, nfound, sizeof(*found), cmp_found);
     for (size_t i = 0; i < nfound; i++) {
         struct found *fo = &found[i];
         struct mentry *e;
