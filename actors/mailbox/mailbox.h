@@ -13,6 +13,7 @@
 #include "actor.h"
 
 #include "mailbox_imap.h"
+#include "mailbox_lmtp.h"
 #include "mailbox_quota.h"
 #include "maildir.h"
 
@@ -49,7 +50,11 @@ struct mailbox {
     /* Each account's quota and usage (mailbox_quota.h); IMAP charges and
      * credits through it too. */
     mailbox_quota_t *quota;
+    /* The accounts this process owns: those lib/shard.h places on shard
+     * of nshards (nshards 1: every account). */
+    int shard, nshards;
     mbimap_t *imap; /* the IMAP doors and sessions (mailbox_imap.h) */
+    mblmtp_t *lmtp; /* the LMTP door and sessions (mailbox_lmtp.h) */
     uint64_t delivered, deferred, refused, bad_requests;
     uint64_t commits, committed; /* group commits, requests in them */
 };

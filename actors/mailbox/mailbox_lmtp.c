@@ -1,0 +1,688 @@
+/*
+ * mailbox_lmtp.c - the LMTP door (RFC 2033): the listening socket, the
+ * sessions, and what their events turn into.
+ *
+ * session_pump() is the heart, as in the listener: it feeds what was read
+ * into the engine, handles events until one waits for something (a
+ * guard.rcpt call on the bus, or the group commit of a message), sends
+ * what the engine queued, and decides whether to read, write or close.
+ * At most one thing is awaited per session, which keeps the pipelined
+ * replies in order (RFC 2920; RFC 2033 4.1 requires PIPELINING).
+ *
+ * A recipient the guard accepts may stand for several mailboxes (an alias);
+ * its one LMTP reply after the data says 250 only when every one of its
+ * copies is on disk (RFC 2033 4.2: the reply is about that recipient).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/config.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/net.h"
+#include "lib/smtp_server.h"
+#include "lib/xalloc.h"
+
+#include "mailbox.h"
+#include "mailbox_lmtp.h"
+
+/* What a session keeps read but not yet taken by the engine, at most. */
+#define IN_MAX 16384
+
+/* One recipient the guard accepted: the mailboxes its copies go to. */
+struct lrcpt {
+    char *rcpt; /* as the guard normalised it */
+    char **boxes;
+    int nboxes;
+};
+
+struct lsess {
+    struct lsess *prev, *next; /* the door's list of live sessions */
+    mblmtp_t *lm;
+    int fd;
+    char ip[64];
+    char trace[ENVELOPE_TRACE_LEN];
+    smtp_server_t *smtp;
+    bool closing; /* close once the output is out */
+    bool eof;     /* the client sent all it will */
+    bool dead;    /* socket closed; freed when no call is outstanding */
+    int watching;
+    char in[IN_MAX]; /* read, not yet taken: in[in_off .. in_len) */
+    size_t in_off, in_len;
+    int calls;              /* guard.rcpt calls outstanding (0 or 1) */
+    struct parked *parked;  /* the message waiting for its commit */
+    int64_t last_active;
+    loop_timer_t *idle_timer;
+    /* The transaction. */
+    char *mail_from;
+    struct lrcpt *rcpts;
+    int nrcpts;
+    struct maildir_rcpt *r; /* the copies of the message being stored */
+    size_t nr;
+    int messages;
+};
+
+struct mblmtp {
+    struct mailbox *mb;
+    loop_t *loop;
+    int fd;
+    char addr[300];
+    char hostname[256];
+    struct smtp_server_opts opts;
+    struct lsess *head;
+    int sessions, max_sessions;
+    int64_t idle_ms, bus_timeout_ms;
+    uint64_t accepted, refused;
+};
+
+static void session_pump(struct lsess *s);
+static void session_free(struct lsess *s);
+
+static void
+txn_clear(struct lsess *s)
+{
+    for (int i = 0; i < s->nrcpts; i++) {
+        free(s->rcpts[i].rcpt);
+        for (int k = 0; k < s->rcpts[i].nboxes; k++)
+            free(s->rcpts[i].boxes[k]);
+        free(s->rcpts[i].boxes);
+    }
+    free(s->rcpts);
+    s->rcpts = NULL;
+    s->nrcpts = 0;
+    free(s->r);
+    s->r = NULL;
+    s->nr = 0;
+    free(s->mail_from);
+    s->mail_from = NULL;
+}
+
+static void
+watch(struct lsess *s, int events)
+{
+    if (s->dead || events == s->watching)
+        return;
+    s->watching = events;
+    loop_fd_mod(s->lm->loop, s->fd, events);
+}
+
+/* Closes the socket now; the session itself goes when no call is out. A
+ * message waiting for its commit is stored first: it borrows the engine's
+ * buffer. */
+static void
+session_close(struct lsess *s, const char *why)
+{
+    mblmtp_t *lm = s->lm;
+
+    if (s->dead)
+        return;
+    s->dead = true;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        lm->head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    mailbox_deliver_cancel(lm->mb, &s->parked);
+    loop_fd_del(lm->loop, s->fd);
+    close(s->fd);
+    loop_timer_cancel(lm->loop, &s->idle_timer);
+    lm->sessions--;
+    log_info(s->trace, "lmtp_session_end", "ip=%s messages=%d why=%s", s->ip,
+             s->messages, why);
+    if (s->calls == 0)
+        session_free(s);
+}
+
+static void
+session_free(struct lsess *s)
+{
+    txn_clear(s);
+    smtp_server_destroy(&s->smtp);
+    free(s);
+}
+
+/* Sends what the engine queued. Returns 1 when all of it went, 0 when the
+ * socket is full, -1 when the connection is gone. */
+static int
+flush(struct lsess *s)
+{
+    for (;;) {
+        size_t len;
+        const char *out = smtp_server_output(s->smtp, &len);
+        ssize_t n;
+
+        if (len == 0)
+            return 1;
+        n = send(s->fd, out, len, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        if (n <= 0)
+            return -1;
+        smtp_server_output_done(s->smtp, (size_t)n);
+    }
+}
+
+/* --- RCPT: the guard says whether the recipient is ours ----------------- */
+
+static void
+on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct lsess *s = arg;
+    const value_t *boxes, *fwd;
+    const char *rcpt;
+    struct lrcpt *lr;
+    char msg[128];
+
+    s->calls--;
+    if (s->dead) {
+        if (s->calls == 0)
+            session_free(s);
+        return;
+    }
+    if (err != 0 || reply == NULL) {
+        log_warn(s->trace, "bus_call_failed", "type=guard.rcpt err=%s text=%s",
+                 err_name(err), log_q(text));
+        snprintf(msg, sizeof(msg), "temporary failure, try again later %s",
+                 s->trace);
+        smtp_server_reply(s->smtp, 451, "4.3.0", msg);
+        goto out;
+    }
+    if (envelope_code(reply) >= 400) {
+        /* 550 5.1.1 no such user, 451 4.3.0 store down, ...: as said. */
+        smtp_server_reply(s->smtp, envelope_code(reply),
+                          envelope_get_str(reply, ENV_KEY_ECODE),
+                          envelope_get_str(reply, ENV_KEY_TEXT));
+        goto out;
+    }
+    boxes = value_get(envelope_body_peek(reply), ENV_KEY_MAILBOXES);
+    fwd = value_get(envelope_body_peek(reply), ENV_KEY_FORWARD);
+    rcpt = envelope_get_str(reply, ENV_KEY_RCPT);
+    if (value_count(fwd) > 0) {
+        /* XXX: this door stores into our Maildirs only; an alias that
+         * forwards off this host needs the queue. The sending MTA should
+         * route such a recipient by SMTP (our MTA port) instead. */
+        smtp_server_reply(s->smtp, 550, "5.7.1",
+                          "recipient forwards to other hosts; send it by "
+                          "SMTP, not LMTP");
+        goto out;
+    }
+    if (value_count(boxes) == 0) {
+        smtp_server_reply(s->smtp, 451, "4.3.0",
+                          "recipient resolves to nothing, try later");
+        goto out;
+    }
+    s->rcpts = xrealloc(s->rcpts, sizeof(*s->rcpts) * (size_t)(s->nrcpts + 1));
+    lr = &s->rcpts[s->nrcpts++];
+    lr->rcpt = xstrdup(rcpt ? rcpt : "");
+    lr->boxes = xcalloc(value_count(boxes), sizeof(*lr->boxes));
+    lr->nboxes = 0;
+    for (size_t i = 0; i < value_count(boxes); i++) {
+        const char *m = value_str(value_at(boxes, i), NULL);
+
+        if (m)
+            lr->boxes[lr->nboxes++] = xstrdup(m);
+    }
+    smtp_server_reply(s->smtp, envelope_code(reply),
+                      envelope_get_str(reply, ENV_KEY_ECODE),
+                      envelope_get_str(reply, ENV_KEY_TEXT));
+out:
+    session_pump(s);
+}
+
+static void
+ask_guard(struct lsess *s, const struct smtp_event *ev)
+{
+    envelope_t *env = envelope_new("guard.rcpt", s->trace,
+                                   s->lm->bus_timeout_ms);
+    value_t *body = envelope_body(env);
+
+    /* Not a listener role: the guard treats it as inbound, so only our
+     * own accounts and aliases pass (no relaying). */
+    value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
+    value_set_str(body, ENV_KEY_ROLE, "lmtp");
+    value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
+    value_set_str(body, ENV_KEY_RCPT, ev->rcpt.to);
+    s->calls++;
+    if (bus_client_send_take(actor_client(s->lm->mb->actor), &env,
+                             on_guard_rcpt, s) != 0) {
+        s->calls--;
+        envelope_destroy(&env);
+        smtp_server_reply(s->smtp, 451, "4.3.0",
+                          "temporary failure, try again later");
+    }
+}
+
+/* --- the message: stored through the mailbox's group commit ------------ */
+
+/* RFC 5322 3.3 date-time, for the Received header. */
+static void
+rfc5322_date(char *out, size_t outlen)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(out, outlen, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+}
+
+/* The lines the final delivery puts on top (RFC 5321 4.4): Return-Path
+ * with the reverse-path, and our Received with the LHLO name and the
+ * client's address, the RFC 3848 keyword (LMTP), the trace id as the id,
+ * "for" only with one recipient (Bcc stays hidden), and the date. */
+static char *
+message_head(struct lsess *s)
+{
+    const char *helo = smtp_server_helo(s->smtp);
+    buf_t b = BUF_INIT;
+    char date[64];
+
+    rfc5322_date(date, sizeof(date));
+    buf_printf(&b, "Return-Path: <%s>\r\n", s->mail_from ? s->mail_from : "");
+    buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
+               "id %s", helo ? helo : "unknown", s->ip, s->lm->hostname,
+               smtp_server_with(s->smtp), s->trace);
+    if (s->nrcpts == 1)
+        buf_printf(&b, "\r\n\tfor <%s>", s->rcpts[0].rcpt);
+    buf_printf(&b, ";\r\n\t%s\r\n", date);
+    return buf_take(&b);
+}
+
+/* The worst of a recipient's copies: a 4xx (the client keeps the message
+ * and tries again) before a 5xx, and 250 only when all are stored. */
+static const struct maildir_rcpt *
+worst(const struct maildir_rcpt *r, int n)
+{
+    const struct maildir_rcpt *w = &r[0];
+
+    for (int i = 1; i < n; i++) {
+        int c = r[i].code / 100, wc = w->code / 100;
+
+        if (c == 4 ? wc != 4 : c == 5 && wc == 2)
+            w = &r[i];
+    }
+    return w;
+}
+
+static void
+on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
+          size_t n)
+{
+    struct lsess *s = arg;
+    size_t k = 0;
+    int ok = 0;
+    char text[200];
+
+    (void)mb;
+    (void)n;
+    s->parked = NULL;
+    for (int i = 0; i < s->nrcpts; i++) {
+        const struct lrcpt *lr = &s->rcpts[i];
+        const struct maildir_rcpt *w = worst(r + k, lr->nboxes);
+
+        k += (size_t)lr->nboxes;
+        if (w->code == 250) {
+            ok++;
+            snprintf(text, sizeof(text), "<%s> stored as %s", lr->rcpt,
+                     s->trace);
+            smtp_server_reply_rcpt(s->smtp, i, 250, "2.0.0", text);
+        } else {
+            snprintf(text, sizeof(text), "<%s> %s", lr->rcpt, w->text);
+            smtp_server_reply_rcpt(s->smtp, i, w->code, w->ecode, text);
+        }
+    }
+    s->messages++;
+    log_info(s->trace, "lmtp_message", "rcpts=%d stored=%d", s->nrcpts, ok);
+    session_pump(s);
+}
+
+static void
+on_message(struct lsess *s, const struct smtp_event *ev)
+{
+    char *head;
+    size_t k = 0;
+
+    if (ev->message.nrcpts != s->nrcpts) {
+        /* The engine and we count the accepted recipients alike; if not,
+         * nothing is stored and the client tries again. */
+        log_err(s->trace, "lmtp_rcpts_mismatch", "engine=%d session=%d",
+                ev->message.nrcpts, s->nrcpts);
+        smtp_server_reply(s->smtp, 451, "4.3.0", "internal error");
+        return;
+    }
+    s->nr = 0;
+    for (int i = 0; i < s->nrcpts; i++)
+        s->nr += (size_t)s->rcpts[i].nboxes;
+    s->r = xcalloc(s->nr, sizeof(*s->r));
+    for (int i = 0; i < s->nrcpts; i++)
+        for (int b = 0; b < s->rcpts[i].nboxes; b++, k++) {
+            s->r[k].mailbox = s->rcpts[i].boxes[b];
+            s->r[k].mailbox_len = strlen(s->rcpts[i].boxes[b]);
+        }
+    head = message_head(s);
+    /* The data stays in the engine until every recipient is answered. */
+    s->parked = mailbox_deliver_park(s->lm->mb, s->trace, s->trace, &head,
+                                     ev->message.data, ev->message.len, s->r,
+                                     s->nr, on_stored, s);
+}
+
+/* --- events and the pump ------------------------------------------------ */
+
+/* Whether the session waits for a reply from elsewhere. */
+static bool
+busy(const struct lsess *s)
+{
+    return s->calls > 0 || s->parked != NULL;
+}
+
+/* Handles one event; false when the session must stop for now. */
+static bool
+on_event(struct lsess *s, const struct smtp_event *ev)
+{
+    switch (ev->type) {
+    case SMTP_EV_CONNECT:
+        smtp_server_reply(s->smtp, 220, NULL, "LMTP Samotop");
+        return true;
+    case SMTP_EV_HELO:
+        return true;
+    case SMTP_EV_MAIL:
+        /* Policy on senders is the sending MTA's; the path is checked. */
+        txn_clear(s);
+        s->mail_from = xstrdup(ev->mail.from);
+        smtp_server_reply(s->smtp, 250, "2.1.0", "sender ok");
+        return true;
+    case SMTP_EV_RCPT:
+        ask_guard(s, ev);
+        return !busy(s);
+    case SMTP_EV_MESSAGE:
+        on_message(s, ev);
+        return !busy(s);
+    case SMTP_EV_RESET:
+        txn_clear(s);
+        return true;
+    case SMTP_EV_AUTH:
+        /* Not offered, so never given; refuse to be safe. */
+        smtp_server_reply(s->smtp, 502, "5.5.1", "not here");
+        return true;
+    case SMTP_EV_STARTTLS:
+    case SMTP_EV_QUIT:
+    case SMTP_EV_CLOSE:
+        s->closing = true;
+        return false;
+    case SMTP_EV_NONE:
+        break;
+    }
+    return false;
+}
+
+static void
+session_pump(struct lsess *s)
+{
+    bool idle = false;
+
+    for (int rounds = 0; rounds < 64 && !s->dead; rounds++) {
+        const struct smtp_event *ev;
+        bool progress = false;
+        int fl;
+
+        if (s->in_len > s->in_off) {
+            size_t took = smtp_server_input(s->smtp, s->in + s->in_off,
+                                            s->in_len - s->in_off);
+
+            s->in_off += took;
+            if (s->in_off == s->in_len)
+                s->in_off = s->in_len = 0;
+            progress = took > 0;
+        }
+        while (!busy(s) && !s->dead) {
+            ev = smtp_server_next(s->smtp);
+            if (ev->type == SMTP_EV_NONE)
+                break;
+            progress = true;
+            if (!on_event(s, ev))
+                break;
+        }
+        if (s->dead)
+            return;
+        fl = flush(s);
+        if (fl < 0) {
+            session_close(s, "write_failed");
+            return;
+        }
+        if (fl == 0) {
+            watch(s, LOOP_WRITE);
+            return;
+        }
+        if (s->closing) {
+            session_close(s, "done");
+            return;
+        }
+        if (!progress || busy(s)) {
+            idle = true;
+            break;
+        }
+    }
+    if (s->dead)
+        return;
+    if (s->eof) {
+        /* All the client sent is answered: done. */
+        if (!busy(s) && idle) {
+            session_close(s, "client_closed");
+            return;
+        }
+        watch(s, busy(s) ? 0 : LOOP_WRITE);
+        return;
+    }
+    watch(s, s->in_len < IN_MAX ? LOOP_READ : 0);
+}
+
+static void
+on_io(loop_t *loop, int fd, int events, void *arg)
+{
+    struct lsess *s = arg;
+
+    (void)loop;
+    if ((events & (LOOP_READ | LOOP_ERROR)) && !s->eof) {
+        if (s->in_off > 0) {
+            memmove(s->in, s->in + s->in_off, s->in_len - s->in_off);
+            s->in_len -= s->in_off;
+            s->in_off = 0;
+        }
+        while (s->in_len < IN_MAX) {
+            ssize_t n = read(fd, s->in + s->in_len, IN_MAX - s->in_len);
+
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                break;
+            if (n < 0) {
+                session_close(s, "read_failed");
+                return;
+            }
+            if (n == 0) {
+                s->eof = true;
+                break;
+            }
+            s->in_len += (size_t)n;
+            s->last_active = loop_now_ms(s->lm->loop);
+        }
+    }
+    session_pump(s);
+}
+
+static void
+on_idle(loop_t *loop, void *arg)
+{
+    struct lsess *s = arg;
+    int64_t left = s->last_active + s->lm->idle_ms - loop_now_ms(loop);
+
+    s->idle_timer = NULL;
+    if (left > 0 || s->parked != NULL) {
+        /* A message being stored is not idleness. */
+        s->idle_timer = loop_timer_add(loop, left > 0 ? left : 1000, on_idle,
+                                       s);
+        return;
+    }
+    log_info(s->trace, "idle_timeout", "ip=%s", s->ip);
+    /* RFC 5321 4.5.3.2.7 and 3.8: 421, then close. */
+    smtp_server_close(s->smtp, "4.4.2", "idle timeout, closing");
+    flush(s);
+    session_close(s, "idle_timeout");
+}
+
+/* --- the door ----------------------------------------------------------- */
+
+static void
+session_start(mblmtp_t *lm, int fd, const char *ip)
+{
+    struct lsess *s = xcalloc(1, sizeof(*s));
+
+    s->lm = lm;
+    s->fd = fd;
+    snprintf(s->ip, sizeof(s->ip), "%s", ip);
+    envelope_new_trace(s->trace);
+    s->smtp = smtp_server_new(&lm->opts);
+    s->last_active = loop_now_ms(lm->loop);
+    if (loop_fd_add(lm->loop, fd, LOOP_READ, on_io, s) != 0) {
+        close(fd);
+        smtp_server_destroy(&s->smtp);
+        free(s);
+        return;
+    }
+    s->watching = LOOP_READ;
+    s->next = lm->head;
+    if (lm->head)
+        lm->head->prev = s;
+    lm->head = s;
+    lm->sessions++;
+    s->idle_timer = loop_timer_add(lm->loop, lm->idle_ms, on_idle, s);
+    log_info(s->trace, "lmtp_session_start", "ip=%s sessions=%d", ip,
+             lm->sessions);
+    session_pump(s);
+}
+
+static void
+on_accept(loop_t *loop, int lfd, int events, void *arg)
+{
+    mblmtp_t *lm = arg;
+
+    (void)loop;
+    (void)events;
+    for (int i = 0; i < 16; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char ip[64];
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                log_warn(NULL, "accept_failed", "door=lmtp reason=%s",
+                         log_q(strerror(errno)));
+            return;
+        }
+        net_addr_text(&ss, ip, sizeof(ip));
+        if (lm->sessions >= lm->max_sessions) {
+            /* RFC 5321 3.1: a 421 greeting, then close. */
+            static const char busy_line[] =
+                "421 4.3.2 Too busy, try again later\r\n";
+            ssize_t n = write(fd, busy_line, sizeof(busy_line) - 1);
+
+            (void)n;
+            close(fd);
+            lm->refused++;
+            log_warn(NULL, "session_refused", "door=lmtp ip=%s reason=full "
+                     "sessions=%d", ip, lm->sessions);
+            continue;
+        }
+        lm->accepted++;
+        session_start(lm, fd, ip);
+    }
+}
+
+/* Whether addr ("HOST:PORT") is on loopback, where this door belongs. */
+static bool
+addr_loopback(const char *addr)
+{
+    return strncmp(addr, "127.", 4) == 0 || strncmp(addr, "[::1]:", 6) == 0 ||
+           strncmp(addr, "localhost:", 10) == 0;
+}
+
+mblmtp_t *
+mailbox_lmtp_start(struct mailbox *mb)
+{
+    const config_t *cfg = actor_config(mb->actor);
+    mblmtp_t *lm = xcalloc(1, sizeof(*lm));
+    char why[512];
+
+    lm->mb = mb;
+    lm->loop = actor_loop(mb->actor);
+    snprintf(lm->addr, sizeof(lm->addr), "%s", config_str(cfg, "listen.lmtp"));
+    snprintf(lm->hostname, sizeof(lm->hostname), "%s",
+             config_str(cfg, "hostname"));
+    if (lm->hostname[0] == '\0' &&
+        gethostname(lm->hostname, sizeof(lm->hostname) - 1) != 0)
+        snprintf(lm->hostname, sizeof(lm->hostname), "localhost");
+    lm->max_sessions = (int)config_int(cfg, "lmtp.max_sessions");
+    lm->idle_ms = config_int(cfg, "lmtp.idle_timeout_ms");
+    lm->bus_timeout_ms = config_int(cfg, "bus.timeout_ms");
+    lm->opts = (struct smtp_server_opts){
+        .hostname = lm->hostname,
+        .max_message = (size_t)config_int(cfg, "smtp.max_message"),
+        .max_rcpts = (int)config_int(cfg, "smtp.max_rcpts"),
+        .max_errors = (int)config_int(cfg, "smtp.max_errors"),
+        /* RFC 2033 4.1 adds PIPELINING and ENHANCEDSTATUSCODES itself;
+         * no STARTTLS or AUTH on an internal door. */
+        .ext = SMTP_EXT_SIZE | SMTP_EXT_8BITMIME | SMTP_EXT_SMTPUTF8 |
+               SMTP_EXT_CHUNKING,
+        .lmtp = true,
+    };
+    lm->fd = net_listen(lm->addr, why, sizeof(why));
+    if (lm->fd < 0) {
+        log_err(NULL, "listen_failed", "door=lmtp addr=%s reason=%s",
+                lm->addr, log_q(why));
+        free(lm);
+        return NULL;
+    }
+    if (loop_fd_add(lm->loop, lm->fd, LOOP_READ, on_accept, lm) != 0) {
+        close(lm->fd);
+        free(lm);
+        return NULL;
+    }
+    if (!addr_loopback(lm->addr))
+        log_warn(NULL, "lmtp_not_loopback", "addr=%s reason=%s", lm->addr,
+                 log_q("LMTP has no TLS or AUTH: keep it on internal "
+                       "networks"));
+    log_info(NULL, "listening", "door=lmtp addr=%s", lm->addr);
+    return lm;
+}
+
+void
+mailbox_lmtp_stop(mblmtp_t **lm_p)
+{
+    mblmtp_t *lm = *lm_p;
+
+    if (lm == NULL)
+        return;
+    loop_fd_del(lm->loop, lm->fd);
+    close(lm->fd);
+    /* Messages parked now are stored and answered before the 421s. */
+    mailbox_deliver_flush(lm->mb);
+    while (lm->head) {
+        struct lsess *s = lm->head;
+
+        /* Before the engine forgets the message the delivery borrows. */
+        mailbox_deliver_cancel(lm->mb, &s->parked);
+        smtp_server_close(s->smtp, "4.3.2", "shutting down");
+        flush(s);
+        session_close(s, "shutdown");
+    }
+    log_info(NULL, "lmtp_stopped", "accepted=%llu refused=%llu",
+             (unsigned long long)lm->accepted, (unsigned long long)lm->refused);
+    free(lm);
+    *lm_p = NULL;
+}
