@@ -259,6 +259,8 @@ queue_init(actor_t *a)
     for (int i = 0; queue_sched_scripts[i]; i++)
         script_sha(queue_sched_scripts[i]);
     q->store = store_async_new(actor_loop(a), cfg, QUEUE_REDIS_TIMEOUT_MS);
+    queue_metrics_start(q, actor_metrics(a), actor_loop(a),
+                        config_int(cfg, "metrics.sample_ms"));
     actor_set_data(a, q);
     log_info(NULL, "queue_config",
              "owner=%s scan_ms=%ld lease_ms=%ld max_inflight=%ld "
@@ -279,6 +281,7 @@ queue_fini(actor_t *a)
         return;
     q->closing = true;
     q->in_fini = true;
+    queue_metrics_stop();
     queue_sched_stop(q);
     /* Fails every command still out: submits answer 451, messages in hand
      * are dropped (their leases expire and another process takes them). */

@@ -236,4 +236,15 @@ void queue_sched_start(queue_t *q);
  * their outstanding calls come back. */
 void queue_sched_stop(queue_t *q);
 
+/* queue_metrics.c */
+
+/* Registers the queue's metrics in m and samples the queue's depth from
+ * Redis every sample_ms on loop; q is borrowed until queue_metrics_stop(),
+ * which fini calls before the store goes. */
+void queue_metrics_start(queue_t *q, metrics_t *m, loop_t *loop,
+                         long sample_ms);
+void queue_metrics_stop(void);
+/* Counts a pending recipient's round as settle() decided it. */
+void queue_metrics_rcpt(const struct queue_rcpt *r);
+
 #endif

@@ -658,6 +658,7 @@ settle(struct queue_job *j, int64_t now)
             r->status = QUEUE_BOUNCED;
             q->bounced++;
         }
+        queue_metrics_rcpt(r);
         any |= r->act != QUEUE_ACT_NONE;
     }
     return any;
