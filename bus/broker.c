@@ -66,6 +66,7 @@ struct broker {
     int subscribers;    /* topics subscribed on the trace feed */
     loop_timer_t *hb_timer;
     uint64_t routed;
+    metric_t *m_routed, *m_refused, *m_workers, *m_queued; /* or NULL */
 };
 
 static int broker_on_front(loop_t *loop, void *zsocket, void *arg);
@@ -322,6 +323,7 @@ dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, const char *reqid,
     h->reqid_len = strlen(reqid);
     publish(b, trace, w->svc->name, env);
     b->routed++;
+    metrics_inc(b->m_routed, METRICS_L(w->svc->name));
     hex_encode(zmq_msg_data(client), zmq_msg_size(client), hex);
     zmq_msg_close(client);
     hl = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
@@ -376,6 +378,8 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
         char text[128];
 
         snprintf(text, sizeof(text), "no worker for service %s", h.f[1]);
+        /* Not by service: a client may name any. */
+        metrics_inc(b->m_refused, METRICS_L("noworker"));
         send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
                            h.f[2], ERR_NOWORKER, text);
         goto out;
@@ -383,6 +387,7 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
     if (s->qhead == NULL && (w = pick_worker(s)) != NULL) {
         dispatch(b, w, &f[0], h.f[2], h.f[3], &f[2]);
     } else if (s->qlen >= QUEUE_MAX) {
+        metrics_inc(b->m_refused, METRICS_L("queue_full"));
         send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
                            h.f[2], ERR_NOWORKER, "service queue full");
     } else {
@@ -648,4 +653,37 @@ broker_on_tick(loop_t *loop, void *arg)
         }
     }
     b->hb_timer = loop_timer_add(loop, b->o.heartbeat_ms, broker_on_tick, b);
+}
+
+/* Workers and waiting requests per service, read at each scrape. */
+static void
+broker_collect(metrics_t *m, void *arg)
+{
+    broker_t *b = arg;
+
+    (void)m;
+    for (struct service *s = zhashx_first(b->services); s;
+         s = zhashx_next(b->services)) {
+        metrics_set(b->m_workers, METRICS_L(s->name), s->nworkers);
+        metrics_set(b->m_queued, METRICS_L(s->name), s->qlen);
+    }
+}
+
+void
+broker_set_metrics(broker_t *b, metrics_t *m)
+{
+    b->m_routed = metrics_counter(m, "samotop_broker_routed_total",
+                                  "Requests handed to a worker, by service",
+                                  "service");
+    b->m_refused = metrics_counter(
+        m, "samotop_broker_refused_total",
+        "Requests refused at once, by reason (noworker, queue_full)",
+        "reason");
+    b->m_workers = metrics_gauge(m, "samotop_broker_workers",
+                                 "Workers registered, by service", "service");
+    b->m_queued = metrics_gauge(m, "samotop_broker_queued",
+                                "Requests waiting for a free worker, by "
+                                "service",
+                                "service");
+    metrics_on_collect(m, broker_collect, b);
 }

@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #include "lib/loop.h"
+#include "lib/metrics.h"
 
 typedef struct broker broker_t;
 
@@ -33,5 +34,9 @@ struct broker_opts {
 broker_t *broker_new(loop_t *loop, const struct broker_opts *opts, char *why,
                      size_t whylen);
 void broker_destroy(broker_t **broker_p);
+
+/* Counts requests routed and refused, and shows workers and waiting
+ * requests per service, in m (borrowed; it must outlive the broker). */
+void broker_set_metrics(broker_t *b, metrics_t *m);
 
 #endif

@@ -10,6 +10,7 @@
 #include "broker.h"
 #include "lib/config.h"
 #include "lib/log.h"
+#include "lib/metrics_http.h"
 
 static void
 on_stop(loop_t *loop, int signo, void *arg)
@@ -26,6 +27,8 @@ main(int argc, char **argv)
     struct broker_opts o;
     broker_t *b;
     loop_t *loop;
+    metrics_t *m;
+    metrics_http_t *http = NULL;
     char why[512];
     int rc;
 
@@ -47,10 +50,24 @@ main(int argc, char **argv)
     b = broker_new(loop, &o, why, sizeof(why));
     if (b == NULL)
         log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
+    m = metrics_new();
+    metrics_add_process(m, "bus", args.instance);
+    broker_set_metrics(b, m);
+    if (*config_str(args.cfg, "metrics.listen")) {
+        /* Bound and routing: the broker is healthy while it answers. */
+        struct metrics_http_opts ho = {
+            .listen = config_str(args.cfg, "metrics.listen"), .metrics = m};
+
+        http = metrics_http_new(loop, &ho, why, sizeof(why));
+        if (http == NULL)
+            log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
+    }
     log_info(NULL, "ready", "clients=%s workers=%s trace=%s", o.clients,
              o.workers, o.trace);
     loop_run(loop);
+    metrics_http_destroy(&http);
     broker_destroy(&b);
+    metrics_destroy(&m);
     loop_destroy(&loop);
     actor_args_free(&args);
     log_info(NULL, "stopped", "");

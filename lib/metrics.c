@@ -13,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
 #include "log.h"
 #include "metrics.h"
@@ -50,8 +53,14 @@ struct collector {
     void *arg;
 };
 
+/* What metrics_add_process() reads at each render. */
+struct process_metrics {
+    metric_t *cpu, *rss;
+};
+
 struct metrics {
     metric_t *head, *tail;
+    struct process_metrics proc;
     metric_t *dropped; /* series refused past METRICS_MAX_SERIES */
     struct collector collect[16];
     int ncollect;
@@ -480,4 +489,47 @@ metrics_render(metrics_t *m, buf_t *out)
             buf_addc(out, '\n');
         }
     }
+}
+
+static void
+on_process_collect(metrics_t *m, void *arg)
+{
+    struct process_metrics *pm = arg;
+    struct rusage ru;
+    long pages = 0, rss = 0;
+    FILE *f;
+
+    (void)m;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        metrics_set(pm->cpu, NULL,
+                    (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                        (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) /
+                            1e6);
+    if ((f = fopen("/proc/self/statm", "re")) != NULL) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) == 2)
+            metrics_set(pm->rss, NULL, (double)rss * sysconf(_SC_PAGESIZE));
+        fclose(f);
+    }
+}
+
+void
+metrics_add_process(metrics_t *m, const char *service, const char *instance)
+{
+    struct process_metrics *pm = &m->proc;
+
+    metrics_set(metrics_gauge(m, "process_start_time_seconds",
+                              "Start time of the process since the epoch, "
+                              "in seconds",
+                              NULL),
+                NULL, (double)(clock_wall_us() / 1000000));
+    metrics_set(metrics_gauge(m, "samotop_actor_info",
+                              "The actor this process runs, and its copy",
+                              "service,instance"),
+                METRICS_L(service, instance), 1);
+    pm->cpu = metrics_counter(m, "process_cpu_seconds_total",
+                             "User and system CPU time spent, in seconds",
+                             NULL);
+    pm->rss = metrics_gauge(m, "process_resident_memory_bytes",
+                           "Resident memory size in bytes", NULL);
+    metrics_on_collect(m, on_process_collect, pm);
 }

@@ -7,7 +7,8 @@
  * update then names the label values, and a series is made for each new
  * combination (at most METRICS_MAX_SERIES per metric: beyond that updates
  * are dropped and counted in samotop_metrics_series_dropped_total, so a
- * label fed from the network can never eat the memory). No I/O here:
+ * label fed from the network can never eat the memory). No I/O here
+ * beyond the process collector's read of /proc/self/statm:
  * metrics_render() writes the exposition into a buffer, and
  * metrics_http.h serves it.
  *
@@ -85,6 +86,13 @@ double metrics_get(const metric_t *c, const char *const *values);
  * most 16 per registry; returns 0 or ERR_TOO_BIG. */
 typedef void metrics_collect_fn(metrics_t *m, void *arg);
 int metrics_on_collect(metrics_t *m, metrics_collect_fn *fn, void *arg);
+
+/* Registers the metrics every Samotop process has: process_start_time_
+ * seconds (now), samotop_actor_info{service,instance} 1, and
+ * process_cpu_seconds_total and process_resident_memory_bytes, read from
+ * getrusage() and /proc/self/statm at each render. */
+void metrics_add_process(metrics_t *m, const char *service,
+                         const char *instance);
 
 /* Appends the exposition of every metric to out: # HELP and # TYPE lines,
  * then one line per series (histograms: cumulative _bucket{le=...}, then
