@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "actor.h"
@@ -27,8 +26,7 @@ struct actor {
     uint64_t handled, unknown;
     metrics_t *metrics;
     metrics_http_t *http;
-    metric_t *m_requests, *m_latency, *m_brokers, *m_inflight, *m_pending,
-        *m_cpu, *m_rss;
+    metric_t *m_requests, *m_latency, *m_brokers, *m_inflight, *m_pending;
 };
 
 static void
@@ -309,9 +307,6 @@ static void
 on_collect(metrics_t *m, void *arg)
 {
     actor_t *a = arg;
-    struct rusage ru;
-    long pages = 0, rss = 0;
-    FILE *f;
 
     (void)m;
     metrics_set(a->m_brokers, NULL,
@@ -319,16 +314,6 @@ on_collect(metrics_t *m, void *arg)
     metrics_set(a->m_inflight, NULL,
                 a->worker ? bus_worker_inflight(a->worker) : 0);
     metrics_set(a->m_pending, NULL, (double)bus_client_pending(a->client));
-    if (getrusage(RUSAGE_SELF, &ru) == 0)
-        metrics_set(a->m_cpu, NULL,
-                    (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                        (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) /
-                            1e6);
-    if ((f = fopen("/proc/self/statm", "r")) != NULL) {
-        if (fscanf(f, "%ld %ld", &pages, &rss) == 2)
-            metrics_set(a->m_rss, NULL, (double)rss * sysconf(_SC_PAGESIZE));
-        fclose(f);
-    }
 }
 
 /* /health and /ready: the process answers and a broker can reach its
@@ -351,20 +336,7 @@ metrics_start(actor_t *a)
 {
     metrics_t *m = a->metrics = metrics_new();
 
-    metrics_set(metrics_gauge(m, "process_start_time_seconds",
-                              "Start time of the process since the epoch, "
-                              "in seconds",
-                              NULL),
-                NULL, (double)(clock_wall_us() / 1000000));
-    metrics_set(metrics_gauge(m, "samotop_actor_info",
-                              "The actor this process runs, and its copy",
-                              "service,instance"),
-                METRICS_L(a->desc->name, a->args.instance), 1);
-    a->m_cpu = metrics_counter(m, "process_cpu_seconds_total",
-                               "User and system CPU time spent, in seconds",
-                               NULL);
-    a->m_rss = metrics_gauge(m, "process_resident_memory_bytes",
-                             "Resident memory size in bytes", NULL);
+    metrics_add_process(m, a->desc->name, a->args.instance);
     a->m_requests = metrics_counter(
         m, "samotop_bus_requests_total",
         "Bus requests this actor answered, by type and reply code",
