@@ -17,6 +17,7 @@ struct actor {
     const struct actor_desc *desc;
     struct actor_args args;
     char name[96];
+    char service[64]; /* set by init (a shard), or "" for desc->name */
     loop_t *loop;
     bus_worker_t *worker;
     bus_client_t *client;
@@ -232,6 +233,15 @@ actor_set_data(actor_t *a, void *data)
     a->data = data;
 }
 
+int
+actor_set_service(actor_t *a, const char *service)
+{
+    if (*service == '\0' || strlen(service) >= sizeof(a->service))
+        return ERR_INVAL;
+    snprintf(a->service, sizeof(a->service), "%s", service);
+    return 0;
+}
+
 void *
 actor_data(actor_t *a)
 {
@@ -412,6 +422,8 @@ actor_main(int argc, char **argv, const struct actor_desc *desc)
     wo.max_envelope = (size_t)config_int(cfg, "bus.max_envelope");
     if (desc->init && (rc = desc->init(a)) != 0)
         log_fatal(NULL, "start_failed", "reason=%s", log_q(err_str(rc)));
+    if (a->service[0] != '\0')
+        wo.service = a->service;
     /* Register only once init is done: no request arrives half-ready. */
     a->worker = bus_worker_new(a->loop, &wo, on_request, a, why, sizeof(why));
     if (a->worker == NULL)
@@ -431,7 +443,7 @@ actor_main(int argc, char **argv, const struct actor_desc *desc)
             log_fatal(NULL, "start_failed", "reason=%s", log_q(why));
     }
     log_info(NULL, "ready", "service=%s bus=%s pid=%d metrics_port=%d",
-             desc->name, wo.endpoints, (int)getpid(),
+             wo.service, wo.endpoints, (int)getpid(),
              a->http ? metrics_http_port(a->http) : 0);
     rc = loop_run(a->loop);
     metrics_http_destroy(&a->http);

@@ -88,6 +88,10 @@ const char *actor_name(const actor_t *a);
  * own metrics in init. */
 metrics_t *actor_metrics(actor_t *a);
 void actor_set_data(actor_t *a, void *data);
+/* Called from init: the worker registers as service instead of the
+ * actor's name (a shard of it, "mailbox.2": lib/shard.h). Returns 0, or
+ * ERR_INVAL for an empty or too long name. */
+int actor_set_service(actor_t *a, const char *service);
 void *actor_data(actor_t *a);
 
 /* Answers *req_p with *reply_p; takes both. Returns 0 or ERR_CLOSED. */

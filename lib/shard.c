@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "shard.h"
 
@@ -41,6 +42,32 @@ int
 shard_of(const char *address, size_t len, int n)
 {
     return n <= 1 ? 0 : shard_jump(shard_hash(address, len), n);
+}
+
+int
+shard_mailbox_count(const config_t *cfg)
+{
+    long n = config_int(cfg, "mailbox.shards");
+
+    if (n == 0)
+        n = config_int(cfg, "supervisor.mailbox");
+    return n < 1 ? 1 : n > SHARD_MAX ? SHARD_MAX : (int)n;
+}
+
+int
+shard_mailbox_index(const config_t *cfg, const char *instance)
+{
+    long k = config_int(cfg, "mailbox.shard"), n = shard_mailbox_count(cfg);
+    char *end;
+
+    if (k >= 0)
+        return k < n ? (int)k : -1;
+    if (instance == NULL || *instance == '\0')
+        return -1;
+    k = strtol(instance, &end, 10);
+    if (*end != '\0' || k < 1)
+        return -1;
+    return (int)((k - 1) % n);
 }
 
 char *

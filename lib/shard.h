@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
+
 /* Most shards a service may be split into. */
 #define SHARD_MAX 1024
 
@@ -37,5 +39,15 @@ int shard_of(const char *address, size_t len, int n);
  * "base" when n <= 1, else "base.k". Returns out, or NULL when it does not
  * fit or k is out of range. */
 char *shard_service(char *out, size_t outlen, const char *base, int k, int n);
+
+/* How many shards the mailbox has: mailbox.shards, or when that is 0 the
+ * supervisor.mailbox copies samotopd starts (at least 1). Every process
+ * of one system must see the same number. */
+int shard_mailbox_count(const config_t *cfg);
+
+/* The shard this mailbox process owns: mailbox.shard when set, else
+ * (N - 1) mod count for an instance "N" (samotopd's copy number), so
+ * that more copies than shards share them. -1 when neither says. */
+int shard_mailbox_index(const config_t *cfg, const char *instance);
 
 #endif
