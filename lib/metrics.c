@@ -306,8 +306,12 @@ series_get(metric_t *x, const char *const *values)
                                                                 : 1));
     s = &x->series[x->nseries++];
     memset(s, 0, sizeof(*s));
-    for (int i = 0; i < x->nlabels; i++)
-        s->values[i] = xstrndup(values[i] ? values[i] : "", METRICS_LABEL_MAX);
+    for (int i = 0; i < x->nlabels; i++) {
+        const char *v = values[i] ? values[i] : "";
+
+        /* xstrndup() copies n bytes whatever their length: bound it here. */
+        s->values[i] = xstrndup(v, strnlen(v, METRICS_LABEL_MAX));
+    }
     if (x->type == M_HISTOGRAM)
         s->bucket = xcalloc((size_t)x->nbounds + 1, sizeof(*s->bucket));
     return s;
