@@ -8,118 +8,36 @@ user must come back to the sender as our bounce.
 """
 import glob
 import os
-import shutil
 import smtplib
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import postfix_peer  # noqa: E402
 import samotop_test as st  # noqa: E402
 
 BASE = 19600
 PFX_PORT = BASE + 40
 
-MAIN_CF = """compatibility_level = 3.6
-queue_directory = {base}/queue
-data_directory = {base}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mx.remote.test
+# What this test's Postfix adds to postfix_peer's main.cf: mail for
+# remote.test goes into Maildirs by virtual(8).
+MAIN_CF = """myhostname = mx.remote.test
 mydomain = remote.test
 mydestination =
-relayhost =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_peername_lookup = no
-disable_dns_lookups = yes
-smtp_dns_support_level = disabled
-maillog_file = {base}/log/maillog
-maillog_file_prefixes = {base}
-smtpd_relay_restrictions = reject_unauth_destination
 virtual_mailbox_domains = remote.test
 virtual_mailbox_base = {base}/mail
 virtual_mailbox_maps = texthash:{base}/etc/vmailbox
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 virtual_minimum_uid = 100
-alias_maps =
-alias_database =
-local_recipient_maps =
-local_transport = error:5.1.1 local delivery disabled
-"""
-
-MASTER_CF = """127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n       -       n       60      1       pickup
-cleanup    unix  n       -       n       -       0       cleanup
-qmgr       unix  n       -       n       300     1       qmgr
-rewrite    unix  -       -       n       -       -       trivial-rewrite
-bounce     unix  -       -       n       -       0       bounce
-defer      unix  -       -       n       -       0       bounce
-trace      unix  -       -       n       -       0       bounce
-verify     unix  -       -       n       -       1       verify
-flush      unix  n       -       n       1000?   0       flush
-proxymap   unix  -       -       n       -       -       proxymap
-smtp       unix  -       -       n       -       -       smtp
-showq      unix  n       -       n       -       -       showq
-error      unix  -       -       n       -       -       error
-retry      unix  -       -       n       -       -       error
-discard    unix  -       -       n       -       -       discard
-virtual    unix  -       n       n       -       -       virtual
-anvil      unix  -       -       n       -       1       anvil
-scache     unix  -       -       n       -       1       scache
-postlog    unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class Postfix:
-    def __init__(self, port):
-        self.base = tempfile.mkdtemp(prefix="samotop-pfx-")
-        os.chmod(self.base, 0o755)
-        for d in ("etc", "queue", "data", "log", "mail"):
-            os.makedirs(os.path.join(self.base, d))
-        os.chmod(os.path.join(self.base, "queue"), 0o755)
-        shutil.chown(os.path.join(self.base, "data"), "postfix", "postfix")
-        shutil.chown(os.path.join(self.base, "mail"), 65534, 65534)
-        with open(os.path.join(self.base, "etc", "main.cf"), "w") as f:
-            f.write(MAIN_CF.format(base=self.base))
-        with open(os.path.join(self.base, "etc", "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=port))
-        with open(os.path.join(self.base, "etc", "vmailbox"), "w") as f:
-            f.write("bob@remote.test remote.test/bob/\n")
-        self.etc = os.path.join(self.base, "etc")
-        subprocess.run(["postfix", "-c", self.etc, "check"], check=True)
-        subprocess.run(["postfix", "-c", self.etc, "start"], check=True,
-                       capture_output=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                smtplib.SMTP("127.0.0.1", port, timeout=2).quit()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("postfix did not start: " + self.log())
-
-    def log(self):
-        try:
-            with open(os.path.join(self.base, "log", "maillog")) as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def maildir(self, user):
-        return sorted(glob.glob(os.path.join(self.base, "mail", "remote.test",
-                                             user, "new", "*")))
-
-    def stop(self):
-        subprocess.run(["postfix", "-c", self.etc, "stop"], capture_output=True)
-        time.sleep(0.5)
-        subprocess.run(["postfix", "-c", self.etc, "abort"], capture_output=True)
-        shutil.rmtree(self.base, ignore_errors=True)
+def Postfix(port):
+    return postfix_peer.Postfix(port, MAIN_CF, {
+        "vmailbox": "bob@remote.test remote.test/bob/\n"})
 
 
 def ctx():
