@@ -36,8 +36,10 @@
 
 /* A directory changed less than this long before it was stamped may
  * change again within the same timestamp tick unseen: such a stamp is not
- * kept, so that the next sync reads the directory again. */
-#define RACY_NS (2LL * 1000000000LL)
+ * kept, so that the next sync reads the directory again. Linux stamps
+ * directories from a clock that moves by one tick (at most 10 ms); this
+ * is ten ticks and more. */
+#define RACY_NS (200LL * 1000000LL)
 
 /* The letters of the system flags, in the order of the MSTORE_F_* bits. */
 static const char flag_letters[] = "RFTSD";
@@ -798,13 +800,18 @@ claim(struct mfolder *f, uint32_t **claimed, size_t *nclaimed, bool *changed)
     }
 }
 
+/* Whether a file waits in new/; looked for once per change of the
+ * index, since sessions ask on every command. */
 static bool
-any_new(const struct mfolder *f)
+any_new(struct mfolder *f)
 {
-    for (size_t i = 0; i < f->ix.n; i++)
-        if (f->ix.e[i].in_new)
-            return true;
-    return false;
+    if (f->new_gen != f->gen + 1) {
+        f->has_new = false;
+        for (size_t i = 0; i < f->ix.n && !f->has_new; i++)
+            f->has_new = f->ix.e[i].in_new;
+        f->new_gen = f->gen + 1;
+    }
+    return f->has_new;
 }
 
 /* Starts f->ix afresh with a new UIDVALIDITY: every file will be numbered

@@ -76,6 +76,8 @@ struct mfolder {
     bool loaded;          /* ix holds what the file held at stamp */
     struct mstamp stamp;  /* of the index file as last read or written */
     uint64_t gen;         /* bumped whenever ix changes */
+    uint64_t new_gen;     /* gen + 1 when has_new was found */
+    bool has_new;         /* some entry is in_new */
 };
 
 struct mstore {

@@ -42,6 +42,7 @@ struct mstore_view {
     uint32_t uidvalidity;  /* as the client was told */
     unsigned nkeywords;    /* keywords the client was told of */
     size_t held;           /* messages with expunged set */
+    uint32_t nrecent;      /* messages with recent set, not expunged */
     struct nums sel, exp, chg, src, dst;
     buf_t str;
 };
@@ -180,6 +181,9 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
                 ch->keywords_changed = true;
         }
     }
+    v->nrecent = 0;
+    for (size_t i = 0; i < v->n; i++)
+        v->nrecent += v->m[i].recent && !v->m[i].expunged;
     if (ch != NULL) {
         ch->expunged = v->exp.v;
         ch->nexpunged = v->exp.n;
@@ -272,11 +276,7 @@ mstore_view_exists(const mstore_view_t *v)
 uint32_t
 mstore_view_recent(const mstore_view_t *v)
 {
-    uint32_t n = 0;
-
-    for (size_t i = 0; i < v->n; i++)
-        n += v->m[i].recent && !v->m[i].expunged;
-    return n;
+    return v->nrecent;
 }
 
 uint32_t
