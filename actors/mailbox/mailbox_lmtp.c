@@ -521,8 +521,8 @@ on_idle(loop_t *loop, void *arg)
     int64_t left = s->last_active + s->lm->idle_ms - loop_now_ms(loop);
 
     s->idle_timer = NULL;
-    if (left > 0 || s->parked != NULL) {
-        /* A message being stored is not idleness. */
+    if (left > 0 || busy(s)) {
+        /* Waiting for the guard or the disk is not the client's idleness. */
         s->idle_timer = loop_timer_add(loop, left > 0 ? left : 1000, on_idle,
                                        s);
         return;

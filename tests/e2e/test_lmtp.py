@@ -38,6 +38,8 @@ def setUpModule():
     SYS = st.System(BASE, extra_env={
         "SAMOTOP_HOSTNAME": "mx.example.test",
         "SAMOTOP_BUS_TIMEOUT_MS": "3000",
+        "SAMOTOP_LMTP_MAX_SESSIONS": "6",
+        "SAMOTOP_LMTP_IDLE_TIMEOUT_MS": "3000",
     }).start()
     SYS.admin("domain", "add", "example.test")
     for u in ("alice", "bob", "carol"):
@@ -228,6 +230,50 @@ class Door(unittest.TestCase):
             c.mail("sender@remote.test")
             code, text = c.rcpt("away@example.test")
         self.assertEqual(code, 550, text)
+
+    def test_session_limit(self):
+        """lmtp.max_sessions (6 here): one more is refused with 421 and
+        closed; once they go, a new session is served."""
+        held, refused = [], None
+        try:
+            for _ in range(8):
+                s = socket.create_connection(LMTP, timeout=20)
+                line = s.makefile("rb").readline()
+                if line.startswith(b"421"):
+                    refused = line
+                    s.close()
+                    break
+                self.assertTrue(line.startswith(b"220"), line)
+                held.append(s)
+        finally:
+            for s in held:
+                s.close()
+        self.assertIsNotNone(refused)
+        self.assertIn(b"4.3.2", refused)
+        self.assertLessEqual(len(held), 6)
+        deadline = time.time() + 10
+        while True:
+            r = Raw()
+            code = r.greeting[0]
+            r.close()
+            if code == 220 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(code, 220)
+
+    def test_idle_timeout(self):
+        """lmtp.idle_timeout_ms (3 s here): 421 4.4.2, then the close."""
+        r = Raw()
+        try:
+            r.cmd("LHLO relay.remote.test")
+            t0 = time.time()
+            code, lines = r.reply()
+            self.assertEqual(code, 421, lines)
+            self.assertIn("4.4.2", lines[0])
+            self.assertGreater(time.time() - t0, 1.5)
+            self.assertEqual(r.s.recv(100), b"")
+        finally:
+            r.close()
 
     def test_trace_shows_lmtp_session(self):
         tap = SYS.tap("--json", "--type", "guard.*", "--seconds", "6")
