@@ -90,6 +90,16 @@ def message(subject, frm, to):
 
 
 def setUpModule():
+    try:
+        send_mail()
+    except BaseException:
+        # tearDownModule does not run after a failed setUpModule.
+        sys.stderr.write(SYS.logtext() if SYS else "")
+        tearDownModule()
+        raise
+
+
+def send_mail():
     global SYS, SINK
     SYS = st.System(BASE, extra_env={
         "SAMOTOP_METRICS_LISTEN": "127.0.0.1:%d" % METRICS,
@@ -133,8 +143,10 @@ def setUpModule():
 
 
 def tearDownModule():
-    SINK.stop()
-    SYS.stop()
+    if SINK:
+        SINK.stop()
+    if SYS:
+        SYS.stop()
 
 
 class Health(unittest.TestCase):
