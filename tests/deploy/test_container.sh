@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# tests/deploy/test_container.sh: builds the container image from the
+# Dockerfile for real and runs the whole system from it, one container per
+# service, through docker-compose 1.29 talking to `podman system service`
+# with deploy/compose.yaml + deploy/compose.host.yaml (host network,
+# loopback ports 20300-20399; no bridge network, no published port). Then,
+# from the outside, as a user would: makes a domain and two accounts with
+# samotop-admin inside a container, sends one message to the MTA and one
+# through the MSA (STARTTLS + AUTH) with Python's smtplib, and reads both
+# back (over IMAP when the mailbox serves it, else from the Maildir volume).
+# Every container, volume and the podman service it made are removed at
+# the end, whatever happened.
+#
+# The image is built from what a clean clone holds: the committed tree
+# (git archive HEAD) when SAMOTOP_SRC is a git checkout, so work in
+# progress beside it cannot break or leak into the image;
+# SAMOTOP_CONTAINER_SRC=worktree builds the working tree instead.
+# Needs root (podman with runc) and ../shared/tools/container-build, or
+# SAMOTOP_CONTAINER_BUILD naming it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=${SAMOTOP_SRC:-$(cd "$here/../.." && pwd)}
+build_tool=${SAMOTOP_CONTAINER_BUILD:-$src/../shared/tools/container-build}
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+
+# Ports (tests/README.md: 20300-20399 are this test's).
+base=20300
+export SAMOTOP_BUS_CLIENTS=tcp://127.0.0.1:$base
+export SAMOTOP_BUS_WORKERS=tcp://127.0.0.1:$((base + 1))
+export SAMOTOP_BUS_TRACE=tcp://127.0.0.1:$((base + 2))
+export SAMOTOP_REDIS_PORT=$((base + 6))
+export SAMOTOP_LISTEN_MTA=127.0.0.1:$((base + 10))
+export SAMOTOP_LISTEN_MSA=127.0.0.1:$((base + 11))
+export SAMOTOP_LISTEN_SMTPS=127.0.0.1:$((base + 12))
+export SAMOTOP_LISTEN_IMAP=127.0.0.1:$((base + 13))
+export SAMOTOP_LISTEN_IMAPS=127.0.0.1:$((base + 14))
+export SAMOTOP_LISTEN_LMTP=127.0.0.1:$((base + 15))
+export SAMOTOP_HOSTNAME=mx.deploy.test
+unset SAMOTOP_CONFIG SAMOTOP_DATA
+
+tag=localhost/samotop:deploy-test
+project=samotopdeploy$$
+work=$(mktemp -d /tmp/samotop-container-XXXXXX)
+sock=$work/podman.sock
+service_pid=
+t0=$(date +%s)
+
+say() { echo "test_container: $(($(date +%s) - t0))s: $*"; }
+fail() { echo "test_container: FAIL: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || fail "needs root for podman with runc"
+[ -x "$build_tool" ] || fail "no container-build at $build_tool (set SAMOTOP_CONTAINER_BUILD)"
+command -v docker-compose >/dev/null || fail "docker-compose missing: deploy/deps --test"
+
+# Nothing of ours may be listening before we start: a leftover would
+# answer in place of the containers.
+for p in $base $((base + 1)) $((base + 6)) $((base + 10)) $((base + 11)); do
+  if ss -Hltn "sport = :$p" | grep -q .; then fail "port $p already in use"; fi
+done
+
+compose() {
+  DOCKER_HOST=unix://$sock COMPOSE_PROJECT_NAME=$project \
+  SAMOTOP_IMAGE=$tag SAMOTOP_REDIS_IMAGE=$tag \
+    docker-compose -f "$src/deploy/compose.yaml" -f "$src/deploy/compose.host.yaml" "$@"
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ $rc -ne 0 ] && [ -S "$sock" ]; then
+    echo "---- container logs ----" >&2
+    for c in $(podman ps -a -q --filter label=com.docker.compose.project=$project); do
+      echo "== $(podman inspect --format '{{.Name}} {{.State.Status}} exit={{.State.ExitCode}}' "$c")" >&2
+      podman logs --tail 30 "$c" >&2 2>&1
+    done
+  fi
+  [ -S "$sock" ] && compose down -v --remove-orphans -t 10 >/dev/null 2>&1
+  # Whatever compose could not remove: by the project's label only.
+  for c in $(podman ps -a -q --filter label=com.docker.compose.project=$project); do
+    podman rm -f "$c" >/dev/null 2>&1
+  done
+  for v in $(podman volume ls -q --filter label=com.docker.compose.project=$project); do
+    podman volume rm -f "$v" >/dev/null 2>&1
+  done
+  if [ -n "$service_pid" ]; then kill "$service_pid" 2>/dev/null; wait "$service_pid" 2>/dev/null; fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# What an earlier run killed before its cleanup (ctest's timeout sends
+# SIGKILL) left behind: its project name carries its pid, now dead.
+eval "$("$build_tool" --env)"
+for p in $(podman ps -a --format '{{index .Labels "com.docker.compose.project"}}' 2>/dev/null |
+           grep -E '^samotopdeploy[0-9]+$' | sort -u); do
+  if ! kill -0 "${p#samotopdeploy}" 2>/dev/null; then
+    say "removing what the dead run $p left"
+    podman ps -a -q --filter label=com.docker.compose.project="$p" | xargs -r podman rm -f >/dev/null 2>&1
+    podman volume ls -q --filter label=com.docker.compose.project="$p" | xargs -r podman volume rm -f >/dev/null 2>&1
+  fi
+done
+
+# 1. The build context: a clean clone's files.
+ctx=$work/ctx
+mkdir -p "$ctx"
+if [ "${SAMOTOP_CONTAINER_SRC:-}" != worktree ] && git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+  git -C "$src" archive --format=tar HEAD | tar -C "$ctx" -x
+  say "context: git archive $(git -C "$src" rev-parse --short HEAD)"
+else
+  ctx=$src
+  say "context: $src as it is"
+fi
+
+# 2. The image, built as on any Docker host (the docker format keeps the
+# HEALTHCHECK). The image this tag held before is removed once replaced.
+old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+BUILDAH_FORMAT=docker "$build_tool" "$ctx" "$tag" >"$work/build.log" 2>&1 ||
+  { tail -40 "$work/build.log" >&2; fail "image build failed"; }
+new=$(podman image inspect --format '{{.Id}}' "$tag")
+if [ -n "$old" ] && [ "$old" != "$new" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
+podman image prune -f --filter label=org.samotop.stage=build >/dev/null 2>&1 || true
+say "image $tag built ($(podman image inspect --format '{{.Size}}' "$tag") bytes)"
+
+# The image as built: non-root, with the healthcheck, every program.
+[ "$(podman run --rm --network host "$tag" id -u)" = 10025 ] || fail "image runs as root"
+podman image inspect --format '{{json .Config.Healthcheck}}' "$tag" | grep -q samotop-health ||
+  fail "image has no HEALTHCHECK"
+for p in samotopd samotop-bus samotop-listener samotop-auth samotop-guard \
+         samotop-mailbox samotop-queue samotop-relay samotop-admin samotop-tap; do
+  podman run --rm --network host "$tag" "$p" --help >/dev/null 2>&1 || fail "$p does not run in the image"
+done
+
+# 3. The podman API for docker-compose, on a socket of our own.
+podman system service --time=0 "unix://$sock" >"$work/service.log" 2>&1 &
+service_pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || fail "podman system service did not start"
+
+# 4. The whole system, one container per service; two guards and two
+# relays, as `--scale` would give on a Docker host.
+compose up -d --scale guard=2 --scale relay=2 >"$work/up.log" 2>&1 ||
+  { cat "$work/up.log" >&2; fail "docker-compose up failed"; }
+say "compose up"
+ctr() { podman ps -q --filter label=com.docker.compose.project=$project \
+          --filter label=com.docker.compose.service="$1" | head -1; }
+running() { podman ps -q --filter label=com.docker.compose.project=$project \
+              --filter label=com.docker.compose.service="$1" --filter status=running | wc -l; }
+for s in redis bus listener auth mailbox queue; do
+  [ "$(running $s)" -eq 1 ] || fail "service $s: $(running $s) containers running, want 1"
+done
+for s in guard relay; do
+  [ "$(running $s)" -eq 2 ] || fail "service $s: $(running $s) containers running, want 2"
+done
+# Host network, and not one port published.
+for c in $(podman ps -q --filter label=com.docker.compose.project=$project); do
+  mode=$(podman inspect --format '{{.HostConfig.NetworkMode}}' "$c")
+  [ "$mode" = host ] || fail "container $c is on network $mode"
+  ports=$(podman inspect --format '{{len .HostConfig.PortBindings}}' "$c")
+  [ "$ports" = 0 ] || fail "container $c publishes ports"
+done
+
+admin() { podman exec -i "$(ctr queue)" samotop-admin "$@"; }
+ok=
+for _ in $(seq 150); do
+  if admin ping --timeout 1000 >"$work/ping" 2>&1; then ok=1; break; fi
+  sleep 0.2
+done
+[ -n "$ok" ] || { cat "$work/ping" >&2; fail "actors did not all answer a ping"; }
+say "every actor answers: $(tr '\n' ' ' <"$work/ping" | tr -s ' ' | cut -c1-200)"
+
+# The image's HEALTHCHECK, run by podman in each kind of container.
+for s in bus listener guard mailbox redis; do
+  podman healthcheck run "$(ctr $s)" >/dev/null 2>&1 || fail "healthcheck of $s fails"
+done
+
+# 5. A domain and accounts, made inside a container.
+admin domain add deploy.test >/dev/null
+echo alice-pw | admin user add alice@deploy.test >/dev/null
+echo bob-pw | admin user add bob@deploy.test >/dev/null
+
+# 6. Mail in from outside (MTA) and from a user (MSA), read back.
+mail_dir=$(podman volume inspect --format '{{.Mountpoint}}' "${project}_mail")
+SAMOTOP_MAIL_DIR=$mail_dir "$py" - <<'EOF'
+import glob, imaplib, os, smtplib, socket, ssl, sys, time
+
+def addr(var):
+    h, p = os.environ[var].rsplit(":", 1)
+    return h, int(p)
+
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+
+inbound = (b"From: carol@elsewhere.test\r\nTo: alice@deploy.test\r\n"
+           b"Subject: through the MTA\r\nMessage-ID: <mta.1@elsewhere.test>\r\n"
+           b"\r\nInbound body line.\r\n")
+with smtplib.SMTP(*addr("SAMOTOP_LISTEN_MTA"), local_hostname="mx.elsewhere.test",
+                  timeout=30) as c:
+    code, _ = c.ehlo()
+    assert code == 250, code
+    c.sendmail("carol@elsewhere.test", ["alice@deploy.test"], inbound)
+    # A recipient that is not ours is refused (RFC 5321 3.6.2: no open relay).
+    c.mail("carol@elsewhere.test")
+    code, text = c.rcpt("nobody@not-ours.test")
+    assert code >= 500, (code, text)
+    c.rset()
+
+submitted = (b"From: bob@deploy.test\r\nTo: alice@deploy.test\r\n"
+             b"Subject: through the MSA\r\nMessage-ID: <msa.1@deploy.test>\r\n"
+             b"\r\nSubmitted body line.\r\n")
+with smtplib.SMTP(*addr("SAMOTOP_LISTEN_MSA"), local_hostname="laptop.deploy.test",
+                  timeout=30) as c:
+    c.starttls(context=ctx)
+    c.ehlo()
+    try:
+        c.login("bob@deploy.test", "wrong-pw")
+        raise AssertionError("a wrong password was accepted")
+    except smtplib.SMTPAuthenticationError:
+        pass
+    c.login("bob@deploy.test", "bob-pw")
+    c.sendmail("bob@deploy.test", ["alice@deploy.test"], submitted)
+
+want = {b"Inbound body line.", b"Submitted body line."}
+
+def imap_open():
+    try:
+        socket.create_connection(addr("SAMOTOP_LISTEN_IMAP"), timeout=2).close()
+    except OSError:
+        return None
+    return imaplib.IMAP4(*addr("SAMOTOP_LISTEN_IMAP"), timeout=30)
+
+got = set()
+deadline = time.time() + 60
+m = imap_open()
+if m is not None:
+    m.starttls(ssl_context=ctx)
+    m.login("alice@deploy.test", "alice-pw")
+    while time.time() < deadline and got != want:
+        m.select("INBOX")
+        typ, data = m.search(None, "ALL")
+        got = set()
+        for num in data[0].split():
+            typ, msg = m.fetch(num, "(BODY.PEEK[])")
+            for w in want:
+                if w in msg[0][1]:
+                    got.add(w)
+        if got != want:
+            time.sleep(0.5)
+    m.logout()
+    how = "IMAP"
+else:
+    folder = os.path.join(os.environ["SAMOTOP_MAIL_DIR"], "deploy.test", "alice")
+    while time.time() < deadline and got != want:
+        got = set()
+        for f in glob.glob(os.path.join(folder, "new", "*")) + \
+                 glob.glob(os.path.join(folder, "cur", "*")):
+            body = open(f, "rb").read()
+            for w in want:
+                if w in body:
+                    got.add(w)
+        if got != want:
+            time.sleep(0.5)
+    how = "the Maildir volume (no IMAP door yet)"
+assert got == want, "read back %r of %r via %s" % (got, want, how)
+print("test_container: both messages read back via %s" % how)
+EOF
+
+# 7. Every container still runs: nothing crashed on the way.
+for s in redis bus listener auth guard mailbox queue relay; do
+  want=1; case $s in guard|relay) want=2 ;; esac
+  [ "$(running $s)" -eq $want ] || fail "service $s: $(running $s) running at the end, want $want"
+done
+# The messages are in Redis's AOF, on the redis volume (appendfsync always).
+redis_dir=$(podman volume inspect --format '{{.Mountpoint}}' "${project}_redis")
+ls "$redis_dir"/appendonlydir/*.aof >/dev/null 2>&1 || ls "$redis_dir"/*.aof >/dev/null 2>&1 ||
+  fail "no AOF on the redis volume"
+say "PASS"
