@@ -47,6 +47,7 @@ struct listener {
     zhashx_t *per_ip;     /* client address -> sessions open (as a pointer) */
     int sessions, max_sessions, max_per_ip;
     int64_t idle_ms, session_ms, bus_timeout_ms;
+    int mailbox_shards; /* lib/shard.h: 1, or deliveries go to mailbox.K */
     uint64_t accepted, refused;
     /* Out of descriptors (EMFILE, ENFILE): the listening sockets are not
      * watched until a session closes or accept_timer fires. An episode

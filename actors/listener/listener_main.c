@@ -13,6 +13,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/shard.h"
 #include "lib/xalloc.h"
 #include "listener.h"
 
@@ -125,6 +126,7 @@ listener_init(actor_t *a)
     l->idle_ms = config_int(cfg, "listener.idle_timeout_ms");
     l->session_ms = config_int(cfg, "listener.session_timeout_ms");
     l->bus_timeout_ms = config_int(cfg, "bus.timeout_ms");
+    l->mailbox_shards = shard_mailbox_count(cfg);
     l->per_ip = zhashx_new();
     if ((rc = tls_setup(l, cfg)) != 0)
         return rc;

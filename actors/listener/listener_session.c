@@ -19,6 +19,7 @@
 #include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/shard.h"
 #include "lib/xalloc.h"
 #include "listener.h"
 
@@ -270,9 +271,17 @@ static void on_io(loop_t *loop, int fd, int events, void *arg);
 
 /* --- bus calls ---------------------------------------------------------- */
 
+/* The deliveries of one message split over mailbox shards: the answer
+ * waits for the last, and is 250 only when each was. */
+struct fanout {
+    int waiting;
+    bool failed;
+};
+
 struct call {
     struct session *s;
     enum smtp_event_type what;
+    struct fanout *fan; /* or NULL */
 };
 
 /* auth.verify may take its time on purpose: the auth actor delays each
@@ -300,21 +309,31 @@ request(struct session *s, const char *type)
 static void on_reply(void *arg, int err, const char *text,
                      const envelope_t *reply);
 
-/* Sends env; the engine's decision waits for the reply. */
+/* Sends env to service (NULL: its type's), as one of fan's when fan is
+ * not NULL; the engine's decision waits for the reply. */
 static void
-call(struct session *s, envelope_t **env_p, enum smtp_event_type what)
+call_to(struct session *s, const char *service, envelope_t **env_p,
+        enum smtp_event_type what, struct fanout *fan)
 {
     struct call *c = xcalloc(1, sizeof(*c));
 
     c->s = s;
     c->what = what;
+    c->fan = fan;
     s->calls++;
-    if (bus_client_send_take(s->l->bus, env_p, on_reply, c) != 0) {
+    if (bus_client_send_to_take(s->l->bus, service, env_p, on_reply, c) !=
+        0) {
         s->calls--;
         free(c);
         /* Cannot happen with a type we built; answer like a dead bus. */
         on_reply(NULL, ERR_INVAL, "bad request", NULL);
     }
+}
+
+static void
+call(struct session *s, envelope_t **env_p, enum smtp_event_type what)
+{
+    call_to(s, NULL, env_p, what, NULL);
 }
 
 /* A reply text for the client: the other actor's, or ours on failure. */
@@ -389,18 +408,41 @@ on_reply(void *arg, int err, const char *text, const envelope_t *reply)
 {
     struct call *c = arg;
     struct session *s = c ? c->s : NULL;
+    bool shard_failed = false;
     char msg[200];
 
     if (s == NULL)
         return;
     s->calls--;
+    if (c->fan != NULL) {
+        bool ok = err == 0 && reply != NULL && envelope_code(reply) == 250;
+
+        c->fan->failed |= !ok;
+        if (--c->fan->waiting > 0) {
+            free(c);
+            if (s->dead && s->calls == 0)
+                session_free(s);
+            return;
+        }
+        /* The last shard's answer: it stands for all, unless another
+         * one failed before it. */
+        shard_failed = c->fan->failed && ok;
+        free(c->fan);
+        c->fan = NULL;
+    }
     if (s->dead) {
         if (s->calls == 0)
             session_free(s);
         free(c);
         return;
     }
-    if (err != 0 || reply == NULL) {
+    if (shard_failed) {
+        log_warn(s->trace, "delivery_failed", "code=451 text=%s",
+                 log_q("a mailbox shard could not store its copies"));
+        snprintf(msg, sizeof(msg), "temporary failure, try again later %s",
+                 s->trace);
+        answer(s, 451, "4.3.0", msg);
+    } else if (err != 0 || reply == NULL) {
         log_warn(s->trace, "bus_call_failed", "event=%d err=%s text=%s",
                  (int)c->what, err_name(err), log_q(text));
         if (c->what == SMTP_EV_CONNECT) {
@@ -522,6 +564,79 @@ notify_list(unsigned notify)
     return list;
 }
 
+/* With mailbox.shards > 1 each mailbox.K owns the accounts lib/shard.h
+ * places on it: one mailbox.deliver (*env_p, taken) per shard the
+ * recipients fall on, and the 250 waits for all of them. A failure in any
+ * is a 451 for the whole message, as a failed copy is: the client sends
+ * it again, and a shard that stored it may get it twice, none loses it. */
+static void
+deliver_sharded(struct session *s, envelope_t **env_p)
+{
+    static const char *const keep[] = {ENV_KEY_MAIL_FROM, ENV_KEY_MESSAGE,
+                                       ENV_KEY_ENVID, ENV_KEY_RET, NULL};
+    const value_t *body = envelope_body_peek(*env_p);
+    const value_t *rcpts = value_get(body, ENV_KEY_RCPTS);
+    size_t nr = value_count(rcpts);
+    int n = s->l->mailbox_shards, nused = 0, only = 0;
+    int *of = xcalloc(nr ? nr : 1, sizeof(*of));
+    bool *used = xcalloc((size_t)n, sizeof(*used));
+    char service[64];
+    struct fanout *f;
+
+    for (size_t i = 0; i < nr; i++) {
+        size_t len;
+        const char *box = value_str(
+            value_get(value_at(rcpts, i), ENV_KEY_MAILBOX), &len);
+
+        of[i] = shard_of(box ? box : "", box ? len : 0, n);
+        if (!used[of[i]]) {
+            used[of[i]] = true;
+            nused++;
+            only = of[i];
+        }
+    }
+    if (nused <= 1) {
+        call_to(s, shard_service(service, sizeof(service), "mailbox", only, n),
+                env_p, SMTP_EV_MESSAGE, NULL);
+        goto out;
+    }
+    f = xcalloc(1, sizeof(*f));
+    f->waiting = nused;
+    for (int k = 0; k < n; k++) {
+        envelope_t *e;
+        value_t *sub;
+
+        if (!used[k])
+            continue;
+        e = request(s, "mailbox.deliver");
+        for (int i = 0; keep[i]; i++) {
+            const value_t *v = value_get(body, keep[i]);
+            value_t *d;
+
+            if (v != NULL) {
+                d = value_dup(v);
+                value_set_take(envelope_body(e), keep[i], &d);
+            }
+        }
+        sub = value_new_array();
+        for (size_t i = 0; i < nr; i++) {
+            value_t *d;
+
+            if (of[i] != k)
+                continue;
+            d = value_dup(value_at(rcpts, i));
+            value_push_take(sub, &d);
+        }
+        value_set_take(envelope_body(e), ENV_KEY_RCPTS, &sub);
+        call_to(s, shard_service(service, sizeof(service), "mailbox", k, n),
+                &e, SMTP_EV_MESSAGE, f);
+    }
+    envelope_destroy(env_p);
+out:
+    free(of);
+    free(used);
+}
+
 /* The message goes to the mailbox at once when every target is a local
  * mailbox of an inbound (MTA) session; otherwise to the queue, which
  * stores it durably and delivers each target, local or remote, with
@@ -576,7 +691,10 @@ on_message(struct session *s, const struct smtp_event *ev)
         if (s->user)
             value_set_str(body, ENV_KEY_USER, s->user);
     }
-    call(s, &env, SMTP_EV_MESSAGE);
+    if (queue || s->l->mailbox_shards <= 1)
+        call(s, &env, SMTP_EV_MESSAGE);
+    else
+        deliver_sharded(s, &env);
 }
 
 /* Handles one event; returns false when the session must stop for now

@@ -30,6 +30,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/shard.h"
 #include "lib/xalloc.h"
 #include "store_keys.h"
 
@@ -458,10 +459,11 @@ add_common(value_t *body, const struct queue_msg *m)
         value_set_str(body, ENV_KEY_RET, m->ret);
 }
 
-/* Sends one call for the recipients idx[0..n) (taken). */
+/* Sends one call for the recipients idx[0..n) (taken), to service (NULL:
+ * the type's). */
 static void
-send_call(struct queue_job *j, bool local, const char *domain, size_t *idx,
-          size_t n)
+send_call(struct queue_job *j, bool local, const char *domain,
+          const char *service, size_t *idx, size_t n)
 {
     queue_t *q = j->q;
     struct call *c = xcalloc(1, sizeof(*c));
@@ -513,12 +515,52 @@ send_call(struct queue_job *j, bool local, const char *domain, size_t *idx,
     }
     value_set_take(body, ENV_KEY_RCPTS, &rcpts);
     j->calls_out++;
-    rc = bus_client_send_take(actor_client(q->a), &req, on_call, c);
+    rc = bus_client_send_to_take(actor_client(q->a), service, &req, on_call,
+                                 c);
     if (rc != 0) {
         /* Never called back: a bus failure now. job_plan() holds a count
          * of its own, so this cannot finish the job under it. */
         on_call(c, rc, "not sent", NULL);
     }
+}
+
+/* Sends the local recipients idx[0..n) (taken): one mailbox.deliver, or
+ * with mailbox.shards > 1 one per shard they fall on, to the mailbox.K
+ * that owns them (lib/shard.h). Each recipient's result comes back in its
+ * shard's reply. */
+static void
+send_local(struct queue_job *j, size_t *idx, size_t n)
+{
+    int shards = shard_mailbox_count(actor_config(j->q->a));
+    char service[64];
+
+    if (n == 0) {
+        free(idx);
+        return;
+    }
+    if (shards <= 1) {
+        send_call(j, true, NULL, NULL, idx, n);
+        return;
+    }
+    for (int k = 0; k < shards; k++) {
+        size_t *mine = xcalloc(n, sizeof(*mine)), m = 0;
+
+        for (size_t i = 0; i < n; i++) {
+            const char *to = j->m.rcpts[idx[i]].to;
+
+            if (shard_of(to, strlen(to), shards) == k)
+                mine[m++] = idx[i];
+        }
+        if (m == 0) {
+            free(mine);
+            continue;
+        }
+        send_call(j, true, NULL,
+                  shard_service(service, sizeof(service), "mailbox", k,
+                                shards),
+                  mine, m);
+    }
+    free(idx);
 }
 
 static int
@@ -564,10 +606,7 @@ job_plan(struct queue_job *j)
      * once, and job_finish() must wait for the last call. */
     j->phase = PH_SEND;
     j->calls_out++;
-    if (nl > 0)
-        send_call(j, true, NULL, local, nl);
-    else
-        free(local);
+    send_local(j, local, nl);
     qsort_r(remote, nr, sizeof(size_t), cmp_domain, j);
     for (size_t i = 0; i < nr;) {
         const char *dom = domain_of(m->rcpts[remote[i]].to);
@@ -581,7 +620,7 @@ job_plan(struct queue_job *j)
         snprintf(lower, sizeof(lower), "%s", dom);
         for (char *p = lower; *p; p++)
             *p = (char)tolower((unsigned char)*p);
-        send_call(j, false, lower, idx, k - i);
+        send_call(j, false, lower, NULL, idx, k - i);
         i = k;
     }
     free(remote);

@@ -7,6 +7,7 @@
 #include "bus.h"
 #include "lib/clock.h"
 #include "lib/err.h"
+#include "lib/shard.h"
 
 static const char *const all_services[] = {"listener", "auth",  "guard",
                                            "mailbox",  "queue", "relay",
@@ -21,9 +22,11 @@ ping_one(bus_client_t *client, const char *service, long timeout_ms)
     int64_t t0 = clock_mono_us();
     int rc;
 
-    snprintf(type, sizeof(type), "%s.ping", service);
+    /* A shard ("mailbox.2") is asked "mailbox.ping" by its own name. */
+    snprintf(type, sizeof(type), "%.*s.ping", (int)strcspn(service, "."),
+             service);
     req = envelope_new(type, NULL, timeout_ms);
-    rc = bus_client_call(client, &req, &reply, why, sizeof(why));
+    rc = bus_client_call_to(client, service, &req, &reply, why, sizeof(why));
     if (rc != 0) {
         printf("%-10s FAIL %s (%s)\n", service, why, err_name(rc));
         return 1;
@@ -41,6 +44,25 @@ ping_one(bus_client_t *client, const char *service, long timeout_ms)
            (long long)(clock_mono_us() - t0));
     envelope_destroy(&reply);
     return 0;
+}
+
+/* Pings service; "mailbox" split into shards (mailbox.shards > 1) is
+ * each of its shards, which must all answer. */
+static int
+ping_service(const config_t *cfg, bus_client_t *client, const char *service,
+             long timeout_ms)
+{
+    int shards = shard_mailbox_count(cfg), failed = 0;
+    char name[64];
+
+    if (strcmp(service, "mailbox") != 0 || shards == 1)
+        return ping_one(client, service, timeout_ms);
+    for (int s = 0; s < shards; s++)
+        failed |= ping_one(client,
+                           shard_service(name, sizeof(name), "mailbox", s,
+                                         shards),
+                           timeout_ms);
+    return failed;
 }
 
 int
@@ -97,11 +119,12 @@ admin_ping(const config_t *cfg, int argc, char **argv)
                     bus_client_destroy(&client);
                     return 2;
                 }
-                failed |= ping_one(client, argv[k], timeout_ms);
+                failed |= ping_service(cfg, client, argv[k], timeout_ms);
             }
         } else {
             for (int k = 0; all_services[k]; k++)
-                failed |= ping_one(client, all_services[k], timeout_ms);
+                failed |= ping_service(cfg, client, all_services[k],
+                                       timeout_ms);
         }
     }
     bus_client_destroy(&client);
