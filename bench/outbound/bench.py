@@ -245,6 +245,8 @@ def run_one(spec, tgt, run_id):
     span = (t_last - cr["t_first_connect"]) if t_last else None
     row = {
         "target": tgt["name"], "run": run_id,
+        # Not in the TSV: for callers that relate the run to other samples.
+        "t_first_connect": cr["t_first_connect"], "t_last": t_last,
         "ok": int(t_last is not None and cr["sent"] == n and missing == 0
                   and dups == 0),
         "msgs": n, "sent": cr["sent"],
