@@ -142,6 +142,8 @@ static void
 log_outcomes(const char *trace, const struct maildir_rcpt *r, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        if (r[i].refused) /* over quota: on_quota() said so */
+            continue;
         if (r[i].code == 550)
             log_info(trace, "mailbox_refused", "mailbox=%s code=550",
                      log_q(r[i].mailbox));
