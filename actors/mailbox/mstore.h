@@ -105,8 +105,9 @@ struct mstore_changes {
     size_t nflags;
     bool keywords_changed; /* new keywords in the folder: send FLAGS and
                               OK [PERMANENTFLAGS] again */
-    bool uidvalidity_changed; /* the index was rebuilt: UIDs in this view
-                                 mean nothing now; end the session (BYE) */
+    bool uidvalidity_changed; /* the index was rebuilt, or the folder
+                                 deleted: UIDs in this view mean nothing
+                                 now; end the session (BYE) */
 };
 
 /* mstore_view_sync() options. */

@@ -838,6 +838,10 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
         *claimed = NULL;
     if (nclaimed != NULL)
         *nclaimed = 0;
+    /* DELETE (here or in another process) unlinked the directory. */
+    if (fstat(f->dir_fd, &ist) == 0 && ist.st_nlink == 0)
+        return mstore_fail(ms, ERR_NOTFOUND, "NONEXISTENT",
+                           "folder %s was deleted", f->name);
     have_index = fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) ==
                  0;
     if (have_index)

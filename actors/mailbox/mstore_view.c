@@ -412,6 +412,11 @@ mstore_view_sync(mstore_view_t *v, unsigned opts, struct mstore_changes *ch)
     results_reset(v);
     rc = mfolder_sync(v->ms, v->f, v->read_only ? 0 : MF_CLAIM, &claimed,
                       &nclaimed);
+    if (rc == ERR_NOTFOUND) {
+        /* Deleted under the session: as lost as a rebuilt index. */
+        ch->uidvalidity_changed = true;
+        return 0;
+    }
     if (rc != 0)
         return rc;
     if (v->gen != v->f->gen || nclaimed > 0 ||

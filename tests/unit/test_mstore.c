@@ -173,6 +173,19 @@ want_uids(const char *label, const mstore_view_t *v, const uint32_t *want,
     }
 }
 
+static void
+want_fail(const char *label, mstore_t *ms, int rc, const char *code)
+{
+    ck_assert_msg(rc < 0, "%s: succeeded", label);
+    ck_assert_msg((code == NULL && mstore_err_code(ms) == NULL) ||
+                      (code != NULL && mstore_err_code(ms) != NULL &&
+                       strcmp(mstore_err_code(ms), code) == 0),
+                  "%s: code %s, want %s (%s)", label,
+                  mstore_err_code(ms) ? mstore_err_code(ms) : "NULL",
+                  code ? code : "NULL", mstore_err_text(ms));
+    ck_assert_msg(mstore_err_text(ms)[0] != '\0', "%s: no text", label);
+}
+
 /* UIDs. */
 
 START_TEST(test_uids_kept)
@@ -481,6 +494,157 @@ START_TEST(test_flags_round_trip)
 }
 END_TEST
 
+/* UIDs follow the order of delivery, also within one second. */
+START_TEST(test_delivery_order)
+{
+    struct fx f;
+    mstore_view_t *v;
+    char text[64];
+    struct mstore_map m;
+
+    fx_init(&f);
+    for (int i = 1; i <= 40; i++) {
+        snprintf(text, sizeof(text), "Subject: %d\r\n\r\n%d\r\n", i, i);
+        deliver(&f, NULL, text);
+    }
+    v = select_ok(f.ms, "INBOX", false);
+    ck_assert_uint_eq(mstore_view_exists(v), 40);
+    for (uint32_t s = 1; s <= 40; s++) {
+        ck_assert_int_eq(mstore_map(v, s, &m), 0);
+        snprintf(text, sizeof(text), "Subject: %u\r\n", s);
+        ck_assert_msg(m.len > strlen(text) &&
+                          memcmp(m.data, text, strlen(text)) == 0,
+                      "uid %u holds \"%.12s\"", mstore_view_msg(v, s)->uid,
+                      m.data);
+        mstore_unmap(&m);
+    }
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
+/* A folder deleted under an open view ends that view's UIDs. */
+START_TEST(test_deleted_under_view)
+{
+    struct fx f;
+    mstore_t *ms2;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+    struct mstore_map m;
+
+    fx_init(&f);
+    ck_assert_int_eq(mstore_create(f.ms, "Trash"), 0);
+    deliver(&f, ".Trash", "Subject: t\r\n\r\nt\r\n");
+    v = select_ok(f.ms, "Trash", false);
+    ck_assert_uint_eq(mstore_view_exists(v), 1);
+    ms2 = open_store(&f);
+    ck_assert_int_eq(mstore_delete(ms2, "Trash"), 0);
+    ck_assert_msg(mstore_bytes_delta(ms2) < 0, "delete delta %lld",
+                  (long long)mstore_bytes_delta(ms2));
+    sync_ok(v, 0, &ch);
+    ck_assert_msg(ch.uidvalidity_changed, "deletion not reported");
+    ck_assert_msg(mstore_map(v, 1, &m) != 0, "read a deleted message");
+    mstore_view_destroy(&v);
+    mstore_destroy(&ms2);
+    fx_done(&f);
+}
+END_TEST
+
+/* UID EXPUNGE (RFC 4315 2.1): only the \Deleted ones of the set. */
+START_TEST(test_uid_expunge)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct imap_seq_range r;
+    struct imap_seqset set;
+    const uint32_t *exp;
+    size_t nexp;
+    static const uint32_t left[] = {1, 3, 4};
+
+    fx_init(&f);
+    for (int i = 0; i < 4; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    store_ok(v, 2, IMAP_STORE_ADD, "\\Deleted");
+    store_ok(v, 4, IMAP_STORE_ADD, "\\Deleted");
+    set = range(&r, 1, 2);
+    ck_assert_int_eq(mstore_expunge(v, &set, &exp, &nexp), 0);
+    ck_assert_msg(nexp == 1 && exp[0] == 2, "%zu expunges", nexp);
+    want_uids("after", v, left, 3);
+    ck_assert_msg(mstore_view_msg(v, 3)->flags & MSTORE_F_DELETED,
+                  "4 lost \\Deleted");
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
+/* COPY into the folder itself, and the keyword table's limit. */
+START_TEST(test_copy_self_and_keyword_limit)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+    struct mstore_copied out;
+    struct imap_seq_range r;
+    struct imap_seqset set;
+    char kw[32];
+    int rc = 0, i;
+
+    fx_init(&f);
+    deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    set = range(&r, 1, 1);
+    ck_assert_int_eq(mstore_copy(v, &set, false, "INBOX", &out), 0);
+    ck_assert_msg(out.n == 1 && out.src_uids[0] == 1 && out.dst_uids[0] == 2,
+                  "self copy: n %zu", out.n);
+    sync_ok(v, 0, &ch);
+    ck_assert_msg(ch.exists_changed && ch.exists == 2, "exists %u",
+                  ch.exists);
+    for (i = 0; i < 70 && rc == 0; i++) {
+        const char *flags[1] = {kw};
+        const uint32_t *seqs;
+        size_t n;
+
+        snprintf(kw, sizeof(kw), "$k%d", i);
+        rc = mstore_store(v, &set, false, IMAP_STORE_ADD, flags, 1, &seqs, &n);
+    }
+    ck_assert_msg(i == 65, "keyword %d refused, want the 65th", i);
+    want_fail("65th keyword", f.ms, rc, "LIMIT");
+    ck_assert_msg(strstr(mstore_view_permanent_flags(v), "\\*") == NULL,
+                  "\\* still offered: %s", mstore_view_permanent_flags(v));
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
+/* EXAMINE: recent seen but not taken, nothing changes. */
+START_TEST(test_examine)
+{
+    struct fx f;
+    mstore_view_t *ro, *rw;
+    struct imap_seq_range r;
+    struct imap_seqset set = range(&r, 1, 1);
+    const char *flags[] = {"\\Seen"};
+    const uint32_t *seqs;
+    size_t n;
+
+    fx_init(&f);
+    deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    ro = select_ok(f.ms, "INBOX", true);
+    ck_assert_uint_eq(mstore_view_recent(ro), 1);
+    want_fail("store read-only", f.ms,
+              mstore_store(ro, &set, false, IMAP_STORE_ADD, flags, 1, &seqs,
+                           &n),
+              "CANNOT");
+    ck_assert_str_eq(mstore_view_permanent_flags(ro), "");
+    mstore_view_destroy(&ro);
+    rw = select_ok(f.ms, "INBOX", false);
+    ck_assert_msg(mstore_view_recent(rw) == 1, "recent taken by EXAMINE");
+    mstore_view_destroy(&rw);
+    fx_done(&f);
+}
+END_TEST
+
 /* Folders. */
 
 struct listed {
@@ -517,18 +681,6 @@ want_list(mstore_t *ms, const char *ref, const char *pat, bool lsub,
                   lsub ? "LSUB" : "LIST", ref, pat, got, want);
 }
 
-static void
-want_fail(const char *label, mstore_t *ms, int rc, const char *code)
-{
-    ck_assert_msg(rc < 0, "%s: succeeded", label);
-    ck_assert_msg((code == NULL && mstore_err_code(ms) == NULL) ||
-                      (code != NULL && mstore_err_code(ms) != NULL &&
-                       strcmp(mstore_err_code(ms), code) == 0),
-                  "%s: code %s, want %s (%s)", label,
-                  mstore_err_code(ms) ? mstore_err_code(ms) : "NULL",
-                  code ? code : "NULL", mstore_err_text(ms));
-    ck_assert_msg(mstore_err_text(ms)[0] != '\0', "%s: no text", label);
-}
 
 static bool
 is_dir(struct fx *f, const char *sub)
@@ -1063,6 +1215,8 @@ mstore_suite(void)
     TCase *tc;
 
     tc = tcase_create("index");
+    /* Hundreds of fsync'd appends on a machine others share. */
+    tcase_set_timeout(tc, 240);
     tcase_add_test(tc, test_uids_kept);
     tcase_add_test(tc, test_recent_one_view);
     tcase_add_test(tc, test_two_processes);
@@ -1078,6 +1232,11 @@ mstore_suite(void)
     tcase_add_test(tc, test_flags_round_trip);
     tcase_add_test(tc, test_sets);
     tcase_add_test(tc, test_append_copy);
+    tcase_add_test(tc, test_delivery_order);
+    tcase_add_test(tc, test_deleted_under_view);
+    tcase_add_test(tc, test_uid_expunge);
+    tcase_add_test(tc, test_copy_self_and_keyword_limit);
+    tcase_add_test(tc, test_examine);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("folders");
