@@ -739,7 +739,10 @@ mstore_expunge(mstore_view_t *v, const struct imap_seqset *uids,
     }
     rc = remove_msgs(v, list, uids != NULL ? nlist : 0, true, &bytes);
     free(list);
-    merge(v, MERGE_EXPUNGE_ONLY, NULL, 0, NULL);
+    /* On failure the caller reports no expunge, so the view keeps its
+     * numbers: what did go is reported by the next sync. */
+    if (rc == 0)
+        merge(v, MERGE_EXPUNGE_ONLY, NULL, 0, NULL);
     v->ms->delta = -(int64_t)bytes;
     *expunged = v->exp.v;
     *nexpunged = v->exp.n;
@@ -948,14 +951,13 @@ mstore_move(mstore_view_t *v, const struct imap_seqset *set, bool uid,
     if (v->read_only)
         return read_only_fail(v);
     rc = copy_msgs(v, set, uid, dest, out, &added);
-    /* RFC 6851 3.3: what was copied is expunged, even when a later
-     * message failed; v->src is ascending (the set was). */
-    if (v->src.n > 0) {
-        int rrc = remove_msgs(v, v->src.v, v->src.n, false, &removed);
-
+    /* When the copy failed, nothing leaves this folder, so nothing is
+     * lost (the copies already made stay in dest). v->src is ascending,
+     * as the set was. */
+    if (rc == 0 && v->src.n > 0) {
+        rc = remove_msgs(v, v->src.v, v->src.n, false, &removed);
         if (rc == 0)
-            rc = rrc;
-        merge(v, MERGE_EXPUNGE_ONLY, NULL, 0, NULL);
+            merge(v, MERGE_EXPUNGE_ONLY, NULL, 0, NULL);
     }
     v->ms->delta = (int64_t)added - (int64_t)removed;
     *expunged = v->exp.v;
