@@ -79,10 +79,11 @@ static const struct ckey ckeys[] = {
      "minutes; IDLE too, RFC 2177 3)"},
     {"imap.max_append", C_INT, "52428800", 1024, 2147483647, false,
      "largest message APPEND takes, bytes (beyond: NO [TOOBIG])"},
-    {"mailbox.shards", C_INT, "0", 0, 1024, false,
+    {"mailbox.shards", C_INT, "1", 0, 1024, false,
      "mailbox services accounts are split over by a stable hash of the "
-     "address (lib/shard.h), each registered as mailbox.K; 0: as many as "
-     "supervisor.mailbox copies; 1: one service, mailbox"},
+     "address (lib/shard.h), each registered as mailbox.K; 1: one service, "
+     "mailbox, whose copies are interchangeable; 0: one shard per "
+     "supervisor.mailbox copy. Every process must see the same value"},
     {"mailbox.shard", C_INT, "-1", -1, 1023, false,
      "this mailbox process's shard K; -1: from its copy number (--instance "
      "N owns shard (N-1) mod mailbox.shards)"},

@@ -25,6 +25,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/loop.h"
+#include "lib/shard.h"
 #include "lib/xalloc.h"
 
 #include "supervisor.h"
@@ -377,6 +378,16 @@ build_table(struct supervisor *sup)
     }
     for (int i = 0; i < sup->nkids; i++)
         sup->kids[i].sup = sup;
+    /* Each shard needs a copy (copy N owns shard (N-1) mod shards), or its
+     * accounts' mail waits for a worker that never comes. */
+    if (config_int(cfg, "supervisor.mailbox") > 0 &&
+        config_int(cfg, "mailbox.shard") < 0 &&
+        config_int(cfg, "supervisor.mailbox") < shard_mailbox_count(cfg))
+        sup_fatal(sup, "startup",
+                  "reason=\"fewer mailbox copies than shards\" "
+                  "supervisor.mailbox=%ld mailbox.shards=%d",
+                  config_int(cfg, "supervisor.mailbox"),
+                  shard_mailbox_count(cfg));
     if (missing.len)
         sup_fatal(sup, "startup", "reason=\"missing executable\" exe=%s",
                   log_q(missing.data));

@@ -9,6 +9,7 @@ say, and nothing may be lost.
 import glob
 import os
 import re
+import shutil
 import smtplib
 import ssl
 import sys
@@ -53,6 +54,7 @@ def setUpModule():
     global SYS
     SYS = st.System(BASE, extra_env={
         "SAMOTOP_SUPERVISOR_MAILBOX": str(SHARDS),
+        "SAMOTOP_MAILBOX_SHARDS": "0",  # one per copy
         "SAMOTOP_BUS_TIMEOUT_MS": "10000",
         "SAMOTOP_HOSTNAME": "mx.shard.test",
     }).start()
@@ -179,6 +181,26 @@ class Shards(unittest.TestCase):
                       for k in range(SHARDS)
                       if any(shard_of(a) == k for a in rcpts))
         self.assertEqual(deliveries(trace), want)
+
+    def test_fewer_copies_than_shards_refused(self):
+        """A shard without a copy would leave its accounts' mail waiting
+        for ever: samotopd refuses to start."""
+        s = st.System(BASE + 25, extra_env={
+            "SAMOTOP_SUPERVISOR_MAILBOX": "2",
+            "SAMOTOP_MAILBOX_SHARDS": "3",
+        })
+        try:
+            s.start(wait=False)
+            self.assertNotEqual(s.proc.wait(timeout=60), 0)
+            self.assertIn("fewer mailbox copies than shards", s.logtext())
+        finally:
+            if s.proc.poll() is None:
+                s.stop()
+            else:
+                # Gone as it should: its log's fatal line is expected, not
+                # a report for the test log.
+                s.log.close()
+                shutil.rmtree(s.data, ignore_errors=True)
 
     def test_nothing_lost_under_load(self):
         """Eight clients at once, each message to three accounts picked
