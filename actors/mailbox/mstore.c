@@ -607,7 +607,9 @@ mstore_list(mstore_t *ms, const char *ref, const char *pattern, bool lsub,
             fn(arg, "", "\\Noselect");
         return 0;
     }
-    snprintf(pat, sizeof(pat), "%s%s", ref, pattern);
+    /* Checked above; the test keeps gcc -O2 from calling it truncation. */
+    if (snprintf(pat, sizeof(pat), "%s%s", ref, pattern) >= (int)sizeof(pat))
+        return mstore_fail(ms, ERR_TOO_BIG, "LIMIT", "pattern too long");
     /* INBOX is the one name matched in any case (5.1). */
     if (strncasecmp(pat, "INBOX", 5) == 0 &&
         (pat[5] == '\0' || pat[5] == '/'))

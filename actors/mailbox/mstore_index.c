@@ -829,7 +829,7 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
              uint32_t **claimed, size_t *nclaimed)
 {
     struct stat ist, nst, cst;
-    struct mstamp stamp;
+    struct mstamp stamp = {0}; /* read only when have_index */
     bool changed = false, have_index;
     char why[128] = "";
     int rc = 0;
