@@ -1131,6 +1131,65 @@ START_TEST(test_two_processes)
 }
 END_TEST
 
+/* One process sets flags one message at a time while another appends:
+ * neither change is lost when they rewrite the index in turn. */
+START_TEST(test_flags_while_appending)
+{
+    struct fx f;
+    mstore_view_t *v;
+    pid_t pid;
+    int status;
+    uint32_t flagged = 0;
+
+    fx_init(&f);
+    for (int i = 0; i < 50; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    mstore_view_destroy(&v);
+    pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        mstore_t *ms = open_store(&f);
+        mstore_view_t *w = mstore_select(ms, "INBOX", false);
+        const char *flags[] = {"\\Flagged", "$Done"};
+
+        if (w == NULL)
+            _exit(2);
+        for (uint32_t s = 1; s <= 50; s++) {
+            struct imap_seq_range r = {s, s};
+            struct imap_seqset set = {.r = &r, .n = 1};
+            struct mstore_changes ch;
+            const uint32_t *seqs;
+            size_t n;
+
+            if (mstore_view_sync(w, MSTORE_SYNC_HOLD_EXPUNGES, &ch) != 0 ||
+                mstore_store(w, &set, false, IMAP_STORE_ADD, flags, 2, &seqs,
+                             &n) != 0 ||
+                n != 1)
+                _exit(3);
+        }
+        mstore_view_destroy(&w);
+        mstore_destroy(&ms);
+        _exit(0);
+    }
+    append_many(&f, 100);
+    ck_assert_msg(waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+                      WEXITSTATUS(status) == 0,
+                  "child failed: %d", status);
+    v = select_ok(f.ms, "INBOX", false);
+    ck_assert_uint_eq(mstore_view_exists(v), 155);
+    for (uint32_t s = 1; s <= 50; s++)
+        flagged += (mstore_view_msg(v, s)->flags & MSTORE_F_FLAGGED) &&
+                   strstr(mstore_view_flags_str(v, s), "$Done") != NULL;
+    ck_assert_msg(flagged == 50, "%u of 50 flagged", flagged);
+    for (uint32_t s = 2; s <= 155; s++)
+        ck_assert_msg(mstore_view_msg(v, s)->uid > mstore_view_msg(v, s - 1)->uid,
+                      "uid of %u not above the one before", s);
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
 /* A corrupt index: rebuilt from the files, with a new UIDVALIDITY. */
 
 static const struct {
@@ -1220,6 +1279,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_uids_kept);
     tcase_add_test(tc, test_recent_one_view);
     tcase_add_test(tc, test_two_processes);
+    tcase_add_test(tc, test_flags_while_appending);
     tcase_add_loop_test(tc, test_bad_index, 0, NROWS(bad_index_rows));
     tcase_add_test(tc, test_uidvalidity_change_seen);
     suite_add_tcase(s, tc);
