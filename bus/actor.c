@@ -340,6 +340,17 @@ on_health(void *arg, char *why, size_t whylen)
     return -1;
 }
 
+/* /ready: healthy, and the actor's own needs met (desc->ready). */
+static int
+on_ready(void *arg, char *why, size_t whylen)
+{
+    actor_t *a = arg;
+
+    if (on_health(arg, why, whylen) != 0)
+        return -1;
+    return a->desc->ready ? a->desc->ready(a, why, whylen) : 0;
+}
+
 /* The metrics every actor has; the actor adds its own in init. */
 static void
 metrics_start(actor_t *a)
@@ -435,6 +446,7 @@ actor_main(int argc, char **argv, const struct actor_desc *desc)
             .listen = config_str(cfg, "metrics.listen"),
             .metrics = a->metrics,
             .health = on_health,
+            .ready = on_ready,
             .arg = a,
         };
 

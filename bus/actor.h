@@ -15,6 +15,7 @@
 #ifndef SAMOTOP_ACTOR_H
 #define SAMOTOP_ACTOR_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "bus.h"
@@ -39,6 +40,10 @@ struct actor_desc {
     void (*fini)(actor_t *a);
     void (*tick)(actor_t *a);
     int tick_ms;
+    /* /ready beyond a broker being heard: 0 when what the actor needs is
+     * there (its Redis connection), or -1 with a short reason in why.
+     * NULL: ready whenever healthy. */
+    int (*ready)(actor_t *a, char *why, size_t whylen);
 };
 
 /* What the command line and the configuration gave a Samotop program. */

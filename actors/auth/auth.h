@@ -163,6 +163,9 @@ size_t auth_cache_count(const auth_cache_t *c);
 /* The handler and hooks (auth_handlers.c). */
 int auth_init(actor_t *a);
 void auth_fini(actor_t *a);
+/* /ready (bus/actor.h): 0 while the Redis connection is up, else -1
+ * with the reason in why. */
+int auth_ready(actor_t *a, char *why, size_t whylen);
 void auth_on_verify(actor_t *a, bus_request_t **req_p);
 
 /* auth_metrics.c: registers auth's metrics in m (from init), and counts

@@ -888,6 +888,17 @@ auth_init(actor_t *a)
     return 0;
 }
 
+int
+auth_ready(actor_t *a, char *why, size_t whylen)
+{
+    struct auth *au = actor_data(a);
+
+    if (au && au->store && store_async_ready(au->store))
+        return 0;
+    snprintf(why, whylen, "no connection to redis");
+    return -1;
+}
+
 void
 auth_fini(actor_t *a)
 {

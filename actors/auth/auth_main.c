@@ -21,5 +21,6 @@ main(int argc, char **argv)
                       &(struct actor_desc){.name = "auth",
                                            .handlers = auth_handlers,
                                            .init = auth_init,
-                                           .fini = auth_fini});
+                                           .fini = auth_fini,
+                                           .ready = auth_ready});
 }

@@ -159,6 +159,9 @@ long long guard_rate_hit(guard_rate_t *r, const char *kind,
 /* The handlers and hooks (guard_handlers.c). */
 int guard_init(actor_t *a);
 void guard_fini(actor_t *a);
+/* /ready (bus/actor.h): 0 while the Redis connection is up, else -1
+ * with the reason in why. */
+int guard_ready(actor_t *a, char *why, size_t whylen);
 void guard_on_connect(actor_t *a, bus_request_t **req_p);
 void guard_on_mail(actor_t *a, bus_request_t **req_p);
 void guard_on_rcpt(actor_t *a, bus_request_t **req_p);

@@ -698,6 +698,17 @@ guard_init(actor_t *a)
     return 0;
 }
 
+int
+guard_ready(actor_t *a, char *why, size_t whylen)
+{
+    struct guard *g = actor_data(a);
+
+    if (g && g->store && store_async_ready(g->store))
+        return 0;
+    snprintf(why, whylen, "no connection to redis");
+    return -1;
+}
+
 void
 guard_fini(actor_t *a)
 {

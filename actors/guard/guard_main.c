@@ -22,5 +22,6 @@ main(int argc, char **argv)
                       &(struct actor_desc){.name = "guard",
                                            .handlers = guard_handlers,
                                            .init = guard_init,
-                                           .fini = guard_fini});
+                                           .fini = guard_fini,
+                                           .ready = guard_ready});
 }

@@ -246,5 +246,8 @@ void queue_metrics_start(queue_t *q, metrics_t *m, loop_t *loop,
 void queue_metrics_stop(void);
 /* Counts a pending recipient's round as settle() decided it. */
 void queue_metrics_rcpt(const struct queue_rcpt *r);
+/* /ready (bus/actor.h): 0 while the Redis connection is up, else -1
+ * with the reason in why. */
+int queue_ready(actor_t *a, char *why, size_t whylen);
 
 #endif

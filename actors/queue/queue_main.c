@@ -20,5 +20,6 @@ main(int argc, char **argv)
                       &(struct actor_desc){.name = "queue",
                                            .handlers = queue_handlers,
                                            .init = queue_init,
-                                           .fini = queue_fini});
+                                           .fini = queue_fini,
+                                           .ready = queue_ready});
 }

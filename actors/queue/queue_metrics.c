@@ -169,6 +169,17 @@ queue_metrics_stop(void)
     qm.q = NULL;
 }
 
+int
+queue_ready(actor_t *a, char *why, size_t whylen)
+{
+    queue_t *q = actor_data(a);
+
+    if (q && queue_store_ready(q))
+        return 0;
+    snprintf(why, whylen, "no connection to redis");
+    return -1;
+}
+
 void
 queue_metrics_rcpt(const struct queue_rcpt *r)
 {

@@ -187,5 +187,7 @@ void relay_hosts_sweep(relay_t *r);
  * process's life), and counts a finished job's attempts and results. */
 void relay_metrics_init(relay_t *r, metrics_t *m);
 void relay_metrics_job(const struct relay_job *j);
+/* /ready (bus/actor.h): 0 while the Redis connection (routes) is up. */
+int relay_ready(actor_t *a, char *why, size_t whylen);
 
 #endif

@@ -109,6 +109,7 @@ main(int argc, char **argv)
                                            .handlers = relay_handlers,
                                            .init = relay_init,
                                            .fini = relay_fini,
+                                           .ready = relay_ready,
                                            .tick = relay_tick,
                                            .tick_ms = 60000});
 }

@@ -58,6 +58,16 @@ relay_metrics_init(relay_t *r, metrics_t *m)
     metrics_on_collect(m, on_collect, NULL);
 }
 
+int
+relay_ready(actor_t *a, char *why, size_t whylen)
+{
+    (void)a;
+    if (rm.r && rm.r->store && store_async_ready(rm.r->store))
+        return 0;
+    snprintf(why, whylen, "no connection to redis (routes)");
+    return -1;
+}
+
 void
 relay_metrics_job(const struct relay_job *j)
 {
