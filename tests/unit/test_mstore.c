@@ -1072,6 +1072,55 @@ START_TEST(test_name_limits)
 }
 END_TEST
 
+/* Symlinks planted in the Maildir never lead out of it. */
+START_TEST(test_symlinks)
+{
+    struct fx f;
+    char link[512], outside[256], path[512];
+    mstore_view_t *v;
+    struct mstore_copied out;
+    int fd;
+
+    fx_init(&f);
+    snprintf(outside, sizeof(outside), "%s/outside", f.base);
+    ck_assert_msg(mkdir(outside, 0700) == 0, "mkdir outside");
+    /* A folder that is a symlink: not listed, not opened. */
+    snprintf(link, sizeof(link), "%s/.Evil", f.acct);
+    ck_assert_msg(symlink(outside, link) == 0, "symlink: %s", strerror(errno));
+    want_list(f.ms, "", "*", false, "INBOX(\\HasNoChildren)");
+    want_fail("select link", f.ms,
+              mstore_select(f.ms, "Evil", false) == NULL ? -1 : 0,
+              "NONEXISTENT");
+    want_fail("append via link", f.ms,
+              mstore_append(f.ms, "Evil", "x\r\n", 3, NULL, 0, 0, &out),
+              "TRYCREATE");
+    ck_assert_msg(files_in(outside, NULL, 0) == 0, "wrote outside");
+    /* A message file that is a symlink: not a message. */
+    snprintf(path, sizeof(path), "%s/secret", outside);
+    fd = open(path, O_WRONLY | O_CREAT, 0600);
+    ck_assert_msg(fd >= 0 && write(fd, "secret", 6) == 6, "secret");
+    close(fd);
+    snprintf(link, sizeof(link), "%s/new/1.M1P1Q1.evil", f.acct);
+    ck_assert_msg(symlink(path, link) == 0, "symlink: %s", strerror(errno));
+    deliver(&f, NULL, "Subject: real\r\n\r\nreal\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    ck_assert_msg(mstore_view_exists(v) == 1, "exists %u: the link counted",
+                  mstore_view_exists(v));
+    mstore_view_destroy(&v);
+    /* An account that is a symlink is refused. */
+    {
+        char why[256], acct[512];
+        mstore_t *ms;
+
+        snprintf(acct, sizeof(acct), "%s/mail/example.test/bob", f.data);
+        ck_assert_msg(symlink(outside, acct) == 0, "symlink bob");
+        ms = mstore_open(f.data, "bob@example.test", NULL, why, sizeof(why));
+        ck_assert_msg(ms == NULL, "opened an account through a symlink");
+    }
+    fx_done(&f);
+}
+END_TEST
+
 /* Two processes at once. */
 
 static void
@@ -1306,6 +1355,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_subscriptions);
     tcase_add_loop_test(tc, test_names, 0, NROWS(name_rows));
     tcase_add_test(tc, test_name_limits);
+    tcase_add_test(tc, test_symlinks);
     suite_add_tcase(s, tc);
     return s;
 }
