@@ -15,14 +15,20 @@
 # ("bus") and Redis ("redis") services.
 #
 # Both stages are bookworm-slim: it is the Debian 12 base that builds here
-# with no registry (../shared/tools/container-build makes it locally), and
-# the build stage installs what it needs with deploy/deps, so the image and
-# a bare machine build from one package list.
+# with no registry (../shared/tools/container-build makes it locally). The
+# build stage installs the "build" list of deploy/deps, written out here so
+# that the layer stays cached when the tests' list changes; the deploy_config
+# test fails when the two lists differ.
 
 FROM debian:bookworm-slim AS build
 WORKDIR /src
-COPY deploy/deps deploy/deps
-RUN apt-get update -qq && deploy/deps && rm -rf /var/lib/apt/lists/*
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    build-essential cmake pkg-config python3 \
+    libzmq3-dev libczmq-dev libhiredis-dev libmsgpack-dev libssl-dev \
+    libc-ares-dev libmicrohttpd-dev \
+    redis-server openssl >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 # Marks the layers made from the sources, so that old ones can be pruned
 # (tests/deploy/test_container.sh) while the package layer stays cached.
 LABEL org.samotop.stage=build

@@ -23,6 +23,11 @@ END = "<!-- env-table end -->"
 LINE = re.compile(r"^([a-z0-9_.]+) = (.*?)\t# (SAMOTOP_[A-Z0-9_]+); (.*)$")
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def executables():
     """The programs the image ships: samotopd and samotop-* from the build,
     without the benchmarks (the Dockerfile leaves those out)."""
@@ -85,17 +90,18 @@ def env_table(keys=None):
 
 def doc_table():
     """The table now in docs/operations.md, or None without markers."""
-    text = open(DOC).read()
+    text = read(DOC)
     if BEGIN not in text or END not in text:
         return None
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
 
 
 def write_doc():
-    text = open(DOC).read()
+    text = read(DOC)
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    open(DOC, "w").write(head + BEGIN + "\n" + env_table() + END + tail)
+    with open(DOC, "w") as f:
+        f.write(head + BEGIN + "\n" + env_table() + END + tail)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@
 # The image is built from what a clean clone holds: the committed tree
 # (git archive HEAD) when SAMOTOP_SRC is a git checkout, so work in
 # progress beside it cannot break or leak into the image;
-# SAMOTOP_CONTAINER_SRC=worktree builds the working tree instead.
+# SAMOTOP_CONTAINER_SRC=worktree builds the working tree instead, and
+# SAMOTOP_CONTAINER_IMAGE=TAG runs an image built before (to iterate on
+# the compose files; ctest never sets it).
 # Needs root (podman with runc) and ../shared/tools/container-build, or
 # SAMOTOP_CONTAINER_BUILD naming it.
 set -euo pipefail
@@ -39,7 +41,7 @@ export SAMOTOP_LISTEN_LMTP=127.0.0.1:$((base + 15))
 export SAMOTOP_HOSTNAME=mx.deploy.test
 unset SAMOTOP_CONFIG SAMOTOP_DATA
 
-tag=localhost/samotop:deploy-test
+tag=${SAMOTOP_CONTAINER_IMAGE:-localhost/samotop:deploy-test}
 project=samotopdeploy$$
 work=$(mktemp -d /tmp/samotop-container-XXXXXX)
 sock=$work/podman.sock
@@ -102,26 +104,36 @@ for p in $(podman ps -a --format '{{index .Labels "com.docker.compose.project"}}
   fi
 done
 
-# 1. The build context: a clean clone's files.
-ctx=$work/ctx
-mkdir -p "$ctx"
-if [ "${SAMOTOP_CONTAINER_SRC:-}" != worktree ] && git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
-  git -C "$src" archive --format=tar HEAD | tar -C "$ctx" -x
-  say "context: git archive $(git -C "$src" rev-parse --short HEAD)"
+# 1. The build context: a clean clone's files. 2. The image, built as on
+# any Docker host (the docker format keeps the HEALTHCHECK); the image the
+# tag held before is removed once replaced, and so are the build stage's
+# source layers of earlier runs (the package layer stays cached).
+build_image() {
+  local ctx=$work/ctx old new
+  mkdir -p "$ctx"
+  if [ "${SAMOTOP_CONTAINER_SRC:-}" != worktree ] &&
+     git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+    git -C "$src" archive --format=tar HEAD | tar -C "$ctx" -x
+    say "context: git archive $(git -C "$src" rev-parse --short HEAD)"
+  else
+    ctx=$src
+    say "context: $src as it is"
+  fi
+  old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+  BUILDAH_FORMAT=docker "$build_tool" "$ctx" "$tag" >"$work/build.log" 2>&1 ||
+    { tail -40 "$work/build.log" >&2; fail "image build failed"; }
+  new=$(podman image inspect --format '{{.Id}}' "$tag")
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
+  podman image prune -f --filter label=org.samotop.stage=build >/dev/null 2>&1 || true
+  say "image $tag built ($(podman image inspect --format '{{.Size}}' "$tag") bytes)"
+}
+if [ -z "${SAMOTOP_CONTAINER_IMAGE:-}" ]; then
+  build_image
 else
-  ctx=$src
-  say "context: $src as it is"
+  say "image $tag as given (SAMOTOP_CONTAINER_IMAGE), not built"
 fi
-
-# 2. The image, built as on any Docker host (the docker format keeps the
-# HEALTHCHECK). The image this tag held before is removed once replaced.
-old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
-BUILDAH_FORMAT=docker "$build_tool" "$ctx" "$tag" >"$work/build.log" 2>&1 ||
-  { tail -40 "$work/build.log" >&2; fail "image build failed"; }
-new=$(podman image inspect --format '{{.Id}}' "$tag")
-if [ -n "$old" ] && [ "$old" != "$new" ]; then podman rmi "$old" >/dev/null 2>&1 || true; fi
-podman image prune -f --filter label=org.samotop.stage=build >/dev/null 2>&1 || true
-say "image $tag built ($(podman image inspect --format '{{.Size}}' "$tag") bytes)"
 
 # The image as built: non-root, with the healthcheck, every program.
 [ "$(podman run --rm --network host "$tag" id -u)" = 10025 ] || fail "image runs as root"

@@ -23,6 +23,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import samotop_deploy as sd  # noqa: E402
+from samotop_deploy import read  # noqa: E402
 
 DEPLOY = os.path.join(sd.SRC, "deploy")
 K8S = os.path.join(DEPLOY, "k8s")
@@ -142,7 +143,7 @@ class TestCompose(unittest.TestCase):
     def test_interpolated_variables_are_known(self):
         for fname in ("compose.yaml", "compose.host.yaml",
                       "compose.override.yaml"):
-            text = open(os.path.join(DEPLOY, fname)).read()
+            text = read(os.path.join(DEPLOY, fname))
             for var in re.findall(r"\$\{(SAMOTOP_[A-Z0-9_]+)", text):
                 self.assertTrue(var in Known.envs | COMPOSE_ONLY,
                               "%s: ${%s} is no configuration variable"
@@ -177,7 +178,7 @@ class TestCompose(unittest.TestCase):
             self.assertEqual(svc.get("network_mode"), "host", name)
             self.assertFalse(svc.get("ports"), name)
             self.assertFalse(svc.get("networks"), name)
-        text = open(os.path.join(DEPLOY, "compose.host.yaml")).read()
+        text = read(os.path.join(DEPLOY, "compose.host.yaml"))
         for addr in re.findall(r"(?:tcp://)?(\d+\.\d+\.\d+\.\d+):\d+", text):
             self.assertTrue(addr.startswith("127."), addr)
         self.assertNotIn("2024", re.findall(r":(\d+)", text))
@@ -219,7 +220,7 @@ class TestDockerfile(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         Known.setup()
-        cls.text = open(os.path.join(sd.SRC, "Dockerfile")).read()
+        cls.text = read(os.path.join(sd.SRC, "Dockerfile"))
 
     def test_env_are_config_keys(self):
         block = re.search(r"^ENV (.*?)(?<!\\)\n", self.text, re.S | re.M)
@@ -239,8 +240,18 @@ class TestDockerfile(unittest.TestCase):
         self.assertRegex(self.text, r"(?m)^FROM debian:bookworm-slim AS build")
         self.assertEqual(len(re.findall(r"(?m)^FROM ", self.text)), 2)
 
+    def test_build_packages_are_deploy_deps(self):
+        deps = read(os.path.join(DEPLOY, "deps"))
+        want = set(re.search(r"(?ms)^build=\((.*?)\)", deps).group(1).split())
+        stage = self.text.split("\nFROM ", 2)[1]
+        m = re.search(r"apt-get install [^\n]*\\\n(.*?)>/dev/null", stage, re.S)
+        self.assertIsNotNone(m, "no apt-get install in the build stage")
+        got = set(m.group(1).replace("\\", " ").split())
+        self.assertEqual(got, want, "the Dockerfile's build packages differ "
+                         "from deploy/deps' build list")
+
     def test_dockerignore_keeps_build_output_out(self):
-        lines = open(os.path.join(sd.SRC, ".dockerignore")).read().split()
+        lines = read(os.path.join(sd.SRC, ".dockerignore")).split()
         for want in ("build", ".git", "var"):
             self.assertIn(want, lines)
 
@@ -412,7 +423,7 @@ class TestDocs(unittest.TestCase):
                          "tests/deploy/samotop_deploy.py --write")
 
     def test_readme_links_operations(self):
-        readme = open(os.path.join(sd.SRC, "README.md")).read()
+        readme = read(os.path.join(sd.SRC, "README.md"))
         self.assertTrue("docs/operations.md" in readme,
                         "README.md does not link docs/operations.md")
 
