@@ -700,21 +700,25 @@ scan_dir(mstore_t *ms, struct mfolder *f, const struct htab *h, bool is_new,
 
 /* Matches the directories against f->ix: vanished files leave it (an
  * expunge), renamed ones keep their UID, new ones get the next UIDs in
- * the order of their names (a delivery's names sort by time). */
+ * the order of their names (a delivery's names sort by time). A directory
+ * not read (its mtime unchanged) keeps its entries as they are: a file
+ * moved between new/ and cur/ changes both. */
 static int
-scan(mstore_t *ms, struct mfolder *f, bool *changed)
+scan(mstore_t *ms, struct mfolder *f, bool read_new, bool read_cur,
+     bool *changed)
 {
     struct found *found = NULL;
     size_t nfound = 0, capfound = 0, kept = 0;
     struct htab h;
-    int rc;
+    int rc = 0;
     bool warned = false;
 
     htab_build(&h, &f->ix);
     for (size_t i = 0; i < f->ix.n; i++)
-        f->ix.e[i].seen_ = false;
-    rc = scan_dir(ms, f, &h, true, &found, &nfound, &capfound, changed);
-    if (rc == 0)
+        f->ix.e[i].seen_ = f->ix.e[i].in_new ? !read_new : !read_cur;
+    if (read_new)
+        rc = scan_dir(ms, f, &h, true, &found, &nfound, &capfound, changed);
+    if (rc == 0 && read_cur)
         rc = scan_dir(ms, f, &h, false, &found, &nfound, &capfound, changed);
     free(h.slot);
     if (rc != 0)
@@ -830,7 +834,7 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
 {
     struct stat ist, nst, cst;
     struct mstamp stamp = {0}; /* read only when have_index */
-    bool changed = false, have_index;
+    bool changed = false, have_index, read_new, read_cur;
     char why[128] = "";
     int rc = 0;
 
@@ -852,6 +856,7 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
     /* The cheap way: nothing moved since the index was written. */
     if (!(how & MF_LOCKED) && f->loaded && have_index &&
         stamp_eq(&stamp, &f->stamp) && f->ix.new_mtime_ns != 0 &&
+        f->ix.cur_mtime_ns != 0 &&
         f->ix.new_mtime_ns == ts_ns(&nst.st_mtim) &&
         f->ix.cur_mtime_ns == ts_ns(&cst.st_mtim) &&
         !((how & MF_CLAIM) && any_new(f)))
@@ -894,17 +899,18 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
                          "cannot read the folder: %s", strerror(errno));
         goto out;
     }
-    if (changed || f->ix.new_mtime_ns == 0 ||
-        f->ix.new_mtime_ns != ts_ns(&nst.st_mtim) ||
-        f->ix.cur_mtime_ns != ts_ns(&cst.st_mtim)) {
+    read_new = changed || f->ix.new_mtime_ns == 0 ||
+               f->ix.new_mtime_ns != ts_ns(&nst.st_mtim);
+    read_cur = changed || f->ix.cur_mtime_ns == 0 ||
+               f->ix.cur_mtime_ns != ts_ns(&cst.st_mtim);
+    if (read_new || read_cur) {
         int64_t n_ns = dir_stamp(&nst), c_ns = dir_stamp(&cst);
 
         /* Stamped before reading: a change during the read shows as a
-         * newer mtime next time. */
-        if ((rc = scan(ms, f, &changed)) != 0)
+         * newer mtime next time. A delivery changes new/ alone, so the
+         * big cur/ is read only when it changed too. */
+        if ((rc = scan(ms, f, read_new, read_cur, &changed)) != 0)
             goto out;
-        if (n_ns == 0 || c_ns == 0)
-            n_ns = c_ns = 0;
         if (n_ns != f->ix.new_mtime_ns || c_ns != f->ix.cur_mtime_ns)
             changed = true;
         f->ix.new_mtime_ns = n_ns;

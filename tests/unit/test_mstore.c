@@ -637,9 +637,24 @@ START_TEST(test_examine)
                            &n),
               "CANNOT");
     ck_assert_str_eq(mstore_view_permanent_flags(ro), "");
+    /* A delivery changes new/ alone: seen without reading cur/. */
+    {
+        struct mstore_changes ch;
+        struct imap_status_values st;
+
+        deliver(&f, NULL, "Subject: y\r\n\r\ny\r\n");
+        sync_ok(ro, 0, &ch);
+        ck_assert_msg(ch.exists_changed && ch.exists == 2 && ch.recent == 2,
+                      "ro: exists %u recent %u", ch.exists, ch.recent);
+        ck_assert_int_eq(mstore_status(f.ms, "INBOX", &st), 0);
+        ck_assert_msg(st.messages == 2 && st.recent == 2 && st.unseen == 2 &&
+                          st.uidnext == 3,
+                      "status: %u %u %u %u", st.messages, st.recent,
+                      st.unseen, st.uidnext);
+    }
     mstore_view_destroy(&ro);
     rw = select_ok(f.ms, "INBOX", false);
-    ck_assert_msg(mstore_view_recent(rw) == 1, "recent taken by EXAMINE");
+    ck_assert_msg(mstore_view_recent(rw) == 2, "recent taken by EXAMINE");
     mstore_view_destroy(&rw);
     fx_done(&f);
 }
