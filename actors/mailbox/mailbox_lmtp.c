@@ -26,6 +26,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/net.h"
+#include "lib/shard.h"
 #include "lib/smtp_server.h"
 #include "lib/xalloc.h"
 
@@ -34,6 +35,12 @@
 
 /* What a session keeps read but not yet taken by the engine, at most. */
 #define IN_MAX 16384
+
+/* A copy another shard stored (or not): its reply's words, for r[]. */
+struct copy_text {
+    char ecode[12];
+    char text[96];
+};
 
 /* One recipient the guard accepted: the mailboxes its copies go to. */
 struct lrcpt {
@@ -63,8 +70,15 @@ struct lsess {
     char *mail_from;
     struct lrcpt *rcpts;
     int nrcpts;
-    struct maildir_rcpt *r; /* the copies of the message being stored */
-    size_t nr;
+    /* The copies of the message being stored, recipient after recipient
+     * (rcpts[i]'s nboxes copies in a row), with their outcomes; those of
+     * accounts this process owns also in local[] (lmap: their index in
+     * r[]), the others' outcome texts in out[] (mailbox.deliver replies). */
+    struct maildir_rcpt *r, *local;
+    struct copy_text *out;
+    size_t nr, nlocal, *lmap;
+    int waiting; /* stores still out: the local commit, one per shard */
+    bool local_done; /* the local commit answered (maybe inside park) */
     int messages;
 };
 
@@ -97,8 +111,13 @@ txn_clear(struct lsess *s)
     s->rcpts = NULL;
     s->nrcpts = 0;
     free(s->r);
-    s->r = NULL;
-    s->nr = 0;
+    free(s->local);
+    free(s->out);
+    free(s->lmap);
+    s->r = s->local = NULL;
+    s->out = NULL;
+    s->lmap = NULL;
+    s->nr = s->nlocal = 0;
     free(s->mail_from);
     s->mail_from = NULL;
 }
@@ -272,19 +291,19 @@ rfc5322_date(char *out, size_t outlen)
     strftime(out, outlen, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 }
 
-/* The lines the final delivery puts on top (RFC 5321 4.4): Return-Path
- * with the reverse-path, and our Received with the LHLO name and the
- * client's address, the RFC 3848 keyword (LMTP), the trace id as the id,
- * "for" only with one recipient (Bcc stays hidden), and the date. */
+/* Our Received line (RFC 5321 4.4): the LHLO name and the client's
+ * address, the RFC 3848 keyword (LMTP), the trace id as the id, "for" only
+ * with one recipient (Bcc stays hidden), and the date. The Return-Path
+ * goes above it where the copy is stored (mailbox_on_deliver() does the
+ * same for another shard's copies). */
 static char *
-message_head(struct lsess *s)
+received_line(struct lsess *s)
 {
     const char *helo = smtp_server_helo(s->smtp);
     buf_t b = BUF_INIT;
     char date[64];
 
     rfc5322_date(date, sizeof(date));
-    buf_printf(&b, "Return-Path: <%s>\r\n", s->mail_from ? s->mail_from : "");
     buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
                "id %s", helo ? helo : "unknown", s->ip, s->lm->hostname,
                smtp_server_with(s->smtp), s->trace);
@@ -310,21 +329,19 @@ worst(const struct maildir_rcpt *r, int n)
     return w;
 }
 
+/* Every copy's outcome is in: one reply per recipient (RFC 2033 4.2).
+ * pump: called from a callback, so the session runs on from here (not
+ * from inside session_pump(), which would then run twice). */
 static void
-on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
-          size_t n)
+answer_rcpts(struct lsess *s, bool pump)
 {
-    struct lsess *s = arg;
     size_t k = 0;
     int ok = 0;
     char text[200];
 
-    (void)mb;
-    (void)n;
-    s->parked = NULL;
     for (int i = 0; i < s->nrcpts; i++) {
         const struct lrcpt *lr = &s->rcpts[i];
-        const struct maildir_rcpt *w = worst(r + k, lr->nboxes);
+        const struct maildir_rcpt *w = worst(s->r + k, lr->nboxes);
 
         k += (size_t)lr->nboxes;
         if (w->code == 250) {
@@ -338,14 +355,162 @@ on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
         }
     }
     s->messages++;
-    log_info(s->trace, "lmtp_message", "rcpts=%d stored=%d", s->nrcpts, ok);
-    session_pump(s);
+    log_info(s->trace, "lmtp_message", "rcpts=%d stored=%d copies=%zu "
+             "local=%zu", s->nrcpts, ok, s->nr, s->nlocal);
+    if (pump)
+        session_pump(s);
+}
+
+static void
+on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
+          size_t n)
+{
+    struct lsess *s = arg;
+
+    (void)mb;
+    s->parked = NULL;
+    s->local_done = true;
+    for (size_t j = 0; j < n; j++) {
+        struct maildir_rcpt *to = &s->r[s->lmap[j]];
+
+        to->code = r[j].code;
+        to->ecode = r[j].ecode;
+        to->text = r[j].text;
+    }
+    /* Inside mailbox_deliver_park() (a full batch is stored at once),
+     * on_message() still holds its share of the count. */
+    if (--s->waiting == 0)
+        answer_rcpts(s, true);
+}
+
+/* A mailbox.deliver to another shard: its copies' indexes in r[]. */
+struct shard_call {
+    struct lsess *s;
+    size_t *idx;
+    size_t n;
+};
+
+static void
+shard_outcome(struct lsess *s, size_t k, int code, const char *ecode,
+              const char *text)
+{
+    struct copy_text *t = &s->out[k];
+
+    if (code < 200 || code > 599) {
+        code = 451;
+        ecode = "4.3.0";
+    }
+    snprintf(t->ecode, sizeof(t->ecode), "%s", ecode ? ecode : "");
+    snprintf(t->text, sizeof(t->text), "%s", text ? text : "not stored");
+    s->r[k].code = code;
+    s->r[k].ecode = t->ecode;
+    s->r[k].text = t->text;
+}
+
+static void
+on_shard_stored(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct shard_call *c = arg;
+    struct lsess *s = c->s;
+    const value_t *results = NULL;
+
+    s->calls--;
+    if (s->dead) {
+        if (s->calls == 0)
+            session_free(s);
+        goto out;
+    }
+    if (reply != NULL)
+        results = value_get(envelope_body_peek(reply), ENV_KEY_RESULTS);
+    if (err != 0 || reply == NULL)
+        log_warn(s->trace, "bus_call_failed", "type=mailbox.deliver "
+                 "err=%s text=%s", err_name(err), log_q(text));
+    for (size_t i = 0; i < c->n; i++) {
+        const value_t *item = value_count(results) == c->n
+                                  ? value_at(results, i)
+                                  : NULL;
+
+        if (item != NULL)
+            shard_outcome(s, c->idx[i],
+                          (int)value_get_int(item, ENV_KEY_CODE, 451),
+                          value_str(value_get(item, ENV_KEY_ECODE), NULL),
+                          value_str(value_get(item, ENV_KEY_TEXT), NULL));
+        else if (reply != NULL && envelope_code(reply) >= 400)
+            shard_outcome(s, c->idx[i], envelope_code(reply),
+                          envelope_get_str(reply, ENV_KEY_ECODE),
+                          envelope_get_str(reply, ENV_KEY_TEXT));
+        else
+            shard_outcome(s, c->idx[i], 451, "4.3.0",
+                          "mailbox shard unavailable, try again later");
+    }
+    if (--s->waiting == 0)
+        answer_rcpts(s, true);
+out:
+    free(c->idx);
+    free(c);
+}
+
+/* The copies of accounts another mailbox process owns (mailbox.shards >
+ * 1, lib/shard.h) go to it as one mailbox.deliver per shard, with our
+ * Received line on the message; it adds the Return-Path and answers per
+ * copy. Returns whether the call went out. */
+static bool
+send_to_shard(struct lsess *s, int shard, const int *of, const char *recv,
+              const struct smtp_event *ev)
+{
+    struct mailbox *mb = s->lm->mb;
+    envelope_t *env = envelope_new("mailbox.deliver", s->trace,
+                                   s->lm->bus_timeout_ms);
+    value_t *body = envelope_body(env), *rcpts = value_new_array(), *msg;
+    struct shard_call *c = xcalloc(1, sizeof(*c));
+    size_t rlen = strlen(recv);
+    char service[64];
+    void *bytes;
+
+    c->s = s;
+    c->idx = xcalloc(s->nr, sizeof(*c->idx));
+    for (size_t k = 0; k < s->nr; k++) {
+        value_t *item;
+
+        if (of[k] != shard)
+            continue;
+        item = value_new_map();
+        value_set_str(item, MAILBOX_KEY_MAILBOX, s->r[k].mailbox);
+        value_push_take(rcpts, &item);
+        c->idx[c->n++] = k;
+    }
+    value_set_take(body, ENV_KEY_RCPTS, &rcpts);
+    value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
+    bytes = xmalloc(rlen + ev->message.len + 1);
+    memcpy(bytes, recv, rlen);
+    if (ev->message.len > 0)
+        memcpy((char *)bytes + rlen, ev->message.data, ev->message.len);
+    msg = value_new_bin_take(&bytes, rlen + ev->message.len);
+    value_set_take(body, ENV_KEY_MESSAGE, &msg);
+    s->calls++;
+    if (shard_service(service, sizeof(service), "mailbox", shard,
+                      mb->nshards) == NULL ||
+        bus_client_send_to_take(actor_client(mb->actor), service, &env,
+                                on_shard_stored, c) != 0) {
+        s->calls--;
+        envelope_destroy(&env);
+        for (size_t i = 0; i < c->n; i++)
+            shard_outcome(s, c->idx[i], 451, "4.3.0",
+                          "mailbox shard unavailable, try again later");
+        free(c->idx);
+        free(c);
+        return false;
+    }
+    return true;
 }
 
 static void
 on_message(struct lsess *s, const struct smtp_event *ev)
 {
-    char *head;
+    struct mailbox *mb = s->lm->mb;
+    struct parked *p;
+    char *recv, *head;
+    int *of;
     size_t k = 0;
 
     if (ev->message.nrcpts != s->nrcpts) {
@@ -360,16 +525,53 @@ on_message(struct lsess *s, const struct smtp_event *ev)
     for (int i = 0; i < s->nrcpts; i++)
         s->nr += (size_t)s->rcpts[i].nboxes;
     s->r = xcalloc(s->nr, sizeof(*s->r));
+    s->local = xcalloc(s->nr, sizeof(*s->local));
+    s->lmap = xcalloc(s->nr, sizeof(*s->lmap));
+    s->out = xcalloc(s->nr, sizeof(*s->out));
+    of = xcalloc(s->nr, sizeof(*of));
+    s->nlocal = 0;
     for (int i = 0; i < s->nrcpts; i++)
         for (int b = 0; b < s->rcpts[i].nboxes; b++, k++) {
             s->r[k].mailbox = s->rcpts[i].boxes[b];
             s->r[k].mailbox_len = strlen(s->rcpts[i].boxes[b]);
+            of[k] = shard_of(s->r[k].mailbox, s->r[k].mailbox_len,
+                             mb->nshards);
+            if (of[k] == mb->shard) {
+                s->lmap[s->nlocal] = k;
+                s->local[s->nlocal++] = s->r[k];
+            }
         }
-    head = message_head(s);
-    /* The data stays in the engine until every recipient is answered. */
-    s->parked = mailbox_deliver_park(s->lm->mb, s->trace, s->trace, &head,
-                                     ev->message.data, ev->message.len, s->r,
-                                     s->nr, on_stored, s);
+    recv = received_line(s);
+    /* One count for the local commit and each shard's call, so that the
+     * replies wait for the last of them, whatever order they come in. */
+    s->waiting = 1;
+    for (int shard = 0; shard < mb->nshards; shard++) {
+        bool used = false;
+
+        for (size_t j = 0; j < s->nr && !used; j++)
+            used = of[j] == shard;
+        if (used && shard != mb->shard && send_to_shard(s, shard, of, recv, ev))
+            s->waiting++;
+    }
+    if (s->nlocal > 0) {
+        /* RFC 5321 4.4: the final delivery adds the Return-Path. The data
+         * stays in the engine until every recipient is answered. */
+        head = xasprintf("Return-Path: <%s>\r\n%s",
+                         s->mail_from ? s->mail_from : "", recv);
+        s->waiting++;
+        s->local_done = false;
+        p = mailbox_deliver_park(mb, s->trace, s->trace, &head,
+                                 ev->message.data, ev->message.len, s->local,
+                                 s->nlocal, on_stored, s);
+        if (!s->local_done)
+            s->parked = p; /* else p is gone already */
+    }
+    free(recv);
+    free(of);
+    /* The count's own share: if everything is done already, answer; the
+     * pump that called us goes on. */
+    if (--s->waiting == 0)
+        answer_rcpts(s, false);
 }
 
 /* --- events and the pump ------------------------------------------------ */
@@ -378,7 +580,7 @@ on_message(struct lsess *s, const struct smtp_event *ev)
 static bool
 busy(const struct lsess *s)
 {
-    return s->calls > 0 || s->parked != NULL;
+    return s->calls > 0 || s->parked != NULL || s->waiting > 0;
 }
 
 /* Handles one event; false when the session must stop for now. */

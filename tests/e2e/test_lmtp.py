@@ -8,7 +8,11 @@ Maildir under a Return-Path and a Received line. Then a real Postfix on
 loopback delivers to the door (virtual_transport = lmtp:inet:...), and the
 message is read back over IMAP with imaplib.
 
-Ports: our system on 20150-20169, the private Postfix on 20190.
+With two mailbox shards, a message that reaches either process's door
+is stored for each account by the process that owns it.
+
+Ports: our system on 20150-20169, a sharded one on 20170-20189, the
+private Postfix on 20190.
 """
 import glob
 import imaplib
@@ -25,6 +29,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import postfix_peer  # noqa: E402
 import samotop_test as st  # noqa: E402
+from test_shard import fnv1a64, jump  # noqa: E402
 
 BASE = 20150
 LMTP = ("127.0.0.1", BASE + 15)
@@ -293,6 +298,68 @@ class Door(unittest.TestCase):
         req = [e for e in mine if e["type"] == "guard.rcpt"][0]
         self.assertEqual(req["body"]["role"], "lmtp")
         self.assertEqual(req["body"]["rcpt"], "carol@example.test")
+
+
+class ShardedDoor(unittest.TestCase):
+    """Two mailbox processes share the door's port (SO_REUSEPORT) and
+    split the accounts (mailbox.shards): the door that takes a message
+    stores its own accounts' copies and sends the others' to their owner
+    as mailbox.deliver; each recipient still gets its own reply."""
+
+    BASE = BASE + 20
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sys = st.System(cls.BASE, extra_env={
+            "SAMOTOP_SUPERVISOR_MAILBOX": "2",
+            "SAMOTOP_MAILBOX_SHARDS": "0",  # one per copy
+            "SAMOTOP_HOSTNAME": "mx.example.test",
+            "SAMOTOP_BUS_TIMEOUT_MS": "10000",
+        }).start()
+        cls.sys.admin("domain", "add", "example.test")
+        cls.users = ["s%d@example.test" % i for i in range(8)]
+        for u in cls.users:
+            cls.sys.admin("user", "add", u, input="pw\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sys.stop()
+
+    def box(self, user):
+        return sorted(glob.glob(os.path.join(
+            self.sys.data, "mail", "example.test", user.split("@")[0],
+            "new", "*")))
+
+    def test_copies_go_to_their_shard(self):
+        shards = {jump(fnv1a64(u), 2) for u in self.users}
+        self.assertEqual(shards, {0, 1})  # the test means something
+        for n in range(4):  # new connections: either process may take one
+            msg = message("sharded %d" % n)
+            with smtplib.LMTP("127.0.0.1", self.BASE + 15) as c:
+                c.ehlo("relay.remote.test")
+                self.assertEqual(c.mail("sender@remote.test")[0], 250)
+                for u in self.users:
+                    self.assertEqual(c.rcpt(u)[0], 250)
+                replies = [c.data(msg)]
+                replies += [c.getreply() for _ in self.users[1:]]
+            for u, (code, text) in zip(self.users, replies):
+                self.assertEqual(code, 250, (u, text))
+                self.assertIn(("<%s>" % u).encode(), text)
+        for u in self.users:
+            got = [read(f) for f in self.box(u)]
+            self.assertEqual(len(got), 4, u)
+            for data in got:
+                m = HEAD_RE.match(data)
+                self.assertIsNotNone(m, data[:300])
+                self.assertEqual(m.group(1), b"sender@remote.test")
+                self.assertTrue(data[m.end():].startswith(b"From: "))
+        # Each message was taken by one door, which stored its own
+        # accounts' copies and not the others'.
+        lines = re.findall(r"event=lmtp_message rcpts=8 stored=8 "
+                           r"copies=8 local=(\d+)", self.sys.logtext())
+        self.assertEqual(len(lines), 4, self.sys.logtext()[-3000:])
+        for local in lines:
+            self.assertTrue(0 < int(local) < 8, lines)
 
 
 def tls_ctx():
