@@ -136,12 +136,12 @@ else
 fi
 
 # The image as built: non-root, with the healthcheck, every program.
-[ "$(podman run --rm --network host "$tag" id -u)" = 10025 ] || fail "image runs as root"
+[ "$(podman run --rm --no-healthcheck --network host "$tag" id -u)" = 10025 ] || fail "image runs as root"
 podman image inspect --format '{{json .Config.Healthcheck}}' "$tag" | grep -q samotop-health ||
   fail "image has no HEALTHCHECK"
 for p in samotopd samotop-bus samotop-listener samotop-auth samotop-guard \
          samotop-mailbox samotop-queue samotop-relay samotop-admin samotop-tap; do
-  podman run --rm --network host "$tag" "$p" --help >/dev/null 2>&1 || fail "$p does not run in the image"
+  podman run --rm --no-healthcheck --network host "$tag" "$p" --help >/dev/null 2>&1 || fail "$p does not run in the image"
 done
 
 # 3. The podman API for docker-compose, on a socket of our own.
@@ -181,6 +181,12 @@ for _ in $(seq 150); do
 done
 [ -n "$ok" ] || { cat "$work/ping" >&2; fail "actors did not all answer a ping"; }
 say "every actor answers: $(tr '\n' ' ' <"$work/ping" | tr -s ' ' | cut -c1-200)"
+
+# Both copies of a scaled service registered with the broker.
+for s in guard relay; do
+  n=$(podman logs "$(ctr bus)" 2>&1 | grep -c "event=broker_worker_ready service=$s " || true)
+  [ "$n" -ge 2 ] || fail "the broker saw $n $s workers register, want 2"
+done
 
 # The image's HEALTHCHECK, run by podman in each kind of container.
 for s in bus listener guard mailbox redis; do
