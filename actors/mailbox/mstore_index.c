@@ -232,16 +232,19 @@ token(const char **p, const char *end, const char **tok, size_t *len)
     return true;
 }
 
+/* The next space-separated number of line [*p, end) in base 10 or 16,
+ * at most max; SELECT of a big folder parses a few per message, so the
+ * digits are read in place. */
 static bool
-parse_u64(const char *s, size_t len, int base, uint64_t max, uint64_t *out)
+next_u64(const char **p, const char *end, int base, uint64_t max,
+         uint64_t *out)
 {
+    const char *s = *p, *start = s;
     uint64_t v = 0;
 
-    if (len == 0 || len > 20)
-        return false;
-    for (size_t i = 0; i < len; i++) {
+    for (; s < end && *s != ' '; s++) {
         unsigned d;
-        char c = s[i];
+        char c = *s;
 
         if (c >= '0' && c <= '9')
             d = (unsigned)(c - '0');
@@ -249,22 +252,17 @@ parse_u64(const char *s, size_t len, int base, uint64_t max, uint64_t *out)
             d = (unsigned)(c - 'a' + 10);
         else
             return false;
-        if (v > (max - d) / (uint64_t)base)
+        /* 19 decimal or 16 hex digits cannot overflow; past that, check. */
+        if (s - start >= (base == 10 ? 19 : 16) &&
+            (s - start >= 20 || v > (UINT64_MAX - d) / (uint64_t)base))
             return false;
         v = v * (uint64_t)base + d;
     }
+    if (s == start || v > max)
+        return false;
     *out = v;
+    *p = s < end ? s + 1 : end;
     return true;
-}
-
-static bool
-next_u64(const char **p, const char *end, int base, uint64_t max,
-         uint64_t *out)
-{
-    const char *t;
-    size_t len;
-
-    return token(p, end, &t, &len) && parse_u64(t, len, base, max, out);
 }
 
 int
