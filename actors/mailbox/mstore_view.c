@@ -433,6 +433,23 @@ mstore_view_sync(mstore_view_t *v, unsigned opts, struct mstore_changes *ch)
  * Sequence sets.
  */
 
+/* The index of the view's first message with a UID of at least uid. */
+static size_t
+first_uid_at_least(const mstore_view_t *v, uint32_t uid)
+{
+    size_t lo = 0, hi = v->n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (v->m[mid].uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Resolves into v->sel (ascending, distinct). */
 static int
 resolve(mstore_view_t *v, const struct imap_seqset *set, bool uid)
@@ -464,11 +481,9 @@ resolve(mstore_view_t *v, const struct imap_seqset *set, bool uid)
                 for (uint32_t s = lo; s <= hi && s != 0; s++)
                     nums_add(&v->sel, s);
             } else {
-                for (size_t i = mstore_view_seq(v, lo) ? mstore_view_seq(v, lo) - 1
-                                                        : 0;
+                for (size_t i = first_uid_at_least(v, lo);
                      i < v->n && v->m[i].uid <= hi; i++)
-                    if (v->m[i].uid >= lo)
-                        nums_add(&v->sel, (uint32_t)i + 1);
+                    nums_add(&v->sel, (uint32_t)i + 1);
             }
             return 0;
         }
@@ -478,17 +493,8 @@ resolve(mstore_view_t *v, const struct imap_seqset *set, bool uid)
             for (uint32_t s = lo; s <= hi && s != 0; s++)
                 mark[s] = 1;
         } else {
-            size_t lo_i = 0, hi_i = v->n;
-
-            while (lo_i < hi_i) {
-                size_t mid = lo_i + (hi_i - lo_i) / 2;
-
-                if (v->m[mid].uid < lo)
-                    lo_i = mid + 1;
-                else
-                    hi_i = mid;
-            }
-            for (size_t i = lo_i; i < v->n && v->m[i].uid <= hi; i++)
+            for (size_t i = first_uid_at_least(v, lo);
+                 i < v->n && v->m[i].uid <= hi; i++)
                 mark[i + 1] = 1;
         }
     }

@@ -1014,6 +1014,29 @@ START_TEST(test_sets)
     ck_assert_msg(n == 0, "100:200 gave %zu", n);
     ck_assert_msg(mstore_view_seq(v, 4) == 4 && mstore_view_seq(v, 9) == 0,
                   "seq of uid");
+    /* UIDs with holes: 3 and 5 expunged, then 4:5,1,7:9 is 1 and 4. */
+    store_ok(v, 3, IMAP_STORE_ADD, "\\Deleted");
+    store_ok(v, 5, IMAP_STORE_ADD, "\\Deleted");
+    {
+        const uint32_t *exp;
+        size_t nexp;
+
+        ck_assert_int_eq(mstore_expunge(v, NULL, &exp, &nexp), 0);
+        ck_assert_uint_eq(nexp, 2);
+    }
+    r[0] = (struct imap_seq_range){4, 5};
+    r[1] = (struct imap_seq_range){1, 1};
+    r[2] = (struct imap_seq_range){9, 7};
+    ck_assert_int_eq(mstore_view_resolve(v, &set, true, &seqs, &n), 0);
+    ck_assert_msg(n == 2 && seqs[0] == 1 && seqs[1] == 3,
+                  "uid set: %zu (%u %u)", n, n ? seqs[0] : 0,
+                  n > 1 ? seqs[1] : 0);
+    bad = range(&one, 5, 5);
+    ck_assert_int_eq(mstore_view_resolve(v, &bad, true, &seqs, &n), 0);
+    ck_assert_msg(n == 0, "expunged uid 5 resolved to %zu", n);
+    bad = range(&one, 3, 6);
+    ck_assert_int_eq(mstore_view_resolve(v, &bad, true, &seqs, &n), 0);
+    ck_assert_msg(n == 2 && seqs[0] == 3 && seqs[1] == 4, "3:6 gave %zu", n);
     mstore_view_destroy(&v);
     fx_done(&f);
 }
