@@ -446,6 +446,7 @@ class Load:
         self.first_tries = {"lis1": 0, "lis2": 0}
         self.retries = 0
         self.retried = set()  # messages with a failed try before their 250
+        self.whys = {}        # "host error [code]" -> failed tries
         # A host that did not answer is tried last for a while, as a
         # sending MTA remembers an MX that is down.
         self.down_until = {"lis1": 0.0, "lis2": 0.0}
@@ -465,11 +466,11 @@ class Load:
     def session(self, host, kind):
         if kind == "in":
             c = smtplib.SMTP(ADDR[host], P_MTA, local_hostname="client.test",
-                             timeout=20)
+                             timeout=10)
             c.ehlo()
         else:
             c = smtplib.SMTP(ADDR[host], P_MSA, local_hostname="client.test",
-                             timeout=20)
+                             timeout=10)
             c.starttls(context=ctx())
             c.ehlo()
             c.login("alice@example.test", PASSWORD)
@@ -522,8 +523,15 @@ class Load:
                         self.failed[i] = "%s: %r" % (host, e)
                         self.retries += 1
                         self.retried.add(i)
-                        if isinstance(e, (OSError, smtplib.SMTPServerDisconnected)):
-                            self.down_until[host] = time.time() + 10
+                        why = "%s %s" % (host, type(e).__name__)
+                        if isinstance(e, smtplib.SMTPResponseException):
+                            why += " %d" % e.smtp_code
+                        self.whys[why] = self.whys.get(why, 0) + 1
+                        # (SMTPException is an OSError: an answer is not
+                        # a host that is down.)
+                        if not isinstance(e, (smtplib.SMTPResponseException,
+                                              smtplib.SMTPRecipientsRefused)):
+                            self.down_until[host] = time.time() + 60
                     if isinstance(e, smtplib.SMTPResponseException) and \
                             500 <= e.smtp_code < 600:
                         break  # refused for good: retrying would not help
@@ -609,10 +617,12 @@ class ScaleOut(unittest.TestCase):
                 if what == "relay1":
                     sysm.proc("relay1", "relay").kill()
                 else:
+                    # A power cut: off the network first, so that no FIN or
+                    # RST tells the clients or the broker.
+                    sysm.net.host_down("lis1")
                     for p in sysm.procs:
                         if p.host == "lis1":
                             p.kill()
-                    sysm.net.host_down("lis1")
                 log("%s down after %d accepted (%.1f s)" % (
                     what, load.accepted_count(), time.time() - t0))
 
@@ -624,6 +634,8 @@ class ScaleOut(unittest.TestCase):
             "lis1 %d lis2 %d" % (send_s, len(accepted), N - len(accepted),
                                  load.retries, load.first_tries["lis1"],
                                  load.first_tries["lis2"]))
+        log("failed tries: %s" % ", ".join(
+            "%s x%d" % kv for kv in sorted(load.whys.items())))
 
         want_in = {i for i in accepted if i % 2 == 0}
         want_out = {i for i in accepted if i % 2 == 1}
