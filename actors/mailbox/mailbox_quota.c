@@ -37,9 +37,9 @@ struct qslot {
 struct qreq {
     struct qreq *next, **pprev;
     void *arg;
-    mailbox_quota_cb *cb1;     /* a check of one account, or */
+    mailbox_quota_cb *cb1;        /* a check of one account, or */
     mailbox_quota_lookup_cb *cbn; /* a lookup of several */
-    uint64_t bytes;            /* for cb1 */
+    uint64_t bytes;               /* for cb1 */
     size_t n;
     struct mailbox_quota_state *st;
     struct qslot *slots;
@@ -134,9 +134,9 @@ qreq_finish(struct qreq *r)
             for (size_t i = 0; i < r->n; i++)
                 r->st[i] = (struct mailbox_quota_state){0, 0, true};
         if (r->cb1 != NULL) {
-            r->st[0].fits = r->err != 0 ||
-                            mailbox_quota_fits(r->st[0].used, r->bytes,
-                                               r->st[0].limit);
+            r->st[0].fits =
+                r->err != 0 ||
+                mailbox_quota_fits(r->st[0].used, r->bytes, r->st[0].limit);
             r->cb1(r->arg, r->err, &r->st[0]);
         } else {
             r->cbn(r->arg, r->err, r->st, r->n);
@@ -155,8 +155,7 @@ on_lookup(void *arg, int err, const store_reply_t *reply)
 
     if (err != 0 && r->err == 0)
         r->err = err;
-    else if (err == 0 && store_reply_type(reply) == STORE_ERROR &&
-             r->err == 0)
+    else if (err == 0 && store_reply_type(reply) == STORE_ERROR && r->err == 0)
         r->err = ERR_REDIS;
     else if (err == 0 && s->usage)
         r->st[s->i].used = reply_u64(reply);
@@ -204,8 +203,8 @@ qreq_start(mailbox_quota_t *q, struct qreq *r, const char *const *accounts)
         r->slots[2 * i] = (struct qslot){r, i, false};
         r->slots[2 * i + 1] = (struct qslot){r, i, true};
         r->waiting += 2;
-        if (store_async_cmd(q->store, on_lookup, &r->slots[2 * i], 3,
-                            get_limit, NULL) != 0) {
+        if (store_async_cmd(q->store, on_lookup, &r->slots[2 * i], 3, get_limit,
+                            NULL) != 0) {
             r->waiting -= 2;
             break;
         }
@@ -243,8 +242,8 @@ mailbox_quota_check(mailbox_quota_t *q, const char *account, uint64_t bytes,
 }
 
 int
-mailbox_quota_lookup(mailbox_quota_t *q, const char *const *accounts,
-                     size_t n, mailbox_quota_lookup_cb *cb, void *arg)
+mailbox_quota_lookup(mailbox_quota_t *q, const char *const *accounts, size_t n,
+                     mailbox_quota_lookup_cb *cb, void *arg)
 {
     struct qreq *r = xcalloc(1, sizeof(*r));
 
@@ -269,10 +268,8 @@ on_moved(void *arg, int err, const store_reply_t *reply)
 
     if (err != 0 || store_reply_type(reply) == STORE_ERROR)
         log_warn(m->trace, "quota_count_failed",
-                 "mailbox=%s delta=%lld error=%s", log_q(m->account),
-                 m->delta,
-                 log_q(err != 0 ? err_str(err)
-                                : store_reply_str(reply, NULL)));
+                 "mailbox=%s delta=%lld error=%s", log_q(m->account), m->delta,
+                 log_q(err != 0 ? err_str(err) : store_reply_str(reply, NULL)));
     free(m);
 }
 
@@ -316,16 +313,16 @@ quota_move(mailbox_quota_t *q, const char *trace, const char *account,
 }
 
 void
-mailbox_quota_charge(mailbox_quota_t *q, const char *trace,
-                     const char *account, uint64_t bytes)
+mailbox_quota_charge(mailbox_quota_t *q, const char *trace, const char *account,
+                     uint64_t bytes)
 {
     quota_move(q, trace, account,
                bytes > (uint64_t)INT64_MAX ? INT64_MAX : (long long)bytes);
 }
 
 void
-mailbox_quota_credit(mailbox_quota_t *q, const char *trace,
-                     const char *account, uint64_t bytes)
+mailbox_quota_credit(mailbox_quota_t *q, const char *trace, const char *account,
+                     uint64_t bytes)
 {
     quota_move(q, trace, account,
                bytes > (uint64_t)INT64_MAX ? -INT64_MAX : -(long long)bytes);

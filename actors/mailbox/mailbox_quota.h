@@ -68,8 +68,8 @@ void mailbox_quota_credit(mailbox_quota_t *q, const char *trace,
  * later; or ERR_REDIS when Redis is not connected, ERR_INVAL for a bad
  * account name, and cb is then never called. An IMAP APPEND that does not
  * fit is answered NO [OVERQUOTA] (RFC 9208 section 4.3). */
-int mailbox_quota_check(mailbox_quota_t *q, const char *account,
-                        uint64_t bytes, mailbox_quota_cb *cb, void *arg);
+int mailbox_quota_check(mailbox_quota_t *q, const char *account, uint64_t bytes,
+                        mailbox_quota_cb *cb, void *arg);
 
 /* Called once per mailbox_quota_lookup() that returned 0, with the n
  * accounts' states in the order asked (fits is true in each: the caller

@@ -35,20 +35,18 @@ START_TEST(test_golden)
     size_t len = strlen(r->addr);
     uint64_t h = shard_hash(r->addr, len);
 
-    ck_assert_msg(h == r->hash, "%s: got hash %016llx, want %016llx",
-                  r->addr, (unsigned long long)h,
-                  (unsigned long long)r->hash);
+    ck_assert_msg(h == r->hash, "%s: got hash %016llx, want %016llx", r->addr,
+                  (unsigned long long)h, (unsigned long long)r->hash);
     ck_assert_msg(shard_of(r->addr, len, 1) == 0, "%s: one shard", r->addr);
     ck_assert_msg(shard_of(r->addr, len, 2) == r->of2, "%s: got %d, want %d",
                   r->addr, shard_of(r->addr, len, 2), r->of2);
     ck_assert_msg(shard_of(r->addr, len, 3) == r->of3, "%s: got %d, want %d",
                   r->addr, shard_of(r->addr, len, 3), r->of3);
-    ck_assert_msg(shard_of(r->addr, len, 10) == r->of10,
-                  "%s: got %d, want %d", r->addr, shard_of(r->addr, len, 10),
-                  r->of10);
+    ck_assert_msg(shard_of(r->addr, len, 10) == r->of10, "%s: got %d, want %d",
+                  r->addr, shard_of(r->addr, len, 10), r->of10);
     ck_assert_msg(shard_of(r->addr, len, 1000) == r->of1000,
-                  "%s: got %d, want %d", r->addr,
-                  shard_of(r->addr, len, 1000), r->of1000);
+                  "%s: got %d, want %d", r->addr, shard_of(r->addr, len, 1000),
+                  r->of1000);
 }
 END_TEST
 
@@ -82,16 +80,16 @@ START_TEST(test_moved_share)
         count[b]++;
         if (a != b) {
             moved++;
-            ck_assert_msg(b == n, "n=%d: %s moved from %d to %d, not to %d",
-                          n, addr, a, b, n);
+            ck_assert_msg(b == n, "n=%d: %s moved from %d to %d, not to %d", n,
+                          addr, a, b, n);
         }
     }
     {
         double share = (double)moved / NACCOUNTS, want = 1.0 / (n + 1);
 
         ck_assert_msg(share > want * 0.9 && share < want * 1.1,
-                      "n=%d: got moved share %.4f, want about %.4f", n,
-                      share, want);
+                      "n=%d: got moved share %.4f, want about %.4f", n, share,
+                      want);
     }
     for (int k = 0; k <= n; k++)
         ck_assert_msg(count[k] > NACCOUNTS / (n + 1) * 8 / 10,

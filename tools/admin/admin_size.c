@@ -40,11 +40,22 @@ admin_size_parse(const char *s, uint64_t *out, const char **why)
         /* K, M, G, T are powers of 1024, as du -h and quota tools mean
          * them; a trailing "B" or "iB" is allowed ("10MB", "10MiB"). */
         switch (toupper((unsigned char)s[i])) {
-        case 'K': mult = 1ull << 10; break;
-        case 'M': mult = 1ull << 20; break;
-        case 'G': mult = 1ull << 30; break;
-        case 'T': mult = 1ull << 40; break;
-        case 'B': mult = 1; i--; break;
+        case 'K':
+            mult = 1ull << 10;
+            break;
+        case 'M':
+            mult = 1ull << 20;
+            break;
+        case 'G':
+            mult = 1ull << 30;
+            break;
+        case 'T':
+            mult = 1ull << 40;
+            break;
+        case 'B':
+            mult = 1;
+            i--;
+            break;
         default:
             *why = "unknown unit (use K, M, G or T)";
             return -1;
