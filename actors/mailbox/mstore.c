@@ -203,8 +203,7 @@ out:
 static void
 folder_free(struct mfolder *f)
 {
-    int *fds[] = { &f->dir_fd, &f->new_fd, &f->cur_fd, &f->tmp_fd,
-                   &f->lock_fd };
+    int *fds[] = { &f->dir_fd, &f->new_fd, &f->cur_fd, &f->lock_fd };
 
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0)
@@ -346,6 +345,20 @@ check_name(mstore_t *ms, const char *name, char *md)
  * Open folders.
  */
 
+/* Makes the index's lock file, so that a folder that cannot have one
+ * fails at open rather than at its first change. */
+static int
+lock_file_ok(int dir_fd)
+{
+    int fd = openat(dir_fd, MSTORE_INDEX_LOCK,
+                    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    return 0;
+}
+
 struct mfolder *
 mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
 {
@@ -386,17 +399,14 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
     }
     f = xcalloc(1, sizeof(*f));
     f->dir_fd = dir_fd;
-    f->new_fd = f->cur_fd = f->tmp_fd = f->lock_fd = -1;
+    f->new_fd = f->cur_fd = f->lock_fd = -1;
     f->name = xstrdup(md[0] ? name : "INBOX");
     f->mdname = xstrdup(md);
     f->path = md[0] ? xasprintf("%s/%s", ms->path, md) : xstrdup(ms->path);
     if ((rc = make_maildir(dir_fd)) < 0 ||
         (f->new_fd = subdir(dir_fd, "new", false)) < 0 ||
         (f->cur_fd = subdir(dir_fd, "cur", false)) < 0 ||
-        (f->tmp_fd = subdir(dir_fd, "tmp", false)) < 0 ||
-        (f->lock_fd = openat(dir_fd, MSTORE_INDEX_LOCK,
-                             O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
-                             0600)) < 0) {
+        (rc = lock_file_ok(dir_fd)) < 0) {
         mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot open %s: %s", name,
                     strerror(rc < 0 ? -rc : errno));
         folder_free(f);
@@ -1209,7 +1219,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     unsigned sys;
     uint64_t kw;
     char *name = NULL;
-    int fd = -1, rc;
+    int fd = -1, tmp_fd = -1, rc;
     size_t off = 0;
 
     mstore_ok(ms);
@@ -1220,7 +1230,12 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     if ((f = mstore_folder_get(ms, folder, "TRYCREATE")) == NULL)
         return ms->err;
     mstore_unique_name(ms, len, base, sizeof(base));
-    fd = openat(f->tmp_fd, base,
+    if ((tmp_fd = mfolder_tmp(f)) < 0) {
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot store: %s",
+                         strerror(-tmp_fd));
+        goto out;
+    }
+    fd = openat(tmp_fd, base,
                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot store: %s",
@@ -1260,7 +1275,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
         rc = mstore_fail(ms, ERR_TOO_BIG, "LIMIT", "folder full");
     if (rc == 0) {
         name = mname_with_flags(base, sys);
-        if (renameat(f->tmp_fd, base, f->cur_fd, name) != 0 ||
+        if (renameat(tmp_fd, base, f->cur_fd, name) != 0 ||
             fsync(f->cur_fd) != 0)
             rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot store: %s",
                              strerror(errno));
@@ -1293,8 +1308,11 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
 out:
     if (fd >= 0)
         close(fd);
-    if (rc != 0 || name != NULL)
-        unlinkat(f->tmp_fd, base, 0);
+    if (tmp_fd >= 0) {
+        if (rc != 0 || name != NULL)
+            unlinkat(tmp_fd, base, 0);
+        close(tmp_fd);
+    }
     free(name);
     mstore_folder_put(ms, &f);
     return rc;

@@ -426,11 +426,27 @@ dir_stamp(const struct stat *st)
 int
 mfolder_lock(mstore_t *ms, struct mfolder *f)
 {
+    if (f->lock_depth++ > 0)
+        return 0;
+    f->lock_fd = openat(f->dir_fd, MSTORE_INDEX_LOCK,
+                        O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (f->lock_fd < 0) {
+        f->lock_depth = 0;
+        return mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                           "cannot lock the folder index: %s",
+                           strerror(errno));
+    }
     while (flock(f->lock_fd, LOCK_EX) != 0) {
-        if (errno != EINTR)
+        if (errno != EINTR) {
+            int e = errno;
+
+            close(f->lock_fd);
+            f->lock_fd = -1;
+            f->lock_depth = 0;
             return mstore_fail(ms, ERR_SYS, "SERVERBUG",
                                "cannot lock the folder index: %s",
-                               strerror(errno));
+                               strerror(e));
+        }
     }
     return 0;
 }
@@ -438,7 +454,19 @@ mfolder_lock(mstore_t *ms, struct mfolder *f)
 void
 mfolder_unlock(struct mfolder *f)
 {
-    flock(f->lock_fd, LOCK_UN);
+    if (f->lock_depth == 0 || --f->lock_depth > 0)
+        return;
+    close(f->lock_fd); /* drops the lock */
+    f->lock_fd = -1;
+}
+
+int
+mfolder_tmp(struct mfolder *f)
+{
+    int fd = openat(f->dir_fd, "tmp",
+                    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    return fd >= 0 ? fd : -errno;
 }
 
 uint32_t

@@ -71,7 +71,10 @@ struct mfolder {
     char *name;   /* IMAP name ("INBOX", "Archive/2024") */
     char *mdname; /* Maildir++ name ("" for INBOX, ".Archive.2024") */
     char *path;   /* the folder's Maildir, for inotify */
-    int dir_fd, new_fd, cur_fd, tmp_fd, lock_fd;
+    int dir_fd, new_fd, cur_fd;
+    /* The lock file while locked (-1 else), and how deep: opened for each
+     * lock, so that an idle session holds three descriptors a folder. */
+    int lock_fd, lock_depth;
     struct mindex ix;
     bool loaded;          /* ix holds what the file held at stamp */
     struct mstamp stamp;  /* of the index file as last read or written */
@@ -152,6 +155,8 @@ enum {
 int mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
                  uint32_t **claimed, size_t *nclaimed);
 int mfolder_lock(mstore_t *ms, struct mfolder *f);
+/* The folder's tmp/, opened for the caller to close, or -errno. */
+int mfolder_tmp(struct mfolder *f);
 void mfolder_unlock(struct mfolder *f);
 /* Writes f->ix to the index file (locked). */
 int mfolder_write(mstore_t *ms, struct mfolder *f);

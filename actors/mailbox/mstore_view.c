@@ -766,7 +766,7 @@ copy_file(mstore_t *ms, int from_fd, const char *name, struct mfolder *d,
           const char *to, const char *base)
 {
     char buf[65536];
-    int in, out, rc = 0;
+    int in, out, tmp_fd, rc = 0;
     struct stat st;
     ssize_t n;
 
@@ -780,12 +780,19 @@ copy_file(mstore_t *ms, int from_fd, const char *name, struct mfolder *d,
                                : mstore_fail(ms, ERR_SYS, "SERVERBUG",
                                              "cannot copy: %s",
                                              strerror(errno));
-    out = openat(d->tmp_fd, base,
-                 O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    tmp_fd = mfolder_tmp(d);
+    out = tmp_fd < 0 ? -1
+                     : openat(tmp_fd, base,
+                              O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+                                  O_CLOEXEC,
+                              0600);
     if (out < 0) {
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
+                         strerror(tmp_fd < 0 ? -tmp_fd : errno));
+        if (tmp_fd >= 0)
+            close(tmp_fd);
         close(in);
-        return mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
-                           strerror(errno));
+        return rc;
     }
     while ((n = read(in, buf, sizeof(buf))) > 0)
         if (write(out, buf, (size_t)n) != n) {
@@ -797,12 +804,16 @@ copy_file(mstore_t *ms, int from_fd, const char *name, struct mfolder *d,
 
         futimens(out, ts);
     }
-    if (n < 0 || fsync(out) != 0 || close(out) != 0 ||
-        renameat(d->tmp_fd, base, d->cur_fd, to) != 0) {
+    if (n == 0 && fsync(out) != 0)
+        n = -1;
+    if (close(out) != 0)
+        n = -1;
+    if (n < 0 || renameat(tmp_fd, base, d->cur_fd, to) != 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
                          strerror(errno));
-        unlinkat(d->tmp_fd, base, 0);
+        unlinkat(tmp_fd, base, 0);
     }
+    close(tmp_fd);
     close(in);
     return rc;
 }

@@ -660,6 +660,55 @@ START_TEST(test_examine)
 }
 END_TEST
 
+static int
+open_fds(void)
+{
+    return files_in("/proc/self/fd", NULL, 0);
+}
+
+/* An idle session's selected folder holds three descriptors (the folder,
+ * new/ and cur/); nothing leaks across operations. */
+START_TEST(test_descriptors)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+    struct mstore_copied out;
+    struct imap_status_values st;
+    int before, selected;
+
+    fx_init(&f);
+    deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    ck_assert_int_eq(mstore_create(f.ms, "Other"), 0);
+    before = open_fds();
+    v = select_ok(f.ms, "INBOX", false);
+    selected = open_fds();
+    ck_assert_msg(selected - before == 3, "select took %d descriptors",
+                  selected - before);
+    for (int i = 0; i < 5; i++) {
+        struct imap_seq_range r = {1, IMAP_SEQ_STAR};
+        struct imap_seqset set = {.r = &r, .n = 1};
+        struct mstore_map m;
+
+        store_ok(v, 1, IMAP_STORE_ADD, "\\Flagged");
+        ck_assert_int_eq(mstore_copy(v, &set, false, "Other", &out), 0);
+        ck_assert_int_eq(mstore_append(f.ms, "INBOX", "x\r\n", 3, NULL, 0,
+                                       0, &out),
+                         0);
+        ck_assert_int_eq(mstore_status(f.ms, "Other", &st), 0);
+        ck_assert_int_eq(mstore_map(v, 1, &m), 0);
+        mstore_unmap(&m);
+        sync_ok(v, 0, &ch);
+    }
+    ck_assert_msg(open_fds() == selected, "%d descriptors leaked",
+                  open_fds() - selected);
+    mstore_view_destroy(&v);
+    ck_assert_msg(open_fds() == before, "%d left after the view went",
+                  open_fds() - before);
+    fx_done(&f);
+}
+END_TEST
+
 /* Folders. */
 
 struct listed {
@@ -1384,6 +1433,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_uid_expunge);
     tcase_add_test(tc, test_copy_self_and_keyword_limit);
     tcase_add_test(tc, test_examine);
+    tcase_add_test(tc, test_descriptors);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("folders");
