@@ -514,7 +514,7 @@ static void
 redis_fill(int port)
 {
     store_t *s = redis_connect(port, 5000);
-    char l[32], t[64];
+    char l[32], t[64], k[STORE_KEY_MAX];
 
     rcmd(s, "FLUSHALL", NULL);
     add_domain(s, "example.test", "", "0");
@@ -554,6 +554,18 @@ redis_fill(int port)
     add_alias(s, "example.test", "dead", "nobody@example.test",
               "ghost@example.test", NULL, NULL);
     add_alias(s, "other.test", "sales", "alice@example.test", NULL, NULL, NULL);
+    /* Quotas (schemas/redis.md): full is at its quota, roomy has 600 bytes
+     * left, alice has none. */
+    add_user(s, "example.test", "full", "0");
+    add_user(s, "example.test", "roomy", "0");
+    rcmd(s, "HSET", store_key_user(k, "example.test", "full"), "quota", "1000",
+         NULL);
+    rcmd(s, "HSET", store_key_user(k, "example.test", "roomy"), "quota",
+         "1000", NULL);
+    rcmd(s, "HSET", store_key_usage(k, "example.test"), "full", "1000",
+         "roomy", "400", "alice", "99999999", NULL);
+    add_alias(s, "example.test", "fullteam", "alice@example.test",
+              "full@example.test", NULL, NULL);
     /* ok1 .. ok8 -> alice: eight hops, the most allowed; deep1 .. deep9 ->
      * alice: nine, one too many. */
     for (int i = 1; i <= 8; i++) {
@@ -720,10 +732,12 @@ struct req {
     const char *rcpt;
 };
 
-/* Sends one guard request and returns its reply (caller frees); *ms gets
- * how long it took when ms is not NULL. */
+/* Sends one guard request, with the SIZE= declared at MAIL when size > 0,
+ * and returns its reply (caller frees); *ms gets how long it took when ms
+ * is not NULL. */
 static envelope_t *
-guard_call(bus_client_t *c, const struct req *rq, int64_t *ms)
+guard_call_sized(bus_client_t *c, const struct req *rq, int64_t size,
+                 int64_t *ms)
 {
     envelope_t *req = envelope_new(rq->type, NULL, 3000), *reply = NULL;
     value_t *body = envelope_body(req);
@@ -740,11 +754,19 @@ guard_call(bus_client_t *c, const struct req *rq, int64_t *ms)
         value_set_str(body, ENV_KEY_RCPT, rq->rcpt);
     if (rq->user)
         value_set_str(body, ENV_KEY_USER, rq->user);
+    if (size > 0)
+        value_set_int(body, ENV_KEY_SIZE, size);
     rc = bus_client_call(c, &req, &reply, why, sizeof(why));
     if (ms)
         *ms = test_now_ms() - t0;
     ck_assert_msg(rc == 0, "%s: bus error %s: %s", rq->type, err_name(rc), why);
     return reply;
+}
+
+static envelope_t *
+guard_call(bus_client_t *c, const struct req *rq, int64_t *ms)
+{
+    return guard_call_sized(c, rq, 0, ms);
 }
 
 /* A reply's string array, sorted and comma-joined, into out. */
@@ -860,6 +882,14 @@ static const struct rcpt_row rcpt_rows[] = {
      "bob@evil.test", 554, "5.7.1", NULL, NULL, NULL},
     {"unknown role is inbound", "nonsense", "alice@example.test",
      "bob@evil.test", 554, "5.7.1", NULL, NULL, NULL},
+    {"account at its quota", "mta", NULL, "full@example.test", 452, "4.2.2",
+     NULL, NULL, NULL},
+    {"account under its quota", "mta", NULL, "roomy@example.test", 250,
+     "2.1.5", NULL, "roomy@example.test", ""},
+    {"alias with a target at its quota", "mta", NULL, "fullteam@example.test",
+     452, "4.2.2", NULL, NULL, NULL},
+    {"plus-addressing an account at its quota", "mta", NULL,
+     "full+x@example.test", 452, "4.2.2", NULL, NULL, NULL},
 };
 
 START_TEST(test_rcpt)
@@ -904,6 +934,39 @@ START_TEST(test_rcpt)
         ck_assert_msg(
             strstr(envelope_get_str(reply, ENV_KEY_TEXT), "alias") != NULL,
             "%s: text %s", row->label, envelope_get_str(reply, ENV_KEY_TEXT));
+    envelope_destroy(&reply);
+    bus_client_destroy(&c);
+}
+END_TEST
+
+/* RFC 1870: a declared SIZE is weighed against what the quota leaves. */
+static const struct size_row {
+    const char *label, *rcpt;
+    int64_t size;
+    int code;
+} size_rows[] = {
+    {"fills the quota exactly", "roomy@example.test", 600, 250},
+    {"one byte too many", "roomy@example.test", 601, 452},
+    {"far too big", "roomy@example.test", 1 << 30, 452},
+    {"no quota, any size", "alice@example.test", 1 << 30, 250},
+    {"full account, small message", "full@example.test", 1, 452},
+};
+
+START_TEST(test_rcpt_size)
+{
+    const struct size_row *row = &size_rows[_i];
+    bus_client_t *c = world_client();
+    struct req rq = {"guard.rcpt",         "mta",    NULL, NULL,
+                     "sender@remote.test", row->rcpt};
+    envelope_t *reply = guard_call_sized(c, &rq, row->size, NULL);
+
+    ck_assert_msg(envelope_code(reply) == row->code, "%s: got %d, want %d",
+                  row->label, envelope_code(reply), row->code);
+    if (row->code == 452) {
+        ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "4.2.2");
+        ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_TEXT),
+                         "Mailbox full");
+    }
     envelope_destroy(&reply);
     bus_client_destroy(&c);
 }
@@ -1510,6 +1573,8 @@ guard_suite(void)
     tcase_add_unchecked_fixture(tc, world_rcpt_start, world_stop);
     tcase_add_loop_test(tc, test_rcpt, 0,
                         sizeof(rcpt_rows) / sizeof(rcpt_rows[0]));
+    tcase_add_loop_test(tc, test_rcpt_size, 0,
+                        sizeof(size_rows) / sizeof(size_rows[0]));
     tcase_add_loop_test(tc, test_mail, 0,
                         sizeof(mail_rows) / sizeof(mail_rows[0]));
     tcase_add_test(tc, test_connect_unlimited);
