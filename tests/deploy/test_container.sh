@@ -294,4 +294,39 @@ done
 redis_dir=$(podman volume inspect --format '{{.Mountpoint}}' "${project}_redis")
 ls "$redis_dir"/appendonlydir/*.aof >/dev/null 2>&1 || ls "$redis_dir"/*.aof >/dev/null 2>&1 ||
   fail "no AOF on the redis volume"
+compose down -v -t 10 >/dev/null 2>&1 || fail "docker-compose down failed"
+
+# 8. The image alone: its default command is samotopd, which runs Redis, the
+# broker and every actor in one container (ports 20350-20379).
+aio=${project}_aio
+podman run -d --name "$aio" --network host --no-healthcheck \
+  --label com.docker.compose.project=$project \
+  -e SAMOTOP_REDIS_PORT=$((base + 56)) \
+  -e SAMOTOP_BUS_CLIENTS=tcp://127.0.0.1:$((base + 50)) \
+  -e SAMOTOP_BUS_WORKERS=tcp://127.0.0.1:$((base + 51)) \
+  -e SAMOTOP_BUS_TRACE=tcp://127.0.0.1:$((base + 52)) \
+  -e SAMOTOP_BROKER_CLIENTS=tcp://127.0.0.1:$((base + 50)) \
+  -e SAMOTOP_BROKER_WORKERS=tcp://127.0.0.1:$((base + 51)) \
+  -e SAMOTOP_BROKER_TRACE=tcp://127.0.0.1:$((base + 52)) \
+  -e SAMOTOP_LISTEN_MTA=127.0.0.1:$((base + 60)) \
+  -e SAMOTOP_LISTEN_MSA=127.0.0.1:$((base + 61)) \
+  -e SAMOTOP_LISTEN_SMTPS=127.0.0.1:$((base + 62)) \
+  -e SAMOTOP_LISTEN_IMAP=127.0.0.1:$((base + 63)) \
+  -e SAMOTOP_LISTEN_IMAPS=127.0.0.1:$((base + 64)) \
+  -e SAMOTOP_LISTEN_LMTP=127.0.0.1:$((base + 65)) \
+  "$tag" >/dev/null || fail "podman run $tag (samotopd) failed"
+ok=
+for _ in $(seq 150); do
+  if podman exec "$aio" samotop-health >"$work/ping" 2>&1; then ok=1; break; fi
+  sleep 0.2
+done
+[ -n "$ok" ] || { podman logs --tail 30 "$aio" >&2; cat "$work/ping" >&2; fail "samotopd in the image: not every actor answers"; }
+"$py" - "$((base + 60))" <<'EOF2'
+import smtplib, sys
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
+    code, text = c.ehlo("mx.elsewhere.test")
+    assert code == 250 and b"SIZE" in text, (code, text)
+EOF2
+podman rm -f -t 10 "$aio" >/dev/null
+say "samotopd alone in the image answers"
 say "PASS"
