@@ -9,9 +9,12 @@
  * At most one thing is awaited per session, which keeps the pipelined
  * replies in order (RFC 2920; RFC 2033 4.1 requires PIPELINING).
  *
- * A recipient the guard accepts may stand for several mailboxes (an alias);
- * its one LMTP reply after the data says 250 only when every one of its
- * copies is on disk (RFC 2033 4.2: the reply is about that recipient).
+ * A recipient the guard accepts may stand for several mailboxes and remote
+ * addresses (an alias); its one LMTP reply after the data says 250 only
+ * when every one of its copies is safe (RFC 2033 4.2: the reply is about
+ * that recipient): on disk here through the group commit, on disk at the
+ * mailbox process that owns the account (mailbox.shards > 1, over the
+ * bus), or in the queue for a remote address.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -42,10 +45,12 @@ struct copy_text {
     char text[96];
 };
 
-/* One recipient the guard accepted: the mailboxes its copies go to. */
+/* One recipient the guard accepted: where its copies go, local
+ * mailboxes and (an alias's) remote addresses, the latter by the queue. */
 struct lrcpt {
     char *rcpt; /* as the guard normalised it */
     char **boxes;
+    bool *remote; /* boxes[i] is a remote address */
     int nboxes;
 };
 
@@ -68,6 +73,7 @@ struct lsess {
     loop_timer_t *idle_timer;
     /* The transaction. */
     char *mail_from;
+    bool eight_bit, smtputf8; /* MAIL's BODY=8BITMIME, SMTPUTF8 */
     struct lrcpt *rcpts;
     int nrcpts;
     /* The copies of the message being stored, recipient after recipient
@@ -98,6 +104,22 @@ struct mblmtp {
 static void session_pump(struct lsess *s);
 static void session_free(struct lsess *s);
 
+/* Items of an optional array of a reply body (absent: none). */
+static size_t
+count(const value_t *v)
+{
+    return v ? value_count(v) : 0;
+}
+
+/* An optional string of a reply body, or NULL. */
+static const char *
+opt_str(const value_t *map, const char *key)
+{
+    const value_t *v = value_get(map, key);
+
+    return v ? value_str(v, NULL) : NULL;
+}
+
 static void
 txn_clear(struct lsess *s)
 {
@@ -106,6 +128,7 @@ txn_clear(struct lsess *s)
         for (int k = 0; k < s->rcpts[i].nboxes; k++)
             free(s->rcpts[i].boxes[k]);
         free(s->rcpts[i].boxes);
+        free(s->rcpts[i].remote);
     }
     free(s->rcpts);
     s->rcpts = NULL;
@@ -198,6 +221,7 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
     const char *rcpt;
     struct lrcpt *lr;
     char msg[128];
+    size_t n;
 
     s->calls--;
     if (s->dead) {
@@ -223,16 +247,7 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
     boxes = value_get(envelope_body_peek(reply), ENV_KEY_MAILBOXES);
     fwd = value_get(envelope_body_peek(reply), ENV_KEY_FORWARD);
     rcpt = envelope_get_str(reply, ENV_KEY_RCPT);
-    if (value_count(fwd) > 0) {
-        /* XXX: this door stores into our Maildirs only; an alias that
-         * forwards off this host needs the queue. The sending MTA should
-         * route such a recipient by SMTP (our MTA port) instead. */
-        smtp_server_reply(s->smtp, 550, "5.7.1",
-                          "recipient forwards to other hosts; send it by "
-                          "SMTP, not LMTP");
-        goto out;
-    }
-    if (value_count(boxes) == 0) {
+    if (count(boxes) + count(fwd) == 0) {
         smtp_server_reply(s->smtp, 451, "4.3.0",
                           "recipient resolves to nothing, try later");
         goto out;
@@ -240,13 +255,31 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
     s->rcpts = xrealloc(s->rcpts, sizeof(*s->rcpts) * (size_t)(s->nrcpts + 1));
     lr = &s->rcpts[s->nrcpts++];
     lr->rcpt = xstrdup(rcpt ? rcpt : "");
-    lr->boxes = xcalloc(value_count(boxes), sizeof(*lr->boxes));
+    n = count(boxes) + count(fwd);
+    lr->boxes = xcalloc(n, sizeof(*lr->boxes));
+    lr->remote = xcalloc(n, sizeof(*lr->remote));
     lr->nboxes = 0;
-    for (size_t i = 0; i < value_count(boxes); i++) {
-        const char *m = value_str(value_at(boxes, i), NULL);
+    for (size_t i = 0; i < n; i++) {
+        bool remote = i >= count(boxes);
+        const char *m = value_str(
+            value_at(remote ? fwd : boxes,
+                     remote ? i - count(boxes) : i),
+            NULL);
 
-        if (m)
+        if (m) {
+            lr->remote[lr->nboxes] = remote;
             lr->boxes[lr->nboxes++] = xstrdup(m);
+        }
+    }
+    if (lr->nboxes == 0) {
+        /* Only items that are not strings: as good as none. */
+        free(lr->rcpt);
+        free(lr->boxes);
+        free(lr->remote);
+        s->nrcpts--;
+        smtp_server_reply(s->smtp, 451, "4.3.0",
+                          "recipient resolves to nothing, try later");
+        goto out;
     }
     smtp_server_reply(s->smtp, envelope_code(reply),
                       envelope_get_str(reply, ENV_KEY_ECODE),
@@ -383,9 +416,11 @@ on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
         answer_rcpts(s, true);
 }
 
-/* A mailbox.deliver to another shard: its copies' indexes in r[]. */
+/* A mailbox.deliver to another shard, or the queue.submit of the remote
+ * addresses: its copies' indexes in r[]. */
 struct shard_call {
     struct lsess *s;
+    const char *type;
     size_t *idx;
     size_t n;
 };
@@ -423,25 +458,25 @@ on_shard_stored(void *arg, int err, const char *text, const envelope_t *reply)
     if (reply != NULL)
         results = value_get(envelope_body_peek(reply), ENV_KEY_RESULTS);
     if (err != 0 || reply == NULL)
-        log_warn(s->trace, "bus_call_failed", "type=mailbox.deliver "
-                 "err=%s text=%s", err_name(err), log_q(text));
+        log_warn(s->trace, "bus_call_failed", "type=%s err=%s text=%s",
+                 c->type, err_name(err), log_q(text));
     for (size_t i = 0; i < c->n; i++) {
-        const value_t *item = value_count(results) == c->n
+        const value_t *item = count(results) == c->n
                                   ? value_at(results, i)
                                   : NULL;
 
         if (item != NULL)
             shard_outcome(s, c->idx[i],
                           (int)value_get_int(item, ENV_KEY_CODE, 451),
-                          value_str(value_get(item, ENV_KEY_ECODE), NULL),
-                          value_str(value_get(item, ENV_KEY_TEXT), NULL));
-        else if (reply != NULL && envelope_code(reply) >= 400)
+                          opt_str(item, ENV_KEY_ECODE),
+                          opt_str(item, ENV_KEY_TEXT));
+        else if (reply != NULL) /* the queue: one answer for all */
             shard_outcome(s, c->idx[i], envelope_code(reply),
                           envelope_get_str(reply, ENV_KEY_ECODE),
                           envelope_get_str(reply, ENV_KEY_TEXT));
         else
             shard_outcome(s, c->idx[i], 451, "4.3.0",
-                          "mailbox shard unavailable, try again later");
+                          "temporary failure, try again later");
     }
     if (--s->waiting == 0)
         answer_rcpts(s, true);
@@ -450,35 +485,56 @@ out:
     free(c);
 }
 
+static bool
+has_8bit(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] & 0x80)
+            return true;
+    return false;
+}
+
 /* The copies of accounts another mailbox process owns (mailbox.shards >
  * 1, lib/shard.h) go to it as one mailbox.deliver per shard, with our
  * Received line on the message; it adds the Return-Path and answers per
- * copy. Returns whether the call went out. */
+ * copy. The remote addresses of aliases (shard QUEUE) go to the queue in
+ * one queue.submit, which keeps them durably and relays them with retries
+ * and bounces, as for mail the listener takes. Returns whether the call
+ * went out. */
+#define QUEUE (-1)
+
 static bool
-send_to_shard(struct lsess *s, int shard, const int *of, const char *recv,
-              const struct smtp_event *ev)
+send_copies(struct lsess *s, int shard, const int *of, const char *recv,
+            const struct smtp_event *ev)
 {
     struct mailbox *mb = s->lm->mb;
-    envelope_t *env = envelope_new("mailbox.deliver", s->trace,
-                                   s->lm->bus_timeout_ms);
+    const char *type = shard == QUEUE ? "queue.submit" : "mailbox.deliver";
+    envelope_t *env = envelope_new(type, s->trace, s->lm->bus_timeout_ms);
     value_t *body = envelope_body(env), *rcpts = value_new_array(), *msg;
     struct shard_call *c = xcalloc(1, sizeof(*c));
-    size_t rlen = strlen(recv);
+    size_t rlen = strlen(recv), k = 0;
     char service[64];
     void *bytes;
+    int rc;
 
     c->s = s;
+    c->type = type;
     c->idx = xcalloc(s->nr, sizeof(*c->idx));
-    for (size_t k = 0; k < s->nr; k++) {
-        value_t *item;
+    for (int i = 0; i < s->nrcpts; i++)
+        for (int b = 0; b < s->rcpts[i].nboxes; b++, k++) {
+            value_t *item;
 
-        if (of[k] != shard)
-            continue;
-        item = value_new_map();
-        value_set_str(item, MAILBOX_KEY_MAILBOX, s->r[k].mailbox);
-        value_push_take(rcpts, &item);
-        c->idx[c->n++] = k;
-    }
+            if (of[k] != shard)
+                continue;
+            item = value_new_map();
+            value_set_str(item, shard == QUEUE ? ENV_KEY_ADDR
+                                               : MAILBOX_KEY_MAILBOX,
+                          s->r[k].mailbox);
+            if (shard == QUEUE)
+                value_set_str(item, ENV_KEY_RCPT, s->rcpts[i].rcpt);
+            value_push_take(rcpts, &item);
+            c->idx[c->n++] = k;
+        }
     value_set_take(body, ENV_KEY_RCPTS, &rcpts);
     value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
     bytes = xmalloc(rlen + ev->message.len + 1);
@@ -487,16 +543,29 @@ send_to_shard(struct lsess *s, int shard, const int *of, const char *recv,
         memcpy((char *)bytes + rlen, ev->message.data, ev->message.len);
     msg = value_new_bin_take(&bytes, rlen + ev->message.len);
     value_set_take(body, ENV_KEY_MESSAGE, &msg);
+    if (shard == QUEUE) {
+        value_set_bool(body, ENV_KEY_EIGHT_BIT,
+                       s->eight_bit ||
+                           has_8bit(ev->message.data, ev->message.len));
+        value_set_bool(body, ENV_KEY_SMTPUTF8, s->smtputf8);
+        value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
+    }
     s->calls++;
-    if (shard_service(service, sizeof(service), "mailbox", shard,
-                      mb->nshards) == NULL ||
-        bus_client_send_to_take(actor_client(mb->actor), service, &env,
-                                on_shard_stored, c) != 0) {
+    if (shard == QUEUE)
+        rc = bus_client_send_take(actor_client(mb->actor), &env,
+                                  on_shard_stored, c);
+    else if (shard_service(service, sizeof(service), "mailbox", shard,
+                           mb->nshards) == NULL)
+        rc = ERR_INVAL;
+    else
+        rc = bus_client_send_to_take(actor_client(mb->actor), service, &env,
+                                     on_shard_stored, c);
+    if (rc != 0) {
         s->calls--;
         envelope_destroy(&env);
         for (size_t i = 0; i < c->n; i++)
             shard_outcome(s, c->idx[i], 451, "4.3.0",
-                          "mailbox shard unavailable, try again later");
+                          "temporary failure, try again later");
         free(c->idx);
         free(c);
         return false;
@@ -534,8 +603,10 @@ on_message(struct lsess *s, const struct smtp_event *ev)
         for (int b = 0; b < s->rcpts[i].nboxes; b++, k++) {
             s->r[k].mailbox = s->rcpts[i].boxes[b];
             s->r[k].mailbox_len = strlen(s->rcpts[i].boxes[b]);
-            of[k] = shard_of(s->r[k].mailbox, s->r[k].mailbox_len,
-                             mb->nshards);
+            of[k] = s->rcpts[i].remote[b]
+                        ? QUEUE
+                        : shard_of(s->r[k].mailbox, s->r[k].mailbox_len,
+                                   mb->nshards);
             if (of[k] == mb->shard) {
                 s->lmap[s->nlocal] = k;
                 s->local[s->nlocal++] = s->r[k];
@@ -545,12 +616,12 @@ on_message(struct lsess *s, const struct smtp_event *ev)
     /* One count for the local commit and each shard's call, so that the
      * replies wait for the last of them, whatever order they come in. */
     s->waiting = 1;
-    for (int shard = 0; shard < mb->nshards; shard++) {
+    for (int shard = QUEUE; shard < mb->nshards; shard++) {
         bool used = false;
 
         for (size_t j = 0; j < s->nr && !used; j++)
             used = of[j] == shard;
-        if (used && shard != mb->shard && send_to_shard(s, shard, of, recv, ev))
+        if (used && shard != mb->shard && send_copies(s, shard, of, recv, ev))
             s->waiting++;
     }
     if (s->nlocal > 0) {
@@ -597,6 +668,8 @@ on_event(struct lsess *s, const struct smtp_event *ev)
         /* Policy on senders is the sending MTA's; the path is checked. */
         txn_clear(s);
         s->mail_from = xstrdup(ev->mail.from);
+        s->eight_bit = ev->mail.body == SMTP_BODY_8BITMIME;
+        s->smtputf8 = ev->mail.smtputf8;
         smtp_server_reply(s->smtp, 250, "2.1.0", "sender ok");
         return true;
     case SMTP_EV_RCPT:

@@ -9,8 +9,10 @@
  * engine in LMTP mode (lib/smtp_server.h) to a plaintext socket, asks the
  * guard over the bus whether each recipient is ours (guard.rcpt, with the
  * session's trace id), and stores the message through the mailbox's own
- * group commit (mailbox_deliver_park()). The door is for loopback and
- * internal networks only: it has no TLS and no authentication.
+ * group commit (mailbox_deliver_park()); copies for accounts another shard
+ * owns go to it as mailbox.deliver, an alias's remote addresses to the
+ * queue as queue.submit. The door is for loopback and internal networks
+ * only: it has no TLS and no authentication.
  */
 #ifndef SAMOTOP_MAILBOX_LMTP_H
 #define SAMOTOP_MAILBOX_LMTP_H

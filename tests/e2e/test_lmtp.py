@@ -35,11 +35,14 @@ BASE = 20150
 LMTP = ("127.0.0.1", BASE + 15)
 IMAP_PORT = BASE + 13
 PFX_PORT = BASE + 40
+SINK_PORT = BASE + 46
 SYS = None
+SINK = None
 
 
 def setUpModule():
-    global SYS
+    global SYS, SINK
+    SINK = st.Sink(SINK_PORT)
     SYS = st.System(BASE, extra_env={
         "SAMOTOP_HOSTNAME": "mx.example.test",
         "SAMOTOP_BUS_TIMEOUT_MS": "3000",
@@ -52,10 +55,14 @@ def setUpModule():
     SYS.admin("alias", "add", "team@example.test", "alice@example.test",
               "bob@example.test")
     SYS.admin("alias", "add", "away@example.test", "someone@remote.test")
+    SYS.admin("alias", "add", "mixed@example.test", "carol@example.test",
+              "other@remote.test")
+    SYS.admin("route", "add", "remote.test", "127.0.0.1:%d" % SINK_PORT)
 
 
 def tearDownModule():
     SYS.stop()
+    SINK.stop()
 
 
 def files(user):
@@ -227,14 +234,34 @@ class Door(unittest.TestCase):
         m = HEAD_RE.match([x for x in bodies if x.endswith(two)][0])
         self.assertEqual(m.group(4), b"\r\n\tfor <carol@example.test>")
 
-    def test_forwarding_alias_refused(self):
-        """LMTP stores into our Maildirs only: an alias forwarding off the
-        host is refused at RCPT, never dropped silently."""
+    def test_forwarding_aliases_go_by_the_queue(self):
+        """An alias that forwards off this host: its remote addresses go
+        to the queue (and on to the next hop), its local mailboxes into
+        the Maildir; one reply per recipient, after all of its copies."""
+        before = files("carol")
+        msg = message("forwarded")
         with smtplib.LMTP(*LMTP) as c:
             c.ehlo("relay.remote.test")
-            c.mail("sender@remote.test")
-            code, text = c.rcpt("away@example.test")
-        self.assertEqual(code, 550, text)
+            self.assertEqual(c.mail("sender@remote.test")[0], 250)
+            self.assertEqual(c.rcpt("away@example.test")[0], 250)
+            self.assertEqual(c.rcpt("mixed@example.test")[0], 250)
+            replies = [c.data(msg), c.getreply()]
+        self.assertEqual([r[0] for r in replies], [250, 250], replies)
+        self.assertIn(b"<away@example.test>", replies[0][1])
+        self.assertIn(b"<mixed@example.test>", replies[1][1])
+        got = new_files("carol", before)
+        self.assertEqual(len(got), 1)
+        self.assertTrue(read(got[0]).endswith(msg))
+        sent = [m for m in SINK.wait(1, timeout=30)
+                if m[2].endswith(msg.replace(b"\r\n", b"\n"))
+                or m[2].endswith(msg)]
+        self.assertEqual(len(sent), 1, SINK.messages)
+        mail_from, rcpts, data = sent[0]
+        self.assertEqual(mail_from, "sender@remote.test")
+        self.assertEqual(sorted(rcpts), ["other@remote.test",
+                                         "someone@remote.test"])
+        self.assertIn(b"with LMTP id", data)
+        self.assertNotIn(b"Return-Path:", data)
 
     def test_session_limit(self):
         """lmtp.max_sessions (6 here): one more is refused with 421 and
