@@ -350,11 +350,10 @@ check_name(mstore_t *ms, const char *name, char *md)
 static int
 lock_file_ok(int dir_fd)
 {
-    int fd = openat(dir_fd, MSTORE_INDEX_LOCK,
-                    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = mfolder_lock_file(dir_fd);
 
     if (fd < 0)
-        return -errno;
+        return fd;
     close(fd);
     return 0;
 }
@@ -1023,11 +1022,14 @@ subscriptions_read(mstore_t *ms, struct names *out)
     struct stat st;
     ssize_t n;
 
+    /* None yet, or a symlink (never followed; the next write replaces
+     * it). */
     if (fd < 0)
-        return errno == ENOENT ? 0
-                               : mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                                             "cannot read subscriptions: %s",
-                                             strerror(errno));
+        return errno == ENOENT || errno == ELOOP
+                   ? 0
+                   : mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                                 "cannot read subscriptions: %s",
+                                 strerror(errno));
     if (fstat(fd, &st) != 0 || st.st_size > SUBSCRIPTIONS_MAX) {
         close(fd);
         return mstore_fail(ms, ERR_TOO_BIG, "LIMIT",
@@ -1067,6 +1069,10 @@ subscriptions_write(mstore_t *ms, const struct names *s)
         buf_printf(&b, "%s\n", s->v[i]);
     fd = openat(ms->acct_fd, tmp,
                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ELOOP && unlinkat(ms->acct_fd, tmp, 0) == 0)
+        fd = openat(ms->acct_fd, tmp,
+                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                    0600);
     if (fd < 0 || write(fd, b.data ? b.data : "", b.len) != (ssize_t)b.len ||
         fsync(fd) != 0 || close(fd) != 0 ||
         renameat(ms->acct_fd, tmp, ms->acct_fd, MSTORE_SUBSCRIPTIONS) != 0)

@@ -424,13 +424,27 @@ dir_stamp(const struct stat *st)
 }
 
 int
+mfolder_lock_file(int dir_fd)
+{
+    int fd = openat(dir_fd, MSTORE_INDEX_LOCK,
+                    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+    /* Ours by name: a symlink planted there goes (never followed). */
+    if (fd < 0 && errno == ELOOP && unlinkat(dir_fd, MSTORE_INDEX_LOCK, 0) == 0)
+        fd = openat(dir_fd, MSTORE_INDEX_LOCK,
+                    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    return fd >= 0 ? fd : -errno;
+}
+
+int
 mfolder_lock(mstore_t *ms, struct mfolder *f)
 {
     if (f->lock_depth++ > 0)
         return 0;
-    f->lock_fd = openat(f->dir_fd, MSTORE_INDEX_LOCK,
-                        O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    f->lock_fd = mfolder_lock_file(f->dir_fd);
     if (f->lock_fd < 0) {
+        errno = -f->lock_fd;
+        f->lock_fd = -1;
         f->lock_depth = 0;
         return mstore_fail(ms, ERR_SYS, "SERVERBUG",
                            "cannot lock the folder index: %s",
@@ -518,6 +532,10 @@ index_read(mstore_t *ms, struct mfolder *f, char *why, size_t whylen)
     int fd, rc;
 
     fd = openat(f->dir_fd, MSTORE_INDEX, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ELOOP) {
+        snprintf(why, whylen, "a symlink");
+        return ERR_MALFORMED; /* replaced by the next write */
+    }
     if (fd < 0)
         return errno == ENOENT ? ERR_NOTFOUND : ERR_SYS;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -536,7 +554,15 @@ index_read(mstore_t *ms, struct mfolder *f, char *why, size_t whylen)
 
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
+        if (n < 0) {
+            int e = errno;
+
+            free(data);
+            close(fd);
+            errno = e;
+            return ERR_SYS;
+        }
+        if (n == 0)
             break;
         got += (size_t)n;
     }
@@ -560,6 +586,12 @@ mfolder_write(mstore_t *ms, struct mfolder *f)
     mindex_format(&f->ix, &b);
     fd = openat(f->dir_fd, MSTORE_INDEX_TMP,
                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    /* Ours by name: a symlink planted there goes (never followed). */
+    if (fd < 0 && errno == ELOOP &&
+        unlinkat(f->dir_fd, MSTORE_INDEX_TMP, 0) == 0)
+        fd = openat(f->dir_fd, MSTORE_INDEX_TMP,
+                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                    0600);
     if (fd < 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
                          "cannot write the folder index: %s",
@@ -903,7 +935,14 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
         changed = true;
     } else if (!f->loaded || !stamp_eq(&stamp, &f->stamp)) {
         rc = index_read(ms, f, why, sizeof(why));
-        if (rc == ERR_NOTFOUND) {
+        if (rc == ERR_SYS) {
+            /* Out of descriptors, or the like: try again later rather
+             * than throw the UIDs away. */
+            rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
+                             "cannot read the folder index: %s",
+                             strerror(errno));
+            goto out;
+        } else if (rc == ERR_NOTFOUND) {
             index_fresh(ms, f);
             changed = true;
         } else if (rc != 0) {

@@ -155,6 +155,9 @@ enum {
 int mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
                  uint32_t **claimed, size_t *nclaimed);
 int mfolder_lock(mstore_t *ms, struct mfolder *f);
+/* The index's lock file in dir_fd, opened (made when missing) for the
+ * caller to close, or -errno. */
+int mfolder_lock_file(int dir_fd);
 /* The folder's tmp/, opened for the caller to close, or -errno. */
 int mfolder_tmp(struct mfolder *f);
 void mfolder_unlock(struct mfolder *f);

@@ -1194,6 +1194,34 @@ START_TEST(test_symlinks)
     ck_assert_msg(mstore_view_exists(v) == 1, "exists %u: the link counted",
                   mstore_view_exists(v));
     mstore_view_destroy(&v);
+    /* Symlinks where the store keeps its own files are replaced, never
+     * followed. */
+    {
+        static const char *const own[] = {
+            "samotop-uidlist.lock", "samotop-uidlist.tmp", "subscriptions",
+            "subscriptions.tmp"};
+        struct stat st;
+
+        for (size_t i = 0; i < NROWS(own); i++) {
+            snprintf(link, sizeof(link), "%s/%s", f.acct, own[i]);
+            unlink(link);
+            ck_assert_msg(symlink(path, link) == 0, "symlink %s", own[i]);
+        }
+        deliver(&f, NULL, "Subject: two\r\n\r\ntwo\r\n");
+        v = select_ok(f.ms, "INBOX", false);
+        ck_assert_msg(mstore_view_exists(v) == 2, "exists %u",
+                      mstore_view_exists(v));
+        mstore_view_destroy(&v);
+        ck_assert_int_eq(mstore_subscribe(f.ms, "INBOX", true), 0);
+        want_list(f.ms, "", "*", true, "INBOX()");
+        ck_assert_msg(lstat(path, &st) == 0 && st.st_size == 6,
+                      "the link's target was written");
+        for (size_t i = 0; i < NROWS(own); i++) {
+            snprintf(link, sizeof(link), "%s/%s", f.acct, own[i]);
+            ck_assert_msg(lstat(link, &st) != 0 || !S_ISLNK(st.st_mode),
+                          "%s still a symlink", own[i]);
+        }
+    }
     /* An account that is a symlink is refused. */
     {
         char why[256], acct[512];
@@ -1342,6 +1370,7 @@ static const struct {
     {"slash in name", "samotop-uidlist 1 5 3 0 0\nK\n1 c 1 0 0 ../x\n"},
     {"unknown keyword bit", "samotop-uidlist 1 5 3 0 0\nK\n1 c 1 0 4 x:2,\n"},
     {"truncated header", "samotop-uidlist 1 5"},
+    {"symlink", NULL},
 };
 
 START_TEST(test_bad_index)
@@ -1360,10 +1389,23 @@ START_TEST(test_bad_index)
     mstore_view_destroy(&v);
     mstore_destroy(&f.ms);
     snprintf(path, sizeof(path), "%s/samotop-uidlist", f.acct);
-    fp = fopen(path, "w");
-    ck_assert_msg(fp != NULL, "open index: %s", strerror(errno));
-    fputs(bad_index_rows[_i].text, fp);
-    fclose(fp);
+    if (bad_index_rows[_i].text == NULL) {
+        /* A symlink to a good-looking index elsewhere: never followed. */
+        char target[512];
+
+        snprintf(target, sizeof(target), "%s/elsewhere", f.base);
+        fp = fopen(target, "w");
+        ck_assert_msg(fp != NULL, "open target");
+        fputs("samotop-uidlist 1 7 3 0 0\nK\n", fp);
+        fclose(fp);
+        ck_assert_msg(unlink(path) == 0 && symlink(target, path) == 0,
+                      "symlink index: %s", strerror(errno));
+    } else {
+        fp = fopen(path, "w");
+        ck_assert_msg(fp != NULL, "open index: %s", strerror(errno));
+        fputs(bad_index_rows[_i].text, fp);
+        fclose(fp);
+    }
     f.ms = open_store(&f);
     v = select_ok(f.ms, "INBOX", false);
     ck_assert_msg(mstore_view_exists(v) == 2, "%s: exists %u",
@@ -1371,6 +1413,13 @@ START_TEST(test_bad_index)
     ck_assert_msg(mstore_view_uidvalidity(v) > was,
                   "%s: uidvalidity %u, was %u", bad_index_rows[_i].label,
                   mstore_view_uidvalidity(v), was);
+    {
+        struct stat st;
+
+        ck_assert_msg(lstat(path, &st) == 0 && S_ISREG(st.st_mode),
+                      "%s: the index is no regular file now",
+                      bad_index_rows[_i].label);
+    }
     mstore_view_destroy(&v);
     fx_done(&f);
 }
