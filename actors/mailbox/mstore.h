@@ -219,7 +219,7 @@ int mstore_append(mstore_t *ms, const char *folder, const void *data,
  * and returns a view of it. A read-write view claims the messages new
  * since the last session (\Recent for it alone); a read-only one sees
  * them as recent but leaves them to the next. Returns NULL with the
- * store's error set (NONEXISTENT, or \Noselect: CANNOT). */
+ * store's error set (NONEXISTENT, also for a \Noselect name). */
 mstore_view_t *mstore_select(mstore_t *ms, const char *name, bool read_only);
 
 /* Frees the view (CLOSE expunges first with mstore_expunge()). NULL ok. */
