@@ -974,8 +974,8 @@ mstore_rename(mstore_t *ms, const char *from, const char *to)
                          from);
         goto out;
     }
-    if (have.n + 1 > ms->lim.folders_max + 1 &&
-        (rc = folder_count_ok(ms)) != 0)
+    /* New parents count towards the limit as CREATE's do. */
+    if (strchr(to, '/') != NULL && (rc = folder_count_ok(ms)) != 0)
         goto out;
     if ((rc = make_parents(ms, to)) != 0)
         goto out;
