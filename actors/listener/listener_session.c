@@ -308,6 +308,8 @@ request(struct session *s, const char *type)
 
 static void on_reply(void *arg, int err, const char *text,
                      const envelope_t *reply);
+static void answer(struct session *s, int code, const char *ecode,
+                   const char *text);
 
 /* Sends env to service (NULL: its type's), as one of fan's when fan is
  * not NULL; the engine's decision waits for the reply. */
@@ -327,6 +329,15 @@ call_to(struct session *s, const char *service, envelope_t **env_p,
         free(c);
         /* Cannot happen with a type we built; answer like a dead bus. */
         on_reply(NULL, ERR_INVAL, "bad request", NULL);
+        /* One shard's share not sent fails the message; when it was the
+         * last one waited for, nobody else will answer it. */
+        if (fan != NULL) {
+            fan->failed = true;
+            if (--fan->waiting == 0) {
+                free(fan);
+                answer(s, 451, "4.3.0", "temporary failure, try again later");
+            }
+        }
     }
 }
 
