@@ -67,7 +67,7 @@ struct lsess {
     int watching;
     char in[IN_MAX]; /* read, not yet taken: in[in_off .. in_len) */
     size_t in_off, in_len;
-    int calls;              /* guard.rcpt calls outstanding (0 or 1) */
+    int calls; /* bus calls outstanding: a guard.rcpt, or the stores */
     struct parked *parked;  /* the message waiting for its commit */
     int64_t last_active;
     loop_timer_t *idle_timer;
@@ -235,6 +235,14 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
         snprintf(msg, sizeof(msg), "temporary failure, try again later %s",
                  s->trace);
         smtp_server_reply(s->smtp, 451, "4.3.0", msg);
+        goto out;
+    }
+    if (envelope_code(reply) < 200 || envelope_code(reply) > 599 ||
+        envelope_code(reply) / 100 == 3) {
+        log_warn(s->trace, "bad_reply", "type=guard.rcpt.reply code=%d",
+                 envelope_code(reply));
+        smtp_server_reply(s->smtp, 451, "4.3.0",
+                          "temporary failure, try again later");
         goto out;
     }
     if (envelope_code(reply) >= 400) {
@@ -431,7 +439,8 @@ shard_outcome(struct lsess *s, size_t k, int code, const char *ecode,
 {
     struct copy_text *t = &s->out[k];
 
-    if (code < 200 || code > 599) {
+    if (code < 200 || code > 599 || code / 100 == 3) {
+        /* Not a reply the engine may give: another actor's mistake. */
         code = 451;
         ecode = "4.3.0";
     }
