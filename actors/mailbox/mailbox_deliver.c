@@ -93,15 +93,24 @@ sum_up(const struct maildir_rcpt *r, size_t n, int *code, const char **ecode,
        const char **text)
 {
     const struct maildir_rcpt *first_5xx = NULL;
-    bool any_4xx = false;
+    bool any_4xx = false, all_full = true;
 
     for (size_t i = 0; i < n; i++) {
         if (r[i].code >= 400 && r[i].code < 500)
             any_4xx = true;
         else if (r[i].code >= 500 && first_5xx == NULL)
             first_5xx = &r[i];
+        if (r[i].code != 250 &&
+            (r[i].code != 452 || strcmp(r[i].ecode, "4.2.2") != 0))
+            all_full = false;
     }
-    if (any_4xx) {
+    if (any_4xx && all_full) {
+        /* Only full mailboxes (a quota, or the disk): RFC 3463 X.2.2 says
+         * so better than 4.3.0, and the sender still tries again. */
+        *code = 452;
+        *ecode = "4.2.2";
+        *text = "mailbox full, try again later";
+    } else if (any_4xx) {
         *code = 451;
         *ecode = "4.3.0";
         *text = "not every copy could be stored, try again later";
