@@ -419,8 +419,15 @@ class TestDocs(unittest.TestCase):
         want = sd.env_table()
         got = sd.doc_table()
         self.assertIsNotNone(got, "docs/operations.md has no env-table markers")
-        self.assertEqual(got, want, "docs/operations.md is stale: run "
-                         "tests/deploy/samotop_deploy.py --write")
+        if got != want:
+            import difflib
+            diff = [l for l in difflib.unified_diff(
+                got.splitlines(), want.splitlines(), "docs", "programs",
+                lineterm="", n=0) if l[:1] in "+-"]
+            self.fail("docs/operations.md's variable table differs from the "
+                      "programs' --print-config; run SAMOTOP_BIN=... "
+                      "tests/deploy/samotop_deploy.py --write:\n"
+                      + "\n".join(diff))
 
     def test_readme_links_operations(self):
         readme = read(os.path.join(sd.SRC, "README.md"))
