@@ -239,6 +239,28 @@ class Counters(unittest.TestCase):
                                    type="guard.rcpt", code="550")
                              for s in both), 1)
 
+    def test_broker(self):
+        s = scrape(PORT["bus"])
+        self.assertEqual(value(s, "samotop_broker_workers", service="guard"),
+                         2)
+        self.assertEqual(value(s, "samotop_broker_workers",
+                               service="listener"), 1)
+        # Every request the listener's client saw answered went through.
+        listener = scrape(PORT["listener"])
+        self.assertGreaterEqual(
+            value(s, "samotop_broker_routed_total", service="guard"),
+            value(listener, "samotop_bus_client_requests_total",
+                  service="guard"))
+        # What the broker handed the mailbox, the mailbox answered (three
+        # deliveries, and the pings of wait_ready).
+        self.assertEqual(value(s, "samotop_broker_routed_total",
+                               service="mailbox"),
+                         value(scrape(PORT["mailbox"]),
+                               "samotop_bus_requests_total"))
+        # Only wait_ready's pings before every worker registered.
+        self.assertEqual(value(s, "samotop_broker_refused_total",
+                               reason="queue_full"), 0)
+
     def test_mailbox(self):
         s = scrape(PORT["mailbox"])
         self.assertEqual(value(s, "samotop_mailbox_deliveries_total",
