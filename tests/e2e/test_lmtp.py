@@ -48,7 +48,18 @@ def setUpModule():
         "SAMOTOP_BUS_TIMEOUT_MS": "3000",
         "SAMOTOP_LMTP_MAX_SESSIONS": "6",
         "SAMOTOP_LMTP_IDLE_TIMEOUT_MS": "3000",
-    }).start()
+    })
+    try:
+        SYS.start()
+        populate()
+    except BaseException:
+        # tearDownModule does not run after a failed setUpModule.
+        SYS.stop()
+        SINK.stop()
+        raise
+
+
+def populate():
     SYS.admin("domain", "add", "example.test")
     for u in ("alice", "bob", "carol"):
         SYS.admin("user", "add", u + "@example.test", input="secret-%s\n" % u)
@@ -342,11 +353,16 @@ class ShardedDoor(unittest.TestCase):
             "SAMOTOP_MAILBOX_SHARDS": "0",  # one per copy
             "SAMOTOP_HOSTNAME": "mx.example.test",
             "SAMOTOP_BUS_TIMEOUT_MS": "10000",
-        }).start()
-        cls.sys.admin("domain", "add", "example.test")
+        })
         cls.users = ["s%d@example.test" % i for i in range(8)]
-        for u in cls.users:
-            cls.sys.admin("user", "add", u, input="pw\n")
+        try:
+            cls.sys.start()
+            cls.sys.admin("domain", "add", "example.test")
+            for u in cls.users:
+                cls.sys.admin("user", "add", u, input="pw\n")
+        except BaseException:
+            cls.sys.stop()  # tearDownClass does not run after a failure
+            raise
 
     @classmethod
     def tearDownClass(cls):
