@@ -91,7 +91,9 @@ class Postfix:
                 return
             except OSError:
                 time.sleep(0.2)
-        raise AssertionError("postfix did not start: " + self.log())
+        log = self.log()
+        self.stop()  # nobody else will: the caller gets no instance
+        raise AssertionError("postfix did not start: " + log)
 
     def log(self):
         try:
