@@ -57,7 +57,8 @@ command -v docker-compose >/dev/null || fail "docker-compose missing: deploy/dep
 
 # Nothing of ours may be listening before we start: a leftover would
 # answer in place of the containers.
-for p in $base $((base + 1)) $((base + 6)) $((base + 10)) $((base + 11)); do
+for p in $base $((base + 1)) $((base + 6)) $((base + 10)) $((base + 11)) \
+         $((base + 13)) $((base + 50)) $((base + 56)) $((base + 60)); do
   if ss -Hltn "sport = :$p" | grep -q .; then fail "port $p already in use"; fi
 done
 
