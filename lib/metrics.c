@@ -66,10 +66,9 @@ struct metrics {
     int ncollect;
 };
 
-const double METRICS_LATENCY_BOUNDS[] = {0.0005, 0.001, 0.0025, 0.005,
-                                         0.01,   0.025, 0.05,   0.1,
-                                         0.25,   0.5,   1,      2.5,
-                                         5,      10};
+const double METRICS_LATENCY_BOUNDS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                         0.025,  0.05,  0.1,    0.25,  0.5,
+                                         1,      2.5,   5,      10};
 const int METRICS_LATENCY_NBOUNDS =
     (int)(sizeof(METRICS_LATENCY_BOUNDS) / sizeof(METRICS_LATENCY_BOUNDS[0]));
 
@@ -83,11 +82,11 @@ metrics_new(void)
 {
     metrics_t *m = xcalloc(1, sizeof(*m));
 
-    m->dropped = reg_metric(m, M_COUNTER,
-                            "samotop_metrics_series_dropped_total",
-                            "Metric updates dropped: too many label "
-                            "combinations",
-                            "metric", NULL, 0);
+    m->dropped =
+        reg_metric(m, M_COUNTER, "samotop_metrics_series_dropped_total",
+                   "Metric updates dropped: too many label "
+                   "combinations",
+                   "metric", NULL, 0);
     return m;
 }
 
@@ -129,8 +128,8 @@ metrics_name_valid(const char *name)
         return 0;
     for (const char *p = name; *p; p++) {
         char c = *p;
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                 c == '_' || c == ':' || (p > name && c >= '0' && c <= '9');
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+                 c == ':' || (p > name && c >= '0' && c <= '9');
 
         if (!ok)
             return 0;
@@ -301,9 +300,9 @@ series_get(metric_t *x, const char *const *values)
         return NULL;
     }
     if ((x->nseries & (x->nseries - 1)) == 0) /* 0, 1, 2, 4, ...: grow */
-        x->series = xrealloc(x->series, sizeof(*x->series) *
-                                            (size_t)(x->nseries ? 2 * x->nseries
-                                                                : 1));
+        x->series =
+            xrealloc(x->series, sizeof(*x->series) *
+                                    (size_t)(x->nseries ? 2 * x->nseries : 1));
     s = &x->series[x->nseries++];
     memset(s, 0, sizeof(*s));
     for (int i = 0; i < x->nlabels; i++) {
@@ -530,10 +529,10 @@ metrics_add_process(metrics_t *m, const char *service, const char *instance)
                               "The actor this process runs, and its copy",
                               "service,instance"),
                 METRICS_L(service, instance), 1);
-    pm->cpu = metrics_counter(m, "process_cpu_seconds_total",
-                             "User and system CPU time spent, in seconds",
-                             NULL);
+    pm->cpu =
+        metrics_counter(m, "process_cpu_seconds_total",
+                        "User and system CPU time spent, in seconds", NULL);
     pm->rss = metrics_gauge(m, "process_resident_memory_bytes",
-                           "Resident memory size in bytes", NULL);
+                            "Resident memory size in bytes", NULL);
     metrics_on_collect(m, on_process_collect, pm);
 }

@@ -79,11 +79,9 @@ bind_addr(const char *addr, char *why, size_t whylen)
         if (fd < 0)
             continue;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-            listen(fd, 64) == 0)
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
             break;
-        snprintf(why, whylen, "cannot listen on %s: %s", addr,
-                 strerror(errno));
+        snprintf(why, whylen, "cannot listen on %s: %s", addr, strerror(errno));
         close(fd);
         fd = -1;
     }
@@ -238,8 +236,8 @@ http_run(metrics_http_t *h)
 }
 
 metrics_http_t *
-metrics_http_new(loop_t *loop, const struct metrics_http_opts *opts,
-                 char *why, size_t whylen)
+metrics_http_new(loop_t *loop, const struct metrics_http_opts *opts, char *why,
+                 size_t whylen)
 {
     metrics_http_t *h = xcalloc(1, sizeof(*h));
     const union MHD_DaemonInfo *info;
@@ -257,8 +255,7 @@ metrics_http_new(loop_t *loop, const struct metrics_http_opts *opts,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)h->listen_fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNS,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_S,
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_S, MHD_OPTION_END);
     if (h->mhd == NULL) {
         snprintf(why, whylen, "cannot start HTTP on %s", opts->listen);
         goto fail;
@@ -266,8 +263,7 @@ metrics_http_new(loop_t *loop, const struct metrics_http_opts *opts,
     h->listen_fd = -1; /* MHD_stop_daemon() closes it from now on */
     info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (info == NULL || info->epoll_fd < 0) {
-        snprintf(why, whylen, "HTTP on %s: no epoll descriptor",
-                 opts->listen);
+        snprintf(why, whylen, "HTTP on %s: no epoll descriptor", opts->listen);
         goto fail;
     }
     h->epoll_fd = info->epoll_fd;

@@ -18,9 +18,9 @@ auth_metrics_init(metrics_t *m)
         "Credential checks answered, by result (ok, fail, tempfail) and "
         "reason",
         "result,reason");
-    cache = metrics_counter(m, "samotop_auth_cache_total",
-                            "Verifications by cache use (hit, miss, off)",
-                            "cache");
+    cache =
+        metrics_counter(m, "samotop_auth_cache_total",
+                        "Verifications by cache use (hit, miss, off)", "cache");
 }
 
 void

@@ -30,6 +30,6 @@ guard_metrics_decision(const envelope_t *req, const envelope_t *reply)
     char code[16];
 
     snprintf(code, sizeof(code), "%d", envelope_code(reply));
-    metrics_inc(decisions, METRICS_L(dot ? dot + 1 : type, code,
-                                     ecode ? ecode : ""));
+    metrics_inc(decisions,
+                METRICS_L(dot ? dot + 1 : type, code, ecode ? ecode : ""));
 }

@@ -36,8 +36,7 @@ listener_metrics_init(metrics_t *m)
         "AUTH, by role, command and code",
         "role,command,code");
     lm.bytes = metrics_counter(m, "samotop_smtp_received_bytes_total",
-                               "Bytes read from SMTP clients, by role",
-                               "role");
+                               "Bytes read from SMTP clients, by role", "role");
 }
 
 void
@@ -58,19 +57,29 @@ listener_metrics_bytes(const char *role, size_t n)
 }
 
 void
-listener_metrics_answer(const char *role, enum smtp_event_type what,
-                        int code)
+listener_metrics_answer(const char *role, enum smtp_event_type what, int code)
 {
     const char *cmd;
     char c[16];
 
     switch (what) {
-    case SMTP_EV_CONNECT: cmd = "connect"; break;
-    case SMTP_EV_MAIL: cmd = "mail"; break;
-    case SMTP_EV_RCPT: cmd = "rcpt"; break;
-    case SMTP_EV_MESSAGE: cmd = "data"; break;
-    case SMTP_EV_AUTH: cmd = "auth"; break;
-    default: return;
+    case SMTP_EV_CONNECT:
+        cmd = "connect";
+        break;
+    case SMTP_EV_MAIL:
+        cmd = "mail";
+        break;
+    case SMTP_EV_RCPT:
+        cmd = "rcpt";
+        break;
+    case SMTP_EV_MESSAGE:
+        cmd = "data";
+        break;
+    case SMTP_EV_AUTH:
+        cmd = "auth";
+        break;
+    default:
+        return;
     }
     snprintf(c, sizeof(c), "%d", code);
     if (what == SMTP_EV_MESSAGE)

@@ -24,11 +24,10 @@ mailbox_metrics_init(metrics_t *m)
                                  "Group commits (one fsync round for the "
                                  "messages that came together)",
                                  NULL);
-    mm.batch = metrics_histogram(m, "samotop_mailbox_group_commit_messages",
-                                 "Messages per group commit", NULL,
-                                 batch_bounds,
-                                 (int)(sizeof(batch_bounds) /
-                                       sizeof(batch_bounds[0])));
+    mm.batch = metrics_histogram(
+        m, "samotop_mailbox_group_commit_messages", "Messages per group commit",
+        NULL, batch_bounds,
+        (int)(sizeof(batch_bounds) / sizeof(batch_bounds[0])));
     mm.commit_time = metrics_histogram(
         m, "samotop_mailbox_group_commit_seconds",
         "Time to write and fsync one group commit", NULL, NULL, 0);
@@ -41,11 +40,10 @@ mailbox_metrics_rcpts(const struct maildir_rcpt *r, size_t n)
         char code[16];
 
         snprintf(code, sizeof(code), "%d", r[i].code);
-        metrics_inc(mm.deliveries,
-                    METRICS_L(r[i].code < 300   ? "stored"
-                              : r[i].code < 500 ? "deferred"
-                                                : "refused",
-                              code));
+        metrics_inc(mm.deliveries, METRICS_L(r[i].code < 300   ? "stored"
+                                             : r[i].code < 500 ? "deferred"
+                                                               : "refused",
+                                             code));
     }
 }
 

@@ -61,8 +61,8 @@ static struct {
     long sample_ms;
     loop_timer_t *timer;
     bool out; /* a sample is with Redis */
-    metric_t *submitted, *attempts, *results, *messages, *rcpts, *age,
-        *sampled, *sample_errors;
+    metric_t *submitted, *attempts, *results, *messages, *rcpts, *age, *sampled,
+        *sample_errors;
 } qm;
 
 static void on_timer(loop_t *loop, void *arg);
@@ -142,9 +142,9 @@ queue_metrics_start(queue_t *q, metrics_t *m, loop_t *loop, long sample_ms)
         "Recipients' outcomes by kind and result (delivered, deferred, "
         "bounced, failed: for good without a DSN)",
         "kind,result");
-    qm.messages = metrics_gauge(m, "samotop_queue_messages",
-                                "Messages in the queue (sampled from Redis)",
-                                NULL);
+    qm.messages =
+        metrics_gauge(m, "samotop_queue_messages",
+                      "Messages in the queue (sampled from Redis)", NULL);
     qm.rcpts = metrics_gauge(
         m, "samotop_queue_recipients",
         "Recipients still pending in the queue (sampled from Redis)", NULL);
@@ -188,9 +188,15 @@ queue_metrics_rcpt(const struct queue_rcpt *r)
     if (r->tried)
         metrics_inc(qm.attempts, METRICS_L(kind));
     switch (r->status) {
-    case QUEUE_DELIVERED: result = "delivered"; break;
-    case QUEUE_BOUNCED: result = "bounced"; break;
-    case QUEUE_FAILED: result = "failed"; break;
+    case QUEUE_DELIVERED:
+        result = "delivered";
+        break;
+    case QUEUE_BOUNCED:
+        result = "bounced";
+        break;
+    case QUEUE_FAILED:
+        result = "failed";
+        break;
     default:
         if (!r->tried)
             return;

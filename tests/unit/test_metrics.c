@@ -60,8 +60,8 @@ want_line(const char *label, const char *text, const char *line)
 static void
 want_no(const char *label, const char *text, const char *part)
 {
-    ck_assert_msg(strstr(text, part) == NULL, "%s: \"%s\" should not be in:\n%s",
-                  label, part, text);
+    ck_assert_msg(strstr(text, part) == NULL,
+                  "%s: \"%s\" should not be in:\n%s", label, part, text);
 }
 
 /* --- names -------------------------------------------------------------- */
@@ -115,9 +115,9 @@ START_TEST(test_register_refusals)
                   "five labels: want NULL");
     ck_assert_msg(metrics_counter(m, "x_total", "x", "a,a") == NULL,
                   "a label twice: want NULL");
-    ck_assert_msg(metrics_histogram(m, "h", "x", NULL,
-                                    (const double[]){2, 1}, 2) == NULL,
-                  "decreasing bounds: want NULL");
+    ck_assert_msg(
+        metrics_histogram(m, "h", "x", NULL, (const double[]){2, 1}, 2) == NULL,
+        "decreasing bounds: want NULL");
     /* Updates of a failed registration do nothing and never crash. */
     metrics_inc(NULL, METRICS_L("x"));
     metrics_set(NULL, NULL, 1);
@@ -146,8 +146,9 @@ START_TEST(test_counter_render)
     metrics_add(c, METRICS_L("mta", "550"), -5); /* counters never go down */
     metrics_add(c, METRICS_L("msa", "250"), 0.5);
     text = render(m);
-    want_line("help", text, "# HELP samotop_smtp_messages_total Messages by "
-                            "code");
+    want_line("help", text,
+              "# HELP samotop_smtp_messages_total Messages by "
+              "code");
     want_line("type", text, "# TYPE samotop_smtp_messages_total counter");
     want_line("250", text,
               "samotop_smtp_messages_total{role=\"mta\",code=\"250\"} 3");
@@ -158,7 +159,8 @@ START_TEST(test_counter_render)
     /* A metric without labels shows 0 before its first update. */
     want_line("plain zero", text, "samotop_ticks_total 0");
     ck_assert_msg(metrics_get(c, METRICS_L("mta", "250")) == 3,
-                  "get: got %g, want 3", metrics_get(c, METRICS_L("mta", "250")));
+                  "get: got %g, want 3",
+                  metrics_get(c, METRICS_L("mta", "250")));
     ck_assert_msg(metrics_get(c, METRICS_L("smtps", "250")) == 0,
                   "get of an unseen series: want 0");
     free(text);
@@ -335,7 +337,8 @@ START_TEST(test_collect)
 }
 END_TEST
 
-/* --- HTTP ------------------------------------------------------------------ */
+/* --- HTTP ------------------------------------------------------------------
+ */
 
 struct client {
     const char *request;
@@ -362,8 +365,7 @@ client_run(void *arg)
         ssize_t n;
 
         while (got < sizeof(c->reply) - 1 &&
-               (n = read(fd, c->reply + got, sizeof(c->reply) - 1 - got)) >
-                   0)
+               (n = read(fd, c->reply + got, sizeof(c->reply) - 1 - got)) > 0)
             got += (size_t)n;
     }
     c->reply[got] = '\0';
@@ -415,19 +417,21 @@ static const struct {
 } http_rows[] = {
     {"metrics", "GET /metrics HTTP/1.0\r\n\r\n", "HTTP/1.1 200",
      "requests_total{code=\"250\"} 7"},
-    {"content type", "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: "
-     "close\r\n\r\n", "HTTP/1.1 200", "text/plain; version=0.0.4"},
+    {"content type",
+     "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: "
+     "close\r\n\r\n",
+     "HTTP/1.1 200", "text/plain; version=0.0.4"},
     {"health down", "GET /health HTTP/1.0\r\n\r\n", "HTTP/1.1 503",
      "unavailable: no broker"},
-    {"ready down", "GET /ready HTTP/1.0\r\n\r\n", "HTTP/1.1 503",
-     "no broker"},
+    {"ready down", "GET /ready HTTP/1.0\r\n\r\n", "HTTP/1.1 503", "no broker"},
     {"live", "GET /live HTTP/1.0\r\n\r\n", "HTTP/1.1 200", "ok"},
-    {"unknown path", "GET /nope HTTP/1.0\r\n\r\n", "HTTP/1.1 404",
-     "not found"},
+    {"unknown path", "GET /nope HTTP/1.0\r\n\r\n", "HTTP/1.1 404", "not found"},
     {"post", "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc",
      "HTTP/1.1 405", "GET, HEAD"},
-    {"header without colon", "GET /metrics HTTP/1.1\r\nHost: x\r\nbad "
-     "header line\r\n\r\n", "HTTP/1.1 400", ""},
+    {"header without colon",
+     "GET /metrics HTTP/1.1\r\nHost: x\r\nbad "
+     "header line\r\n\r\n",
+     "HTTP/1.1 400", ""},
     {"head", "HEAD /metrics HTTP/1.0\r\n\r\n", "HTTP/1.1 200", ""},
 };
 
@@ -436,8 +440,8 @@ START_TEST(test_http)
     loop_t *loop = loop_new();
     metrics_t *m = metrics_new();
     metric_t *c = metrics_counter(m, "requests_total", "x", "code");
-    struct metrics_http_opts o = {.listen = "127.0.0.1:20400", .metrics = m,
-                                  .health = check};
+    struct metrics_http_opts o = {
+        .listen = "127.0.0.1:20400", .metrics = m, .health = check};
     struct client *cl = calloc(1, sizeof(*cl));
     metrics_http_t *h, *twice;
     char why[256] = "";
