@@ -463,8 +463,9 @@ child_start(struct supervisor *sup, struct child *c)
         child_exec(sup, c);
     c->pid = pid;
     c->started_ms = now_ms();
-    log_info(NULL, "start", "name=%s pid=%ld exe=%s", c->name, (long)pid,
-             log_q(c->argv[0]));
+    log_info(NULL, "start", "name=%s pid=%ld exe=%s metrics=%s", c->name,
+             (long)pid, log_q(c->argv[0]),
+             c->env[3] ? strchr(c->env[3], '=') + 1 : "-");
 }
 
 static void
