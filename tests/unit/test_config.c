@@ -316,6 +316,10 @@ static const struct bad_row {
     {"bad log level", "log.level", "verbose", "debug|info|warn|err|fatal"},
     {"control character", "hostname", "mx\texample", "control character"},
     {"newline in a path", "data", "/var\n/x", "control character"},
+    {"metrics without port", "metrics.listen", "127.0.0.1", "HOST:PORT"},
+    {"metrics port too big", "metrics.listen", "127.0.0.1:65536",
+     "0..65535"},
+    {"metrics without host", "metrics.listen", ":0", "HOST:PORT"},
 };
 
 START_TEST(test_bad_value)
@@ -361,6 +365,9 @@ static const struct good_row {
     {"bus.timeout_ms", "600000"},
     {"hostname", ""},
     {"redis.password", "p@ss word \"quoted\""},
+    {"metrics.listen", ""},
+    {"metrics.listen", "127.0.0.1:0"},
+    {"metrics.listen", "[::]:9400"},
 };
 
 START_TEST(test_good_value)
