@@ -203,7 +203,8 @@ out:
 static void
 folder_free(struct mfolder *f)
 {
-    int *fds[] = { &f->dir_fd, &f->new_fd, &f->cur_fd, &f->lock_fd };
+    int *fds[] = { &f->dir_fd, &f->new_fd, &f->cur_fd, &f->lock_fd,
+                   &f->index_fd };
 
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0)
@@ -398,7 +399,7 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
     }
     f = xcalloc(1, sizeof(*f));
     f->dir_fd = dir_fd;
-    f->new_fd = f->cur_fd = f->lock_fd = -1;
+    f->new_fd = f->cur_fd = f->lock_fd = f->index_fd = -1;
     f->name = xstrdup(md[0] ? name : "INBOX");
     f->mdname = xstrdup(md);
     f->path = md[0] ? xasprintf("%s/%s", ms->path, md) : xstrdup(ms->path);

@@ -520,6 +520,18 @@ mstore_next_uidvalidity(mstore_t *ms)
  * Reading and writing the file.
  */
 
+/* Keeps the index file last read or written open, so that its inode
+ * cannot be given to a later index while the stamp names it: two writes
+ * by others within one timestamp tick, of the same size, would otherwise
+ * look like no change at all. */
+static void
+hold_index(struct mfolder *f, int fd)
+{
+    if (f->index_fd >= 0)
+        close(f->index_fd);
+    f->index_fd = fd;
+}
+
 /* Reads the index file into f->ix: 0, ERR_NOTFOUND when there is none,
  * ERR_MALFORMED when it cannot be used (the reason in why), ERR_SYS. */
 static int
@@ -566,12 +578,14 @@ index_read(mstore_t *ms, struct mfolder *f, char *why, size_t whylen)
             break;
         got += (size_t)n;
     }
-    close(fd);
     rc = mindex_parse(&f->ix, data, got, ms->lim.messages_max, why, whylen);
     free(data);
-    if (rc != 0)
+    if (rc != 0) {
+        close(fd);
         return ERR_MALFORMED;
+    }
     stamp_of(&st, &f->stamp);
+    hold_index(f, fd);
     return 0;
 }
 
@@ -612,16 +626,17 @@ mfolder_write(mstore_t *ms, struct mfolder *f)
         }
         off += (size_t)n;
     }
-    if (fstat(fd, &st) != 0 || close(fd) != 0 ||
-        renameat(f->dir_fd, MSTORE_INDEX_TMP, f->dir_fd, MSTORE_INDEX) != 0) {
+    if (renameat(f->dir_fd, MSTORE_INDEX_TMP, f->dir_fd, MSTORE_INDEX) != 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
                          "cannot write the folder index: %s",
                          strerror(errno));
+        close(fd);
         goto out;
     }
     /* A rename changes the file's ctime: stamp it as it now stands. */
-    if (fstatat(f->dir_fd, MSTORE_INDEX, &st, AT_SYMLINK_NOFOLLOW) == 0)
+    if (fstat(fd, &st) == 0)
         stamp_of(&st, &f->stamp);
+    hold_index(f, fd);
     f->loaded = true;
 out:
     buf_free(&b);

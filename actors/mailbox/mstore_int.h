@@ -72,6 +72,7 @@ struct mfolder {
     char *mdname; /* Maildir++ name ("" for INBOX, ".Archive.2024") */
     char *path;   /* the folder's Maildir, for inotify */
     int dir_fd, new_fd, cur_fd;
+    int index_fd; /* the index file the stamp is of, held open */
     /* The lock file while locked (-1 else), and how deep: opened for each
      * lock, so that an idle session holds three descriptors a folder. */
     int lock_fd, lock_depth;
