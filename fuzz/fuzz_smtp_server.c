@@ -201,9 +201,9 @@ check_event(struct fz *f, const struct smtp_event *ev)
             fail("MESSAGE without a transaction and a recipient", NULL);
         if (ev->message.len > MAX_MESSAGE)
             fail("MESSAGE over max_message", NULL);
-        if (f->lmtp ? ev->message.nrcpts != f->rcpts ||
-                          ev->message.rcpts == NULL
-                    : ev->message.nrcpts != 0 || ev->message.rcpts != NULL)
+        if (f->lmtp
+                ? ev->message.nrcpts != f->rcpts || ev->message.rcpts == NULL
+                : ev->message.nrcpts != 0 || ev->message.rcpts != NULL)
             fail("MESSAGE recipients", NULL);
         for (int i = 0; i < ev->message.nrcpts; i++)
             if (ev->message.rcpts[i] == NULL || ev->message.rcpts[i][0] == 0)

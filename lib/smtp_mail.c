@@ -638,7 +638,8 @@ message_end(smtp_server_t *srv, bool bdat)
     srv->st = ST_CMD;
     if (srv->over) {
         /* RFC 1870 6.3; not a protocol error of the client. */
-        smtp_server_data_reply(srv, 552, "5.3.4", "Message size exceeds "
+        smtp_server_data_reply(srv, 552, "5.3.4",
+                               "Message size exceeds "
                                "fixed maximum message size");
         smtp_server_reset_txn(srv);
         return;
@@ -686,8 +687,8 @@ smtp_mail_bdat_feed(smtp_server_t *srv)
         /* RFC 3030 2: after a refused chunk the transaction is over. The
          * last chunk's refusal is the data's, once per LMTP recipient. */
         if (srv->bdat_last)
-            smtp_server_data_reply(srv, srv->bdat_code, srv->bdat_ecode,
-                                   "%s", srv->bdat_text);
+            smtp_server_data_reply(srv, srv->bdat_code, srv->bdat_ecode, "%s",
+                                   srv->bdat_text);
         else
             smtp_server_replyf(srv, srv->bdat_code, srv->bdat_ecode, "%s",
                                srv->bdat_text);

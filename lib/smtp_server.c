@@ -321,7 +321,9 @@ cmd_helo(smtp_server_t *srv, char *arg, bool esmtp)
 {
     if (!helo_name_ok(arg)) {
         smtp_server_refuse(srv, 501, "5.5.4", "Syntax: %s hostname",
-                           srv->lmtp ? "LHLO" : esmtp ? "EHLO" : "HELO");
+                           srv->lmtp ? "LHLO"
+                           : esmtp   ? "EHLO"
+                                     : "HELO");
         return;
     }
     smtp_server_reset_txn(srv);
@@ -516,7 +518,8 @@ command(smtp_server_t *srv, char *line, size_t len)
         smtp_server_refuse(srv, 502, "5.5.1", "Error: EXPN not supported");
         break;
     case V_HELP:
-        smtp_server_replyf(srv, 214, "2.0.0", "Commands: %s MAIL RCPT DATA "
+        smtp_server_replyf(srv, 214, "2.0.0",
+                           "Commands: %s MAIL RCPT DATA "
                            "BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
                            srv->lmtp ? "LHLO" : "EHLO HELO");
         break;
@@ -1013,8 +1016,8 @@ smtp_server_with(const smtp_server_t *srv)
     };
 
     if (srv->lmtp)
-        return lmtp[srv->trans_utf8][(srv->tls ? 2 : 0) +
-                                     (srv->authed ? 1 : 0)];
+        return lmtp[srv->trans_utf8]
+                   [(srv->tls ? 2 : 0) + (srv->authed ? 1 : 0)];
 
     /* AUTH needs EHLO (RFC 4954 3), so a session that authenticated is
      * ESMTPA even when the client said HELO afterwards. */

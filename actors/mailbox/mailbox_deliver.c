@@ -171,13 +171,13 @@ struct parked {
     int64_t t0;        /* arrival, for the log */
     const char *trace; /* borrowed from the owner */
     const char *id;
-    char *head;        /* the lines written before the message */
+    char *head; /* the lines written before the message */
     struct iovec parts[2];
     struct maildir_rcpt *r; /* borrowed from the owner */
     size_t n;
     mailbox_stored_fn *done; /* NULL once the owner went away */
     void *arg;
-    bool quota_wait;   /* its quota lookup is out (mailbox_quota.h) */
+    bool quota_wait;    /* its quota lookup is out (mailbox_quota.h) */
     struct mailbox *mb; /* while it is out */
 };
 
@@ -284,8 +284,8 @@ quota_ask(struct mailbox *mb, struct parked *p)
         if (maildir_name_ok(p->r[i].mailbox, p->r[i].mailbox_len))
             names[k++] = xstrndup(p->r[i].mailbox, p->r[i].mailbox_len);
     p->mb = mb;
-    p->quota_wait = k > 0 && mailbox_quota_lookup(mb->quota, names, k,
-                                                  on_quota, p) == 0;
+    p->quota_wait =
+        k > 0 && mailbox_quota_lookup(mb->quota, names, k, on_quota, p) == 0;
     asked = p->quota_wait;
     for (size_t i = 0; i < k; i++)
         free((char *)names[i]);
@@ -403,8 +403,8 @@ mailbox_on_deliver(actor_t *a, bus_request_t **req_p)
     head = xasprintf("Return-Path: <%.*s>\r\n", (int)from_len, from);
     d->req = *req_p;
     *req_p = NULL;
-    mailbox_deliver_park(mb, trace, envelope_id(req), &head, msg, msg_len,
-                         d->r, n, bus_stored, d);
+    mailbox_deliver_park(mb, trace, envelope_id(req), &head, msg, msg_len, d->r,
+                         n, bus_stored, d);
 }
 
 /* Logs and counts p's outcomes, tells its owner (if still there) and

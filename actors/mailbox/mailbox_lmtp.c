@@ -68,7 +68,7 @@ struct lsess {
     char in[IN_MAX]; /* read, not yet taken: in[in_off .. in_len) */
     size_t in_off, in_len;
     int calls; /* bus calls outstanding: a guard.rcpt, or the stores */
-    struct parked *parked;  /* the message waiting for its commit */
+    struct parked *parked; /* the message waiting for its commit */
     int64_t last_active;
     loop_timer_t *idle_timer;
     /* The transaction. */
@@ -83,7 +83,7 @@ struct lsess {
     struct maildir_rcpt *r, *local;
     struct copy_text *out;
     size_t nr, nlocal, *lmap;
-    int waiting; /* stores still out: the local commit, one per shard */
+    int waiting;     /* stores still out: the local commit, one per shard */
     bool local_done; /* the local commit answered (maybe inside park) */
     int messages;
 };
@@ -270,8 +270,7 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
     for (size_t i = 0; i < n; i++) {
         bool remote = i >= count(boxes);
         const char *m = value_str(
-            value_at(remote ? fwd : boxes,
-                     remote ? i - count(boxes) : i),
+            value_at(remote ? fwd : boxes, remote ? i - count(boxes) : i),
             NULL);
 
         if (m) {
@@ -299,8 +298,8 @@ out:
 static void
 ask_guard(struct lsess *s, const struct smtp_event *ev)
 {
-    envelope_t *env = envelope_new("guard.rcpt", s->trace,
-                                   s->lm->bus_timeout_ms);
+    envelope_t *env =
+        envelope_new("guard.rcpt", s->trace, s->lm->bus_timeout_ms);
     value_t *body = envelope_body(env);
 
     /* Not a listener role: the guard treats it as inbound, so only our
@@ -345,8 +344,10 @@ received_line(struct lsess *s)
     char date[64];
 
     rfc5322_date(date, sizeof(date));
-    buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
-               "id %s", helo ? helo : "unknown", s->ip, s->lm->hostname,
+    buf_printf(&b,
+               "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
+               "id %s",
+               helo ? helo : "unknown", s->ip, s->lm->hostname,
                smtp_server_with(s->smtp), s->trace);
     if (s->nrcpts == 1)
         buf_printf(&b, "\r\n\tfor <%s>", s->rcpts[0].rcpt);
@@ -396,15 +397,16 @@ answer_rcpts(struct lsess *s, bool pump)
         }
     }
     s->messages++;
-    log_info(s->trace, "lmtp_message", "rcpts=%d stored=%d copies=%zu "
-             "local=%zu", s->nrcpts, ok, s->nr, s->nlocal);
+    log_info(s->trace, "lmtp_message",
+             "rcpts=%d stored=%d copies=%zu "
+             "local=%zu",
+             s->nrcpts, ok, s->nr, s->nlocal);
     if (pump)
         session_pump(s);
 }
 
 static void
-on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r,
-          size_t n)
+on_stored(struct mailbox *mb, void *arg, const struct maildir_rcpt *r, size_t n)
 {
     struct lsess *s = arg;
 
@@ -467,18 +469,16 @@ on_shard_stored(void *arg, int err, const char *text, const envelope_t *reply)
     if (reply != NULL)
         results = value_get(envelope_body_peek(reply), ENV_KEY_RESULTS);
     if (err != 0 || reply == NULL)
-        log_warn(s->trace, "bus_call_failed", "type=%s err=%s text=%s",
-                 c->type, err_name(err), log_q(text));
+        log_warn(s->trace, "bus_call_failed", "type=%s err=%s text=%s", c->type,
+                 err_name(err), log_q(text));
     for (size_t i = 0; i < c->n; i++) {
-        const value_t *item = count(results) == c->n
-                                  ? value_at(results, i)
-                                  : NULL;
+        const value_t *item =
+            count(results) == c->n ? value_at(results, i) : NULL;
 
         if (item != NULL)
-            shard_outcome(s, c->idx[i],
-                          (int)value_get_int(item, ENV_KEY_CODE, 451),
-                          opt_str(item, ENV_KEY_ECODE),
-                          opt_str(item, ENV_KEY_TEXT));
+            shard_outcome(
+                s, c->idx[i], (int)value_get_int(item, ENV_KEY_CODE, 451),
+                opt_str(item, ENV_KEY_ECODE), opt_str(item, ENV_KEY_TEXT));
         else if (reply != NULL) /* the queue: one answer for all */
             shard_outcome(s, c->idx[i], envelope_code(reply),
                           envelope_get_str(reply, ENV_KEY_ECODE),
@@ -536,8 +536,8 @@ send_copies(struct lsess *s, int shard, const int *of, const char *recv,
             if (of[k] != shard)
                 continue;
             item = value_new_map();
-            value_set_str(item, shard == QUEUE ? ENV_KEY_ADDR
-                                               : MAILBOX_KEY_MAILBOX,
+            value_set_str(item,
+                          shard == QUEUE ? ENV_KEY_ADDR : MAILBOX_KEY_MAILBOX,
                           s->r[k].mailbox);
             if (shard == QUEUE)
                 value_set_str(item, ENV_KEY_RCPT, s->rcpts[i].rcpt);
@@ -807,8 +807,8 @@ on_idle(loop_t *loop, void *arg)
     s->idle_timer = NULL;
     if (left > 0 || busy(s)) {
         /* Waiting for the guard or the disk is not the client's idleness. */
-        s->idle_timer = loop_timer_add(loop, left > 0 ? left : 1000, on_idle,
-                                       s);
+        s->idle_timer =
+            loop_timer_add(loop, left > 0 ? left : 1000, on_idle, s);
         return;
     }
     log_info(s->trace, "idle_timeout", "ip=%s", s->ip);
@@ -879,8 +879,10 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
             (void)n;
             close(fd);
             lm->refused++;
-            log_warn(NULL, "session_refused", "door=lmtp ip=%s reason=full "
-                     "sessions=%d", ip, lm->sessions);
+            log_warn(NULL, "session_refused",
+                     "door=lmtp ip=%s reason=full "
+                     "sessions=%d",
+                     ip, lm->sessions);
             continue;
         }
         lm->accepted++;
@@ -927,8 +929,8 @@ mailbox_lmtp_start(struct mailbox *mb)
     };
     lm->fd = net_listen(lm->addr, why, sizeof(why));
     if (lm->fd < 0) {
-        log_err(NULL, "listen_failed", "door=lmtp addr=%s reason=%s",
-                lm->addr, log_q(why));
+        log_err(NULL, "listen_failed", "door=lmtp addr=%s reason=%s", lm->addr,
+                log_q(why));
         free(lm);
         return NULL;
     }

@@ -171,8 +171,8 @@ summary(const buf_t *out, buf_t *sum)
 }
 
 #define LHLO "LHLO client.test\r\n"
-#define TXN2                                                                 \
-    "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@m.test>\r\nRCPT TO:<bad@m.test>\r\n" \
+#define TXN2                                                                   \
+    "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@m.test>\r\nRCPT TO:<bad@m.test>\r\n"   \
     "RCPT TO:<full@m.test>\r\nRCPT TO:<b@m.test>\r\n"
 
 static const struct row {
@@ -220,7 +220,9 @@ static const struct row {
     /* The engine's own refusal of the data is per recipient too. */
     {"line too long, per recipient",
      LHLO "MAIL FROM:<s@x.test>\r\nRCPT TO:<a@m.test>\r\nRCPT TO:<b@m.test>"
-          "\r\nDATA\r\n" "%LONG%" "\r\n.\r\n",
+          "\r\nDATA\r\n"
+          "%LONG%"
+          "\r\n.\r\n",
      "220,250,250 2.1.0,250 2.1.5,250 2.1.5,354,554 5.6.0,554 5.6.0", ""},
     {"VRFY NOOP", LHLO "VRFY a@m.test\r\nNOOP\r\n",
      "220,250,252 2.5.0,250 2.0.0", ""},
@@ -402,8 +404,9 @@ START_TEST(test_smtp_mode)
     buf_t sum = BUF_INIT;
 
     run_start(&r, false);
-    feed(&r, "LHLO c.test\r\nEHLO c.test\r\nMAIL FROM:<>\r\n"
-             "RCPT TO:<a@m.test>\r\nDATA\r\nx\r\n.\r\n",
+    feed(&r,
+         "LHLO c.test\r\nEHLO c.test\r\nMAIL FROM:<>\r\n"
+         "RCPT TO:<a@m.test>\r\nDATA\r\nx\r\n.\r\n",
          0);
     summary(&r.out, &sum);
     ck_assert_str_eq(sum.data, "220,500 5.5.2,250,250 2.1.0,250 2.1.5,354,"
