@@ -39,12 +39,13 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSAMOTOP_TESTS=OFF \
  && cp /build/bin/samotopd /build/bin/samotop-* /out/bin/ \
  && rm -f /out/bin/samotop-bench-* \
  && strip --strip-debug /out/bin/* \
- && cp deploy/container/samotop-health /out/bin/ \
  && mkdir -p /tmp/shlib/debian && touch /tmp/shlib/debian/control \
- && cd /tmp/shlib \
- && dpkg-shlibdeps -O /out/bin/samotopd /out/bin/samotop-* 2>/dev/null \
-    | sed -n 's/^shlibs:Depends=//p' | tr ',' '\n' \
-    | sed 's/([^)]*)//; s/|.*//; s/ //g' | sort -u >/out/runtime-packages
+ && (cd /tmp/shlib && dpkg-shlibdeps -O /out/bin/samotopd /out/bin/samotop-*) \
+    >/tmp/shlibs \
+ && sed -n 's/^shlibs:Depends=//p' /tmp/shlibs | tr ',' '\n' \
+    | sed 's/([^)]*)//; s/|.*//; s/ //g' | sort -u >/out/runtime-packages \
+ && grep -q '^libzmq' /out/runtime-packages \
+ && cp deploy/container/samotop-health /out/bin/
 
 FROM debian:bookworm-slim
 # The shared libraries the binaries link (found by dpkg-shlibdeps in the
