@@ -223,12 +223,6 @@ mstore_destroy(mstore_t **ms_p)
 
     if (ms == NULL)
         return;
-    while (ms->folders != NULL) {
-        struct mfolder *f = ms->folders;
-
-        ms->folders = f->next;
-        folder_free(f);
-    }
     close(ms->acct_fd);
     free(ms->mailbox);
     free(ms->path);
@@ -359,26 +353,34 @@ lock_file_ok(int dir_fd)
     return 0;
 }
 
+/* The folders open in this process, shared by every store (every
+ * session) of an account: one copy of a big index in memory, read once
+ * after each change. Stores are used from one thread (mstore.h). */
+static struct mfolder *open_folders;
+
 struct mfolder *
 mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
 {
     char md[MAILDIR_FOLDER_MAX + 1];
     struct mfolder *f;
+    char *path;
     int dir_fd, rc;
 
     if (check_name(ms, name, md) != 0)
         return NULL;
-    for (f = ms->folders; f != NULL; f = f->next) {
+    path = md[0] ? xasprintf("%s/%s", ms->path, md) : xstrdup(ms->path);
+    for (f = open_folders; f != NULL; f = f->next) {
         struct stat now, was;
+        int got = md[0] ? fstatat(ms->acct_fd, md, &now, AT_SYMLINK_NOFOLLOW)
+                        : fstat(ms->acct_fd, &now);
 
-        if (strcmp(f->mdname, md) != 0)
+        if (strcmp(f->path, path) != 0)
             continue;
         /* Still the folder of that name? (DELETE or RENAME, by this
          * process or another, make it another directory.) */
-        if (md[0] == '\0' ||
-            (fstatat(ms->acct_fd, md, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
-             fstat(f->dir_fd, &was) == 0 && now.st_ino == was.st_ino &&
-             now.st_dev == was.st_dev)) {
+        if (got == 0 && fstat(f->dir_fd, &was) == 0 &&
+            now.st_ino == was.st_ino && now.st_dev == was.st_dev) {
+            free(path);
             f->refs++;
             return f;
         }
@@ -395,6 +397,7 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
         else
             mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot open %s: %s", name,
                         strerror(-rc));
+        free(path);
         return NULL;
     }
     f = xcalloc(1, sizeof(*f));
@@ -402,7 +405,7 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
     f->new_fd = f->cur_fd = f->lock_fd = f->index_fd = -1;
     f->name = xstrdup(md[0] ? name : "INBOX");
     f->mdname = xstrdup(md);
-    f->path = md[0] ? xasprintf("%s/%s", ms->path, md) : xstrdup(ms->path);
+    f->path = path;
     if ((rc = make_maildir(dir_fd)) < 0 ||
         (f->new_fd = subdir(dir_fd, "new", false)) < 0 ||
         (f->cur_fd = subdir(dir_fd, "cur", false)) < 0 ||
@@ -413,8 +416,8 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
         return NULL;
     }
     f->refs = 1;
-    f->next = ms->folders;
-    ms->folders = f;
+    f->next = open_folders;
+    open_folders = f;
     return f;
 }
 
@@ -423,12 +426,13 @@ mstore_folder_put(mstore_t *ms, struct mfolder **f_p)
 {
     struct mfolder *f = *f_p, **pp;
 
+    (void)ms;
     if (f == NULL)
         return;
     *f_p = NULL;
     if (--f->refs > 0)
         return;
-    for (pp = &ms->folders; *pp != NULL; pp = &(*pp)->next)
+    for (pp = &open_folders; *pp != NULL; pp = &(*pp)->next)
         if (*pp == f) {
             *pp = f->next;
             break;

@@ -40,8 +40,10 @@
  * sentence for the client. Bad input (names, sets, flags) is an error,
  * never a crash.
  *
- * The store is used from one thread; calls block on the disk. Paths are
- * walked with openat(O_NOFOLLOW) from the mail root, as in maildir.c.
+ * All stores of a process are used from one thread (they share the open
+ * folders' indexes, so that sessions on one big folder hold one copy);
+ * calls block on the disk. Paths are walked with openat(O_NOFOLLOW) from
+ * the mail root, as in maildir.c.
  */
 #ifndef SAMOTOP_MSTORE_H
 #define SAMOTOP_MSTORE_H

@@ -4,10 +4,10 @@
  * its sync with the Maildir; mstore_view.c: sessions' views). Not for
  * other modules: they use mstore.h.
  *
- * A struct mfolder is the store's copy of one folder's index: every
- * message's UID, file name, size, date and keywords, sorted by UID. It
- * belongs to the store (mstore_t), is shared by the views on that folder
- * and freed when its last user lets it go. Its strings belong to it.
+ * A struct mfolder is the process's copy of one folder's index: every
+ * message's UID, file name, size, date and keywords, sorted by UID. It is
+ * shared by every store and view of this process on that folder and freed
+ * when its last user lets it go. Its strings belong to it.
  */
 #ifndef SAMOTOP_MSTORE_INT_H
 #define SAMOTOP_MSTORE_INT_H
@@ -66,7 +66,7 @@ struct mindex {
 };
 
 struct mfolder {
-    struct mfolder *next; /* the store's open folders */
+    struct mfolder *next; /* the process's open folders (mstore.c) */
     int refs;
     char *name;   /* IMAP name ("INBOX", "Archive/2024") */
     char *mdname; /* Maildir++ name ("" for INBOX, ".Archive.2024") */
@@ -95,7 +95,6 @@ struct mstore {
     int err; /* the last failure's ERR_* code */
     int64_t delta;
     uint32_t append_uid; /* APPENDUID's, for struct mstore_copied */
-    struct mfolder *folders;
     char host[64]; /* for file names */
     unsigned long counter;
 };

@@ -1354,6 +1354,57 @@ START_TEST(test_flags_while_appending)
 }
 END_TEST
 
+/* Another process's flag changes and expunges reach this process's view
+ * through the index file. */
+START_TEST(test_other_process_changes)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+    pid_t pid;
+    int status;
+    static const uint32_t left[] = {1, 3, 5};
+
+    fx_init(&f);
+    for (int i = 0; i < 5; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        mstore_t *ms = open_store(&f);
+        mstore_view_t *w = mstore_select(ms, "INBOX", false);
+        const uint32_t *exp;
+        size_t nexp;
+
+        if (w == NULL)
+            _exit(2);
+        store_ok(w, 2, IMAP_STORE_ADD, "\\Deleted");
+        store_ok(w, 4, IMAP_STORE_ADD, "\\Deleted");
+        store_ok(w, 5, IMAP_STORE_ADD, "\\Answered");
+        if (mstore_expunge(w, NULL, &exp, &nexp) != 0 || nexp != 2)
+            _exit(3);
+        mstore_view_destroy(&w);
+        mstore_destroy(&ms);
+        _exit(0);
+    }
+    ck_assert_msg(waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+                      WEXITSTATUS(status) == 0,
+                  "child failed: %d", status);
+    sync_ok(v, 0, &ch);
+    ck_assert_msg(ch.nexpunged == 2 && ch.expunged[0] == 2 &&
+                      ch.expunged[1] == 3,
+                  "%zu expunges", ch.nexpunged);
+    ck_assert_msg(ch.nflags == 1 && ch.flags[0] == 3, "%zu flag changes",
+                  ch.nflags);
+    ck_assert_msg(mstore_view_msg(v, 3)->flags == MSTORE_F_ANSWERED,
+                  "flags of 5: %x", mstore_view_msg(v, 3)->flags);
+    want_uids("after", v, left, 3);
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
 /* A corrupt index: rebuilt from the files, with a new UIDVALIDITY. */
 
 static const struct {
@@ -1465,6 +1516,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_recent_one_view);
     tcase_add_test(tc, test_two_processes);
     tcase_add_test(tc, test_flags_while_appending);
+    tcase_add_test(tc, test_other_process_changes);
     tcase_add_loop_test(tc, test_bad_index, 0, NROWS(bad_index_rows));
     tcase_add_test(tc, test_uidvalidity_change_seen);
     suite_add_tcase(s, tc);
