@@ -58,7 +58,7 @@ command -v docker-compose >/dev/null || fail "docker-compose missing: deploy/dep
 # Nothing of ours may be listening before we start: a leftover would
 # answer in place of the containers.
 for p in $base $((base + 1)) $((base + 6)) $((base + 10)) $((base + 11)) \
-         $((base + 13)) $((base + 50)) $((base + 56)) $((base + 60)); do
+         $((base + 13)) $((base + 50)) $((base + 56)) $((base + 60)) $((base + 90)); do
   if ss -Hltn "sport = :$p" | grep -q .; then fail "port $p already in use"; fi
 done
 
@@ -328,6 +328,43 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
     code, text = c.ehlo("mx.elsewhere.test")
     assert code == 250 and b"SIZE" in text, (code, text)
 EOF2
-podman rm -f -t 10 "$aio" >/dev/null
 say "samotopd alone in the image answers"
+
+# 9. One more guard beside it, with its HTTP door on (as in compose.yaml and
+# on Kubernetes): the HEALTHCHECK then asks the process's own /health, and
+# /ready, /live and /metrics answer as the probes and Prometheus expect.
+guard=${project}_guard_http
+podman run -d --name "$guard" --network host --no-healthcheck \
+  --label com.docker.compose.project=$project \
+  -e SAMOTOP_REDIS_PORT=$((base + 56)) \
+  -e SAMOTOP_BUS_CLIENTS=tcp://127.0.0.1:$((base + 50)) \
+  -e SAMOTOP_BUS_WORKERS=tcp://127.0.0.1:$((base + 51)) \
+  -e SAMOTOP_METRICS_LISTEN=127.0.0.1:$((base + 90)) \
+  "$tag" samotop-guard >/dev/null || fail "podman run samotop-guard failed"
+ok=
+for _ in $(seq 150); do
+  if podman exec "$guard" samotop-health >"$work/health" 2>&1; then ok=1; break; fi
+  sleep 0.2
+done
+[ -n "$ok" ] || { cat "$work/health" >&2; fail "guard's /health never passed"; }
+"$py" - "$((base + 90))" <<'EOF2'
+import sys, urllib.request
+base = "http://127.0.0.1:%s" % sys.argv[1]
+for path in ("/ready", "/live"):
+    with urllib.request.urlopen(base + path, timeout=10) as r:
+        assert r.status == 200, (path, r.status)
+with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+    text = r.read().decode()
+assert "samotop_" in text and "# TYPE" in text, text[:500]
+EOF2
+# The broker gone, /health must fail: the check can say no.
+podman rm -f -t 10 "$aio" >/dev/null
+ok=
+for _ in $(seq 100); do
+  if ! podman exec "$guard" samotop-health >"$work/health" 2>&1; then ok=1; break; fi
+  sleep 0.2
+done
+[ -n "$ok" ] || fail "guard's /health still passes with no broker"
+podman rm -f -t 10 "$guard" >/dev/null
+say "HTTP health: /health, /ready, /live and /metrics answer; /health fails without a broker"
 say "PASS"
