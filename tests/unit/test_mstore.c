@@ -255,6 +255,32 @@ START_TEST(test_recent_one_view)
 }
 END_TEST
 
+/* Deliveries right after a sync, within one timestamp tick of it, are
+ * still seen by the next sync (a fresh directory stamp is not trusted). */
+START_TEST(test_delivery_after_sync)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+
+    fx_init(&f);
+    v = select_ok(f.ms, "INBOX", false);
+    for (uint32_t i = 1; i <= 30; i++) {
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+        sync_ok(v, 0, &ch);
+        ck_assert_msg(ch.exists_changed && ch.exists == i && ch.recent == i,
+                      "after delivery %u: exists %u recent %u", i, ch.exists,
+                      ch.recent);
+        sync_ok(v, 0, &ch);
+        ck_assert_msg(!ch.exists_changed && ch.nflags == 0 &&
+                          ch.nexpunged == 0,
+                      "a sync with nothing new reported something");
+    }
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
 /* Two views: flags and expunges. */
 
 START_TEST(test_flags_seen_by_other)
@@ -1514,6 +1540,7 @@ mstore_suite(void)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, test_uids_kept);
     tcase_add_test(tc, test_recent_one_view);
+    tcase_add_test(tc, test_delivery_after_sync);
     tcase_add_test(tc, test_two_processes);
     tcase_add_test(tc, test_flags_while_appending);
     tcase_add_test(tc, test_other_process_changes);
