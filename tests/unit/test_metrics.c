@@ -9,6 +9,7 @@
  * ports 20400-20409 (tests/README.md).
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -412,6 +413,17 @@ exchange(loop_t *loop, struct client *c, const char *request)
     pthread_join(t, NULL);
 }
 
+/* Descriptors open in this process. */
+static int
+open_fds(void)
+{
+    int n = 0;
+
+    for (int fd = 0; fd < 1024; fd++)
+        n += fcntl(fd, F_GETFD) != -1;
+    return n;
+}
+
 static const struct {
     const char *label, *request, *status, *body;
 } http_rows[] = {
@@ -445,9 +457,11 @@ START_TEST(test_http)
     struct client *cl = calloc(1, sizeof(*cl));
     metrics_http_t *h, *twice;
     char why[256] = "";
+    int fds;
 
     metrics_add(c, METRICS_L("250"), 7);
     healthy = false;
+    fds = open_fds();
     h = metrics_http_new(loop, &o, why, sizeof(why));
     ck_assert_msg(h != NULL, "metrics_http_new: %s", why);
     ck_assert_msg(metrics_http_port(h) == HTTP_PORT, "port: got %d, want %d",
@@ -470,6 +484,14 @@ START_TEST(test_http)
                   "%s: health after: got \"%.40s\"", http_rows[_i].label,
                   cl->reply);
     metrics_http_destroy(&h);
+    ck_assert_msg(h == NULL, "destroy: pointer not nulled");
+    /* The listening socket went with it: the port can be bound again. */
+    h = metrics_http_new(loop, &o, why, sizeof(why));
+    ck_assert_msg(h != NULL, "%s: bind after destroy: %s", http_rows[_i].label,
+                  why);
+    metrics_http_destroy(&h);
+    ck_assert_msg(open_fds() == fds, "%s: %d descriptors open, %d before",
+                  http_rows[_i].label, open_fds(), fds);
     metrics_destroy(&m);
     loop_destroy(&loop);
     free(cl);
