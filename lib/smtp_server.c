@@ -810,17 +810,26 @@ default_text(int code)
     }
 }
 
+bool
+smtp_server_reply_code_ok(const smtp_server_t *srv, int code)
+{
+    if (srv->pending == SMTP_EV_NONE || code < 200 || code > 599)
+        return false;
+    /* RFC 5321 4.2.1: 3yz is an intermediate reply; here only AUTH's
+     * 334 challenge (RFC 4954 4) is one. */
+    return code / 100 != 3 || (code == 334 && srv->pending == SMTP_EV_AUTH);
+}
+
 void
 smtp_server_reply(smtp_server_t *srv, int code, const char *ecode,
                   const char *text)
 {
     enum smtp_event_type what = srv->pending;
-    char def[8];
+    char def[16];
 
     if (what == SMTP_EV_NONE)
         panic("smtp_server_reply() with no decision pending");
-    if (code < 200 || code > 599 ||
-        (code / 100 == 3 && !(code == 334 && what == SMTP_EV_AUTH)))
+    if (!smtp_server_reply_code_ok(srv, code))
         panic("smtp_server_reply() with a bad code");
     srv->pending = SMTP_EV_NONE;
     srv->dec_ready = false;

@@ -231,6 +231,15 @@ size_t smtp_server_input(smtp_server_t *srv, const void *data, size_t len);
 const struct smtp_event *smtp_server_next(smtp_server_t *srv);
 
 /*
+ * Whether smtp_server_reply() may answer the pending decision with code:
+ * 200..599, and 3xx only as 334 to AUTH. A code that comes from another
+ * process (a bus reply) is input: check it with this and answer 451 4.3.0
+ * instead of passing on one the engine would abort on. False with
+ * nothing pending.
+ */
+bool smtp_server_reply_code_ok(const smtp_server_t *srv, int code);
+
+/*
  * Answers the pending decision event: code (200..599), enhanced status
  * (e.g. "2.1.0"; NULL or one of the wrong class for the default of the
  * code) and text (NULL for a default; "\n" starts a new reply line; control

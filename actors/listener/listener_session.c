@@ -351,6 +351,15 @@ call(struct session *s, envelope_t **env_p, enum smtp_event_type what)
 static void
 answer(struct session *s, int code, const char *ecode, const char *text)
 {
+    /* Codes come from other actors' replies: one the engine may not give
+     * (none, 1xx, 3xx, out of range) is their mistake, answered as a
+     * temporary failure rather than passed on (RFC 5321 4.2.1). */
+    if (!smtp_server_reply_code_ok(s->smtp, code)) {
+        log_warn(s->trace, "bad_reply_code", "code=%d", code);
+        code = 451;
+        ecode = "4.3.0";
+        text = "temporary failure, try again later";
+    }
     listener_metrics_answer(s->role->name, s->asked, code);
     smtp_server_reply(s->smtp, code, ecode, text);
 }

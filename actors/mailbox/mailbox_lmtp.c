@@ -237,8 +237,7 @@ on_guard_rcpt(void *arg, int err, const char *text, const envelope_t *reply)
         smtp_server_reply(s->smtp, 451, "4.3.0", msg);
         goto out;
     }
-    if (envelope_code(reply) < 200 || envelope_code(reply) > 599 ||
-        envelope_code(reply) / 100 == 3) {
+    if (!smtp_server_reply_code_ok(s->smtp, envelope_code(reply))) {
         log_warn(s->trace, "bad_reply", "type=guard.rcpt.reply code=%d",
                  envelope_code(reply));
         smtp_server_reply(s->smtp, 451, "4.3.0",

@@ -1117,6 +1117,32 @@ START_TEST(test_ehlo)
 }
 END_TEST
 
+/* Codes from other processes are checked before they reach the engine:
+ * smtp_server_reply_code_ok() says which it would abort on. */
+START_TEST(test_reply_code_ok)
+{
+    struct smtp_server_opts o = opts_for(O_MTA);
+    smtp_server_t *srv = smtp_server_new(&o);
+    const struct smtp_event *ev;
+
+    ck_assert(!smtp_server_reply_code_ok(srv, 250)); /* nothing pending */
+    ev = smtp_server_next(srv);
+    ck_assert_int_eq(ev->type, SMTP_EV_CONNECT);
+    ck_assert(smtp_server_reply_code_ok(srv, 220));
+    ck_assert(smtp_server_reply_code_ok(srv, 451));
+    ck_assert(smtp_server_reply_code_ok(srv, 599));
+    ck_assert(!smtp_server_reply_code_ok(srv, 0));
+    ck_assert(!smtp_server_reply_code_ok(srv, 199));
+    ck_assert(!smtp_server_reply_code_ok(srv, 354));
+    ck_assert(!smtp_server_reply_code_ok(srv, 334)); /* not AUTH */
+    ck_assert(!smtp_server_reply_code_ok(srv, 600));
+    ck_assert(!smtp_server_reply_code_ok(srv, -250));
+    smtp_server_reply(srv, 220, NULL, NULL);
+    ck_assert(!smtp_server_reply_code_ok(srv, 250));
+    smtp_server_destroy(&srv);
+}
+END_TEST
+
 START_TEST(test_greeting)
 {
     struct run r;
@@ -1840,6 +1866,7 @@ smtp_server_suite(void)
     tcase_add_loop_test(tc, test_script_split, 0, NROWS(scripts));
     tcase_add_loop_test(tc, test_ehlo, 0, NROWS(ehlo_rows));
     tcase_add_test(tc, test_greeting);
+    tcase_add_test(tc, test_reply_code_ok);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("data");
