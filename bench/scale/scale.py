@@ -76,6 +76,22 @@ class Busy:
         return 100.0 * (b - a) / ob.TCK / (t1 - t0) / ob.NCPU
 
 
+MULTIPLIED = ["samotop-listener", "samotop-guard", "samotop-relay"]
+
+
+def copy_shares(t0, t1):
+    """{stage: sorted shares (%) of each copy in the stage's CPU} between
+    two ob.tree() snapshots: how evenly the copies split the work."""
+    out = {}
+    for stage in MULTIPLIED:
+        d = [t1[p][1] - t0[p][1] for p in t1
+             if p in t0 and stage.startswith(t1[p][0])]
+        tot = sum(d)
+        if len(d) > 1 and tot > 0:
+            out[stage] = sorted(round(100.0 * x / tot) for x in d)
+    return out
+
+
 def stage_ms(row, stage):
     return sum(v for k, v in row["by_proc"].items() if stage.startswith(k))
 
@@ -133,6 +149,18 @@ def report(spec, rows):
                   for k in ("client_cpu_s", "sink_cpu_s", "softirq_s", "other_cpu_s")]
         out.append("| %d | %s |" % (copies[nm], " | ".join(cells)))
     out.append("")
+    out.append("How the copies split each multiplied stage's CPU: each copy's "
+               "share in %, lowest to highest, per run (ticks of 10 ms, so "
+               "a few points of noise):")
+    out.append("")
+    for nm in names[1:] if len(names) > 1 else []:
+        rs = [r for r in rows if r["target"] == nm]
+        for stage in MULTIPLIED:
+            runs = ["/".join(str(x) for x in r["shares"].get(stage, []))
+                    for r in rs]
+            out.append("- %d copies, %s: %s" % (copies[nm], stage.replace(
+                "samotop-", ""), ", ".join(x for x in runs if x) or "-"))
+    out.append("")
     out.append("Every run (in the order run):")
     out.append("")
     out.append("| round | copies | msgs/s | samotopd cores | client cores | machine busy % "
@@ -154,7 +182,7 @@ def main():
     rows = []
     stamp = time.strftime("%H%M%S")
     with open(tsv, "w") as f:
-        f.write("round\t" + "\t".join(ob.COLS) + "\tbusy_pct\n")
+        f.write("round\t" + "\t".join(ob.COLS) + "\tbusy_pct\tshares\n")
     busy = Busy()
     for tgt in spec["targets"]:
         if not spec.get("warmup"):
@@ -167,7 +195,10 @@ def main():
     for k in range(spec["rounds"]):
         order = spec["targets"] if k % 2 == 0 else list(reversed(spec["targets"]))
         for tgt in order:
+            root = ob.pid_of(tgt["pidfile"])
+            t0 = ob.tree(root)
             row = ob.run_one(spec, tgt, "%s-%s-%d" % (tgt["name"], stamp, k + 1))
+            row["shares"] = copy_shares(t0, ob.tree(root))
             row["round"] = k + 1
             row["busy_pct"] = busy.pct(row["t_first_connect"], row["t_last"]) \
                 if row["t_last"] else float("nan")
@@ -178,7 +209,8 @@ def main():
             with open(tsv, "a") as f:
                 f.write("%d\t" % row["round"] + "\t".join(
                     json.dumps(row[c]) if c == "by_proc" else str(row[c])
-                    for c in ob.COLS) + "\t%.1f\n" % row["busy_pct"])
+                    for c in ob.COLS) + "\t%.1f\t%s\n" % (
+                        row["busy_pct"], json.dumps(row["shares"])))
     with open(spec["md"], "w") as f:
         f.write(report(spec, rows))
     sys.exit(0 if all(r["ok"] for r in rows) else 1)
