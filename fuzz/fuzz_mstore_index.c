@@ -61,7 +61,8 @@ same(const struct mindex *a, const struct mindex *b)
 {
     if (a->uidvalidity != b->uidvalidity || a->uidnext != b->uidnext ||
         a->new_mtime_ns != b->new_mtime_ns ||
-        a->cur_mtime_ns != b->cur_mtime_ns || a->n != b->n ||
+        a->cur_mtime_ns != b->cur_mtime_ns ||
+        a->cur_verify_ns != b->cur_verify_ns || a->n != b->n ||
         a->nkeywords != b->nkeywords)
         fail("round trip changed the header", 0);
     for (unsigned k = 0; k < a->nkeywords; k++)

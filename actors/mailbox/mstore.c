@@ -1232,6 +1232,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     char *name = NULL;
     int fd = -1, tmp_fd = -1, rc;
     size_t off = 0;
+    bool known;
 
     mstore_ok(ms);
     memset(out, 0, sizeof(*out));
@@ -1284,6 +1285,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     if (rc == 0 && (f->ix.n >= ms->lim.messages_max ||
                     f->ix.uidnext == UINT32_MAX))
         rc = mstore_fail(ms, ERR_TOO_BIG, "LIMIT", "folder full");
+    known = rc == 0 && mfolder_cur_known(f);
     if (rc == 0) {
         name = mname_with_flags(base, sys);
         if (renameat(tmp_fd, base, f->cur_fd, name) != 0 ||
@@ -1307,6 +1309,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
         e->date = (int64_t)ts[0].tv_sec;
         e->name = name;
         name = NULL;
+        mfolder_cur_own(f, known);
         f->gen++;
         ms->append_uid = e->uid;
         out->uidvalidity = f->ix.uidvalidity;

@@ -59,6 +59,7 @@ struct mindex {
     uint32_t uidvalidity, uidnext;
     int64_t new_mtime_ns, cur_mtime_ns; /* the dirs when last scanned; 0:
                                            scan again */
+    int64_t cur_verify_ns; /* read cur/ once more from then on; 0: no */
     char *keywords[MSTORE_KEYWORDS_MAX];
     unsigned nkeywords;
     struct mentry *e; /* ascending UID */
@@ -146,6 +147,16 @@ enum {
     MF_CLAIM = 1 << 0, /* move new/ files to cur/; their UIDs go to claimed */
     MF_LOCKED = 1 << 1 /* the caller holds the lock */
 };
+
+/* How long the store trusts its own stamp of cur/ after changing it
+ * before it reads cur/ once more (see mstore_index.c). */
+#define MSTORE_VERIFY_NS (1000LL * 1000000LL)
+
+/* Whether cur/ is as the index last saw it, taken before the caller
+ * changes cur/ itself under the lock; then mfolder_cur_own(f, known)
+ * after the change stamps cur/ without reading it again. */
+bool mfolder_cur_known(struct mfolder *f);
+void mfolder_cur_own(struct mfolder *f, bool known);
 
 /* Brings f->ix up to date with the index file and the Maildir: cheap (a
  * few stat calls) when nothing changed, else under the lock: re-reads the

@@ -541,7 +541,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
 {
     mstore_t *ms = v->ms;
     struct mfolder *f = v->f;
-    bool changed = false;
+    bool changed = false, known;
     unsigned sys;
     uint64_t kw;
     int rc;
@@ -556,6 +556,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
                             op != IMAP_STORE_REMOVE, &sys, &kw);
     if (rc != 0)
         goto out;
+    known = mfolder_cur_known(f);
     sys |= sys_in;
     for (size_t i = 0; i < n; i++) {
         struct mstore_msg *vm = &v->m[seqs[i] - 1];
@@ -602,6 +603,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
         vm->keywords = e->keywords;
     }
     if (changed) {
+        mfolder_cur_own(f, known && rc == 0);
         f->gen++;
         if (rc == 0)
             rc = mfolder_write(ms, f);
@@ -681,6 +683,7 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
     mstore_t *ms = v->ms;
     struct mfolder *f = v->f;
     size_t kept = 0;
+    bool known;
     int rc;
 
     *bytes = 0;
@@ -688,6 +691,7 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
         return rc;
     if ((rc = mfolder_sync(ms, f, MF_LOCKED, NULL, NULL)) != 0)
         goto out;
+    known = mfolder_cur_known(f);
     for (size_t i = 0; i < f->ix.n; i++) {
         struct mentry *e = &f->ix.e[i];
         bool drop = (uids == NULL || in_sorted(uids, nuids, e->uid)) &&
@@ -709,6 +713,7 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
     }
     if (kept != f->ix.n) {
         f->ix.n = kept;
+        mfolder_cur_own(f, known && rc == 0);
         f->gen++;
         int wrc = mfolder_write(ms, f);
 
@@ -853,6 +858,7 @@ copy_msgs(mstore_view_t *v, const struct imap_seqset *set, bool uid,
     mstore_t *ms = v->ms;
     struct mfolder *f = v->f, *d;
     char base[MAILDIR_FILE_MAX];
+    bool known;
     int rc;
 
     *bytes = 0;
@@ -866,6 +872,7 @@ copy_msgs(mstore_view_t *v, const struct imap_seqset *set, bool uid,
     if ((rc = mfolder_sync(ms, f, MF_LOCKED, NULL, NULL)) != 0 ||
         (d != f && (rc = mfolder_sync(ms, d, MF_LOCKED, NULL, NULL)) != 0))
         goto unlock;
+    known = mfolder_cur_known(d);
     for (size_t i = 0; i < v->sel.n; i++) {
         const struct mstore_msg *vm = &v->m[v->sel.v[i] - 1];
         const struct mentry *e;
@@ -923,6 +930,7 @@ copy_msgs(mstore_view_t *v, const struct imap_seqset *set, bool uid,
         if (fsync(d->cur_fd) != 0 && rc == 0)
             rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
                              strerror(errno));
+        mfolder_cur_own(d, known && rc == 0);
         d->gen++;
         wrc = mfolder_write(ms, d);
         if (rc == 0)

@@ -186,6 +186,22 @@ want_fail(const char *label, mstore_t *ms, int rc, const char *code)
     ck_assert_msg(mstore_err_text(ms)[0] != '\0', "%s: no text", label);
 }
 
+static void
+cur_file(struct fx *f, int nth, char *name, size_t len)
+{
+    char dir[256];
+    struct dirent **list;
+    int n;
+
+    snprintf(dir, sizeof(dir), "%s/cur", f->acct);
+    n = scandir(dir, &list, NULL, versionsort);
+    ck_assert_msg(n > nth + 2, "cur/ has %d entries", n);
+    snprintf(name, len, "%s/%s", dir, list[nth + 2]->d_name);
+    for (int i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
 /* UIDs. */
 
 START_TEST(test_uids_kept)
@@ -276,6 +292,47 @@ START_TEST(test_delivery_after_sync)
                           ch.nexpunged == 0,
                       "a sync with nothing new reported something");
     }
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
+/* The store stamps cur/ itself after its own changes, without reading it;
+ * a change another program makes at that moment is still seen, at the
+ * latest by a sync a second later. */
+START_TEST(test_own_change_verified)
+{
+    struct fx f;
+    mstore_view_t *v;
+    struct mstore_changes ch;
+    char path[600], to[600];
+    bool seen = false;
+
+    fx_init(&f);
+    deliver(&f, NULL, "Subject: 1\r\n\r\n1\r\n");
+    deliver(&f, NULL, "Subject: 2\r\n\r\n2\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    /* Old enough stamps first, so that the store trusts them. */
+    sleep(1);
+    sync_ok(v, 0, &ch);
+    store_ok(v, 1, IMAP_STORE_ADD, "\\Seen");
+    cur_file(&f, 1, path, 500);
+    snprintf(to, sizeof(to), "%.500sF", path);
+    ck_assert_msg(rename(path, to) == 0, "rename: %s", strerror(errno));
+    /* Possibly taken for the store's own change now... */
+    sync_ok(v, 0, &ch);
+    seen = ch.nflags == 1;
+    /* ...but not for long. */
+    for (int i = 0; i < 30 && !seen; i++) {
+        usleep(100 * 1000);
+        sync_ok(v, 0, &ch);
+        seen = ch.nflags == 1 && ch.flags[0] == 2;
+    }
+    ck_assert_msg(seen, "the other program's flag never seen");
+    ck_assert_msg(mstore_view_msg(v, 2)->flags == MSTORE_F_FLAGGED,
+                  "flags of 2: %x", mstore_view_msg(v, 2)->flags);
+    ck_assert_msg(mstore_view_msg(v, 1)->flags == MSTORE_F_SEEN,
+                  "flags of 1: %x", mstore_view_msg(v, 1)->flags);
     mstore_view_destroy(&v);
     fx_done(&f);
 }
@@ -392,21 +449,6 @@ END_TEST
 
 /* Behind the store's back: a Maildir tool deletes or renames files. */
 
-static void
-cur_file(struct fx *f, int nth, char *name, size_t len)
-{
-    char dir[256];
-    struct dirent **list;
-    int n;
-
-    snprintf(dir, sizeof(dir), "%s/cur", f->acct);
-    n = scandir(dir, &list, NULL, versionsort);
-    ck_assert_msg(n > nth + 2, "cur/ has %d entries", n);
-    snprintf(name, len, "%s/%s", dir, list[nth + 2]->d_name);
-    for (int i = 0; i < n; i++)
-        free(list[i]);
-    free(list);
-}
 
 START_TEST(test_deleted_behind)
 {
@@ -1541,6 +1583,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_uids_kept);
     tcase_add_test(tc, test_recent_one_view);
     tcase_add_test(tc, test_delivery_after_sync);
+    tcase_add_test(tc, test_own_change_verified);
     tcase_add_test(tc, test_two_processes);
     tcase_add_test(tc, test_flags_while_appending);
     tcase_add_test(tc, test_other_process_changes);
