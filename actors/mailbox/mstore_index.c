@@ -274,7 +274,7 @@ mindex_parse(struct mindex *ix, const char *data, size_t len,
 {
     const char *p = data, *end = data + len;
     size_t lineno = 0;
-    uint64_t v[6];
+    uint64_t v[6] = {0};
     const char *t;
     size_t tlen;
 
@@ -303,7 +303,9 @@ mindex_parse(struct mindex *ix, const char *data, size_t len,
                 !next_u64(&q, le, 10, UINT32_MAX, &v[2]) || v[2] == 0 ||
                 !next_u64(&q, le, 10, INT64_MAX, &v[3]) ||
                 !next_u64(&q, le, 10, INT64_MAX, &v[4]) ||
-                !next_u64(&q, le, 10, INT64_MAX, &v[5]) || q != le) {
+                /* VERIFY_NS came later: an index without it has 0. */
+                (q != le && !next_u64(&q, le, 10, INT64_MAX, &v[5])) ||
+                q != le) {
                 snprintf(why, whylen, "line 1: bad header");
                 goto bad;
             }

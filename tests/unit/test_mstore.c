@@ -1544,6 +1544,49 @@ START_TEST(test_bad_index)
 }
 END_TEST
 
+/* An index written before VERIFY_NS joined its header is still read. */
+START_TEST(test_old_header)
+{
+    struct fx f;
+    mstore_view_t *v;
+    uint32_t was;
+    char path[512], text[4096], *sp;
+    FILE *fp;
+    size_t n;
+
+    fx_init(&f);
+    deliver(&f, NULL, "Subject: 1\r\n\r\n1\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    was = mstore_view_uidvalidity(v);
+    mstore_view_destroy(&v);
+    mstore_destroy(&f.ms);
+    snprintf(path, sizeof(path), "%s/samotop-uidlist", f.acct);
+    fp = fopen(path, "r");
+    ck_assert_msg(fp != NULL, "no index");
+    n = fread(text, 1, sizeof(text) - 1, fp);
+    fclose(fp);
+    text[n] = '\0';
+    /* Drop the header's last field. */
+    sp = strchr(text, '\n');
+    ck_assert_msg(sp != NULL, "no header line");
+    *sp = '\0';
+    sp = strrchr(text, ' ');
+    ck_assert_msg(sp != NULL, "no fields");
+    fp = fopen(path, "w");
+    fprintf(fp, "%.*s\n%s", (int)(sp - text), text, sp + strlen(sp) + 1);
+    fclose(fp);
+    f.ms = open_store(&f);
+    v = select_ok(f.ms, "INBOX", false);
+    ck_assert_msg(mstore_view_uidvalidity(v) == was &&
+                      mstore_view_exists(v) == 1 &&
+                      mstore_view_msg(v, 1)->uid == 1,
+                  "uidvalidity %u (was %u), exists %u",
+                  mstore_view_uidvalidity(v), was, mstore_view_exists(v));
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
 /* The index changed under an open view (another process rebuilt it). */
 START_TEST(test_uidvalidity_change_seen)
 {
@@ -1589,6 +1632,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_other_process_changes);
     tcase_add_loop_test(tc, test_bad_index, 0, NROWS(bad_index_rows));
     tcase_add_test(tc, test_uidvalidity_change_seen);
+    tcase_add_test(tc, test_old_header);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("views");
