@@ -638,6 +638,7 @@ message_end(smtp_server_t *srv, bool bdat)
     srv->st = ST_CMD;
     if (srv->over) {
         /* RFC 1870 6.3; not a protocol error of the client. */
+        srv->refused_552++;
         smtp_server_data_reply(srv, 552, "5.3.4",
                                "Message size exceeds "
                                "fixed maximum message size");
@@ -645,6 +646,7 @@ message_end(smtp_server_t *srv, bool bdat)
         return;
     }
     if (srv->too_long) {
+        srv->refused_554++;
         smtp_server_data_reply(srv, 554, "5.6.0",
                                "Message has a line longer than %zu octets "
                                "(RFC 5321 4.5.3.1.6)",
@@ -686,6 +688,8 @@ smtp_mail_bdat_feed(smtp_server_t *srv)
     if (srv->bdat_code) {
         /* RFC 3030 2: after a refused chunk the transaction is over. The
          * last chunk's refusal is the data's, once per LMTP recipient. */
+        if (srv->bdat_code == 552)
+            srv->refused_552++;
         if (srv->bdat_last)
             smtp_server_data_reply(srv, srv->bdat_code, srv->bdat_ecode, "%s",
                                    srv->bdat_text);

@@ -994,6 +994,12 @@ smtp_server_helo(const smtp_server_t *srv)
     return srv->helo;
 }
 
+unsigned
+smtp_server_refused(const smtp_server_t *srv, int code)
+{
+    return code == 552 ? srv->refused_552 : code == 554 ? srv->refused_554 : 0;
+}
+
 bool
 smtp_server_tls(const smtp_server_t *srv)
 {

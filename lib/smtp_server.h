@@ -287,6 +287,11 @@ void smtp_server_close(smtp_server_t *srv, const char *ecode, const char *text);
  * STARTTLS). */
 const char *smtp_server_helo(const smtp_server_t *srv);
 
+/* Messages the engine refused by itself in this session (they are never
+ * given as SMTP_EV_MESSAGE), by reply code: 552 (over max_message, RFC
+ * 1870) or 554 (a line over max_text_line); 0 for any other code. */
+unsigned smtp_server_refused(const smtp_server_t *srv, int code);
+
 /* Whether the session runs under TLS (opts.tls_active or STARTTLS). */
 bool smtp_server_tls(const smtp_server_t *srv);
 

@@ -86,6 +86,9 @@ struct smtp_server {
     char *helo;
     bool esmtp, tls, authed;
     int errors;
+    /* Messages refused here, never handed out: 552 (over max_message),
+     * 554 (a line over max_text_line), for smtp_server_refused(). */
+    unsigned refused_552, refused_554;
 
     /* Transaction: MAIL accepted (RFC 5321 4.1.4). */
     bool trans, trans_utf8, bdat_used;

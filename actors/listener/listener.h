@@ -79,6 +79,9 @@ void listener_sessions_close_all(listener_t *l);
 void listener_metrics_init(metrics_t *m);
 void listener_metrics_session(const char *role, int delta);
 void listener_metrics_bytes(const char *role, size_t n);
+/* At a session's end: the messages its engine refused by itself (552 over
+ * SIZE, 554 a line too long), counted as messages and refusals. */
+void listener_metrics_engine(const char *role, const smtp_server_t *smtp);
 void listener_metrics_answer(const char *role, enum smtp_event_type what,
                              int code);
 

@@ -6,8 +6,9 @@
  *
  * The handles live here, one set per process (like listener_main.c's
  * listener), so listener_session.c only calls one function per event.
- * Replies the SMTP engine makes by itself (syntax errors, 552 for a
- * message over SIZE) are not counted here.
+ * Messages the SMTP engine refuses by itself (552 over SIZE, 554 a line
+ * too long) are added when their session ends; its other replies (syntax
+ * errors, 452 too many recipients) are not counted.
  */
 #include <stdio.h>
 
@@ -54,6 +55,23 @@ void
 listener_metrics_bytes(const char *role, size_t n)
 {
     metrics_add(lm.bytes, METRICS_L(role), (double)n);
+}
+
+void
+listener_metrics_engine(const char *role, const smtp_server_t *smtp)
+{
+    static const int codes[] = {552, 554};
+
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        unsigned n = smtp_server_refused(smtp, codes[i]);
+        char c[16];
+
+        if (n == 0)
+            continue;
+        snprintf(c, sizeof(c), "%d", codes[i]);
+        metrics_add(lm.messages, METRICS_L(role, c), n);
+        metrics_add(lm.rejected, METRICS_L(role, "data", c), n);
+    }
 }
 
 void

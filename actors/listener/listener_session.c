@@ -201,6 +201,7 @@ session_close(struct session *s, const char *why)
         zhashx_update(l->per_ip, s->ip, (void *)(count - 1));
     l->sessions--;
     listener_metrics_session(s->role->name, -1);
+    listener_metrics_engine(s->role->name, s->smtp);
     log_info(s->trace, "session_end", "role=%s ip=%s messages=%d why=%s",
              s->role->name, s->ip, s->messages, why);
     if (s->calls == 0)

@@ -1,9 +1,9 @@
 """Health checks and Prometheus metrics end to end: a whole samotopd with
 metrics.listen set serves /metrics and /health from every actor copy on
 ports of its own (base + 10 * slot + copy - 1). Mail goes in over SMTP
-(three accepted, one recipient refused 550, two submissions relayed to a
-sink, one of them deferred), and each actor's counters must say exactly
-that. The scrapes are read with python3-prometheus-client's own parser, so
+(three accepted, one recipient refused 550, one message over SIZE refused
+552 by the engine itself, two submissions relayed to a sink, one of them
+deferred), and each actor's counters must say exactly that. The scrapes are read with python3-prometheus-client's own parser, so
 the exposition format is checked by a reader that is not ours.
 
 Ports 20405 and 20410-20499 (tests/README.md).
@@ -105,6 +105,7 @@ def send_mail():
         "SAMOTOP_METRICS_LISTEN": "127.0.0.1:%d" % METRICS,
         "SAMOTOP_METRICS_SAMPLE_MS": "200",
         "SAMOTOP_SUPERVISOR_GUARD": "2",
+        "SAMOTOP_SMTP_MAX_MESSAGE": "4096",
         "SAMOTOP_HOSTNAME": "mx.example.test",
         "SAMOTOP_GUARD_USER_MSG_PER_MINUTE": "0",
         "SAMOTOP_GUARD_USER_RCPT_PER_MINUTE": "0",
@@ -128,6 +129,12 @@ def send_mail():
         raise AssertionError("nobody@example.test was accepted")
     except smtplib.SMTPRecipientsRefused as e:
         assert e.recipients["nobody@example.test"][0] == 550, e.recipients
+    # Over smtp.max_message, without SIZE= at MAIL: refused at its end.
+    c.mail("someone@remote.test")
+    c.rcpt("bob@example.test")
+    code, text = c.data(message("big", "someone@remote.test",
+                                "bob@example.test") + b"x" * 8000 + b"\r\n")
+    assert code == 552, (code, text)
     c.quit()
 
     # Outbound: one delivered by the sink, one deferred (451 at RCPT).
@@ -204,7 +211,14 @@ class Counters(unittest.TestCase):
                                code="250"), 2)
         self.assertEqual(value(s, "samotop_smtp_rejected_total", role="mta",
                                command="rcpt", code="550"), 1)
-        self.assertEqual(value(s, "samotop_smtp_rejected_total"), 1)
+        # The engine's own refusal, counted when its session ended.
+        self.assertEqual(eventually(lambda: value(
+            scrape(PORT["listener"]), "samotop_smtp_messages_total",
+            role="mta", code="552"), 1), 1)
+        s = scrape(PORT["listener"])
+        self.assertEqual(value(s, "samotop_smtp_rejected_total", role="mta",
+                               command="data", code="552"), 1)
+        self.assertEqual(value(s, "samotop_smtp_rejected_total"), 2)
         self.assertEqual(value(s, "samotop_smtp_sessions_total", role="mta"),
                          1)
         self.assertEqual(value(s, "samotop_smtp_sessions_total", role="msa"),
@@ -231,8 +245,8 @@ class Counters(unittest.TestCase):
             return sum(value(s, "samotop_guard_decisions_total", **labels)
                        for s in both)
         self.assertEqual(total(check="rcpt", code="550"), 1)
-        self.assertEqual(total(check="rcpt", code="250"), 5)
-        self.assertEqual(total(check="mail", code="250"), 6)
+        self.assertEqual(total(check="rcpt", code="250"), 6)
+        self.assertEqual(total(check="mail", code="250"), 7)
         self.assertEqual(total(check="connect", code="250"), 2)
         # The skeleton counts the same answers by type.
         self.assertEqual(sum(value(s, "samotop_bus_requests_total",

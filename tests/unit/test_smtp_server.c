@@ -1325,6 +1325,11 @@ START_TEST(test_text_line_limit)
     want_output("text line", &r, "1000 octets");
     want_events("text line", &r,
                 "CONNECT HELO MAIL RCPT MESSAGE RESET MAIL RCPT RESET MAIL");
+    ck_assert_msg(smtp_server_refused(r.srv, 554) == 1 &&
+                      smtp_server_refused(r.srv, 552) == 0,
+                  "text line: refused 554 %u, 552 %u, want 1, 0",
+                  smtp_server_refused(r.srv, 554),
+                  smtp_server_refused(r.srv, 552));
     run_free(&r);
     /* A stuffed dot counts: it was sent. */
     buf_reset(&in);
@@ -1359,6 +1364,12 @@ START_TEST(test_message_limit)
     want_events("size", &r,
                 "CONNECT HELO MAIL RCPT RESET MAIL RCPT MESSAGE RESET");
     want_detail("size", &r, "MESSAGE bdat=0 len=4000 [");
+    ck_assert_msg(smtp_server_refused(r.srv, 552) == 1 &&
+                      smtp_server_refused(r.srv, 554) == 0 &&
+                      smtp_server_refused(r.srv, 250) == 0,
+                  "size: refused 552 %u, 554 %u, want 1, 0",
+                  smtp_server_refused(r.srv, 552),
+                  smtp_server_refused(r.srv, 554));
     run_free(&r);
 
     /* A long flood of text inside DATA is read on, not kept. */
@@ -1391,6 +1402,9 @@ START_TEST(test_bdat_limit)
                  "220,250,250 2.1.0,250 2.1.5,250 2.0.0,552 5.3.4,503 5.5.1,"
                  "250 2.0.0");
     want_events("bdat size", &r, "CONNECT HELO MAIL RCPT RESET");
+    ck_assert_msg(smtp_server_refused(r.srv, 552) == 1,
+                  "bdat size: refused 552 %u, want 1",
+                  smtp_server_refused(r.srv, 552));
     run_free(&r);
 
     /* A declared size far beyond the limit is skipped, not kept. */
