@@ -484,6 +484,10 @@ imap_sess_pump(struct isess *s)
                 return;
             continue;
         }
+        /* All the output went: a long answer goes on (progress or not:
+         * this round may have found the output full and only sent it). */
+        if (s->work && s->calls == 0)
+            continue;
         if (!progress || s->calls > 0) {
             idle = true;
             break;
@@ -503,7 +507,11 @@ imap_sess_pump(struct isess *s)
         buf_free(&s->in);
         s->in_off = 0;
     }
-    watch(s, in_pending(s) < IN_MAX ? LOOP_READ : 0);
+    /* The rounds ran out with work left (a long FETCH whose output all
+     * went): the socket being writable brings the pump back at once, as
+     * no input may ever come while the client waits for the answer. */
+    watch(s, (in_pending(s) < IN_MAX ? LOOP_READ : 0) |
+                 (!idle && s->calls == 0 ? LOOP_WRITE : 0));
     if (s->tls_state == ITLS_UP && tls_pending(s->tls) && s->calls == 0 &&
         in_pending(s) < IN_MAX)
         on_io(s->im->loop, s->fd, LOOP_READ, s);
