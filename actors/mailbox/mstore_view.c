@@ -541,8 +541,8 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
 {
     mstore_t *ms = v->ms;
     struct mfolder *f = v->f;
-    bool changed = false, known;
-    unsigned sys;
+    bool changed = false, keywords = false, known;
+    unsigned sys, nkw;
     uint64_t kw;
     int rc;
 
@@ -552,6 +552,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
         goto out;
     if (f->ix.uidvalidity != v->uidvalidity)
         goto out; /* the next sync says so */
+    nkw = f->ix.nkeywords;
     rc = mstore_parse_flags(ms, &f->ix, flags, nflags,
                             op != IMAP_STORE_REMOVE, &sys, &kw);
     if (rc != 0)
@@ -594,7 +595,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
         }
         if (nk != e->keywords) {
             e->keywords = nk;
-            changed = true;
+            changed = keywords = true;
         }
         if (!only_changed || vm->flags != e->flags ||
             vm->keywords != e->keywords)
@@ -605,10 +606,17 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
     if (changed) {
         mfolder_cur_own(f, known && rc == 0);
         f->gen++;
+    }
+    /* System flags are in the file names: other processes see a new
+     * cur/ mtime and read the names again, so the index (whose names and
+     * cur/ stamp are then old) is rewritten only for keywords, which it
+     * alone holds. That keeps a STORE or a FETCH that sets \Seen from
+     * writing the whole index of a big folder. */
+    if (keywords || f->ix.nkeywords != nkw) {
+        int wrc = mfolder_write(ms, f);
+
         if (rc == 0)
-            rc = mfolder_write(ms, f);
-        else
-            mfolder_write(ms, f);
+            rc = wrc;
     }
 out:
     mfolder_unlock(f);
