@@ -126,6 +126,8 @@ flush(struct isess *s)
         if (n <= 0)
             return -1;
         imap_server_output_done(s->srv, (size_t)n);
+        /* A client taking a long answer is not idle (RFC 3501 5.4). */
+        s->last_active = loop_now_ms(s->im->loop);
     }
 }
 

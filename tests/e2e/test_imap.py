@@ -10,6 +10,7 @@ import re
 import smtplib
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import unittest
@@ -25,7 +26,8 @@ MTA = ("127.0.0.1", BASE + 10)
 IMAP_PORT = BASE + 13
 IMAPS_PORT = BASE + 14
 PASSWORDS = {"alice": "secret-alice", "bob": "secret-bob",
-             "carol": "secret-carol", "dave": "secret-dave"}
+             "carol": "secret-carol", "dave": "secret-dave",
+             "gina": "secret-gina"}
 
 
 def tls_ctx():
@@ -289,6 +291,7 @@ class Sessions(unittest.TestCase):
         self.assertRegex(t, r"^r1 OK")
         r.s.settimeout(5)
         self.assertEqual(r.s.recv(100), b"")
+        r.close()
 
 
 class Mail(unittest.TestCase):
@@ -708,6 +711,42 @@ class Large(unittest.TestCase):
         ok(m.noop())
         ok(m.close())
         ok(m.delete("Bulk"))
+        m.logout()
+
+
+def usage(local):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(BASE + 6),
+                        "HGET", "samotop:{example.test}:usage", local],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip() or 0)
+
+
+def wait_usage(local, want, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and usage(local) != want:
+        time.sleep(0.05)
+    return usage(local)
+
+
+class Quota(unittest.TestCase):
+    def test_append_copy_expunge_move_the_usage(self):
+        SYS.admin("user", "quota", "gina@example.test", "30000")
+        m = login("gina")
+        small = message("small", "s" * 5000)
+        ok(m.append("INBOX", None, None, small))
+        self.assertEqual(wait_usage("gina", len(small)), len(small))
+        # RFC 9208 4.3: an APPEND past the quota is refused.
+        typ, dat = m.append("INBOX", None, None, message("big", "b" * 40000))
+        self.assertEqual(typ, "NO")
+        self.assertIn(b"OVERQUOTA", dat[0])
+        ok(m.create("Copies"))
+        ok(m.select("INBOX"))
+        ok(m.copy("1", "Copies"))
+        self.assertEqual(wait_usage("gina", 2 * len(small)), 2 * len(small))
+        ok(m.store("1", "+FLAGS", "\\Deleted"))
+        ok(m.expunge())
+        self.assertEqual(wait_usage("gina", len(small)), len(small))
         m.logout()
 
 
