@@ -107,7 +107,7 @@ subdir(int parent, const char *name, bool make)
 static int
 make_maildir(int dir_fd)
 {
-    static const char *const sub[] = { "tmp", "new", "cur" };
+    static const char *const sub[] = {"tmp", "new", "cur"};
 
     for (size_t i = 0; i < 3; i++) {
         if (mkdirat(dir_fd, sub[i], 0700) != 0 && errno != EEXIST)
@@ -162,8 +162,10 @@ mstore_open(const char *data_dir, const char *mailbox,
         (dom_fd = subdir(mail_fd, domain, true)) < 0 ||
         (acct_fd = subdir(dom_fd, local, true)) < 0 ||
         (rc = make_maildir(acct_fd)) < 0) {
-        int e = mail_fd < 0 ? -mail_fd : dom_fd < 0 ? -dom_fd
-                : acct_fd < 0 ? -acct_fd : -rc;
+        int e = mail_fd < 0   ? -mail_fd
+                : dom_fd < 0  ? -dom_fd
+                : acct_fd < 0 ? -acct_fd
+                              : -rc;
 
         snprintf(why, whylen, "mailbox %s: %s", mailbox, strerror(e));
         goto out;
@@ -203,8 +205,8 @@ out:
 static void
 folder_free(struct mfolder *f)
 {
-    int *fds[] = { &f->dir_fd, &f->new_fd, &f->cur_fd, &f->lock_fd,
-                   &f->index_fd };
+    int *fds[] = {&f->dir_fd, &f->new_fd, &f->cur_fd, &f->lock_fd,
+                  &f->index_fd};
 
     for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
         if (*fds[i] >= 0)
@@ -385,9 +387,9 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
             return f;
         }
     }
-    dir_fd = md[0] ? subdir(ms->acct_fd, md, false)
-                   : openat(ms->acct_fd, ".",
-                            O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dir_fd = md[0]
+                 ? subdir(ms->acct_fd, md, false)
+                 : openat(ms->acct_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0) {
         rc = md[0] ? dir_fd : -errno;
         if (rc == -ENOENT || rc == -ENOTDIR || rc == -ELOOP)
@@ -607,7 +609,7 @@ int
 mstore_list(mstore_t *ms, const char *ref, const char *pattern, bool lsub,
             mstore_list_fn *fn, void *arg)
 {
-    struct names have = { 0 }, all = { 0 };
+    struct names have = {0}, all = {0};
     char pat[PATTERN_MAX + 1];
     int rc;
 
@@ -625,8 +627,7 @@ mstore_list(mstore_t *ms, const char *ref, const char *pattern, bool lsub,
     if (snprintf(pat, sizeof(pat), "%s%s", ref, pattern) >= (int)sizeof(pat))
         return mstore_fail(ms, ERR_TOO_BIG, "LIMIT", "pattern too long");
     /* INBOX is the one name matched in any case (5.1). */
-    if (strncasecmp(pat, "INBOX", 5) == 0 &&
-        (pat[5] == '\0' || pat[5] == '/'))
+    if (strncasecmp(pat, "INBOX", 5) == 0 && (pat[5] == '\0' || pat[5] == '/'))
         memcpy(pat, "INBOX", 5);
     rc = lsub ? subscriptions_read(ms, &have) : folders_read(ms, &have);
     if (rc != 0)
@@ -718,7 +719,7 @@ make_parents(mstore_t *ms, const char *name)
 static int
 folder_count_ok(mstore_t *ms)
 {
-    struct names have = { 0 };
+    struct names have = {0};
     int rc = folders_read(ms, &have);
 
     if (rc == 0 && have.n > ms->lim.folders_max)
@@ -742,8 +743,8 @@ mstore_create(mstore_t *ms, const char *name)
     if (len > 1 && n[len - 1] == '/')
         n[len - 1] = '\0';
     if (is_inbox(n)) {
-        rc = mstore_fail(ms, ERR_EXISTS, "ALREADYEXISTS",
-                         "INBOX always exists");
+        rc =
+            mstore_fail(ms, ERR_EXISTS, "ALREADYEXISTS", "INBOX always exists");
         goto out;
     }
     if ((rc = check_name(ms, n, md)) != 0 || (rc = folder_count_ok(ms)) != 0)
@@ -766,8 +767,8 @@ out:
 static uint64_t
 dir_bytes(int dir_fd, const char *sub)
 {
-    int fd = openat(dir_fd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                     O_CLOEXEC);
+    int fd =
+        openat(dir_fd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     uint64_t total = 0;
     struct dirent *d;
     DIR *dir;
@@ -826,7 +827,7 @@ int
 mstore_delete(mstore_t *ms, const char *name)
 {
     char md[MAILDIR_FOLDER_MAX + 1], trash[64];
-    struct names have = { 0 };
+    struct names have = {0};
     struct stat st;
     uint64_t bytes;
     int rc, fd;
@@ -911,8 +912,8 @@ rename_inbox(mstore_t *ms, const char *to, const char *to_md)
             }
             if (out->ix.n == out->ix.cap) {
                 out->ix.cap = out->ix.cap ? out->ix.cap * 2 : 64;
-                out->ix.e = xrealloc(out->ix.e,
-                                     out->ix.cap * sizeof(*out->ix.e));
+                out->ix.e =
+                    xrealloc(out->ix.e, out->ix.cap * sizeof(*out->ix.e));
             }
             out->ix.e[out->ix.n] = *e;
             out->ix.e[out->ix.n].uid = out->ix.uidnext++;
@@ -949,7 +950,7 @@ int
 mstore_rename(mstore_t *ms, const char *from, const char *to)
 {
     char fmd[MAILDIR_FOLDER_MAX + 1], tmd[MAILDIR_FOLDER_MAX + 1];
-    struct names have = { 0 };
+    struct names have = {0};
     size_t flen = strlen(from), moved = 0;
     int rc;
 
@@ -975,8 +976,7 @@ mstore_rename(mstore_t *ms, const char *from, const char *to)
         goto out;
     }
     if (!names_has(&have, from) && !has_children(&have, from)) {
-        rc = mstore_fail(ms, ERR_NOTFOUND, "NONEXISTENT", "no folder %s",
-                         from);
+        rc = mstore_fail(ms, ERR_NOTFOUND, "NONEXISTENT", "no folder %s", from);
         goto out;
     }
     /* New parents count towards the limit as CREATE's do. */
@@ -999,8 +999,8 @@ mstore_rename(mstore_t *ms, const char *from, const char *to)
         if (rc == 0)
             rc = check_name(ms, nname, nmd);
         if (rc == 0 && renameat(ms->acct_fd, omd, ms->acct_fd, nmd) != 0)
-            rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                             "cannot rename %s: %s", name, strerror(errno));
+            rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot rename %s: %s",
+                             name, strerror(errno));
         free(nname);
         if (rc != 0)
             goto out;
@@ -1075,9 +1075,9 @@ subscriptions_write(mstore_t *ms, const struct names *s)
     fd = openat(ms->acct_fd, tmp,
                 O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno == ELOOP && unlinkat(ms->acct_fd, tmp, 0) == 0)
-        fd = openat(ms->acct_fd, tmp,
-                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                    0600);
+        fd =
+            openat(ms->acct_fd, tmp,
+                   O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || write(fd, b.data ? b.data : "", b.len) != (ssize_t)b.len ||
         fsync(fd) != 0 || close(fd) != 0 ||
         renameat(ms->acct_fd, tmp, ms->acct_fd, MSTORE_SUBSCRIPTIONS) != 0)
@@ -1091,7 +1091,7 @@ int
 mstore_subscribe(mstore_t *ms, const char *name, bool on)
 {
     char md[MAILDIR_FOLDER_MAX + 1];
-    struct names s = { 0 };
+    struct names s = {0};
     const char *canon = is_inbox(name) ? "INBOX" : name;
     struct mfolder *in;
     int rc;
@@ -1177,8 +1177,8 @@ int
 mstore_parse_flags(mstore_t *ms, struct mindex *ix, const char *const *flags,
                    size_t nflags, bool add, unsigned *sys, uint64_t *kw)
 {
-    static const char *const names[] = { "\\Answered", "\\Flagged",
-                                         "\\Deleted", "\\Seen", "\\Draft" };
+    static const char *const names[] = {"\\Answered", "\\Flagged", "\\Deleted",
+                                        "\\Seen", "\\Draft"};
 
     *sys = 0;
     *kw = 0;
@@ -1204,14 +1204,14 @@ mstore_parse_flags(mstore_t *ms, struct mindex *ix, const char *const *flags,
                 unsigned char c = (unsigned char)fl[j];
 
                 if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c))
-                    return mstore_fail(ms, ERR_INVAL, "CANNOT",
-                                       "bad keyword");
+                    return mstore_fail(ms, ERR_INVAL, "CANNOT", "bad keyword");
             }
             k = mindex_keyword(ix, fl, true);
             if (k < 0)
                 return mstore_fail(ms, ERR_TOO_BIG, "LIMIT",
                                    "too many keywords in this folder "
-                                   "(at most %d)", MSTORE_KEYWORDS_MAX);
+                                   "(at most %d)",
+                                   MSTORE_KEYWORDS_MAX);
         }
         if (k >= 0)
             *kw |= 1ULL << k;
@@ -1237,8 +1237,8 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     mstore_ok(ms);
     memset(out, 0, sizeof(*out));
     if (len > ms->lim.append_max)
-        return mstore_fail(ms, ERR_TOO_BIG, "TOOBIG",
-                           "message over %zu octets", ms->lim.append_max);
+        return mstore_fail(ms, ERR_TOO_BIG, "TOOBIG", "message over %zu octets",
+                           ms->lim.append_max);
     if ((f = mstore_folder_get(ms, folder, "TRYCREATE")) == NULL)
         return ms->err;
     mstore_unique_name(ms, len, base, sizeof(base));
@@ -1282,8 +1282,8 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
     rc = mfolder_sync(ms, f, MF_LOCKED, NULL, NULL);
     if (rc == 0)
         rc = mstore_parse_flags(ms, &f->ix, flags, nflags, true, &sys, &kw);
-    if (rc == 0 && (f->ix.n >= ms->lim.messages_max ||
-                    f->ix.uidnext == UINT32_MAX))
+    if (rc == 0 &&
+        (f->ix.n >= ms->lim.messages_max || f->ix.uidnext == UINT32_MAX))
         rc = mstore_fail(ms, ERR_TOO_BIG, "LIMIT", "folder full");
     known = rc == 0 && mfolder_cur_known(f);
     if (rc == 0) {

@@ -105,8 +105,8 @@ struct mstore_changes {
     uint32_t exists, recent;
     const uint32_t *flags; /* sequence numbers whose flags changed */
     size_t nflags;
-    bool keywords_changed; /* new keywords in the folder: send FLAGS and
-                              OK [PERMANENTFLAGS] again */
+    bool keywords_changed;    /* new keywords in the folder: send FLAGS and
+                                 OK [PERMANENTFLAGS] again */
     bool uidvalidity_changed; /* the index was rebuilt, or the folder
                                  deleted: UIDs in this view mean nothing
                                  now; end the session (BYE) */
@@ -123,7 +123,7 @@ enum {
 
 /* COPY, MOVE and APPEND results for COPYUID / APPENDUID (RFC 4315). */
 struct mstore_copied {
-    uint32_t uidvalidity; /* of the destination */
+    uint32_t uidvalidity;                /* of the destination */
     const uint32_t *src_uids, *dst_uids; /* pairs, ascending source UID */
     size_t n;
 };
@@ -249,8 +249,7 @@ const char *mstore_view_permanent_flags(mstore_view_t *v);
 const char *mstore_view_keyword(const mstore_view_t *v, unsigned i);
 
 /* Message seq (1..exists), or NULL when out of range. Borrowed. */
-const struct mstore_msg *mstore_view_msg(const mstore_view_t *v,
-                                         uint32_t seq);
+const struct mstore_msg *mstore_view_msg(const mstore_view_t *v, uint32_t seq);
 
 /* The sequence number of uid, or 0; a binary search. */
 uint32_t mstore_view_seq(const mstore_view_t *v, uint32_t uid);
@@ -284,8 +283,8 @@ int mstore_view_resolve(mstore_view_t *v, const struct imap_seqset *set,
  * with FETCH FLAGS unless .SILENT). Keywords past MSTORE_KEYWORDS_MAX
  * fail with LIMIT. Read-only views fail. */
 int mstore_store(mstore_view_t *v, const struct imap_seqset *set, bool uid,
-                 enum imap_store_op op, const char *const *flags,
-                 size_t nflags, const uint32_t **seqs, size_t *n);
+                 enum imap_store_op op, const char *const *flags, size_t nflags,
+                 const uint32_t **seqs, size_t *n);
 
 /* Marks \Seen on the messages (sequence numbers), as a FETCH of a body
  * does (6.4.5); a no-op on a read-only view. Returns the numbers whose

@@ -239,8 +239,7 @@ token(const char **p, const char *end, const char **tok, size_t *len)
  * at most max; SELECT of a big folder parses a few per message, so the
  * digits are read in place. */
 static bool
-next_u64(const char **p, const char *end, int base, uint64_t max,
-         uint64_t *out)
+next_u64(const char **p, const char *end, int base, uint64_t max, uint64_t *out)
 {
     const char *s = *p, *start = s;
     uint64_t v = 0;
@@ -294,8 +293,7 @@ mindex_parse(struct mindex *ix, const char *data, size_t len,
             goto bad;
         }
         if (lineno == 1) {
-            if (!token(&q, le, &t, &tlen) ||
-                tlen != sizeof(MSTORE_INDEX) - 1 ||
+            if (!token(&q, le, &t, &tlen) || tlen != sizeof(MSTORE_INDEX) - 1 ||
                 memcmp(t, MSTORE_INDEX, tlen) != 0 ||
                 !next_u64(&q, le, 10, UINT32_MAX, &v[0]) ||
                 v[0] != MSTORE_INDEX_VERSION ||
@@ -391,11 +389,11 @@ void
 mindex_format(const struct mindex *ix, struct buf *out)
 {
     buf_reserve(out, 64 + ix->n * 80);
-    buf_printf(out, "%s %d %" PRIu32 " %" PRIu32 " %" PRId64 " %" PRId64
-                    " %" PRId64 "\nK",
-               MSTORE_INDEX, MSTORE_INDEX_VERSION, ix->uidvalidity,
-               ix->uidnext, ix->new_mtime_ns, ix->cur_mtime_ns,
-               ix->cur_verify_ns);
+    buf_printf(out,
+               "%s %d %" PRIu32 " %" PRIu32 " %" PRId64 " %" PRId64 " %" PRId64
+               "\nK",
+               MSTORE_INDEX, MSTORE_INDEX_VERSION, ix->uidvalidity, ix->uidnext,
+               ix->new_mtime_ns, ix->cur_mtime_ns, ix->cur_verify_ns);
     for (unsigned i = 0; i < ix->nkeywords; i++)
         buf_printf(out, " %s", ix->keywords[i]);
     buf_addc(out, '\n');
@@ -488,8 +486,7 @@ mfolder_lock(mstore_t *ms, struct mfolder *f)
         f->lock_fd = -1;
         f->lock_depth = 0;
         return mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                           "cannot lock the folder index: %s",
-                           strerror(errno));
+                           "cannot lock the folder index: %s", strerror(errno));
     }
     while (flock(f->lock_fd, LOCK_EX) != 0) {
         if (errno != EINTR) {
@@ -499,8 +496,7 @@ mfolder_lock(mstore_t *ms, struct mfolder *f)
             f->lock_fd = -1;
             f->lock_depth = 0;
             return mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                               "cannot lock the folder index: %s",
-                               strerror(e));
+                               "cannot lock the folder index: %s", strerror(e));
         }
     }
     return 0;
@@ -551,8 +547,8 @@ mstore_next_uidvalidity(mstore_t *ms)
         v = 1; /* after 2106, or a bad file: start again low */
     n = snprintf(text, sizeof(text), "%" PRIu64 "\n", v);
     if (pwrite(fd, text, (size_t)n, 0) != n || ftruncate(fd, n) != 0)
-        log_warn(ms->trace, "mstore.uidvalidity_write",
-                 "mailbox=%s errno=%d", ms->mailbox, errno);
+        log_warn(ms->trace, "mstore.uidvalidity_write", "mailbox=%s errno=%d",
+                 ms->mailbox, errno);
     close(fd); /* drops the lock */
     return (uint32_t)v;
 }
@@ -644,13 +640,12 @@ mfolder_write(mstore_t *ms, struct mfolder *f)
     /* Ours by name: a symlink planted there goes (never followed). */
     if (fd < 0 && errno == ELOOP &&
         unlinkat(f->dir_fd, MSTORE_INDEX_TMP, 0) == 0)
-        fd = openat(f->dir_fd, MSTORE_INDEX_TMP,
-                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                    0600);
+        fd =
+            openat(f->dir_fd, MSTORE_INDEX_TMP,
+                   O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                         "cannot write the folder index: %s",
-                         strerror(errno));
+                         "cannot write the folder index: %s", strerror(errno));
         goto out;
     }
     while (off < b.len) {
@@ -669,8 +664,7 @@ mfolder_write(mstore_t *ms, struct mfolder *f)
     }
     if (renameat(f->dir_fd, MSTORE_INDEX_TMP, f->dir_fd, MSTORE_INDEX) != 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                         "cannot write the folder index: %s",
-                         strerror(errno));
+                         "cannot write the folder index: %s", strerror(errno));
         close(fd);
         goto out;
     }
@@ -737,8 +731,7 @@ htab_find(const struct htab *h, struct mindex *ix, const char *name,
     for (; h->slot[s] != 0; s = (s + 1) & h->mask) {
         struct mentry *e = &ix->e[h->slot[s] - 1];
 
-        if (mname_base_len(e->name) == blen &&
-            memcmp(e->name, name, blen) == 0)
+        if (mname_base_len(e->name) == blen && memcmp(e->name, name, blen) == 0)
             return e;
     }
     return NULL;
@@ -758,8 +751,7 @@ cmp_found(const void *a, const void *b)
  * changed), others go to *found. */
 static int
 scan_dir(mstore_t *ms, struct mfolder *f, const struct htab *h, bool is_new,
-         struct found **found, size_t *nfound, size_t *capfound,
-         bool *changed)
+         struct found **found, size_t *nfound, size_t *capfound, bool *changed)
 {
     int fd = dup(is_new ? f->new_fd : f->cur_fd);
     struct dirent *d;
@@ -984,8 +976,8 @@ index_fresh(mstore_t *ms, struct mfolder *f)
 }
 
 int
-mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
-             uint32_t **claimed, size_t *nclaimed)
+mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how, uint32_t **claimed,
+             size_t *nclaimed)
 {
     struct stat ist, nst, cst;
     struct mstamp stamp = {0}; /* read only when have_index */
@@ -1001,8 +993,8 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
     if (fstat(f->dir_fd, &ist) == 0 && ist.st_nlink == 0)
         return mstore_fail(ms, ERR_NOTFOUND, "NONEXISTENT",
                            "folder %s was deleted", f->name);
-    have_index = fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) ==
-                 0;
+    have_index =
+        fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) == 0;
     if (have_index)
         stamp_of(&ist, &stamp);
     if (fstat(f->new_fd, &nst) != 0 || fstat(f->cur_fd, &cst) != 0)
@@ -1011,16 +1003,15 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
     /* The cheap way: nothing moved since the index was written. */
     if (!(how & MF_LOCKED) && f->loaded && have_index &&
         stamp_eq(&stamp, &f->stamp) && f->ix.new_mtime_ns != 0 &&
-        f->ix.cur_mtime_ns != 0 &&
-        f->ix.new_mtime_ns == ts_ns(&nst.st_mtim) &&
+        f->ix.cur_mtime_ns != 0 && f->ix.new_mtime_ns == ts_ns(&nst.st_mtim) &&
         f->ix.cur_mtime_ns == ts_ns(&cst.st_mtim) && !verify_due(f) &&
         !((how & MF_CLAIM) && any_new(f)))
         return 0;
 
     if (!(how & MF_LOCKED) && (rc = mfolder_lock(ms, f)) != 0)
         return rc;
-    have_index = fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) ==
-                 0;
+    have_index =
+        fstatat(f->dir_fd, MSTORE_INDEX, &ist, AT_SYMLINK_NOFOLLOW) == 0;
     if (have_index)
         stamp_of(&ist, &stamp);
     if (!have_index) {
@@ -1046,8 +1037,8 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
             /* RFC 3501 2.3.1.1: when the UIDs cannot be kept, the
              * UIDVALIDITY changes. */
             log_warn(ms->trace, "mstore.index_rebuilt",
-                     "mailbox=%s folder=%s why=%s", ms->mailbox,
-                     log_q(f->name), log_q(why[0] ? why : strerror(errno)));
+                     "mailbox=%s folder=%s why=%s", ms->mailbox, log_q(f->name),
+                     log_q(why[0] ? why : strerror(errno)));
             index_fresh(ms, f);
             changed = true;
         }
@@ -1057,8 +1048,8 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
     }
     f->loaded = true;
     if (fstat(f->new_fd, &nst) != 0 || fstat(f->cur_fd, &cst) != 0) {
-        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                         "cannot read the folder: %s", strerror(errno));
+        rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot read the folder: %s",
+                         strerror(errno));
         goto out;
     }
     read_new = changed || f->ix.new_mtime_ns == 0 ||

@@ -78,11 +78,11 @@ struct mfolder {
      * lock, so that an idle session holds three descriptors a folder. */
     int lock_fd, lock_depth;
     struct mindex ix;
-    bool loaded;          /* ix holds what the file held at stamp */
-    struct mstamp stamp;  /* of the index file as last read or written */
-    uint64_t gen;         /* bumped whenever ix changes */
-    uint64_t new_gen;     /* gen + 1 when has_new was found */
-    bool has_new;         /* some entry is in_new */
+    bool loaded;         /* ix holds what the file held at stamp */
+    struct mstamp stamp; /* of the index file as last read or written */
+    uint64_t gen;        /* bumped whenever ix changes */
+    uint64_t new_gen;    /* gen + 1 when has_new was found */
+    bool has_new;        /* some entry is in_new */
 };
 
 struct mstore {
@@ -96,7 +96,7 @@ struct mstore {
     int err; /* the last failure's ERR_* code */
     int64_t delta;
     uint32_t append_uid; /* APPENDUID's, for struct mstore_copied */
-    char host[64]; /* for file names */
+    char host[64];       /* for file names */
     unsigned long counter;
 };
 

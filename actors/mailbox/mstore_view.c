@@ -38,11 +38,11 @@ struct mstore_view {
     bool read_only;
     struct mstore_msg *m; /* ascending UID; m[seq - 1] */
     size_t n, cap;
-    uint64_t gen;          /* of f->ix when last matched */
-    uint32_t uidvalidity;  /* as the client was told */
-    unsigned nkeywords;    /* keywords the client was told of */
-    size_t held;           /* messages with expunged set */
-    uint32_t nrecent;      /* messages with recent set, not expunged */
+    uint64_t gen;         /* of f->ix when last matched */
+    uint32_t uidvalidity; /* as the client was told */
+    unsigned nkeywords;   /* keywords the client was told of */
+    size_t held;          /* messages with expunged set */
+    uint32_t nrecent;     /* messages with recent set, not expunged */
     struct nums sel, exp, chg, src, dst;
     buf_t str;
 };
@@ -305,8 +305,8 @@ mstore_view_first_unseen(const mstore_view_t *v)
     return 0;
 }
 
-static const char *const sys_names[] = { "\\Answered", "\\Flagged",
-                                         "\\Deleted", "\\Seen", "\\Draft" };
+static const char *const sys_names[] = {"\\Answered", "\\Flagged", "\\Deleted",
+                                        "\\Seen", "\\Draft"};
 
 static void
 flag_list(mstore_view_t *v, bool permanent)
@@ -508,8 +508,8 @@ resolve(mstore_view_t *v, const struct imap_seqset *set, bool uid)
 }
 
 int
-mstore_view_resolve(mstore_view_t *v, const struct imap_seqset *set,
-                    bool uid, const uint32_t **seqs, size_t *n)
+mstore_view_resolve(mstore_view_t *v, const struct imap_seqset *set, bool uid,
+                    const uint32_t **seqs, size_t *n)
 {
     int rc;
 
@@ -553,8 +553,8 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
     if (f->ix.uidvalidity != v->uidvalidity)
         goto out; /* the next sync says so */
     nkw = f->ix.nkeywords;
-    rc = mstore_parse_flags(ms, &f->ix, flags, nflags,
-                            op != IMAP_STORE_REMOVE, &sys, &kw);
+    rc = mstore_parse_flags(ms, &f->ix, flags, nflags, op != IMAP_STORE_REMOVE,
+                            &sys, &kw);
     if (rc != 0)
         goto out;
     known = mfolder_cur_known(f);
@@ -578,8 +578,8 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
 
             /* The flags live in the name (the Maildir spec), so that
              * other Maildir readers see them. */
-            if (renameat(e->in_new ? f->new_fd : f->cur_fd, e->name,
-                         f->cur_fd, to) != 0) {
+            if (renameat(e->in_new ? f->new_fd : f->cur_fd, e->name, f->cur_fd,
+                         to) != 0) {
                 free(to);
                 if (errno == ENOENT)
                     continue; /* gone: the next sync says so */
@@ -669,8 +669,8 @@ mstore_view_set_seen(mstore_view_t *v, const uint32_t *seqs, size_t n,
             copy[k++] = seqs[i];
     results_reset(v);
     if (k > 0)
-        rc = set_flags(v, copy, k, IMAP_STORE_ADD, NULL, 0, MSTORE_F_SEEN,
-                       true);
+        rc =
+            set_flags(v, copy, k, IMAP_STORE_ADD, NULL, 0, MSTORE_F_SEEN, true);
     free(copy);
     *changed = v->chg.v;
     *nchanged = v->chg.n;
@@ -706,8 +706,9 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
                     (!need_deleted || (e->flags & MSTORE_F_DELETED)) &&
                     mstore_view_seq(v, e->uid) != 0;
 
-        if (drop && unlinkat(e->in_new ? f->new_fd : f->cur_fd, e->name, 0) !=
-                        0 && errno != ENOENT) {
+        if (drop &&
+            unlinkat(e->in_new ? f->new_fd : f->cur_fd, e->name, 0) != 0 &&
+            errno != ENOENT) {
             rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot expunge: %s",
                              strerror(errno));
             drop = false;
@@ -789,16 +790,16 @@ copy_file(mstore_t *ms, int from_fd, const char *name, struct mfolder *d,
         return ERR_NOTFOUND;
     in = openat(from_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (in < 0)
-        return errno == ENOENT ? ERR_NOTFOUND
-                               : mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                                             "cannot copy: %s",
-                                             strerror(errno));
+        return errno == ENOENT
+                   ? ERR_NOTFOUND
+                   : mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
+                                 strerror(errno));
     tmp_fd = mfolder_tmp(d);
-    out = tmp_fd < 0 ? -1
-                     : openat(tmp_fd, base,
-                              O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
-                                  O_CLOEXEC,
-                              0600);
+    out = tmp_fd < 0
+              ? -1
+              : openat(tmp_fd, base,
+                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       0600);
     if (out < 0) {
         rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
                          strerror(tmp_fd < 0 ? -tmp_fd : errno));
@@ -813,7 +814,7 @@ copy_file(mstore_t *ms, int from_fd, const char *name, struct mfolder *d,
             break;
         }
     if (n == 0 && fstat(in, &st) == 0) {
-        struct timespec ts[2] = { st.st_mtim, st.st_mtim };
+        struct timespec ts[2] = {st.st_mtim, st.st_mtim};
 
         futimens(out, ts);
     }
@@ -1023,8 +1024,7 @@ mstore_open_msg(mstore_view_t *v, uint32_t seq, int *fd)
                 return 0;
             if (errno != ENOENT)
                 return mstore_fail(ms, ERR_SYS, "SERVERBUG",
-                                   "cannot read message: %s",
-                                   strerror(errno));
+                                   "cannot read message: %s", strerror(errno));
         }
         /* Renamed (flags changed by another program) or gone: read the
          * directories again and look once more. */

@@ -163,8 +163,8 @@ static void
 want_uids(const char *label, const mstore_view_t *v, const uint32_t *want,
           size_t n)
 {
-    ck_assert_msg(mstore_view_exists(v) == n, "%s: exists %u, want %zu",
-                  label, mstore_view_exists(v), n);
+    ck_assert_msg(mstore_view_exists(v) == n, "%s: exists %u, want %zu", label,
+                  mstore_view_exists(v), n);
     for (size_t i = 0; i < n; i++) {
         uint32_t got = mstore_view_msg(v, (uint32_t)i + 1)->uid;
 
@@ -255,14 +255,14 @@ START_TEST(test_recent_one_view)
     deliver(&f, NULL, "Subject: new\r\n\r\nhi\r\n");
     sync_ok(a, 0, &ch);
     ck_assert_msg(ch.exists_changed && ch.exists == 1 && ch.recent == 1,
-                  "a: exists_changed %d exists %u recent %u",
-                  ch.exists_changed, ch.exists, ch.recent);
+                  "a: exists_changed %d exists %u recent %u", ch.exists_changed,
+                  ch.exists, ch.recent);
     ck_assert_msg(strstr(mstore_view_flags_str(a, 1), "\\Recent") != NULL,
                   "a: flags %s", mstore_view_flags_str(a, 1));
     sync_ok(b, 0, &ch);
     ck_assert_msg(ch.exists_changed && ch.exists == 1 && ch.recent == 0,
-                  "b: exists_changed %d exists %u recent %u",
-                  ch.exists_changed, ch.exists, ch.recent);
+                  "b: exists_changed %d exists %u recent %u", ch.exists_changed,
+                  ch.exists, ch.recent);
     ck_assert_msg(files_in(f.acct, NULL, 0) > 0, "account gone");
     mstore_view_destroy(&a);
     mstore_view_destroy(&b);
@@ -288,8 +288,7 @@ START_TEST(test_delivery_after_sync)
                       "after delivery %u: exists %u recent %u", i, ch.exists,
                       ch.recent);
         sync_ok(v, 0, &ch);
-        ck_assert_msg(!ch.exists_changed && ch.nflags == 0 &&
-                          ch.nexpunged == 0,
+        ck_assert_msg(!ch.exists_changed && ch.nflags == 0 && ch.nexpunged == 0,
                       "a sync with nothing new reported something");
     }
     mstore_view_destroy(&v);
@@ -355,8 +354,8 @@ START_TEST(test_flags_seen_by_other)
     a = select_ok(f.ms, "INBOX", false);
     b = select_ok(ms2, "INBOX", false);
     store_ok(a, 2, IMAP_STORE_ADD, "\\Seen");
-    ck_assert_msg(mstore_view_msg(a, 2)->flags == MSTORE_F_SEEN,
-                  "a: flags %x", mstore_view_msg(a, 2)->flags);
+    ck_assert_msg(mstore_view_msg(a, 2)->flags == MSTORE_F_SEEN, "a: flags %x",
+                  mstore_view_msg(a, 2)->flags);
     sync_ok(a, 0, &ch);
     ck_assert_msg(ch.nflags == 0, "a: own change reported back (%zu)",
                   ch.nflags);
@@ -449,7 +448,6 @@ END_TEST
 
 /* Behind the store's back: a Maildir tool deletes or renames files. */
 
-
 START_TEST(test_deleted_behind)
 {
     struct fx f;
@@ -519,8 +517,8 @@ START_TEST(test_flags_round_trip)
     mstore_view_t *v;
     struct imap_seq_range r;
     struct imap_seqset set = range(&r, 1, 1);
-    const char *all[] = {"\\Draft", "\\Flagged", "\\Answered", "\\Seen",
-                         "\\Deleted", "$Label1"};
+    const char *all[] = {"\\Draft", "\\Flagged", "\\Answered",
+                         "\\Seen",  "\\Deleted", "$Label1"};
     const uint32_t *seqs;
     size_t n;
     char path[512];
@@ -530,9 +528,8 @@ START_TEST(test_flags_round_trip)
     fx_init(&f);
     deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
     v = select_ok(f.ms, "INBOX", false);
-    ck_assert_int_eq(mstore_store(v, &set, false, IMAP_STORE_SET, all, 6,
-                                  &seqs, &n),
-                     0);
+    ck_assert_int_eq(
+        mstore_store(v, &set, false, IMAP_STORE_SET, all, 6, &seqs, &n), 0);
     cur_file(&f, 0, path, sizeof(path));
     ck_assert_msg(strlen(path) > 8 &&
                       strcmp(path + strlen(path) - 8, ":2,DFRST") == 0,
@@ -548,9 +545,8 @@ START_TEST(test_flags_round_trip)
                          "$Label1") == 0,
                   "flags \"%s\"", mstore_view_flags_str(v, 1));
     /* -FLAGS takes some away. */
-    ck_assert_int_eq(mstore_store(v, &set, false, IMAP_STORE_REMOVE, all, 2,
-                                  &seqs, &n),
-                     0);
+    ck_assert_int_eq(
+        mstore_store(v, &set, false, IMAP_STORE_REMOVE, all, 2, &seqs, &n), 0);
     ck_assert_msg(mstore_view_msg(v, 1)->flags ==
                       (want & ~(MSTORE_F_DRAFT | MSTORE_F_FLAGGED)),
                   "after -FLAGS: %x", mstore_view_msg(v, 1)->flags);
@@ -580,10 +576,9 @@ START_TEST(test_delivery_order)
     for (uint32_t s = 1; s <= 40; s++) {
         ck_assert_int_eq(mstore_map(v, s, &m), 0);
         snprintf(text, sizeof(text), "Subject: %u\r\n", s);
-        ck_assert_msg(m.len > strlen(text) &&
-                          memcmp(m.data, text, strlen(text)) == 0,
-                      "uid %u holds \"%.12s\"", mstore_view_msg(v, s)->uid,
-                      m.data);
+        ck_assert_msg(
+            m.len > strlen(text) && memcmp(m.data, text, strlen(text)) == 0,
+            "uid %u holds \"%.12s\"", mstore_view_msg(v, s)->uid, m.data);
         mstore_unmap(&m);
     }
     mstore_view_destroy(&v);
@@ -666,8 +661,7 @@ START_TEST(test_copy_self_and_keyword_limit)
     ck_assert_msg(out.n == 1 && out.src_uids[0] == 1 && out.dst_uids[0] == 2,
                   "self copy: n %zu", out.n);
     sync_ok(v, 0, &ch);
-    ck_assert_msg(ch.exists_changed && ch.exists == 2, "exists %u",
-                  ch.exists);
+    ck_assert_msg(ch.exists_changed && ch.exists == 2, "exists %u", ch.exists);
     for (i = 0; i < 70 && rc == 0; i++) {
         const char *flags[1] = {kw};
         const uint32_t *seqs;
@@ -700,10 +694,10 @@ START_TEST(test_examine)
     deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
     ro = select_ok(f.ms, "INBOX", true);
     ck_assert_uint_eq(mstore_view_recent(ro), 1);
-    want_fail("store read-only", f.ms,
-              mstore_store(ro, &set, false, IMAP_STORE_ADD, flags, 1, &seqs,
-                           &n),
-              "CANNOT");
+    want_fail(
+        "store read-only", f.ms,
+        mstore_store(ro, &set, false, IMAP_STORE_ADD, flags, 1, &seqs, &n),
+        "CANNOT");
     ck_assert_str_eq(mstore_view_permanent_flags(ro), "");
     /* A delivery changes new/ alone: seen without reading cur/. */
     {
@@ -717,8 +711,8 @@ START_TEST(test_examine)
         ck_assert_int_eq(mstore_status(f.ms, "INBOX", &st), 0);
         ck_assert_msg(st.messages == 2 && st.recent == 2 && st.unseen == 2 &&
                           st.uidnext == 3,
-                      "status: %u %u %u %u", st.messages, st.recent,
-                      st.unseen, st.uidnext);
+                      "status: %u %u %u %u", st.messages, st.recent, st.unseen,
+                      st.uidnext);
     }
     mstore_view_destroy(&ro);
     rw = select_ok(f.ms, "INBOX", false);
@@ -760,9 +754,8 @@ START_TEST(test_descriptors)
 
         store_ok(v, 1, IMAP_STORE_ADD, "\\Flagged");
         ck_assert_int_eq(mstore_copy(v, &set, false, "Other", &out), 0);
-        ck_assert_int_eq(mstore_append(f.ms, "INBOX", "x\r\n", 3, NULL, 0,
-                                       0, &out),
-                         0);
+        ck_assert_int_eq(
+            mstore_append(f.ms, "INBOX", "x\r\n", 3, NULL, 0, 0, &out), 0);
         ck_assert_int_eq(mstore_status(f.ms, "Other", &st), 0);
         ck_assert_int_eq(mstore_map(v, 1, &m), 0);
         mstore_unmap(&m);
@@ -789,8 +782,8 @@ collect(void *arg, const char *name, const char *attrs)
     struct listed *l = arg;
     size_t len = strlen(l->text);
 
-    snprintf(l->text + len, sizeof(l->text) - len, "%s%s(%s)",
-             len ? " " : "", name, attrs);
+    snprintf(l->text + len, sizeof(l->text) - len, "%s%s(%s)", len ? " " : "",
+             name, attrs);
 }
 
 static const char *
@@ -809,10 +802,10 @@ want_list(mstore_t *ms, const char *ref, const char *pat, bool lsub,
 {
     const char *got = list(ms, ref, pat, lsub);
 
-    ck_assert_msg(strcmp(got, want) == 0, "%s \"%s\" \"%s\": got\n  %s\nwant\n  %s",
+    ck_assert_msg(strcmp(got, want) == 0,
+                  "%s \"%s\" \"%s\": got\n  %s\nwant\n  %s",
                   lsub ? "LSUB" : "LIST", ref, pat, got, want);
 }
-
 
 static bool
 is_dir(struct fx *f, const char *sub)
@@ -852,8 +845,8 @@ START_TEST(test_folders)
               "NONEXISTENT");
     want_fail("rename onto existing", f.ms, mstore_rename(f.ms, "Old", "Sent"),
               "ALREADYEXISTS");
-    want_fail("rename under itself", f.ms,
-              mstore_rename(f.ms, "Old", "Old/x"), "CANNOT");
+    want_fail("rename under itself", f.ms, mstore_rename(f.ms, "Old", "Old/x"),
+              "CANNOT");
 
     /* DELETE of a parent leaves it \Noselect; then it cannot go. */
     ck_assert_int_eq(mstore_delete(f.ms, "Old"), 0);
@@ -918,8 +911,7 @@ START_TEST(test_rename_inbox)
     /* New mail still reaches INBOX, numbered after the old. */
     deliver(&f, NULL, "Subject: 3\r\n\r\n3\r\n");
     v = select_ok(f.ms, "INBOX", false);
-    ck_assert_msg(mstore_view_exists(v) == 1 &&
-                      mstore_view_msg(v, 1)->uid == 3,
+    ck_assert_msg(mstore_view_exists(v) == 1 && mstore_view_msg(v, 1)->uid == 3,
                   "INBOX after: exists %u", mstore_view_exists(v));
     mstore_view_destroy(&v);
     fx_done(&f);
@@ -939,8 +931,9 @@ static const struct {
     {"level two", "", "a/%", "a/b(\\HasChildren)"},
     {"ref", "a/", "%", "a/b(\\HasChildren)"},
     {"under a", "", "a/*", "a/b(\\HasChildren) a/b/c(\\HasNoChildren)"},
-    {"prefix", "", "a*", "a(\\HasChildren) a/b(\\HasChildren) "
-                         "a/b/c(\\HasNoChildren) ab(\\HasNoChildren)"},
+    {"prefix", "", "a*",
+     "a(\\HasChildren) a/b(\\HasChildren) "
+     "a/b/c(\\HasNoChildren) ab(\\HasNoChildren)"},
     {"prefix %", "", "a%", "a(\\HasChildren) ab(\\HasNoChildren)"},
     {"inbox any case", "", "inBox", "INBOX(\\HasNoChildren)"},
     {"exact", "", "a/b/c", "a/b/c(\\HasNoChildren)"},
@@ -990,8 +983,7 @@ START_TEST(test_subscriptions)
     want_fail("unsubscribe again", f.ms,
               mstore_subscribe(f.ms, "Lists/dev", false), "NONEXISTENT");
     want_list(f.ms, "", "*", true, "INBOX()");
-    want_fail("bad name", f.ms, mstore_subscribe(f.ms, "a//b", true),
-              "CANNOT");
+    want_fail("bad name", f.ms, mstore_subscribe(f.ms, "a//b", true), "CANNOT");
     fx_done(&f);
 }
 END_TEST
@@ -1026,17 +1018,15 @@ START_TEST(test_append_copy)
     ck_assert_msg(mstore_bytes_delta(f.ms) == (int64_t)strlen(msg),
                   "delta %lld", (long long)mstore_bytes_delta(f.ms));
     sent_uidv = out.uidvalidity;
-    ck_assert_int_eq(mstore_append(f.ms, "Sent", msg, strlen(msg), NULL, 0, 0,
-                                   &out),
-                     0);
-    ck_assert_msg(out.dst_uids[0] == 2, "second APPENDUID %u",
-                  out.dst_uids[0]);
+    ck_assert_int_eq(
+        mstore_append(f.ms, "Sent", msg, strlen(msg), NULL, 0, 0, &out), 0);
+    ck_assert_msg(out.dst_uids[0] == 2, "second APPENDUID %u", out.dst_uids[0]);
     s = select_ok(f.ms, "Sent", true);
     ck_assert_msg(mstore_view_exists(s) == 2 &&
                       mstore_view_msg(s, 1)->date == 1700000000 &&
                       mstore_view_msg(s, 1)->size == strlen(msg),
-                  "Sent: exists %u date %lld size %llu",
-                  mstore_view_exists(s), (long long)mstore_view_msg(s, 1)->date,
+                  "Sent: exists %u date %lld size %llu", mstore_view_exists(s),
+                  (long long)mstore_view_msg(s, 1)->date,
                   (unsigned long long)mstore_view_msg(s, 1)->size);
     ck_assert_msg(strcmp(mstore_view_flags_str(s, 1), "\\Seen $Sent") == 0,
                   "flags \"%s\"", mstore_view_flags_str(s, 1));
@@ -1086,10 +1076,10 @@ START_TEST(test_append_copy)
         char why[128];
         mstore_t *small = mstore_open(f.data, ACCT, &lim, why, sizeof(why));
 
-        want_fail("too big", small,
-                  mstore_append(small, "Sent", msg, strlen(msg), NULL, 0, 0,
-                                &out),
-                  "TOOBIG");
+        want_fail(
+            "too big", small,
+            mstore_append(small, "Sent", msg, strlen(msg), NULL, 0, 0, &out),
+            "TOOBIG");
         mstore_destroy(&small);
     }
     mstore_view_destroy(&s);
@@ -1120,8 +1110,8 @@ START_TEST(test_sets)
     ck_assert_msg(n == 4 && seqs[0] == 1 && seqs[1] == 2 && seqs[2] == 5 &&
                       seqs[3] == 6,
                   "seq set: %zu", n);
-    want_fail("seq 7 of 6", f.ms, mstore_view_resolve(v, &bad, false, &seqs, &n),
-              NULL);
+    want_fail("seq 7 of 6", f.ms,
+              mstore_view_resolve(v, &bad, false, &seqs, &n), NULL);
     /* RFC 3501 6.4.8: 100:* takes the last UID however high 100 is. */
     bad = range(&one, 100, IMAP_SEQ_STAR);
     ck_assert_int_eq(mstore_view_resolve(v, &bad, true, &seqs, &n), 0);
@@ -1165,22 +1155,14 @@ static const struct {
     const char *name;
     bool ok;
 } name_rows[] = {
-    {"Sent", true},
-    {"Archive/2024", true},
-    {"&AOQ-pfel", true},
-    {"INBOX/sub", true},
-    {"../x", false},
-    {"a/../b", false},
-    {"a//b", false},
-    {"/a", false},
-    {"a/", false},
-    {"a.b", false},
-    {"", false},
-    {"a\001b", false},
-    {"tab\tname", false},
-    {"a\\b", false},
-    {"a*", false},
-    {"caf\xc3\xa9", false},
+    {"Sent", true},       {"Archive/2024", true},
+    {"&AOQ-pfel", true},  {"INBOX/sub", true},
+    {"../x", false},      {"a/../b", false},
+    {"a//b", false},      {"/a", false},
+    {"a/", false},        {"a.b", false},
+    {"", false},          {"a\001b", false},
+    {"tab\tname", false}, {"a\\b", false},
+    {"a*", false},        {"caf\xc3\xa9", false},
 };
 
 START_TEST(test_names)
@@ -1265,9 +1247,9 @@ START_TEST(test_symlinks)
     /* Symlinks where the store keeps its own files are replaced, never
      * followed. */
     {
-        static const char *const own[] = {
-            "samotop-uidlist.lock", "samotop-uidlist.tmp", "subscriptions",
-            "subscriptions.tmp"};
+        static const char *const own[] = {"samotop-uidlist.lock",
+                                          "samotop-uidlist.tmp",
+                                          "subscriptions", "subscriptions.tmp"};
         struct stat st;
 
         for (size_t i = 0; i < NROWS(own); i++) {
@@ -1316,8 +1298,7 @@ append_many(struct fx *f, int n)
     for (int i = 0; i < n; i++) {
         int len = snprintf(msg, sizeof(msg), "Subject: %d\r\n\r\n%d\r\n", i, i);
 
-        if (mstore_append(ms, "INBOX", msg, (size_t)len, NULL, 0, 0, &out) !=
-            0)
+        if (mstore_append(ms, "INBOX", msg, (size_t)len, NULL, 0, 0, &out) != 0)
             _exit(2);
         /* Deliveries and syncs interleaved too. */
         if (i % 20 == 0) {
@@ -1354,7 +1335,8 @@ START_TEST(test_two_processes)
     n = mstore_view_exists(v);
     ck_assert_msg(n == 420, "exists %u, want 420", n);
     for (uint32_t s = 2; s <= n; s++)
-        ck_assert_msg(mstore_view_msg(v, s)->uid > mstore_view_msg(v, s - 1)->uid,
+        ck_assert_msg(mstore_view_msg(v, s)->uid >
+                          mstore_view_msg(v, s - 1)->uid,
                       "uid of %u not above the one before", s);
     ck_assert_msg(mstore_view_uidnext(v) == 421, "uidnext %u",
                   mstore_view_uidnext(v));
@@ -1415,7 +1397,8 @@ START_TEST(test_flags_while_appending)
                    strstr(mstore_view_flags_str(v, s), "$Done") != NULL;
     ck_assert_msg(flagged == 50, "%u of 50 flagged", flagged);
     for (uint32_t s = 2; s <= 155; s++)
-        ck_assert_msg(mstore_view_msg(v, s)->uid > mstore_view_msg(v, s - 1)->uid,
+        ck_assert_msg(mstore_view_msg(v, s)->uid >
+                          mstore_view_msg(v, s - 1)->uid,
                       "uid of %u not above the one before", s);
     mstore_view_destroy(&v);
     fx_done(&f);
