@@ -18,7 +18,9 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -766,6 +768,156 @@ START_TEST(test_descriptors)
     mstore_view_destroy(&v);
     ck_assert_msg(open_fds() == before, "%d left after the view went",
                   open_fds() - before);
+    fx_done(&f);
+}
+END_TEST
+
+/* Moves this test process (CK_FORK) into a mount namespace of its own,
+ * as test_maildir.c does, so that a tmpfs mounted there is never seen by
+ * the host; before the store is opened. False when not allowed here. */
+static bool
+private_mounts(void)
+{
+    if (unshare(CLONE_NEWNS) != 0) {
+        uid_t uid = getuid();
+        gid_t gid = getgid();
+        char map[64];
+        FILE *m;
+
+        if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+            return false;
+        if ((m = fopen("/proc/self/setgroups", "w")) != NULL) {
+            fputs("deny", m);
+            fclose(m);
+        }
+        snprintf(map, sizeof(map), "0 %d 1", (int)uid);
+        if ((m = fopen("/proc/self/uid_map", "w")) == NULL)
+            return false;
+        fputs(map, m);
+        fclose(m);
+        snprintf(map, sizeof(map), "0 %d 1", (int)gid);
+        if ((m = fopen("/proc/self/gid_map", "w")) == NULL)
+            return false;
+        fputs(map, m);
+        fclose(m);
+    }
+    return mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
+}
+
+/* A folder whose directory is a tmpfs of size (made, mounted, then made
+ * a Maildir by CREATE, which finds it there). */
+static void
+tmpfs_folder(struct fx *f, const char *name, const char *size)
+{
+    char dir[512], opts[64];
+
+    snprintf(dir, sizeof(dir), "%s/.%s", f->acct, name);
+    ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s", dir);
+    snprintf(opts, sizeof(opts), "size=%s,mode=0700", size);
+    ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, opts) == 0,
+                  "mount tmpfs on %s: %s", dir, strerror(errno));
+    want_fail("create on the mount", f->ms, mstore_create(f->ms, name),
+              "ALREADYEXISTS");
+}
+
+/* COPY to another file system: no hard link, a copy written to tmp/ and
+ * renamed, with the same octets, flags and date. */
+START_TEST(test_copy_cross_device)
+{
+    struct fx f;
+    mstore_view_t *v, *o;
+    struct mstore_copied out;
+    struct imap_seq_range r;
+    struct imap_seqset set;
+    struct mstore_map a, b;
+    char dir[512];
+
+    if (!private_mounts()) {
+        fprintf(stderr, "test_copy_cross_device: skipped: cannot mount a "
+                        "tmpfs\n");
+        return;
+    }
+    fx_init(&f);
+    tmpfs_folder(&f, "Other", "1m");
+    deliver(&f, NULL, "Subject: one\r\n\r\n1\r\n");
+    deliver(&f, NULL, "Subject: two\r\n\r\n2\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    store_ok(v, 2, IMAP_STORE_ADD, "\\Flagged");
+    set = range(&r, 1, 2);
+    ck_assert_int_eq(mstore_copy(v, &set, false, "Other", &out), 0);
+    ck_assert_msg(out.n == 2 && out.dst_uids[0] == 1 && out.dst_uids[1] == 2,
+                  "COPYUID n %zu", out.n);
+    o = select_ok(f.ms, "Other", true);
+    ck_assert_uint_eq(mstore_view_exists(o), 2);
+    for (uint32_t s = 1; s <= 2; s++) {
+        ck_assert_int_eq(mstore_map(v, s, &a), 0);
+        ck_assert_int_eq(mstore_map(o, s, &b), 0);
+        ck_assert_msg(a.len == b.len && memcmp(a.data, b.data, a.len) == 0,
+                      "copy %u differs", s);
+        mstore_unmap(&a);
+        mstore_unmap(&b);
+        ck_assert_msg(
+            mstore_view_msg(o, s)->flags == mstore_view_msg(v, s)->flags &&
+                mstore_view_msg(o, s)->date == mstore_view_msg(v, s)->date,
+            "copy %u: flags or date differ", s);
+    }
+    snprintf(dir, sizeof(dir), "%s/.Other/tmp", f.acct);
+    ck_assert_msg(files_in(dir, NULL, 0) == 0, "left in tmp/");
+    {
+        DIR *d;
+        struct dirent *e;
+        struct stat st;
+        int copies = 0;
+
+        snprintf(dir, sizeof(dir), "%s/.Other/cur", f.acct);
+        d = opendir(dir);
+        ck_assert_msg(d != NULL, "no cur/");
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.' &&
+                fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_nlink == 1)
+                copies++;
+        closedir(d);
+        ck_assert_msg(copies == 2, "%d copies (not links) in cur/", copies);
+    }
+    mstore_view_destroy(&o);
+    mstore_view_destroy(&v);
+    snprintf(dir, sizeof(dir), "%s/.Other", f.acct);
+    umount2(dir, MNT_DETACH);
+    fx_done(&f);
+}
+END_TEST
+
+/* APPEND to a full file system: NO [OVERQUOTA], nothing left behind. */
+START_TEST(test_append_no_space)
+{
+    struct fx f;
+    struct mstore_copied out;
+    struct imap_status_values st;
+    size_t len = 256 * 1024;
+    char *msg, dir[512];
+
+    if (!private_mounts()) {
+        fprintf(stderr, "test_append_no_space: skipped: cannot mount a "
+                        "tmpfs\n");
+        return;
+    }
+    fx_init(&f);
+    tmpfs_folder(&f, "Small", "64k");
+    msg = malloc(len);
+    memset(msg, 'x', len);
+    want_fail("append", f.ms,
+              mstore_append(f.ms, "Small", msg, len, NULL, 0, 0, &out),
+              "OVERQUOTA");
+    free(msg);
+    snprintf(dir, sizeof(dir), "%s/.Small/tmp", f.acct);
+    ck_assert_msg(files_in(dir, NULL, 0) == 0, "left in tmp/");
+    ck_assert_int_eq(mstore_status(f.ms, "Small", &st), 0);
+    ck_assert_uint_eq(st.messages, 0);
+    /* A small one still fits. */
+    ck_assert_int_eq(mstore_append(f.ms, "Small", "x\r\n", 3, NULL, 0, 0, &out),
+                     0);
+    snprintf(dir, sizeof(dir), "%s/.Small", f.acct);
+    umount2(dir, MNT_DETACH);
     fx_done(&f);
 }
 END_TEST
@@ -1633,6 +1785,8 @@ mstore_suite(void)
     tcase_add_test(tc, test_copy_self_and_keyword_limit);
     tcase_add_test(tc, test_examine);
     tcase_add_test(tc, test_descriptors);
+    tcase_add_test(tc, test_copy_cross_device);
+    tcase_add_test(tc, test_append_no_space);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("folders");
