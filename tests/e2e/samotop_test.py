@@ -5,10 +5,12 @@ ports (base_port .. base_port+19), so tests never touch a running local
 profile or each other. Everything it starts is stopped by stop(), and
 samotopd's children die with it (PR_SET_PDEATHSIG) if the test is killed.
 """
+import atexit
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +58,37 @@ class System:
         self.proc = None
         self.log = open(os.path.join(self.data, "samotopd.log"), "w+")
 
+    def ports_free(self, timeout=30):
+        """Waits until nothing listens on this system's ports (a test that
+        ran before may still be stopping), then returns; fails naming the
+        port when one stays taken. Two runs on the same ports would share
+        one Redis and fail in ways that name neither."""
+        deadline = time.time() + timeout
+        for port in range(self.base, self.base + 20):
+            while True:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                # As our servers bind: a port in TIME_WAIT is free.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise AssertionError(
+                            "port %d is taken by another process: is another "
+                            "test or samotopd using ports %d-%d?" % (
+                                port, self.base, self.base + 19))
+                    time.sleep(0.5)
+                finally:
+                    s.close()
+
     def start(self, wait=True):
+        self.ports_free()
+        if not getattr(self, "_atexit", False):
+            # A setUpModule that fails after start() never reaches its
+            # tearDownModule: samotopd must not outlive the test anyway.
+            atexit.register(self.stop)
+            self._atexit = True
         self.proc = subprocess.Popen([bin_path("samotopd")], env=self.env,
                                      stdout=self.log, stderr=self.log)
         if wait:
@@ -94,6 +126,8 @@ class System:
         return self.log.read()
 
     def stop(self):
+        if self.log.closed:
+            return  # stopped already
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
