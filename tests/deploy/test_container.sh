@@ -19,12 +19,20 @@
 # SAMOTOP_CONTAINER_SRC=worktree builds the working tree instead, and
 # SAMOTOP_CONTAINER_IMAGE=TAG runs an image built before (to iterate on
 # the compose files; ctest never sets it).
-# Needs root (podman with runc) and ../shared/tools/container-build, or
-# SAMOTOP_CONTAINER_BUILD naming it.
+# Needs root (podman with runc) and ../shared/tools/container-build (or
+# /work/shared/tools/container-build), or SAMOTOP_CONTAINER_BUILD naming it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=${SAMOTOP_SRC:-$(cd "$here/../.." && pwd)}
-build_tool=${SAMOTOP_CONTAINER_BUILD:-$src/../shared/tools/container-build}
+# Beside the project's folder, or where the development machines keep it
+# (a clone elsewhere, e.g. CI's, has no ../shared).
+build_tool=${SAMOTOP_CONTAINER_BUILD:-}
+if [ -z "$build_tool" ]; then
+	for t in "$src/../shared/tools/container-build" /work/shared/tools/container-build; do
+		[ -x "$t" ] && { build_tool=$t; break; }
+	done
+	build_tool=${build_tool:-$src/../shared/tools/container-build}
+fi
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 
