@@ -464,7 +464,7 @@ on_reply(void *arg, int err, const char *text, const envelope_t *reply)
                  s->trace);
         answer(s, 451, "4.3.0", msg);
     } else if (err != 0 || reply == NULL) {
-        log_warn(s->trace, "bus_call_failed", "event=%d err=%s text=%s",
+        log_warn(s->trace, "bus_call_failed", "decision=%d err=%s text=%s",
                  (int)c->what, err_name(err), log_q(text));
         if (c->what == SMTP_EV_CONNECT) {
             answer(s, 421, "4.3.0", "service temporarily unavailable");
