@@ -178,6 +178,7 @@ struct parked {
     mailbox_stored_fn *done; /* NULL once the owner went away */
     void *arg;
     bool quota_wait;    /* its quota lookup is out (mailbox_quota.h) */
+    bool quota_held;    /* its copies let in are held until counted */
     struct mailbox *mb; /* while it is out */
 };
 
@@ -232,27 +233,43 @@ first_copy(const struct parked *p, size_t i)
     return true;
 }
 
+/* r's mailbox as a C string into name; false when it is too long. */
+static bool
+rcpt_name(const struct maildir_rcpt *r, char name[MAILDIR_NAME_MAX + 1])
+{
+    if (r->mailbox_len > MAILDIR_NAME_MAX)
+        return false;
+    memcpy(name, r->mailbox, r->mailbox_len);
+    name[r->mailbox_len] = '\0';
+    return true;
+}
+
 /* The quota lookup of p's recipients (in order, those with a good name)
  * is in: a copy that would take its account over quota is refused with
- * 452 4.2.2 (RFC 3463 X.2.2, mailbox full), the others go to the commit.
- * XXX: messages to one account whose lookups overlap each see the usage
- * before the others, so a burst may pass the quota by one group commit. */
+ * 452 4.2.2 (RFC 3463 X.2.2, mailbox full), the others go to the commit,
+ * their bytes held (mailbox_quota_hold()) so that the lookups of messages
+ * right behind weigh them before they are counted in Redis. Copies of one
+ * account from other processes are not held here: with mailbox.shards
+ * one process owns each account. */
 static void
 on_quota(void *arg, int err, const struct mailbox_quota_state *st, size_t n)
 {
     struct parked *p = arg;
+    mailbox_quota_t *q = p->mb->quota;
     size_t size = p->parts[0].iov_len + p->parts[1].iov_len, k = 0;
-    uint64_t *more = xcalloc(n ? n : 1, sizeof(*more));
+    char name[MAILDIR_NAME_MAX + 1];
 
     p->quota_wait = false;
+    p->quota_held = err == 0;
     for (size_t i = 0; i < p->n && err == 0 && k < n; i++) {
         struct maildir_rcpt *r = &p->r[i];
 
         if (!maildir_name_ok(r->mailbox, r->mailbox_len))
             continue;
-        if (first_copy(p, i)) {
-            if (mailbox_quota_fits(st[k].used + more[k], size, st[k].limit))
-                more[k] += size;
+        if (first_copy(p, i) && rcpt_name(r, name)) {
+            if (mailbox_quota_fits(st[k].used + mailbox_quota_held(q, name),
+                                   size, st[k].limit))
+                mailbox_quota_hold(q, name, size);
             else {
                 r->refused = true;
                 r->code = 452;
@@ -267,7 +284,6 @@ on_quota(void *arg, int err, const struct mailbox_quota_state *st, size_t n)
         }
         k++;
     }
-    free(more);
     park_now(p->mb, p);
 }
 
@@ -430,17 +446,22 @@ answer(struct mailbox *mb, struct parked *p, const struct maildir_msg *mm,
              log_q(p->id), p->n, mm->stored,
              p->parts[0].iov_len + p->parts[1].iov_len,
              (double)(clock_mono_us() - p->t0) / 1000.0, batch, code);
-    /* Each copy stored counts against its account's quota. */
+    /* Each copy stored counts against its account's quota; the hold of
+     * one that was not stored ends. */
     for (size_t i = 0; i < p->n && mb->quota != NULL; i++) {
+        size_t size = p->parts[0].iov_len + p->parts[1].iov_len;
         char name[MAILDIR_NAME_MAX + 1];
+        bool held = p->quota_held && !p->r[i].refused &&
+                    maildir_name_ok(p->r[i].mailbox, p->r[i].mailbox_len);
 
-        if (p->r[i].code != 250 || p->r[i].mailbox_len > MAILDIR_NAME_MAX ||
-            !first_copy(p, i))
+        if (!first_copy(p, i) || !rcpt_name(&p->r[i], name))
             continue;
-        memcpy(name, p->r[i].mailbox, p->r[i].mailbox_len);
-        name[p->r[i].mailbox_len] = '\0';
-        mailbox_quota_charge(mb->quota, p->trace, name,
-                             p->parts[0].iov_len + p->parts[1].iov_len);
+        if (p->r[i].code == 250 && held)
+            mailbox_quota_charge_held(mb->quota, p->trace, name, size);
+        else if (p->r[i].code == 250)
+            mailbox_quota_charge(mb->quota, p->trace, name, size);
+        else if (held)
+            mailbox_quota_release(mb->quota, name, size);
     }
     if (p->done)
         p->done(mb, p->arg, p->r, p->n);

@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <czmq.h>
+
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -51,6 +53,8 @@ struct qreq {
 struct mailbox_quota {
     store_async_t *store;
     struct qreq *reqs; /* in flight */
+    /* account -> bytes held (as a pointer-sized integer; absent is 0) */
+    zhashx_t *held;
 };
 
 /* The trace and account of a charge or credit, for the log. */
@@ -58,6 +62,7 @@ struct qmove {
     char trace[ENVELOPE_MAX_NAME + 1];
     char account[MAILDIR_NAME_MAX + 1];
     long long delta;
+    mailbox_quota_t *q; /* set when the reply ends a hold of delta */
 };
 
 mailbox_quota_t *
@@ -68,6 +73,7 @@ mailbox_quota_new(loop_t *loop, const config_t *cfg)
     /* Connects in the background and keeps trying; meanwhile checks fail
      * (open) and charges are lost to the log. */
     q->store = store_async_new(loop, cfg, QUOTA_REDIS_TIMEOUT_MS);
+    q->held = zhashx_new();
     return q;
 }
 
@@ -81,7 +87,8 @@ mailbox_quota_destroy(mailbox_quota_t **q_p)
     /* Fails every command out: the lookups answer ERR_CLOSED and go. */
     store_async_destroy(&q->store);
     if (q->reqs != NULL)
-        abort(); /* a lookup outlived the store that answers it */
+        abort();              /* a lookup outlived the store that answers it */
+    zhashx_destroy(&q->held); /* after the store: charges release holds */
     free(q);
     *q_p = NULL;
 }
@@ -261,10 +268,39 @@ mailbox_quota_cancel(mailbox_quota_t *q, void *arg)
             r->cancelled = true;
 }
 
+uint64_t
+mailbox_quota_held(const mailbox_quota_t *q, const char *account)
+{
+    return (uint64_t)(uintptr_t)zhashx_lookup(q->held, account);
+}
+
+void
+mailbox_quota_hold(mailbox_quota_t *q, const char *account, uint64_t bytes)
+{
+    uint64_t v = mailbox_quota_held(q, account) + bytes;
+
+    if (bytes > 0)
+        zhashx_update(q->held, account, (void *)(uintptr_t)v);
+}
+
+void
+mailbox_quota_release(mailbox_quota_t *q, const char *account, uint64_t bytes)
+{
+    uint64_t v = mailbox_quota_held(q, account);
+
+    if (v <= bytes)
+        zhashx_delete(q->held, account);
+    else
+        zhashx_update(q->held, account, (void *)(uintptr_t)(v - bytes));
+}
+
 static void
 on_moved(void *arg, int err, const store_reply_t *reply)
 {
     struct qmove *m = arg;
+
+    if (m->q != NULL)
+        mailbox_quota_release(m->q, m->account, (uint64_t)m->delta);
 
     if (err != 0 || store_reply_type(reply) == STORE_ERROR)
         log_warn(m->trace, "quota_count_failed",
@@ -273,10 +309,11 @@ on_moved(void *arg, int err, const store_reply_t *reply)
     free(m);
 }
 
-/* Moves account's usage by delta bytes; fire and forget. */
+/* Moves account's usage by delta bytes; fire and forget. With held, the
+ * reply ends a hold of delta bytes (which a failure to send ends now). */
 static void
 quota_move(mailbox_quota_t *q, const char *trace, const char *account,
-           long long delta)
+           long long delta, bool held)
 {
     char user_key[STORE_KEY_MAX], usage_key[STORE_KEY_MAX];
     char local[MAILDIR_LOCAL_MAX + 1], num[32];
@@ -287,12 +324,15 @@ quota_move(mailbox_quota_t *q, const char *trace, const char *account,
         return;
     if (!account_keys(account, user_key, usage_key, local)) {
         log_warn(trace, "quota_bad_account", "mailbox=%s", log_q(account));
+        if (held)
+            mailbox_quota_release(q, account, (uint64_t)delta);
         return;
     }
     m = xcalloc(1, sizeof(*m));
     snprintf(m->trace, sizeof(m->trace), "%s", trace ? trace : "");
     snprintf(m->account, sizeof(m->account), "%s", account);
     m->delta = delta;
+    m->q = held ? q : NULL;
     if (delta > 0) {
         const char *argv[] = {"HINCRBY", usage_key, local, num};
 
@@ -308,6 +348,8 @@ quota_move(mailbox_quota_t *q, const char *trace, const char *account,
         log_warn(m->trace, "quota_count_failed",
                  "mailbox=%s delta=%lld error=%s", log_q(m->account), delta,
                  log_q(err_str(rc)));
+        if (held)
+            mailbox_quota_release(q, account, (uint64_t)delta);
         free(m);
     }
 }
@@ -317,7 +359,16 @@ mailbox_quota_charge(mailbox_quota_t *q, const char *trace, const char *account,
                      uint64_t bytes)
 {
     quota_move(q, trace, account,
-               bytes > (uint64_t)INT64_MAX ? INT64_MAX : (long long)bytes);
+               bytes > (uint64_t)INT64_MAX ? INT64_MAX : (long long)bytes,
+               false);
+}
+
+void
+mailbox_quota_charge_held(mailbox_quota_t *q, const char *trace,
+                          const char *account, uint64_t bytes)
+{
+    /* Holds come from sizes of messages, far below INT64_MAX. */
+    quota_move(q, trace, account, (long long)bytes, true);
 }
 
 void
@@ -325,5 +376,6 @@ mailbox_quota_credit(mailbox_quota_t *q, const char *trace, const char *account,
                      uint64_t bytes)
 {
     quota_move(q, trace, account,
-               bytes > (uint64_t)INT64_MAX ? -INT64_MAX : -(long long)bytes);
+               bytes > (uint64_t)INT64_MAX ? -INT64_MAX : -(long long)bytes,
+               false);
 }

@@ -84,6 +84,23 @@ typedef void mailbox_quota_lookup_cb(void *arg, int err,
 int mailbox_quota_lookup(mailbox_quota_t *q, const char *const *accounts,
                          size_t n, mailbox_quota_lookup_cb *cb, void *arg);
 
+/* Holds bytes for account in this process: copies let in by a lookup and
+ * not counted in Redis yet, so that a lookup answered meanwhile weighs
+ * them too (mailbox_quota_held()). A hold ends with
+ * mailbox_quota_charge_held() once the copy is stored, or with
+ * mailbox_quota_release() when it is not. Lookups and charges go over one
+ * connection, in order: a lookup answered after a charge's reply sees
+ * the charge, so the hold lasts until that reply. */
+void mailbox_quota_hold(mailbox_quota_t *q, const char *account,
+                        uint64_t bytes);
+void mailbox_quota_release(mailbox_quota_t *q, const char *account,
+                           uint64_t bytes);
+void mailbox_quota_charge_held(mailbox_quota_t *q, const char *trace,
+                               const char *account, uint64_t bytes);
+
+/* The bytes held for account now (0 when none). */
+uint64_t mailbox_quota_held(const mailbox_quota_t *q, const char *account);
+
 /* Forgets the checks waiting with this arg: their callbacks are never
  * called. For a session that goes away while it waits. */
 void mailbox_quota_cancel(mailbox_quota_t *q, void *arg);

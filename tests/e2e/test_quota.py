@@ -10,6 +10,7 @@ import os
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -206,6 +207,42 @@ class Quota(unittest.TestCase):
         self.assertEqual(len(files("race")), 1)
         self.assertEqual(used(addr), stored_bytes("race"))
         self.assertIn("over_quota", SYS.logtext())
+
+    def test_burst_of_deliveries_stops_at_the_quota(self):
+        """Twelve transactions pass RCPT while the account has room for
+        five more, then send DATA at once: the mailbox lets exactly five
+        in, though their lookups overlap (copies let in are held until
+        counted), and the others get 452 4.2.2."""
+        addr = user("burst")
+        deliver(addr, 1200)
+        size = wait_used(addr, stored_bytes("burst"))
+        SYS.admin("user", "quota", addr, str(6 * size))
+        clients = [client() for _ in range(12)]
+        codes = []
+        lock = threading.Lock()
+
+        def data(c):
+            code, _ = c.data(message(1200))
+            with lock:
+                codes.append(code)
+
+        try:
+            for c in clients:
+                c.mail("a@remote.test")
+                self.assertEqual(c.rcpt(addr)[0], 250)
+            threads = [threading.Thread(target=data, args=(c,))
+                       for c in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        finally:
+            for c in clients:
+                c.close()
+        self.assertEqual(sorted(codes), [250] * 5 + [452] * 7)
+        self.assertEqual(len(files("burst")), 6)
+        self.assertEqual(wait_used(addr, 6 * size), 6 * size)
+        self.assertEqual(stored_bytes("burst"), 6 * size)
 
     def test_admin_shows_usage_and_removal_lets_mail_in(self):
         addr = user("shown")
