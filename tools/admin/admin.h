@@ -40,7 +40,7 @@ int admin_call(const config_t *cfg, int argc, char **argv);
 /* domain add|del|list|catchall: the domains we receive mail for. */
 int admin_domain(const config_t *cfg, int argc, char **argv);
 
-/* user add|passwd|del|list|disable|enable: accounts. */
+/* user add|passwd|del|list|show|disable|enable|quota: accounts. */
 int admin_user(const config_t *cfg, int argc, char **argv);
 
 /* alias add|del|list: addresses that forward to others. */

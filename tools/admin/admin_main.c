@@ -13,7 +13,7 @@ static const struct admin_verb verbs[] = {
     {"call", "call [--timeout MS] [--trace ID] TYPE [KEY=STR|KEY:=INT]...",
      admin_call, 0},
     {"domain", "domain add|del|list|catchall ...", admin_domain, 1},
-    {"user", "user add|passwd|del|list|disable|enable ...", admin_user, 1},
+    {"user", "user add|passwd|del|list|show|disable|enable|quota ...", admin_user, 1},
     {"alias", "alias add|del|list ...", admin_alias, 1},
     {"route", "route add|del|list ...", admin_route, 1},
     {"queue", "queue list|show|retry|delete ...", admin_queue, 1},
