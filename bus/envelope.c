@@ -911,8 +911,13 @@ envelope_mask_secrets(envelope_t *env)
 bool
 envelope_service_has_secrets(const char *service)
 {
+    /* A shard of a service ("mailbox.2", lib/shard.h) carries its types. */
+    const char *dot = strchr(service, '.');
+    size_t len = dot ? (size_t)(dot - service) : strlen(service);
+
     for (const char *const *s = env_secret_services; *s; s++)
-        if (strcmp(*s, service) == 0 || strcmp(*s, "*") == 0)
+        if ((strlen(*s) == len && strncmp(*s, service, len) == 0) ||
+            strcmp(*s, "*") == 0)
             return true;
     return false;
 }

@@ -87,6 +87,17 @@ static const struct ckey ckeys[] = {
     {"mailbox.shard", C_INT, "-1", -1, 1023, false,
      "this mailbox process's shard K; -1: from its copy number (--instance "
      "N owns shard (N-1) mod mailbox.shards)"},
+    {"mailbox.imap_internal", C_ADDR_OPT, "", 0, 0, false,
+     "internal IMAP door where copies that do not own an account hand "
+     "its logins over (plaintext, tickets only, never passwords); empty: "
+     "127.0.0.1 on a port the kernel picks when mailbox.shards > 1. Under "
+     "samotopd, copy N gets PORT + N - 1"},
+    {"mailbox.imap_advertise", C_STR, "", 0, 0, false,
+     "numeric address other mailbox copies reach this one's internal IMAP "
+     "door at; empty: the host of mailbox.imap_internal (which must not "
+     "then be a wildcard)"},
+    {"mailbox.imap_ticket_ms", C_INT, "10000", 100, 600000, false,
+     "how long a one-time ticket for the internal IMAP door stays valid"},
     {"lmtp.max_sessions", C_INT, "200", 1, 100000, false,
      "LMTP sessions one mailbox process holds at once"},
     {"lmtp.idle_timeout_ms", C_INT, "300000", 1000, 3600000, false,

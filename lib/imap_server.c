@@ -805,6 +805,13 @@ imap_server_input(imap_server_t *srv, const void *data, size_t len)
     return len;
 }
 
+void
+imap_server_take_input(imap_server_t *srv, buf_t *out)
+{
+    buf_add(out, srv->in + srv->in_off, srv->in_len - srv->in_off);
+    srv->in_off = srv->in_len = 0;
+}
+
 const struct imap_event *
 imap_server_next(imap_server_t *srv)
 {

@@ -237,6 +237,15 @@ void imap_server_tls_started(imap_server_t *srv);
  */
 void imap_server_close(imap_server_t *srv, const char *text);
 
+/*
+ * Appends to out the input the engine took but has not read yet (what a
+ * client pipelined after the command being answered) and forgets it. For
+ * a caller that hands the rest of the session to another server, as the
+ * mailbox does with a login for an account another copy owns: called
+ * while that login's decision is pending, before completing it.
+ */
+void imap_server_take_input(imap_server_t *srv, buf_t *out);
+
 enum imap_state imap_server_state(const imap_server_t *srv);
 
 /* Whether the selected mailbox was opened read-only (EXAMINE, or a

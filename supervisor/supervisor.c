@@ -336,6 +336,30 @@ metrics_endpoint(struct supervisor *sup, struct child *c, size_t slot, int n)
                           (int)(colon - base), base, port);
 }
 
+/* Mailbox copies on one host cannot share an internal IMAP door (a ticket
+ * is good only at the copy that gave it): with mailbox.imap_internal =
+ * HOST:PORT, copy n gets PORT + n - 1; port 0 stays 0 (the kernel picks
+ * one, and the copy tells callers which with each ticket). env[0] is free:
+ * only brokers use env[0..2]. */
+static void
+imap_internal_endpoint(struct supervisor *sup, struct child *c, int n)
+{
+    const char *base = config_str(sup->cfg, "mailbox.imap_internal");
+    const char *colon = strrchr(base, ':');
+    long port;
+
+    if (*base == '\0' || colon == NULL)
+        return;
+    port = strtol(colon + 1, NULL, 10);
+    if (port > 0)
+        port += n - 1;
+    if (port > 65535)
+        port = 0;
+    c->env[0] = xasprintf("%s=%.*s:%ld",
+                          config_env_name("mailbox.imap_internal"),
+                          (int)(colon - base), base, port);
+}
+
 /* Builds the child table and checks that every executable exists before
  * anything is started. */
 static void
@@ -373,6 +397,8 @@ build_table(struct supervisor *sup)
             if (actor_kinds[k].group == G_BUS && copies > 1)
                 broker_endpoints(sup, c, (int)i);
             metrics_endpoint(sup, c, k, (int)i);
+            if (strcmp(actor_kinds[k].name, "mailbox") == 0)
+                imap_internal_endpoint(sup, c, (int)i);
         }
         free(exe);
     }

@@ -73,8 +73,8 @@ watch(struct isess *s, int events)
     loop_fd_mod(s->im->loop, s->fd, events);
 }
 
-static ssize_t
-sock_read(struct isess *s, void *buf, size_t len)
+ssize_t
+imap_sess_read(struct isess *s, void *buf, size_t len)
 {
     ssize_t n;
 
@@ -86,8 +86,8 @@ sock_read(struct isess *s, void *buf, size_t len)
     return n;
 }
 
-static ssize_t
-sock_write(struct isess *s, const void *buf, size_t len)
+ssize_t
+imap_sess_write(struct isess *s, const void *buf, size_t len)
 {
     ssize_t n;
 
@@ -120,7 +120,7 @@ flush(struct isess *s)
 
         if (len == 0)
             return 1;
-        n = sock_write(s, out, len);
+        n = imap_sess_write(s, out, len);
         if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
             return 0;
         if (n <= 0)
@@ -133,8 +133,8 @@ flush(struct isess *s)
 
 /* --- life and death ------------------------------------------------------ */
 
-static void
-sess_close(struct isess *s, const char *why)
+void
+imap_sess_close(struct isess *s, const char *why)
 {
     mbimap_t *im = s->im;
     intptr_t count;
@@ -165,6 +165,9 @@ sess_close(struct isess *s, const char *why)
         s->quota_wait = false;
         s->calls--;
     }
+    /* A relayed session's link to the owner goes (and the call its login
+     * counted, when it was under way). */
+    imap_proxy_close(s);
     imap_cmd_unselect(s);
     mstore_destroy(&s->ms);
     count = (intptr_t)zhashx_lookup(im->per_ip, s->ip);
@@ -250,30 +253,16 @@ on_auth_reply(void *arg, int err, const char *text, const envelope_t *reply)
                            "Authentication temporarily unavailable");
     } else if (envelope_code(reply) == 235 &&
                (user = envelope_get_str(reply, ENV_KEY_USER)) != NULL) {
-        char why[256];
-
         free(s->user);
         s->user = xstrdup(user);
         for (char *p = s->user; *p; p++)
             *p = (char)tolower((unsigned char)*p);
-        s->ms = mstore_open(config_str(actor_config(s->im->actor), "data"),
-                            s->user, &s->im->limits, why, sizeof(why));
-        if (s->ms == NULL) {
-            log_err(s->trace, "imap_store_unusable", "user=%s reason=%s",
-                    log_q(s->user), log_q(why));
-            free(s->user);
-            s->user = NULL;
-            imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
-                               "Mailbox temporarily unavailable");
-            imap_sess_pump(s);
-            return;
-        }
-        mstore_set_trace(s->ms, s->trace);
-        s->im->logins++;
-        log_info(s->trace, "imap_login", "user=%s door=%s ip=%s tls=%s",
-                 log_q(s->user), s->door->name, s->ip,
-                 imap_server_tls(s->srv) ? "yes" : "no");
-        imap_sess_complete(s, IMAP_OK, NULL, "Logged in");
+        /* Another copy owns the account (lib/shard.h): the session is
+         * relayed to it, which completes the login later. */
+        if (imap_proxy_wanted(s))
+            imap_proxy_begin(s);
+        else
+            imap_sess_login_ok(s);
     } else {
         int code = envelope_code(reply);
 
@@ -288,6 +277,30 @@ on_auth_reply(void *arg, int err, const char *text, const envelope_t *reply)
                                "Authentication failed");
     }
     imap_sess_pump(s);
+}
+
+void
+imap_sess_login_ok(struct isess *s)
+{
+    char why[256];
+
+    s->ms = mstore_open(config_str(actor_config(s->im->actor), "data"),
+                        s->user, &s->im->limits, why, sizeof(why));
+    if (s->ms == NULL) {
+        log_err(s->trace, "imap_store_unusable", "user=%s reason=%s",
+                log_q(s->user), log_q(why));
+        free(s->user);
+        s->user = NULL;
+        imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
+                           "Mailbox temporarily unavailable");
+        return;
+    }
+    mstore_set_trace(s->ms, s->trace);
+    s->im->logins++;
+    log_info(s->trace, "imap_login", "user=%s door=%s ip=%s tls=%s",
+             log_q(s->user), s->door->name, s->ip,
+             imap_server_tls(s->srv) ? "yes" : "no");
+    imap_sess_complete(s, IMAP_OK, NULL, "Logged in");
 }
 
 /* AUTHENTICATE PLAIN goes to the auth actor as the client's response,
@@ -319,8 +332,16 @@ on_login(struct isess *s, const struct imap_event *ev)
     int64_t timeout = s->im->bus_timeout_ms < AUTH_TIMEOUT_MS
                           ? AUTH_TIMEOUT_MS
                           : s->im->bus_timeout_ms;
-    envelope_t *env = envelope_new("auth.verify", s->trace, timeout);
-    value_t *body = envelope_body(env);
+    envelope_t *env;
+    value_t *body;
+
+    /* The internal door takes tickets, never passwords. */
+    if (s->door->internal) {
+        imap_proxy_ticket_login(s, ev);
+        return;
+    }
+    env = envelope_new("auth.verify", s->trace, timeout);
+    body = envelope_body(env);
 
     /* The credentials go to the auth actor, never to a log (the schema
      * marks them secret, so the tap masks them too). */
@@ -388,7 +409,7 @@ start_tls(struct isess *s)
 {
     s->tls = tls_conn_new(s->im->tls, s->fd);
     if (s->tls == NULL) {
-        sess_close(s, "tls_setup_failed");
+        imap_sess_close(s, "tls_setup_failed");
         return false;
     }
     s->tls_state = ITLS_HANDSHAKE;
@@ -411,7 +432,7 @@ handshake(struct isess *s)
     if (rc != 0) {
         log_info(s->trace, "tls_failed", "ip=%s reason=%s", s->ip,
                  log_q(tls_conn_error(s->tls)));
-        sess_close(s, "tls_failed");
+        imap_sess_close(s, "tls_failed");
         return false;
     }
     s->tls_state = ITLS_UP;
@@ -429,6 +450,9 @@ imap_sess_pump(struct isess *s)
 {
     bool idle = false;
 
+    /* A relayed session's bytes are the proxy's (mailbox_imap_proxy.c). */
+    if (s->proxy && imap_proxy_on_io(s, 0))
+        return;
     for (int rounds = 0; rounds < 64 && !s->dead; rounds++) {
         const struct imap_event *ev;
         bool progress = false;
@@ -466,7 +490,7 @@ imap_sess_pump(struct isess *s)
             return;
         fl = flush(s);
         if (fl < 0) {
-            sess_close(s, "write_failed");
+            imap_sess_close(s, "write_failed");
             return;
         }
         if (fl == 0) {
@@ -474,7 +498,7 @@ imap_sess_pump(struct isess *s)
             return;
         }
         if (s->closing) {
-            sess_close(s, "done");
+            imap_sess_close(s, "done");
             return;
         }
         if (s->starttls && s->tls_state == ITLS_NONE) {
@@ -499,7 +523,7 @@ imap_sess_pump(struct isess *s)
         return;
     if (s->eof) {
         if (s->calls == 0 && s->work == NULL && idle) {
-            sess_close(s, "client_closed");
+            imap_sess_close(s, "client_closed");
             return;
         }
         watch(s, s->calls == 0 ? LOOP_WRITE : 0);
@@ -526,6 +550,8 @@ on_io(loop_t *loop, int fd, int events, void *arg)
 
     (void)loop;
     (void)fd;
+    if (s->proxy && imap_proxy_on_io(s, events))
+        return;
     if (s->tls_state == ITLS_HANDSHAKE) {
         imap_sess_pump(s);
         return;
@@ -533,7 +559,7 @@ on_io(loop_t *loop, int fd, int events, void *arg)
     if ((events & LOOP_READ) && !s->eof) {
         while (in_pending(s) < IN_MAX && !s->dead) {
             size_t want = in_space(s);
-            ssize_t n = sock_read(s, s->in.data + s->in.len, want);
+            ssize_t n = imap_sess_read(s, s->in.data + s->in.len, want);
 
             if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
                 break;
@@ -542,7 +568,7 @@ on_io(loop_t *loop, int fd, int events, void *arg)
                 break;
             }
             if (n < 0) {
-                sess_close(s, "read_failed");
+                imap_sess_close(s, "read_failed");
                 return;
             }
             if (s->starttls)
@@ -578,7 +604,7 @@ on_idle_timer(loop_t *loop, void *arg)
     imap_server_close(s->srv, "Autologout; idle for too long");
     drop_work(s);
     flush(s);
-    sess_close(s, "idle_timeout");
+    imap_sess_close(s, "idle_timeout");
 }
 
 static void
@@ -694,7 +720,9 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
                 refuse(fd, "* BYE Too busy, try again later\r\n");
             continue;
         }
-        if ((intptr_t)zhashx_lookup(im->per_ip, ip) >= im->max_per_ip) {
+        /* The internal door's sessions all come from other copies. */
+        if (!d->internal &&
+            (intptr_t)zhashx_lookup(im->per_ip, ip) >= im->max_per_ip) {
             im->refused++;
             log_warn(NULL, "session_refused", "door=%s ip=%s reason=per_ip",
                      d->name, ip);
@@ -747,25 +775,33 @@ door_opts(mbimap_t *im, struct imap_door *d, const config_t *cfg)
     memset(o, 0, sizeof(*o));
     o->hostname = im->hostname;
     o->max_append = (size_t)config_int(cfg, "imap.max_append");
-    o->starttls = !d->implicit_tls;
+    o->starttls = !d->implicit_tls && !d->internal;
     o->tls_active = d->implicit_tls;
-    o->login_needs_tls = true;
+    /* The internal door is plaintext and takes only tickets. */
+    o->login_needs_tls = !d->internal;
 }
 
 static int
 doors_start(mbimap_t *im, const config_t *cfg)
 {
-    static const char *const names[2] = {"imap", "imaps"};
+    static const char *const names[3] = {"imap", "imaps", "imap_internal"};
     char key[64], why[512];
 
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         struct imap_door *d = &im->doors[im->ndoors];
 
         d->im = im;
         d->name = names[i];
         d->implicit_tls = i == 1;
-        snprintf(key, sizeof(key), "listen.%s", d->name);
-        snprintf(d->addr, sizeof(d->addr), "%s", config_str(cfg, key));
+        d->internal = i == 2;
+        if (d->internal) {
+            /* Only when shards are on (mailbox_imap_proxy.c). */
+            if (!imap_proxy_door_addr(im, cfg, d->addr, sizeof(d->addr)))
+                break;
+        } else {
+            snprintf(key, sizeof(key), "listen.%s", d->name);
+            snprintf(d->addr, sizeof(d->addr), "%s", config_str(cfg, key));
+        }
         door_opts(im, d, cfg);
         d->fd = net_listen(d->addr, why, sizeof(why));
         if (d->fd < 0) {
@@ -778,6 +814,8 @@ doors_start(mbimap_t *im, const config_t *cfg)
             return ERR_SYS;
         }
         im->ndoors++;
+        if (d->internal && imap_proxy_door_up(im, d, cfg) != 0)
+            return ERR_CONFIG;
         log_info(NULL, "listening", "door=%s addr=%s", d->name, d->addr);
     }
     return 0;
@@ -833,9 +871,10 @@ mailbox_imap_stop(mbimap_t **im_p)
         imap_server_close(s->srv, "Server shutting down");
         drop_work(s);
         flush(s);
-        sess_close(s, "shutdown");
+        imap_sess_close(s, "shutdown");
     }
     imap_notify_stop(im);
+    imap_proxy_stop(im);
     log_info(NULL, "imap_stopped",
              "accepted=%llu refused=%llu logins=%llu login_failures=%llu",
              (unsigned long long)im->accepted,

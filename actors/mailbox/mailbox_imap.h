@@ -22,6 +22,13 @@ typedef struct mbimap mbimap_t;
  * stops start-up. Caller owns the result. */
 mbimap_t *mailbox_imap_start(struct mailbox *mb);
 
+/* mailbox.ticket: a one-time ticket for the internal IMAP door, for an
+ * account this copy owns, asked by the copy a client logged in on
+ * (mailbox_imap_proxy.c, schemas/mailbox.ticket.json). */
+struct actor;
+struct bus_request;
+void mailbox_on_ticket(struct actor *a, struct bus_request **req_p);
+
 /* Closes every session ("* BYE" first) and both doors, then frees; NULL
  * is fine, and *im_p is nulled. */
 void mailbox_imap_stop(mbimap_t **im_p);

@@ -6,7 +6,9 @@
  * the engine loop and the logins over the bus. mailbox_imap_cmd.c answers
  * the commands on folders, mailbox_imap_fetch.c FETCH, mailbox_imap_search.c
  * SEARCH, and mailbox_imap_notify.c watches the selected folders with
- * inotify and tells their sessions. The mbimap_t owns every session; a
+ * inotify and tells their sessions. mailbox_imap_proxy.c relays a session
+ * whose account another shard owns to that copy's internal door, and
+ * keeps the tickets that door takes. The mbimap_t owns every session; a
  * session with a bus call or a quota check outstanding is freed only when
  * its callback has run.
  */
@@ -35,12 +37,15 @@
 
 struct isess;
 struct inote;
+struct iproxy;   /* mailbox_imap_proxy.c: a session relayed to the owner */
+struct itickets; /* mailbox_imap_proxy.c: tickets given out */
 
 /* One listening socket: listen.imap or listen.imaps. */
 struct imap_door {
     mbimap_t *im;
     const char *name; /* "imap", "imaps": the key and the logs */
     bool implicit_tls;
+    bool internal; /* mailbox.imap_internal: tickets only, no TLS */
     char addr[300];
     int fd;
     struct imap_server_opts opts;
@@ -53,7 +58,7 @@ struct mbimap {
     bus_client_t *bus;
     char hostname[256];
     tls_ctx_t *tls;
-    struct imap_door doors[2];
+    struct imap_door doors[3];
     int ndoors;
     struct isess *head; /* live sessions */
     zhashx_t *per_ip;   /* client address -> sessions open (as a pointer) */
@@ -69,6 +74,11 @@ struct mbimap {
     struct mstore_limits limits;
     /* The mailbox's (borrowed): APPEND, COPY and EXPUNGE move the usage. */
     mailbox_quota_t *quota;
+    /* mailbox_imap_proxy.c: tickets for the internal door, and the
+     * address other copies reach it at ("" without one). */
+    struct itickets *tickets;
+    char internal_addr[300];
+    uint64_t relayed, relay_failures;
 };
 
 enum itls { ITLS_NONE, ITLS_HANDSHAKE, ITLS_UP };
@@ -113,6 +123,8 @@ struct isess {
     mstore_view_t *view;  /* the selected folder, or NULL */
     struct inote *note;   /* its inotify watch, or NULL */
     uint64_t commands;
+    /* Relayed to the copy that owns the account, or NULL. */
+    struct iproxy *proxy;
 };
 
 /* mailbox_imap.c */
@@ -124,6 +136,21 @@ void imap_sess_pump(struct isess *s);
 
 /* Bytes queued for the client. */
 size_t imap_sess_out_len(const struct isess *s);
+
+/* Reads from or writes to the client (through TLS when it is up): bytes,
+ * TLS_WANT_READ or TLS_WANT_WRITE when the socket would block, 0 at the
+ * end, or a negative error. */
+ssize_t imap_sess_read(struct isess *s, void *buf, size_t len);
+ssize_t imap_sess_write(struct isess *s, const void *buf, size_t len);
+
+/* Closes the session (freed at once when nothing is outstanding): the
+ * caller must not touch s afterwards. */
+void imap_sess_close(struct isess *s, const char *why);
+
+/* s->user (lower case) logged in: opens its folders and completes the
+ * login decision with OK, or NO [UNAVAILABLE] when the store cannot be
+ * had (s->user is then freed). The caller pumps. */
+void imap_sess_login_ok(struct isess *s);
 
 /* Answers the pending decision and clears the work (see struct isess). */
 void imap_sess_complete(struct isess *s, enum imap_status st,
@@ -165,5 +192,35 @@ void imap_notify_stop(mbimap_t *im);
  * stops. A folder that cannot be watched is logged, and its session
  * learns of changes at its next command only. */
 void imap_notify_follow(struct isess *s, const char *dir);
+
+/* mailbox_imap_proxy.c */
+
+/* Whether mailbox.shards is over 1 and the internal door goes on addr
+ * (mailbox.imap_internal, or 127.0.0.1:0). */
+bool imap_proxy_door_addr(mbimap_t *im, const config_t *cfg, char *addr,
+                          size_t addrlen);
+/* The internal door d listens: what other copies are told to connect to
+ * is worked out (mailbox.imap_advertise) and the tickets kept. An error
+ * (logged) stops start-up. */
+int imap_proxy_door_up(mbimap_t *im, struct imap_door *d,
+                       const config_t *cfg);
+/* Forgets every ticket. */
+void imap_proxy_stop(mbimap_t *im);
+
+/* Whether s->user, just checked by auth, is owned by another shard. */
+bool imap_proxy_wanted(const struct isess *s);
+/* Relays the session to the owner of s->user: asks it for a ticket, logs
+ * in on its internal door, then completes the login decision (OK, or NO
+ * [UNAVAILABLE] with s->user freed) and from then on copies bytes both
+ * ways. s->calls stays over 0 until the decision is completed. */
+void imap_proxy_begin(struct isess *s);
+/* A LOGIN (or AUTHENTICATE PLAIN) on the internal door: the password must
+ * be a ticket this copy gave for that account; completes the decision. */
+void imap_proxy_ticket_login(struct isess *s, const struct imap_event *ev);
+/* The loop's events on a relayed session's client socket: false when the
+ * session is not relaying yet (the usual path goes on). */
+bool imap_proxy_on_io(struct isess *s, int events);
+/* The session closes: the link to the owner goes. NULL proxy is fine. */
+void imap_proxy_close(struct isess *s);
 
 #endif

@@ -12,6 +12,7 @@
 
 static const struct handler mailbox_handlers[] = {
     {ENV_MAILBOX_DELIVER, mailbox_on_deliver}, /* from listener, queue */
+    {ENV_MAILBOX_TICKET, mailbox_on_ticket},   /* from other mailbox copies */
     {ENV_NONE, NULL}
 };
 

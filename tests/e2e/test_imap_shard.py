@@ -1,0 +1,352 @@
+"""IMAP logins reach the mailbox shard that owns the account (issue 5 item
+5): samotopd runs three mailbox copies owning shards 0, 1 and 2, which share
+the IMAP and IMAPS ports (SO_REUSEPORT), so a client lands on any of them.
+A login on a copy that does not own the account is relayed to the owner's
+internal door with a one-time ticket (actors/mailbox/mailbox_imap_proxy.c);
+the client sees its mail either way. Python's imaplib over IMAPS and
+STARTTLS, mail delivered over SMTP.
+
+Which copy a connection landed on is read from the log: the copy that
+relays writes "event=imap_relay ... port=P" (P the client's port) before it
+answers the login, so once imaplib's login returns the line is there or
+the login was served where it landed, by the owner.
+"""
+import imaplib
+import os
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import samotop_test as st  # noqa: E402
+
+BASE = 21300          # 21300-21319: the system
+INTERNAL = 21340      # 21340-21342: the copies' internal doors
+SHARDS = 3
+SYS = None
+MTA = ("127.0.0.1", BASE + 10)
+IMAP_PORT = BASE + 13
+IMAPS_PORT = BASE + 14
+DOMAIN = "ishard.test"
+# Enough tries that landing on a non-owner (2 in 3 each time) and on the
+# owner (1 in 3) both happen but for a chance below 1e-8.
+TRIES = 50
+
+
+def fnv1a64(s):
+    h = 14695981039346656037
+    for c in s.lower().encode():
+        h = ((h ^ c) * 1099511628211) & (2**64 - 1)
+    return h
+
+
+def jump(key, n):
+    """Lamping and Veach's Jump Consistent Hash, as lib/shard.c has it."""
+    b, j = -1, 0
+    while j < n:
+        b = j
+        key = (key * 2862933555777941757 + 1) & (2**64 - 1)
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def shard_of(addr):
+    return jump(fnv1a64(addr), SHARDS)
+
+
+def pick_accounts():
+    """One account on each shard."""
+    out = {}
+    for i in range(100):
+        a = "user%d@%s" % (i, DOMAIN)
+        out.setdefault(shard_of(a), a)
+        if len(out) == SHARDS:
+            break
+    return [out[k] for k in range(SHARDS)]
+
+
+ACCOUNTS = pick_accounts()
+
+
+def password(a):
+    return "pw-" + a
+
+
+def tls_ctx():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the self-signed certificate
+    return ctx
+
+
+def setUpModule():
+    global SYS
+    SYS = st.System(BASE, extra_env={
+        "SAMOTOP_SUPERVISOR_MAILBOX": str(SHARDS),
+        "SAMOTOP_MAILBOX_SHARDS": "0",  # one per copy
+        "SAMOTOP_MAILBOX_IMAP_INTERNAL": "127.0.0.1:%d" % INTERNAL,
+        "SAMOTOP_BUS_TIMEOUT_MS": "5000",
+        "SAMOTOP_HOSTNAME": "mail.ishard.test",
+        "SAMOTOP_AUTH_FAIL_LIMIT": "0",
+        "SAMOTOP_AUTH_FAIL_DELAY_MS": "0",
+    }).start()
+    SYS.admin("domain", "add", DOMAIN)
+    for a in ACCOUNTS:
+        SYS.admin("user", "add", a, input=password(a) + "\n")
+        deliver(a, "first for %s" % a)
+
+
+def tearDownModule():
+    SYS.stop()
+
+
+def deliver(addr, subject):
+    with smtplib.SMTP(*MTA, local_hostname="client.remote.test",
+                      timeout=60) as c:
+        c.sendmail("sender@remote.test", [addr],
+                   ("From: sender@remote.test\r\nTo: %s\r\nSubject: %s\r\n"
+                    "\r\nHello.\r\n" % (addr, subject)).encode())
+
+
+def owners():
+    """shard -> the instance number N of the mailbox/N owning it."""
+    out = {}
+    for m in re.finditer(r"actor=mailbox/(\d+) trace=- event=mailbox_shard "
+                         r"shard=(\d+)", SYS.logtext()):
+        out[int(m.group(2))] = m.group(1)
+    return out
+
+
+def pid_of(instance):
+    pids = re.findall(r"event=start name=mailbox/%s pid=(\d+)" % instance,
+                      SYS.logtext())
+    return int(pids[-1])
+
+
+def connect(implicit, timeout=60):
+    if implicit:
+        m = imaplib.IMAP4_SSL("127.0.0.1", IMAPS_PORT, ssl_context=tls_ctx(),
+                              timeout=timeout)
+    else:
+        m = imaplib.IMAP4("127.0.0.1", IMAP_PORT, timeout=timeout)
+        m.starttls(ssl_context=tls_ctx())
+    m.sock.settimeout(60)
+    return m
+
+
+def relay_line(m):
+    """The log line of the copy that relayed this connection, or None."""
+    port = m.sock.getsockname()[1]
+    found = re.findall(r"actor=mailbox/(\d+) trace=(\w+) event=imap_relay "
+                       r"user=(\S+) door=\w+ ip=\S+ port=%d shard=(\d+)"
+                       % port, SYS.logtext())
+    return found[-1] if found else None
+
+
+def login(account, want_relayed, tries=TRIES):
+    """A logged-in session that landed on a non-owner (relayed) or on the
+    owner, as asked; the others are logged out."""
+    for i in range(tries):
+        m = connect(implicit=i % 2 == 0)
+        m.login(account, password(account))
+        if (relay_line(m) is not None) == want_relayed:
+            return m
+        m.logout()
+    raise AssertionError("no %s login in %d tries" % (
+        "relayed" if want_relayed else "local", tries))
+
+
+def subjects(m):
+    typ, dat = m.select("INBOX")
+    assert typ == "OK", dat
+    n = int(dat[0])
+    if n == 0:
+        return []
+    typ, dat = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK", dat
+    return [d[1].decode().strip() for d in dat if isinstance(d, tuple)]
+
+
+def flags_of(m, seq):
+    typ, dat = m.fetch(str(seq), "(FLAGS)")
+    assert typ == "OK", dat
+    return dat[0].decode()
+
+
+class ImapShards(unittest.TestCase):
+    def test_a_every_login_sees_its_mail(self):
+        """Over IMAPS and STARTTLS, each login sees the account's mail
+        wherever it landed; some land on the owner, some are relayed by
+        another copy, and the owner logs the relayed login under the same
+        trace."""
+        own = owners()
+        self.assertEqual(sorted(own), [0, 1, 2])
+        for a in ACCOUNTS:
+            relayed = local = 0
+            for i in range(TRIES):
+                m = connect(implicit=i % 2 == 0)
+                m.login(a, password(a))
+                self.assertIn("Subject: first for %s" % a, subjects(m))
+                line = relay_line(m)
+                m.logout()
+                if line is None:
+                    local += 1
+                    continue
+                relayed += 1
+                front, trace, user, shard = line
+                self.assertEqual(user, a)
+                self.assertEqual(int(shard), shard_of(a))
+                self.assertNotEqual(front, own[shard_of(a)])
+                self.assertRegex(SYS.logtext(),
+                                 r"actor=mailbox/%s trace=%s "
+                                 r"event=imap_ticket_login user=%s from="
+                                 r"mailbox/%s" % (own[shard_of(a)], trace,
+                                                  re.escape(a), front))
+                if relayed >= 2 and local >= 1:
+                    break
+            self.assertGreaterEqual(relayed, 2, a)
+            self.assertGreaterEqual(local, 1, a)
+
+    def test_b_flags_and_idle_through_the_relay(self):
+        """A flag set through the relay is seen by a session on the owner
+        and the other way round; IDLE through the relay wakes on a
+        delivery."""
+        a = ACCOUNTS[1]
+        r = login(a, want_relayed=True)
+        o = login(a, want_relayed=False)
+        try:
+            subjects(r)
+            subjects(o)
+            typ, _ = r.store("1", "+FLAGS", "(\\Flagged)")
+            self.assertEqual(typ, "OK")
+            self.assertIn("\\Flagged", flags_of(o, 1))
+            typ, _ = o.store("1", "+FLAGS", "($Shard)")
+            self.assertEqual(typ, "OK")
+            self.assertIn("$Shard", flags_of(r, 1))
+            typ, dat = r.uid("SEARCH", None, "FLAGGED")
+            self.assertEqual(typ, "OK")
+            self.assertTrue(dat[0].split(), dat)
+            n = int(r.select("INBOX")[1][0])
+            # RFC 2177 IDLE, by hand: imaplib has no IDLE before 3.14.
+            r.send(b"i1 IDLE\r\n")
+            self.assertTrue(r.readline().startswith(b"+"))
+            deliver(a, "while idling")
+            line = r.readline()
+            self.assertRegex(line, rb"^\* %d EXISTS" % (n + 1))
+            r.send(b"DONE\r\n")
+            while True:
+                line = r.readline()
+                if line.startswith(b"i1 "):
+                    break
+            self.assertTrue(line.startswith(b"i1 OK"), line)
+            self.assertIn("Subject: while idling", subjects(o))
+        finally:
+            r.logout()
+            o.logout()
+
+    def test_c_internal_door_takes_no_password(self):
+        """Each copy's internal door: no STARTTLS, no password (even the
+        right one), no made-up ticket."""
+        a = ACCOUNTS[0]
+        for port in range(INTERNAL, INTERNAL + SHARDS):
+            with socket.create_connection(("127.0.0.1", port),
+                                          timeout=60) as s:
+                f = s.makefile("rb")
+                self.assertTrue(f.readline().startswith(b"* OK"))
+                s.sendall(b"c CAPABILITY\r\n")
+                caps = f.readline()
+                self.assertNotIn(b"STARTTLS", caps)
+                self.assertNotIn(b"LOGINDISABLED", caps)
+                self.assertTrue(f.readline().startswith(b"c OK"))
+                for pw in (password(a), "0" * 48, "x"):
+                    s.sendall(b'l LOGIN "%s" "%s"\r\n' % (a.encode(),
+                                                          pw.encode()))
+                    line = f.readline()
+                    self.assertTrue(line.startswith(b"l NO"), line)
+                s.sendall(b"s SELECT INBOX\r\n")
+                self.assertTrue(f.readline().startswith(b"s BAD"))
+        self.assertRegex(SYS.logtext(), r"event=imap_ticket_refused .*"
+                         r"reason=not_a_ticket")
+        self.assertRegex(SYS.logtext(), r"event=imap_ticket_refused .*"
+                         r"reason=unknown_ticket")
+
+    def test_d_owner_killed_closes_relayed_session(self):
+        """The owner dies mid-session: the relayed client's session ends
+        (no hang); once samotopd has restarted the owner, logins work
+        again."""
+        a = ACCOUNTS[2]
+        owner = owners()[shard_of(a)]
+        r = login(a, want_relayed=True)
+        subjects(r)
+        before = len(re.findall(r"event=start name=mailbox/%s " % owner,
+                                SYS.logtext()))
+        os.kill(pid_of(owner), signal.SIGKILL)
+        t0 = time.time()
+        with self.assertRaises((imaplib.IMAP4.abort, OSError, EOFError)):
+            # The relay closes; each read gets EOF, well before the
+            # socket's own 60 s timeout.
+            r.noop()
+            r.noop()
+        self.assertLess(time.time() - t0, 55)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(re.findall(
+                r"event=start name=mailbox/%s " % owner,
+                SYS.logtext())) == before:
+            time.sleep(0.2)
+        SYS.wait_ready(services=["mailbox.%d" % shard_of(a)], timeout=60)
+        m = login(a, want_relayed=True)
+        self.assertIn("Subject: first for %s" % a, subjects(m))
+        m.logout()
+
+    def test_e_owner_down_unavailable_then_back(self):
+        """The owner stopped (SIGSTOP): a login landing elsewhere gets NO
+        [UNAVAILABLE] (RFC 5530), and the same login succeeds once the
+        owner runs again."""
+        a = ACCOUNTS[0]
+        owner = owners()[shard_of(a)]
+        pid = pid_of(owner)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            refused = None
+            for i in range(TRIES):
+                try:
+                    # One landing on the stopped owner never greets.
+                    m = connect(implicit=i % 2 == 0, timeout=5)
+                except (socket.timeout, TimeoutError, ssl.SSLError,
+                        imaplib.IMAP4.abort):
+                    continue
+                try:
+                    m.login(a, password(a))
+                    self.fail("login with the owner stopped succeeded")
+                except imaplib.IMAP4.error as e:
+                    refused = str(e)
+                try:
+                    m.logout()
+                except (imaplib.IMAP4.error, OSError):
+                    pass
+                break
+            self.assertIsNotNone(refused)
+            self.assertIn("UNAVAILABLE", refused)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # The owner takes requests again once the broker hears from it.
+        deadline = time.time() + 60
+        while True:
+            try:
+                m = login(a, want_relayed=True)
+                break
+            except imaplib.IMAP4.error as e:
+                self.assertIn("UNAVAILABLE", str(e))
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.5)
+        self.assertIn("Subject: first for %s" % a, subjects(m))
+        m.logout()
+
+
+if __name__ == "__main__":
+    unittest.main()
