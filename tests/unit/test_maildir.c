@@ -451,7 +451,7 @@ START_TEST(test_link_shared)
     struct iovec parts[2];
     char msg[512], both[600];
     struct fx f;
-    struct stat first;
+    struct stat first = {0};
     size_t len = test_message(msg, sizeof(msg));
 
     fx_init(&f);
