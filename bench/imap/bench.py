@@ -42,9 +42,11 @@ HDRS = "(From To Subject Date Message-ID)"
 CASES = [
     ("select_cold", "fresh", "SELECT {big}", "big"),
     ("select_warm", "fresh", "SELECT {big}", "big"),
+    ("fetch_flags_big", "big", "UID FETCH 1:* (UID FLAGS)", "big"),
     ("fetch_headers", "small", "FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS " + HDRS + "])", "small"),
     ("fetch_headers_again", "small", "FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS " + HDRS + "])", "small"),
     ("fetch_bodies", "small", "FETCH 1:* BODY.PEEK[]", "small"),
+    ("fetch_bodystructure", "small", "FETCH 1:* (ENVELOPE BODYSTRUCTURE)", "small"),
     ("search_unseen", "small", "UID SEARCH UNSEEN", "small"),
     ("search_from", "small", 'UID SEARCH FROM "smith"', "small"),
     ("search_body", "small", 'UID SEARCH BODY "zebra"', "small"),
@@ -63,6 +65,7 @@ class Imap:
         self.buf = bytearray()
         self.pos = 0
         self.n = 0
+        self.octets = 0
         greet = self.line()
         if not greet.startswith(b"* OK"):
             raise RuntimeError("greeting: %r" % greet)
@@ -74,6 +77,7 @@ class Imap:
         d = self.sock.recv(1 << 18)
         if not d:
             raise RuntimeError("connection closed")
+        self.octets += len(d)
         self.buf += d
 
     def line(self):
@@ -100,9 +104,11 @@ class Imap:
         tag = b"b%04d" % self.n
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
         st = {"untagged": 0, "fetch": 0, "literal": 0, "size": 0, "hits": 0}
+        o0 = self.octets - (len(self.buf) - self.pos)
         while True:
             l = self.line()
             if l.startswith(tag + b" "):
+                st["octets"] = self.octets - (len(self.buf) - self.pos) - o0
                 return l[len(tag) + 1:], st
             st["untagged"] += 1
             if b" FETCH " in l[:24]:
@@ -258,6 +264,7 @@ def run_case(spec, tgt, conn, case, rnd):
         "client_cpu_s": (cl1.ru_utime + cl1.ru_stime) - (cl0.ru_utime + cl0.ru_stime),
         "bg_pct": bg, "fetched": st["fetch"], "literal_bytes": st["literal"],
         "size_sum": st["size"], "hits": st["hits"], "untagged": st["untagged"],
+        "octets": st["octets"],
         "cpu_by": ";".join("%s=%.3f" % kv for kv in sorted(cpu_by.items()) if kv[1] > 0),
         "reply": r.decode(errors="replace")[:80],
     }
@@ -266,7 +273,7 @@ def run_case(spec, tgt, conn, case, rnd):
 COLS = ["round", "case", "server", "wall_s", "msgs", "msgs_per_s",
         "server_cpu_s", "tree_cpu_s", "peak_rss_kib", "client_cpu_s",
         "bg_pct", "fetched", "literal_bytes", "size_sum", "hits",
-        "untagged", "tls", "cpu_by", "reply"]
+        "untagged", "octets", "tls", "cpu_by", "reply"]
 
 
 def one_round(spec, rnd):
@@ -323,7 +330,7 @@ def read_tsv(path):
             v = dict(zip(head, l.rstrip("\n").split("\t")))
             for k in v:
                 if k in ("round", "msgs", "peak_rss_kib", "fetched", "literal_bytes",
-                         "size_sum", "hits", "untagged"):
+                         "size_sum", "hits", "untagged", "octets"):
                     v[k] = int(v[k])
                 elif k.endswith("_s") or k in ("msgs_per_s", "bg_pct"):
                     v[k] = float(v[k])
@@ -351,6 +358,11 @@ def report(spec, rows, tls):
     out = []
     out.append("TLS negotiated: " + "; ".join("%s %s" % (n, tls.get(n, "?")) for n in names) + ".")
     out.append("")
+    out.append("wall s and msgs/s: median (min-max) of the rounds; ratios taken within a round, median (min-max); "
+               "server CPU: %s; peak RSS: the sum of their VmHWM during the command. "
+               "goal met: yes = median wall ratio <= 1, even = <= 1.10." % "; ".join(
+                   "%s %s" % (t["name"], "+".join(t["procs"])) for t in spec["targets"]))
+    out.append("")
     out.append("| case | server | wall s | msgs/s | server CPU s | peak RSS MiB | wall ÷ %s (range) | CPU ÷ %s (range) | goal met |" % (ref, ref))
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
     seen = []
@@ -369,7 +381,11 @@ def report(spec, rows, tls):
                     if o[0]["server_cpu_s"] > 0:
                         cratios.append(r["server_cpu_s"] / o[0]["server_cpu_s"])
             rng = lambda v: "%.2f (%.2f-%.2f)" % (med(v), min(v), max(v)) if v else "-"
-            goal = "" if n == ref else ("yes" if ratios and med(ratios) <= 1.0 else "no")
+            # At least as fast: the median ratio at most 1; up to 1.10 is
+            # called even (within what the rounds spread by here).
+            goal = "" if n == ref else (
+                "yes" if ratios and med(ratios) <= 1.0 else
+                "even" if ratios and med(ratios) <= 1.1 else "no")
             out.append("| %s | %s | %.3f (%.3f-%.3f) | %.0f | %.3f | %.1f | %s | %s | %s |" % (
                 case, n, med(w), min(w), max(w), med([r["msgs_per_s"] for r in rs]),
                 med([r["server_cpu_s"] for r in rs]),
@@ -378,14 +394,14 @@ def report(spec, rows, tls):
     out.append("")
     out.append("Answers checked per case (median over rounds; the same on both servers means the same work): ")
     out.append("")
-    out.append("| case | server | FETCH responses | literal octets | sum of RFC822.SIZE | SEARCH hits |")
-    out.append("|---|---|---:|---:|---:|---:|")
+    out.append("| case | server | FETCH responses | literal octets | sum of RFC822.SIZE | SEARCH hits | answer octets |")
+    out.append("|---|---|---:|---:|---:|---:|---:|")
     for case in seen:
         for n in names:
             rs = [r for r in rows if r["case"] == case and r["server"] == n]
-            out.append("| %s | %s | %d | %d | %d | %d |" % (case, n, med([r["fetched"] for r in rs]),
+            out.append("| %s | %s | %d | %d | %d | %d | %d |" % (case, n, med([r["fetched"] for r in rs]),
                        med([r["literal_bytes"] for r in rs]), med([r["size_sum"] for r in rs]),
-                       med([r["hits"] for r in rs])))
+                       med([r["hits"] for r in rs]), med([r["octets"] for r in rs])))
     with open(spec["md"], "w") as f:
         f.write("\n".join(out) + "\n")
 
