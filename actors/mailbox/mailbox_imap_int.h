@@ -178,6 +178,10 @@ void imap_cmd_unselect(struct isess *s);
 /* mailbox_imap_fetch.c: FETCH (RFC 3501 6.4.5), paced by the output. */
 void imap_fetch_start(struct isess *s, const struct imap_cmd *c);
 
+/* The length of a message's top-level header with its blank line (RFC
+ * 5322 2.1), or len when it has no blank line. */
+size_t imap_fetch_header_len(const char *d, size_t len);
+
 /* mailbox_imap_search.c: SEARCH (RFC 3501 6.4.4). */
 void imap_search_run(struct isess *s, const struct imap_cmd *c);
 

@@ -66,27 +66,6 @@ has_ci(const char *hay, size_t hlen, const char *needle)
     return false;
 }
 
-static size_t
-header_len(const char *d, size_t len)
-{
-    const char *p = d, *end = d + len;
-
-    if (len >= 2 && d[0] == '\r' && d[1] == '\n')
-        return 2;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-
-        if (nl == NULL)
-            break;
-        p = nl + 1;
-        if (p < end && *p == '\n')
-            return (size_t)(p + 1 - d);
-        if (p + 1 < end && p[0] == '\r' && p[1] == '\n')
-            return (size_t)(p + 2 - d);
-    }
-    return len;
-}
-
 static bool
 need_data(struct sctx *x)
 {
@@ -99,7 +78,7 @@ need_data(struct sctx *x)
         return false;
     }
     x->mapped = true;
-    x->hlen = header_len(x->map.data, x->map.len);
+    x->hlen = imap_fetch_header_len(x->map.data, x->map.len);
     return true;
 }
 
