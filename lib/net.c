@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -20,11 +21,21 @@ net_listen(const char *addr, char *why, size_t whylen)
     struct addrinfo hints = {0}, *res = NULL, *ai;
     int port, fd = -1, one = 1, rc;
 
-    if (config_split_addr(addr, host, sizeof(host), &port) != 0) {
+    char tmp[300];
+    size_t len = strlen(addr);
+    bool any_port = len >= 2 && len < sizeof(tmp) &&
+                    strcmp(addr + len - 2, ":0") == 0;
+
+    /* Port 0 (the kernel picks one) is checked as port 1. */
+    snprintf(tmp, sizeof(tmp), "%s", addr);
+    if (any_port)
+        tmp[len - 1] = '1';
+    if (len >= sizeof(tmp) ||
+        config_split_addr(tmp, host, sizeof(host), &port) != 0) {
         snprintf(why, whylen, "%s is not HOST:PORT", addr);
         return -1;
     }
-    snprintf(service, sizeof(service), "%d", port);
+    snprintf(service, sizeof(service), "%d", any_port ? 0 : port);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;

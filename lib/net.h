@@ -15,10 +15,11 @@
 /* Listen backlog used by net_listen(). */
 #define NET_BACKLOG 4096
 
-/* Binds and listens on addr ("HOST:PORT", "[V6]:PORT") with SO_REUSEADDR
- * and SO_REUSEPORT, so several processes can share a port and the kernel
- * spreads new connections over them. Returns the descriptor, or -1 with
- * the reason (naming addr) in why. */
+/* Binds and listens on addr ("HOST:PORT", "[V6]:PORT"; port 0 lets the
+ * kernel pick one) with SO_REUSEADDR and SO_REUSEPORT, so several
+ * processes can share a port and the kernel spreads new connections over
+ * them. Returns the descriptor, or -1 with the reason (naming addr) in
+ * why. */
 int net_listen(const char *addr, char *why, size_t whylen);
 
 /* Writes the numeric address of ss into out; an IPv4 client on a

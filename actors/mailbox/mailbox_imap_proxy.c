@@ -127,7 +127,7 @@ imap_proxy_door_up(mbimap_t *im, struct imap_door *d, const config_t *cfg)
     socklen_t sl = sizeof(ss);
     char host[256], ip[64];
     const char *adv = config_str(cfg, "mailbox.imap_advertise");
-    int port = 0, bound;
+    int bound;
 
     if (getsockname(d->fd, (struct sockaddr *)&ss, &sl) != 0)
         return ERR_SYS;
@@ -136,10 +136,22 @@ imap_proxy_door_up(mbimap_t *im, struct imap_door *d, const config_t *cfg)
                 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                 : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     if (*adv != '\0') {
+        struct addrinfo hints = {0}, *res = NULL;
+
+        /* Callers connect without a name lookup, which would block. */
+        hints.ai_flags = AI_NUMERICHOST;
+        if (getaddrinfo(adv, NULL, &hints, &res) != 0) {
+            log_err(NULL, "imap_internal_unreachable",
+                    "advertise=%s reason=\"mailbox.imap_advertise must be a "
+                    "numeric address\"",
+                    log_q(adv));
+            return ERR_CONFIG;
+        }
+        freeaddrinfo(res);
         snprintf(host, sizeof(host), "%s", adv);
-    } else if (config_split_addr(d->addr, host, sizeof(host), &port) != 0 ||
-               *host == '\0' || strcmp(host, "0.0.0.0") == 0 ||
-               strcmp(host, "::") == 0 || strcmp(host, "*") == 0) {
+    } else if (strcmp(ip, "0.0.0.0") != 0 && strcmp(ip, "::") != 0) {
+        snprintf(host, sizeof(host), "%s", ip);
+    } else {
         log_err(NULL, "imap_internal_unreachable",
                 "addr=%s reason=\"a wildcard: set mailbox.imap_advertise to "
                 "the address other copies reach this one at\"",

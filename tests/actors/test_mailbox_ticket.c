@@ -64,8 +64,10 @@ wait_ping(bus_client_t *c, int ms)
     return -1;
 }
 
+/* door_port: the internal door's, or 0 for one the kernel picks (the
+ * default without mailbox.imap_internal), learnt from the tickets. */
 static void
-rig_start(struct rig *r, int base, int ticket_ms)
+rig_start(struct rig *r, int base, int ticket_ms, int door_port)
 {
     char bus_bin[4096], mb_bin[4096], why[256];
     const char *bus_argv[] = {bus_bin, "--instance", "t", NULL};
@@ -78,7 +80,7 @@ rig_start(struct rig *r, int base, int ticket_ms)
     ck_assert_msg(mkdtemp(r->base) != NULL, "mkdtemp: %s", strerror(errno));
     snprintf(r->data, sizeof(r->data), "%s/var", r->base);
     snprintf(r->clients, sizeof(r->clients), "tcp://127.0.0.1:%d", base);
-    r->door = base + 7;
+    r->door = door_port;
     snprintf(r->env[i++], 160, "SAMOTOP_BROKER_CLIENTS=%s", r->clients);
     snprintf(r->env[i++], 160, "SAMOTOP_BROKER_WORKERS=tcp://127.0.0.1:%d",
              base + 1);
@@ -95,12 +97,14 @@ rig_start(struct rig *r, int base, int ticket_ms)
     snprintf(r->env[i++], 160, "SAMOTOP_REDIS_PORT=%d", base + 6);
     snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_SHARDS=2");
     snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_SHARD=0");
-    snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d",
-             r->door);
     snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_TICKET_MS=%d",
              ticket_ms);
     snprintf(r->env[i++], 160, "SAMOTOP_DATA=%s", r->data);
     snprintf(r->env[i++], 160, "SAMOTOP_HOSTNAME=mx.test");
+    snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d",
+             r->door);
+    if (door_port == 0)
+        i--; /* no mailbox.imap_internal: the default */
     ck_assert_int_le(i, 16);
     for (int j = 0; j < i; j++)
         r->envp[j] = r->env[j];
@@ -171,6 +175,10 @@ ask_ticket(struct rig *r, const char *account, char *ticket, size_t tlen,
         ck_assert_msg(a != NULL, "no addr");
         snprintf(ticket, tlen, "%s", t);
         snprintf(addr, alen, "%s", a);
+        ck_assert_msg(strncmp(a, "127.0.0.1:", 10) == 0 && atoi(a + 10) > 0,
+                      "addr \"%s\"", a);
+        if (r->door == 0)
+            r->door = atoi(a + 10);
     }
     envelope_destroy(&reply);
     return code;
@@ -242,7 +250,7 @@ START_TEST(test_ticket_once)
     struct rig r;
     char a[64], ticket[64], addr[64], want[64];
 
-    rig_start(&r, BASE, 10000);
+    rig_start(&r, BASE, 10000, BASE + 7);
     account_on(a, sizeof(a), 0, 0);
     ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
                                 sizeof(addr)),
@@ -264,7 +272,8 @@ START_TEST(test_ticket_other_account_spends_it)
     struct rig r;
     char a[64], b[64], ticket[64], addr[64];
 
-    rig_start(&r, BASE + 10, 10000);
+    /* The door on a port the kernel picks, as without the key. */
+    rig_start(&r, BASE + 10, 10000, 0);
     account_on(a, sizeof(a), 0, 0);
     account_on(b, sizeof(b), 0, 1);
     ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
@@ -294,7 +303,7 @@ START_TEST(test_ticket_expires)
     char a[64], ticket[64], addr[64];
 
     /* The shortest life a ticket can be given: long gone after 1 s. */
-    rig_start(&r, BASE + 20, 100);
+    rig_start(&r, BASE + 20, 100, BASE + 27);
     account_on(a, sizeof(a), 0, 0);
     ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
                                 sizeof(addr)),
@@ -311,7 +320,7 @@ START_TEST(test_door_refuses_passwords)
     char a[64], b[64], ticket[64], addr[64];
     FILE *f;
 
-    rig_start(&r, BASE + 30, 10000);
+    rig_start(&r, BASE + 30, 10000, BASE + 37);
     account_on(a, sizeof(a), 0, 0);
     account_on(b, sizeof(b), 1, 0);
     ck_assert_str_eq(login(&r, a, "a-password"), "NO");
