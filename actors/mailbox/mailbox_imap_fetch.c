@@ -42,14 +42,6 @@ struct fetch {
 /* What is read first when only the header is wanted. */
 #define HEAD_READ 16384
 
-/* A message's octets: read into f->rbuf, or mapped. */
-struct mdata {
-    const char *data;
-    size_t len;
-    bool mapped;
-    struct mstore_map map;
-};
-
 /* Items that need the message's octets, and those that need its tree. */
 #define NEEDS_DATA                                                         \
     ((1u << IMAP_FETCH_ENVELOPE) | (1u << IMAP_FETCH_RFC822) |             \
@@ -110,7 +102,7 @@ simple_section(const struct imap_fetch_att *a)
 }
 
 static void
-simple_data(const struct imap_fetch_att *a, const struct mdata *m,
+simple_data(const struct imap_fetch_att *a, const struct imap_mdata *m,
             const char **data, size_t *len)
 {
     size_t h;
@@ -152,24 +144,24 @@ head_att(const struct imap_fetch_att *a)
     }
 }
 
-static void
-mdata_release(struct mdata *md)
+void
+imap_mdata_release(struct imap_mdata *md)
 {
     if (md->mapped)
         mstore_unmap(&md->map);
     md->mapped = false;
 }
 
-/* Reads up to want octets of fd into f->rbuf; the count or -1. */
+/* Reads up to want octets of fd into rbuf; the count or -1. */
 static ssize_t
-read_at_most(struct fetch *f, int fd, size_t want)
+read_at_most(buf_t *rbuf, int fd, size_t want)
 {
     size_t got = 0;
 
-    buf_reset(&f->rbuf);
-    buf_reserve(&f->rbuf, want);
+    buf_reset(rbuf);
+    buf_reserve(rbuf, want);
     while (got < want) {
-        ssize_t n = pread(fd, f->rbuf.data + got, want - got, (off_t)got);
+        ssize_t n = pread(fd, rbuf->data + got, want - got, (off_t)got);
 
         if (n < 0)
             return -1;
@@ -180,27 +172,25 @@ read_at_most(struct fetch *f, int fd, size_t want)
     return (ssize_t)got;
 }
 
-/* The message's octets, all of them or (head_only) at least its whole
- * header; 0, or an error when it was gone. */
-static int
-mdata_load(struct isess *s, struct fetch *f, uint32_t seq, uint64_t size,
-           struct mdata *md)
+int
+imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
+                bool head_only, struct imap_mdata *md)
 {
     int fd;
     ssize_t n;
 
     memset(md, 0, sizeof(*md));
-    if (size > READ_MAX && !f->head_only)
+    if (size > READ_MAX && !head_only)
         goto map;
     if (mstore_open_msg(s->view, seq, &fd) != 0)
         return ERR_NOTFOUND;
-    if (f->head_only && size > HEAD_READ) {
+    if (head_only && size > HEAD_READ) {
         /* The first pages; the header ends there, or all is read. */
-        n = read_at_most(f, fd, HEAD_READ);
-        if (n > 0 && imap_fetch_header_len(f->rbuf.data, (size_t)n) <
+        n = read_at_most(rbuf, fd, HEAD_READ);
+        if (n > 0 && imap_fetch_header_len(rbuf->data, (size_t)n) <
                          (size_t)n) {
             close(fd);
-            md->data = f->rbuf.data;
+            md->data = rbuf->data;
             md->len = (size_t)n;
             return 0;
         }
@@ -211,12 +201,12 @@ mdata_load(struct isess *s, struct fetch *f, uint32_t seq, uint64_t size,
     }
     /* One octet more than the index says: a file that is longer than
      * that (the index is wrong) is mapped whole instead. */
-    n = read_at_most(f, fd, (size_t)size + 1);
+    n = read_at_most(rbuf, fd, (size_t)size + 1);
     close(fd);
     if (n < 0)
         return ERR_NOTFOUND;
     if ((uint64_t)n <= size) {
-        md->data = f->rbuf.data;
+        md->data = rbuf->data;
         md->len = (size_t)n;
         return 0;
     }
@@ -236,7 +226,7 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
     const struct imap_fetch_args *fa = &s->cmd->fetch;
     const struct mstore_msg *m = mstore_view_msg(s->view, seq);
     struct mstore_msg msgc, *msg = &msgc;
-    struct mdata map;
+    struct imap_mdata map;
     imap_mime_t *mime = NULL;
     bool mapped = false, flags_done = false, seen_now = false;
     buf_t b = BUF_INIT;
@@ -248,7 +238,8 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
         f->iseen++;
     seen_now = f->iseen < f->nseen && f->seen[f->iseen] == seq;
     if (fa->items & NEEDS_DATA) {
-        if (mdata_load(s, f, seq, msg->size, &map) != 0)
+        if (imap_mdata_load(s, &f->rbuf, seq, msg->size, f->head_only,
+                            &map) != 0)
             return false;
         mapped = true;
     }
@@ -317,7 +308,7 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
     buf_free(&b);
     imap_mime_destroy(&mime);
     if (mapped)
-        mdata_release(&map);
+        imap_mdata_release(&map);
     return true;
 }
 

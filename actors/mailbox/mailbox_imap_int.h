@@ -79,6 +79,7 @@ struct mbimap {
     struct itickets *tickets;
     char internal_addr[300];
     uint64_t relayed, relay_failures;
+    metric_t *m_relays, *m_tickets; /* NULL with one shard */
 };
 
 enum itls { ITLS_NONE, ITLS_HANDSHAKE, ITLS_UP };
@@ -181,6 +182,23 @@ void imap_fetch_start(struct isess *s, const struct imap_cmd *c);
 /* The length of a message's top-level header with its blank line (RFC
  * 5322 2.1), or len when it has no blank line. */
 size_t imap_fetch_header_len(const char *d, size_t len);
+
+/* A message's octets: read into the caller's buffer, or mapped. */
+struct imap_mdata {
+    const char *data;
+    size_t len;
+    bool mapped;
+    struct mstore_map map;
+};
+
+/* Loads message seq of the selected folder (size: the index's): all of
+ * it, or with head_only at least its whole header. A small message is
+ * read into rbuf (reused from one message to the next), a large one
+ * mapped. Returns 0, or an error when it is gone. Release with
+ * imap_mdata_release() before the next load into the same rbuf. */
+int imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
+                    bool head_only, struct imap_mdata *md);
+void imap_mdata_release(struct imap_mdata *md);
 
 /* mailbox_imap_search.c: SEARCH (RFC 3501 6.4.4). */
 void imap_search_run(struct isess *s, const struct imap_cmd *c);

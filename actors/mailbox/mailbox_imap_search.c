@@ -30,38 +30,49 @@ struct sctx {
     struct isess *s;
     uint32_t seq, exists, maxuid;
     const struct mstore_msg *m;
-    struct mstore_map map;
+    struct imap_mdata map;
     bool mapped, map_failed;
+    bool head_only; /* no key reads past the header */
+    buf_t rbuf;
     size_t hlen;
     buf_t field;
 };
 
 static bool eval(struct sctx *x, const struct imap_search_key *k);
 
-/* Case-insensitive substring; an empty needle is found everywhere. */
+/* Case-insensitive substring (ASCII case), Horspool's way: the needle's
+ * last octet is compared first and a mismatch skips ahead by the table,
+ * so a BODY search over many messages reads most octets once. An empty
+ * needle is found everywhere. */
 static bool
 has_ci(const char *hay, size_t hlen, const char *needle)
 {
-    size_t nlen = strlen(needle);
-    int first;
+    size_t nlen = strlen(needle), skip[256];
+    const unsigned char *h = (const unsigned char *)hay;
+    const unsigned char *n = (const unsigned char *)needle;
 
     if (nlen == 0)
         return true;
     if (nlen > hlen)
         return false;
-    first = tolower((unsigned char)needle[0]);
-    for (size_t i = 0; i + nlen <= hlen; i++) {
-        if (tolower((unsigned char)hay[i]) != first)
-            continue;
-        if (strncasecmp(hay + i + 1, needle + 1, nlen - 1) == 0) {
-            /* strncasecmp stops at a NUL in hay: check the length again. */
-            size_t j = 1;
+    for (size_t i = 0; i < 256; i++)
+        skip[i] = nlen;
+    for (size_t i = 0; i + 1 < nlen; i++) {
+        skip[tolower(n[i])] = nlen - 1 - i;
+        skip[toupper(n[i])] = nlen - 1 - i;
+    }
+    for (size_t at = 0; at + nlen <= hlen;) {
+        unsigned char last = h[at + nlen - 1];
 
-            while (j < nlen && hay[i + j] != '\0')
-                j++;
-            if (j == nlen)
+        if (tolower(last) == tolower(n[nlen - 1])) {
+            size_t k = 0;
+
+            while (k + 1 < nlen && tolower(h[at + k]) == tolower(n[k]))
+                k++;
+            if (k + 1 == nlen)
                 return true;
         }
+        at += skip[last];
     }
     return false;
 }
@@ -73,7 +84,8 @@ need_data(struct sctx *x)
         return true;
     if (x->map_failed)
         return false;
-    if (mstore_map(x->s->view, x->seq, &x->map) != 0) {
+    if (imap_mdata_load(x->s, &x->rbuf, x->seq, x->m->size, x->head_only,
+                        &x->map) != 0) {
         x->map_failed = true;
         return false;
     }
@@ -298,6 +310,25 @@ eval(struct sctx *x, const struct imap_search_key *k)
     return false;
 }
 
+/* Whether a key reads past the message's header (BODY, TEXT). */
+static bool
+needs_body(const struct imap_search_key *k)
+{
+    for (; k; k = k->next) {
+        if (k->type == IMAP_SK_BODY || k->type == IMAP_SK_TEXT)
+            return true;
+        if (k->type == IMAP_SK_AND || k->type == IMAP_SK_NOT) {
+            if (needs_body(k->sub))
+                return true;
+        } else if (k->type == IMAP_SK_OR) {
+            /* The first key, whose next is the second. */
+            if (needs_body(k->sub))
+                return true;
+        }
+    }
+    return false;
+}
+
 void
 imap_search_run(struct isess *s, const struct imap_cmd *c)
 {
@@ -311,6 +342,7 @@ imap_search_run(struct isess *s, const struct imap_cmd *c)
     x.s = s;
     x.exists = exists;
     x.maxuid = last ? last->uid : 0;
+    x.head_only = !needs_body(c->search.prog);
     for (uint32_t seq = 1; seq <= exists; seq++) {
         const struct mstore_msg *m = mstore_view_msg(s->view, seq);
         struct mstore_msg msg;
@@ -326,7 +358,7 @@ imap_search_run(struct isess *s, const struct imap_cmd *c)
         x.mapped = x.map_failed = false;
         hit = eval(&x, c->search.prog);
         if (x.mapped)
-            mstore_unmap(&x.map);
+            imap_mdata_release(&x.map);
         if (!hit)
             continue;
         if (nfound == cap) {
@@ -336,6 +368,7 @@ imap_search_run(struct isess *s, const struct imap_cmd *c)
         found[nfound++] = c->uid ? x.m->uid : seq;
     }
     buf_free(&x.field);
+    buf_free(&x.rbuf);
     imap_server_search(s->srv, found, nfound);
     free(found);
     imap_sess_complete(s, IMAP_OK, NULL, NULL);
