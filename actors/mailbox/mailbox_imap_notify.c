@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lib/err.h"
@@ -35,6 +36,11 @@
 struct inote {
     struct inote *next;
     char *dir;
+    /* The directories watched: a folder deleted and made again under the
+     * same name is other directories, and gets a watch of its own (the
+     * old ones may live on while a session still has them open). */
+    dev_t dev;
+    ino_t ino_new, ino_cur;
     int wd_new, wd_cur;
     int users;
     bool changed;
@@ -84,6 +90,15 @@ on_inotify(loop_t *loop, int fd, int events, void *arg)
                 if (ev->wd == no->wd_new || ev->wd == no->wd_cur) {
                     no->changed = true;
                     any = true;
+                    /* The directory went (DELETE, RENAME): its watch is
+                     * gone too, and is made again when the folder is
+                     * selected next. */
+                    if (ev->mask & IN_IGNORED) {
+                        if (ev->wd == no->wd_new)
+                            no->wd_new = -1;
+                        else
+                            no->wd_cur = -1;
+                    }
                 }
             /* IN_Q_OVERFLOW: events were lost; every folder may have
              * changed. */
@@ -152,8 +167,9 @@ release(mbimap_t *im, struct inote *n)
     for (pp = &im->notes; *pp != n; pp = &(*pp)->next)
         ;
     *pp = n->next;
-    /* Two folders never share a watch descriptor: inotify gives the same
-     * one for the same directory, and each folder is watched once. */
+    /* Two of these never share a watch descriptor: inotify gives the
+     * same one for the same directory, and each directory is watched by
+     * one of them (below). */
     if (n->wd_new >= 0)
         inotify_rm_watch(im->ino_fd, n->wd_new);
     if (n->wd_cur >= 0)
@@ -162,11 +178,32 @@ release(mbimap_t *im, struct inote *n)
     free(n);
 }
 
+/* The identity of dir's new/ and cur/ (zeros for one that is not there). */
+static void
+ident(const char *dir, dev_t *dev, ino_t *ino_new, ino_t *ino_cur)
+{
+    char path[PATH_MAX];
+    struct stat st;
+
+    *dev = 0;
+    *ino_new = *ino_cur = 0;
+    snprintf(path, sizeof(path), "%s/new", dir);
+    if (stat(path, &st) == 0) {
+        *dev = st.st_dev;
+        *ino_new = st.st_ino;
+    }
+    snprintf(path, sizeof(path), "%s/cur", dir);
+    if (stat(path, &st) == 0)
+        *ino_cur = st.st_ino;
+}
+
 void
 imap_notify_follow(struct isess *s, const char *dir)
 {
     mbimap_t *im = s->im;
     struct inote *n;
+    dev_t dev;
+    ino_t ino_new, ino_cur;
 
     if (s->note) {
         release(im, s->note);
@@ -174,20 +211,29 @@ imap_notify_follow(struct isess *s, const char *dir)
     }
     if (dir == NULL || *dir == '\0' || im->ino_fd < 0)
         return;
+    ident(dir, &dev, &ino_new, &ino_cur);
     for (n = im->notes; n; n = n->next)
-        if (strcmp(n->dir, dir) == 0)
+        if (strcmp(n->dir, dir) == 0 && n->dev == dev &&
+            n->ino_new == ino_new && n->ino_cur == ino_cur)
             break;
     if (n == NULL) {
         n = xcalloc(1, sizeof(*n));
         n->dir = xstrdup(dir);
-        n->wd_new = add_watch(im, dir, "new");
-        n->wd_cur = add_watch(im, dir, "cur");
-        if (n->wd_new < 0 || n->wd_cur < 0)
-            log_warn(s->trace, "inotify_watch_failed", "dir=%s reason=%s",
-                     log_q(dir), log_q(strerror(errno)));
+        n->dev = dev;
+        n->ino_new = ino_new;
+        n->ino_cur = ino_cur;
+        n->wd_new = n->wd_cur = -1;
         n->next = im->notes;
         im->notes = n;
     }
+    /* New, or its directories were made again since they went. */
+    if (n->wd_new < 0)
+        n->wd_new = add_watch(im, dir, "new");
+    if (n->wd_cur < 0)
+        n->wd_cur = add_watch(im, dir, "cur");
+    if (n->wd_new < 0 || n->wd_cur < 0)
+        log_warn(s->trace, "inotify_watch_failed", "dir=%s reason=%s",
+                 log_q(dir), log_q(strerror(errno)));
     n->users++;
     s->note = n;
 }

@@ -654,6 +654,36 @@ class Sync(unittest.TestCase):
             s.cmd("LOGOUT")
             s.close()
 
+    def test_folder_deleted_and_made_again(self):
+        """A session whose folder is deleted under it is told BYE; IDLE on
+        the folder made again under the same name still wakes (its
+        inotify watch is made afresh)."""
+        a = Raw()
+        a.login("bob")
+        _, t = a.cmd("CREATE Again")
+        self.assertIn("OK", t)
+        _, t = a.cmd("SELECT Again")
+        self.assertIn("OK", t)
+        b = login("bob")
+        ok(b.delete("Again"))
+        ok(b.create("Again"))
+        c = Raw()
+        c.login("bob")
+        _, t = c.cmd("SELECT Again")
+        self.assertIn("OK", t)
+        c.send("i1 IDLE\r\n")
+        self.assertTrue(c.resp().startswith(b"+"))
+        ok(b.append("Again", None, None, message("again", to="bob@example.test")))
+        self.assertIsNotNone(c.wait_for(rb"^\* 1 EXISTS", 5))
+        c.send("DONE\r\n")
+        c.until("i1")
+        a.send("a9 NOOP\r\n")
+        self.assertTrue(a.resp().startswith(b"* BYE"))
+        ok(b.delete("Again"))
+        b.logout()
+        for r in (a, c):
+            r.close()
+
     def test_uids_stable_across_sessions_and_restart(self):
         for i in range(2):
             deliver("dave", message("stable %d" % i, to="dave@example.test"))
