@@ -167,6 +167,16 @@ imap_proxy_door_up(mbimap_t *im, struct imap_door *d, const config_t *cfg)
     im->tickets->by_id = zhashx_new();
     zhashx_set_destructor(im->tickets->by_id, ticket_free);
     im->tickets->ttl_ms = config_int(cfg, "mailbox.imap_ticket_ms");
+    im->m_relays = metrics_counter(
+        actor_metrics(im->actor), "samotop_imap_relays_total",
+        "IMAP logins for an account another shard owns, relayed to it, by "
+        "result (ok, failed: the client got NO [UNAVAILABLE])",
+        "result");
+    im->m_tickets = metrics_counter(
+        actor_metrics(im->actor), "samotop_imap_tickets_total",
+        "One-time tickets for the internal IMAP door, by result (given, "
+        "used, refused: a login on the door that failed)",
+        "result");
     log_info(NULL, "imap_internal", "addr=%s advertised=%s ttl_ms=%lld",
              d->addr, im->internal_addr, (long long)im->tickets->ttl_ms);
     return 0;
@@ -267,6 +277,7 @@ mailbox_on_ticket(actor_t *a, bus_request_t **req_p)
     tk->expires = loop_now_ms(im->loop) + im->tickets->ttl_ms;
     zhashx_update(im->tickets->by_id, id, tk);
     im->tickets->given++;
+    metrics_inc(im->m_tickets, METRICS_L("given"));
     log_info(tk->trace, "imap_ticket", "user=%s from=%s client_ip=%s "
              "ttl_ms=%lld", log_q(tk->account), log_q(tk->from),
              log_q(tk->client_ip), (long long)im->tickets->ttl_ms);
@@ -312,8 +323,10 @@ imap_proxy_ticket_login(struct isess *s, const struct imap_event *ev)
             why = "other_account";
     }
     if (why != NULL) {
-        if (im->tickets)
+        if (im->tickets) {
             im->tickets->refused++;
+            metrics_inc(im->m_tickets, METRICS_L("refused"));
+        }
         im->login_failures++;
         log_warn(s->trace, "imap_ticket_refused", "ip=%s user=%s reason=%s",
                  s->ip, log_q(ev->login.user), why);
@@ -328,6 +341,7 @@ imap_proxy_ticket_login(struct isess *s, const struct imap_event *ev)
     _Static_assert(sizeof(s->trace) == sizeof(tk->trace), "trace sizes");
     memcpy(s->trace, tk->trace, sizeof(s->trace));
     im->tickets->used++;
+    metrics_inc(im->m_tickets, METRICS_L("used"));
     free(s->user);
     s->user = xstrdup(tk->account);
     log_info(s->trace, "imap_ticket_login", "user=%s from=%s client_ip=%s",
@@ -374,6 +388,8 @@ login_failed(struct iproxy *p, const char *why)
     bool counted = p->st != P_TICKET;
 
     s->im->relay_failures++;
+    if (s->im->m_relays)
+        metrics_inc(s->im->m_relays, METRICS_L("failed"));
     log_warn(s->trace, "imap_relay_failed", "user=%s shard=%d owner=%s "
              "reason=%s", log_q(s->user), p->shard,
              p->addr[0] ? p->addr : "-", log_q(why));
@@ -594,6 +610,8 @@ login_done(struct iproxy *p)
     loop_timer_cancel(im->loop, &s->idle_timer);
     im->relayed++;
     im->logins++;
+    if (im->m_relays)
+        metrics_inc(im->m_relays, METRICS_L("ok"));
     log_info(s->trace, "imap_relay", "user=%s door=%s ip=%s port=%d "
              "shard=%d owner=%s",
              log_q(s->user), s->door->name, s->ip, peer_port(s->fd), p->shard,

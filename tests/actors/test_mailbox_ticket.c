@@ -9,7 +9,7 @@
  *
  * Ports 21350-21399 belong to this suite; each test takes a block of ten:
  * broker 0-2, IMAP 3, IMAPS 4, LMTP 5, Redis (never started) 6, the
- * internal door 7.
+ * internal door 7, metrics 8.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,8 +38,8 @@
 struct rig {
     char base[64], data[96];
     char clients[64];
-    char env[16][160];
-    const char *envp[17];
+    char env[17][160];
+    const char *envp[18];
     pid_t broker, mailbox;
     int door; /* the internal door's port */
     bus_client_t *c;
@@ -101,15 +101,18 @@ rig_start(struct rig *r, int base, int ticket_ms, int door_port)
              ticket_ms);
     snprintf(r->env[i++], 160, "SAMOTOP_DATA=%s", r->data);
     snprintf(r->env[i++], 160, "SAMOTOP_HOSTNAME=mx.test");
-    snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d",
-             r->door);
-    if (door_port == 0)
-        i--; /* no mailbox.imap_internal: the default */
-    ck_assert_int_le(i, 16);
+    if (door_port != 0) /* else the default, as without the key */
+        snprintf(r->env[i++], 160,
+                 "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d", r->door);
     for (int j = 0; j < i; j++)
         r->envp[j] = r->env[j];
     r->envp[i] = NULL;
     r->broker = test_spawn(bus_argv, r->envp);
+    /* The mailbox's metrics door; the broker would take it too. */
+    snprintf(r->env[i], 160, "SAMOTOP_METRICS_LISTEN=127.0.0.1:%d", base + 8);
+    r->envp[i] = r->env[i];
+    r->envp[++i] = NULL;
+    ck_assert_int_le(i, 17);
     r->mailbox = test_spawn(mb_argv, r->envp);
     r->c = bus_client_new(NULL, r->clients, 16 << 20, why, sizeof(why));
     ck_assert_msg(r->c != NULL, "bus_client_new: %s", why);
@@ -185,22 +188,14 @@ ask_ticket(struct rig *r, const char *account, char *ticket, size_t tlen,
 }
 
 /* A connection to the internal door, greeting read. */
+static int tcp_open(int port);
+
 static FILE *
 door_open(struct rig *r)
 {
-    struct sockaddr_in sin = {.sin_family = AF_INET,
-                              .sin_port = htons((uint16_t)r->door)};
-    struct timeval tv = {.tv_sec = 20};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
     char line[1024];
-    FILE *f;
+    FILE *f = fdopen(tcp_open(r->door), "r+");
 
-    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
-    ck_assert_int_ge(fd, 0);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ck_assert_msg(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0,
-                  "connect to the internal door: %s", strerror(errno));
-    f = fdopen(fd, "r+");
     setvbuf(f, NULL, _IONBF, 0);
     ck_assert_msg(fgets(line, sizeof(line), f) != NULL, "no greeting");
     ck_assert_msg(strncmp(line, "* OK", 4) == 0, "greeting: %s", line);
@@ -245,6 +240,42 @@ login(struct rig *r, const char *user, const char *pass)
     return st;
 }
 
+/* The connection to port on loopback, with a 20 s read timeout. */
+static int
+tcp_open(int port)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = 20};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+    ck_assert_int_ge(fd, 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ck_assert_msg(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0,
+                  "connect to %d: %s", port, strerror(errno));
+    return fd;
+}
+
+/* Whether the mailbox's /metrics holds the line want. */
+static bool
+metrics_have(int port, const char *want)
+{
+    static char page[65536];
+    size_t len = 0;
+    ssize_t n;
+    int fd = tcp_open(port);
+    const char *get = "GET /metrics HTTP/1.0\r\n\r\n";
+
+    ck_assert_int_eq(write(fd, get, strlen(get)), (ssize_t)strlen(get));
+    while (len < sizeof(page) - 1 &&
+           (n = read(fd, page + len, sizeof(page) - 1 - len)) > 0)
+        len += (size_t)n;
+    page[len] = '\0';
+    close(fd);
+    return strstr(page, want) != NULL;
+}
+
 START_TEST(test_ticket_once)
 {
     struct rig r;
@@ -263,6 +294,12 @@ START_TEST(test_ticket_once)
             *p = (char)(*p - 'a' + 'A');
     ck_assert_str_eq(login(&r, a, ticket), "OK");
     ck_assert_str_eq(login(&r, a, ticket), "NO");
+    ck_assert(metrics_have(BASE + 8, "\nsamotop_imap_tickets_total"
+                                     "{result=\"given\"} 1\n"));
+    ck_assert(metrics_have(BASE + 8, "\nsamotop_imap_tickets_total"
+                                     "{result=\"used\"} 1\n"));
+    ck_assert(metrics_have(BASE + 8, "\nsamotop_imap_tickets_total"
+                                     "{result=\"refused\"} 1\n"));
     rig_stop(&r);
 }
 END_TEST
