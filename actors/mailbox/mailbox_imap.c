@@ -843,6 +843,7 @@ mailbox_imap_start(struct mailbox *mb)
     im->bus_timeout_ms = config_int(cfg, "bus.timeout_ms");
     im->limits.append_max = (size_t)config_int(cfg, "imap.max_append");
     im->per_ip = zhashx_new();
+    im->hcache = imap_hcache_new();
     im->quota = mb->quota; /* borrowed */
     if (tls_setup(im, cfg) != 0 || imap_notify_start(im) != 0 ||
         doors_start(im, cfg) != 0) {
@@ -868,9 +869,13 @@ mailbox_imap_stop(mbimap_t **im_p)
     while (im->head) {
         struct isess *s = im->head;
 
-        imap_server_close(s->srv, "Server shutting down");
-        drop_work(s);
-        flush(s);
+        /* A relayed session's stream is the owner's: a BYE of ours could
+         * fall inside one of its responses. */
+        if (!imap_proxy_relaying(s)) {
+            imap_server_close(s->srv, "Server shutting down");
+            drop_work(s);
+            flush(s);
+        }
         imap_sess_close(s, "shutdown");
     }
     imap_notify_stop(im);
@@ -881,6 +886,7 @@ mailbox_imap_stop(mbimap_t **im_p)
              (unsigned long long)im->refused, (unsigned long long)im->logins,
              (unsigned long long)im->login_failures);
     zhashx_destroy(&im->per_ip);
+    imap_hcache_destroy(&im->hcache);
     tls_ctx_destroy(&im->tls);
     free(im);
     *im_p = NULL;

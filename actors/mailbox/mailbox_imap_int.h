@@ -72,6 +72,7 @@ struct mbimap {
     struct inote *notes; /* folders watched, each once */
     loop_timer_t *note_timer;
     struct mstore_limits limits;
+    struct hcache *hcache; /* messages' headers (mailbox_imap_fetch.c) */
     /* The mailbox's (borrowed): APPEND, COPY and EXPUNGE move the usage. */
     mailbox_quota_t *quota;
     /* mailbox_imap_proxy.c: tickets for the internal door, and the
@@ -200,6 +201,14 @@ int imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
                     bool head_only, struct imap_mdata *md);
 void imap_mdata_release(struct imap_mdata *md);
 
+/* The process's cache of messages' top-level headers, which a header
+ * FETCH or a SEARCH on header fields answers from without opening the
+ * files (a message's octets never change under its UID); at most
+ * IMAP_HCACHE_BYTES, oldest out first. */
+#define IMAP_HCACHE_BYTES (64u << 20)
+struct hcache *imap_hcache_new(void);
+void imap_hcache_destroy(struct hcache **hc_p);
+
 /* mailbox_imap_search.c: SEARCH (RFC 3501 6.4.4). */
 void imap_search_run(struct isess *s, const struct imap_cmd *c);
 
@@ -242,6 +251,9 @@ void imap_proxy_ticket_login(struct isess *s, const struct imap_event *ev);
 /* The loop's events on a relayed session's client socket: false when the
  * session is not relaying yet (the usual path goes on). */
 bool imap_proxy_on_io(struct isess *s, int events);
+/* Whether the session is relayed (logged in at the owner): its bytes are
+ * the proxy's. */
+bool imap_proxy_relaying(const struct isess *s);
 /* The session closes: the link to the owner goes. NULL proxy is fine. */
 void imap_proxy_close(struct isess *s);
 

@@ -846,6 +846,12 @@ on_owner_io(loop_t *loop, int fd, int events, void *arg)
 }
 
 bool
+imap_proxy_relaying(const struct isess *s)
+{
+    return s->proxy != NULL && s->proxy->st == P_SPLICE;
+}
+
+bool
 imap_proxy_on_io(struct isess *s, int events)
 {
     (void)events;

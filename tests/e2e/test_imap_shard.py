@@ -293,6 +293,7 @@ class ImapShards(unittest.TestCase):
             r.noop()
             r.noop()
         self.assertLess(time.time() - t0, 55)
+        r.shutdown()
         deadline = time.time() + 60
         while time.time() < deadline and len(re.findall(
                 r"event=start name=mailbox/%s " % owner,
@@ -346,6 +347,31 @@ class ImapShards(unittest.TestCase):
                 time.sleep(0.5)
         self.assertIn("Subject: first for %s" % a, subjects(m))
         m.logout()
+
+    def test_f_large_message_both_ways(self):
+        """A message of some megabytes goes up through the relay (APPEND)
+        and comes back down through it (FETCH) octet for octet: each way
+        holds at most 64 KiB at the relay, so both ways wait for the
+        other side to take what it has."""
+        a = ACCOUNTS[1]
+        body = b"".join(b"line %07d of a large message through the relay"
+                        b"\r\n" % i for i in range(80000))
+        msg = (b"From: sender@remote.test\r\nTo: %s\r\nSubject: large\r\n"
+               b"\r\n" % a.encode()) + body
+        r = login(a, want_relayed=True)
+        o = login(a, want_relayed=False)
+        try:
+            typ, dat = r.append("INBOX", None, None, msg)
+            self.assertEqual(typ, "OK", dat)
+            uid = re.search(rb"APPENDUID \d+ (\d+)", dat[0]).group(1)
+            for m in (o, r):
+                m.select("INBOX")
+                typ, dat = m.uid("FETCH", uid.decode(), "(BODY.PEEK[])")
+                self.assertEqual(typ, "OK")
+                self.assertEqual(dat[0][1], msg)
+        finally:
+            r.logout()
+            o.logout()
 
 
 if __name__ == "__main__":
