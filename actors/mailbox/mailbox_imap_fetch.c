@@ -13,6 +13,7 @@
  * time of a FETCH of 10,000 headers went to mmap and munmap); a large one
  * is mapped. When only the header is wanted, only its first pages are.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,14 +173,127 @@ read_at_most(buf_t *rbuf, int fd, size_t want)
     return (ssize_t)got;
 }
 
+/* --- the header cache ------------------------------------------------- */
+
+/* Headers longer than this are not kept. */
+#define HCACHE_ENTRY_MAX 16384
+
+struct hentry {
+    struct hentry *older, *newer;
+    char *key;
+    size_t len;
+    char data[];
+};
+
+struct hcache {
+    zhashx_t *map; /* key -> struct hentry */
+    struct hentry *oldest, *newest;
+    size_t bytes;
+    uint64_t hits, misses;
+};
+
+struct hcache *
+imap_hcache_new(void)
+{
+    struct hcache *hc = xcalloc(1, sizeof(*hc));
+
+    hc->map = zhashx_new();
+    return hc;
+}
+
+void
+imap_hcache_destroy(struct hcache **hc_p)
+{
+    struct hcache *hc = *hc_p;
+
+    if (hc == NULL)
+        return;
+    while (hc->oldest) {
+        struct hentry *e = hc->oldest;
+
+        hc->oldest = e->newer;
+        free(e->key);
+        free(e);
+    }
+    log_info(NULL, "imap_hcache", "hits=%llu misses=%llu",
+             (unsigned long long)hc->hits, (unsigned long long)hc->misses);
+    zhashx_destroy(&hc->map);
+    free(hc);
+    *hc_p = NULL;
+}
+
+/* A message is named by its folder, UIDVALIDITY and UID, and its size and
+ * date as well, so that a folder made again under the same name (and,
+ * within a second, maybe the same UIDVALIDITY) never meets another's. */
+static void
+hcache_key(struct isess *s, uint32_t seq, char *key, size_t keylen)
+{
+    const struct mstore_msg *m = mstore_view_msg(s->view, seq);
+
+    snprintf(key, keylen, "%u/%u/%llu/%lld/%s",
+             mstore_view_uidvalidity(s->view), m ? m->uid : 0,
+             m ? (unsigned long long)m->size : 0ULL,
+             m ? (long long)m->date : 0LL, mstore_view_path(s->view));
+}
+
+static void
+hcache_put(struct hcache *hc, const char *key, const char *data, size_t len)
+{
+    struct hentry *e;
+
+    if (len > HCACHE_ENTRY_MAX || zhashx_lookup(hc->map, key))
+        return;
+    while (hc->oldest && hc->bytes + len > IMAP_HCACHE_BYTES) {
+        struct hentry *old = hc->oldest;
+
+        hc->oldest = old->newer;
+        if (hc->oldest)
+            hc->oldest->older = NULL;
+        else
+            hc->newest = NULL;
+        hc->bytes -= old->len;
+        zhashx_delete(hc->map, old->key);
+        free(old->key);
+        free(old);
+    }
+    e = xmalloc(sizeof(*e) + len);
+    memcpy(e->data, data, len);
+    e->len = len;
+    e->older = hc->newest;
+    e->newer = NULL;
+    if (hc->newest)
+        hc->newest->newer = e;
+    else
+        hc->oldest = e;
+    hc->newest = e;
+    hc->bytes += len;
+    e->key = xstrdup(key);
+    zhashx_insert(hc->map, key, e);
+}
+
 int
 imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
                 bool head_only, struct imap_mdata *md)
 {
+    struct hcache *hc = s->im->hcache;
+    char key[PATH_MAX + 128];
+    struct hentry *e;
+    size_t h;
     int fd;
     ssize_t n;
 
     memset(md, 0, sizeof(*md));
+    key[0] = '\0';
+    if (head_only && hc) {
+        hcache_key(s, seq, key, sizeof(key));
+        if ((e = zhashx_lookup(hc->map, key)) != NULL) {
+            hc->hits++;
+            md->data = e->data;
+            md->len = e->len;
+            return 0;
+        }
+        hc->misses++;
+    }
     if (size > READ_MAX && !head_only)
         goto map;
     if (mstore_open_msg(s->view, seq, &fd) != 0)
@@ -187,11 +301,13 @@ imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
     if (head_only && size > HEAD_READ) {
         /* The first pages; the header ends there, or all is read. */
         n = read_at_most(rbuf, fd, HEAD_READ);
-        if (n > 0 && imap_fetch_header_len(rbuf->data, (size_t)n) <
+        if (n > 0 && (h = imap_fetch_header_len(rbuf->data, (size_t)n)) <
                          (size_t)n) {
             close(fd);
             md->data = rbuf->data;
             md->len = (size_t)n;
+            if (hc)
+                hcache_put(hc, key, rbuf->data, h);
             return 0;
         }
         if (size > READ_MAX) {
@@ -208,6 +324,9 @@ imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
     if ((uint64_t)n <= size) {
         md->data = rbuf->data;
         md->len = (size_t)n;
+        if (head_only && hc)
+            hcache_put(hc, key, rbuf->data,
+                       imap_fetch_header_len(rbuf->data, (size_t)n));
         return 0;
     }
 map:
