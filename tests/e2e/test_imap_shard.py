@@ -377,6 +377,45 @@ class ImapShards(unittest.TestCase):
             r.logout()
             o.logout()
 
+    def test_g_ticket_masked_on_the_tap(self):
+        """mailbox.ticket and its reply validate against schemas/, and the
+        bus tap shows the ticket as *** (the owner answers as service
+        mailbox.K, whose secrets the broker masks too)."""
+        import json
+        import select
+        import jsonschema
+        a = ACCOUNTS[0]
+        tap = SYS.tap("--json", "--type", "mailbox.ticket*")
+        got, buf, fd = {}, b"", tap.stdout.fileno()
+        try:
+            deadline = time.time() + 60
+            while "mailbox.ticket.reply" not in got:
+                self.assertLess(time.time(), deadline, got)
+                # The tap may not be subscribed yet: log in until it has
+                # seen one exchange.
+                m = login(a, want_relayed=True)
+                m.logout()
+                while select.select([fd], [], [], 2.0)[0]:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        e = json.loads(line)
+                        got[e["type"]] = e
+        finally:
+            tap.terminate()
+            tap.communicate(timeout=30)
+        for t in ("mailbox.ticket", "mailbox.ticket.reply"):
+            with open(os.path.join(st.SRC, "schemas", t + ".json")) as f:
+                jsonschema.validate(got[t]["body"], json.load(f))
+        reply = got["mailbox.ticket.reply"]["body"]
+        self.assertEqual(reply["code"], 250)
+        self.assertEqual(reply["ticket"], "***")
+        self.assertRegex(reply["addr"], r"^127\.0\.0\.1:213(40|41|42)$")
+        self.assertEqual(got["mailbox.ticket"]["body"]["account"], a)
+
 
 if __name__ == "__main__":
     unittest.main()
