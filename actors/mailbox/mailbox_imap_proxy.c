@@ -66,7 +66,7 @@ enum pstate {
 struct iproxy {
     struct isess *s;
     enum pstate st;
-    int fd;      /* to the owner, or -1 */
+    int fd;       /* to the owner, or -1 */
     int watching; /* LOOP_* watched on fd */
     int shard;
     char addr[300];
@@ -187,7 +187,8 @@ imap_proxy_stop(mbimap_t *im)
 {
     if (im->tickets == NULL)
         return;
-    log_info(NULL, "imap_tickets", "given=%llu used=%llu refused=%llu "
+    log_info(NULL, "imap_tickets",
+             "given=%llu used=%llu refused=%llu "
              "relayed=%llu relay_failures=%llu",
              (unsigned long long)im->tickets->given,
              (unsigned long long)im->tickets->used,
@@ -278,9 +279,10 @@ mailbox_on_ticket(actor_t *a, bus_request_t **req_p)
     zhashx_update(im->tickets->by_id, id, tk);
     im->tickets->given++;
     metrics_inc(im->m_tickets, METRICS_L("given"));
-    log_info(tk->trace, "imap_ticket", "user=%s from=%s client_ip=%s "
-             "ttl_ms=%lld", log_q(tk->account), log_q(tk->from),
-             log_q(tk->client_ip), (long long)im->tickets->ttl_ms);
+    log_info(tk->trace, "imap_ticket",
+             "user=%s from=%s client_ip=%s ttl_ms=%lld", log_q(tk->account),
+             log_q(tk->from), log_q(tk->client_ip),
+             (long long)im->tickets->ttl_ms);
     reply = envelope_new_reply(req, 250, "2.0.0", "ticket");
     body = envelope_body(reply);
     value_set_str(body, ENV_KEY_TICKET, ticket);
@@ -390,8 +392,8 @@ login_failed(struct iproxy *p, const char *why)
     s->im->relay_failures++;
     if (s->im->m_relays)
         metrics_inc(s->im->m_relays, METRICS_L("failed"));
-    log_warn(s->trace, "imap_relay_failed", "user=%s shard=%d owner=%s "
-             "reason=%s", log_q(s->user), p->shard,
+    log_warn(s->trace, "imap_relay_failed",
+             "user=%s shard=%d owner=%s reason=%s", log_q(s->user), p->shard,
              p->addr[0] ? p->addr : "-", log_q(why));
     proxy_free(p);
     free(s->user);
@@ -499,8 +501,8 @@ on_ticket_reply(void *arg, int err, const char *text, const envelope_t *reply)
     imap_sess_call_begin(s);
     p->st = P_CONNECT;
     /* Connection and login have the bus deadline. */
-    p->timer = loop_timer_add(s->im->loop, s->im->bus_timeout_ms,
-                              on_login_timeout, p);
+    p->timer =
+        loop_timer_add(s->im->loop, s->im->bus_timeout_ms, on_login_timeout, p);
     if (owner_connect(p, why, sizeof(why)) != 0) {
         login_failed(p, why);
         return;
@@ -612,10 +614,9 @@ login_done(struct iproxy *p)
     im->logins++;
     if (im->m_relays)
         metrics_inc(im->m_relays, METRICS_L("ok"));
-    log_info(s->trace, "imap_relay", "user=%s door=%s ip=%s port=%d "
-             "shard=%d owner=%s",
-             log_q(s->user), s->door->name, s->ip, peer_port(s->fd), p->shard,
-             p->addr);
+    log_info(s->trace, "imap_relay",
+             "user=%s door=%s ip=%s port=%d shard=%d owner=%s", log_q(s->user),
+             s->door->name, s->ip, peer_port(s->fd), p->shard, p->addr);
 }
 
 static void on_relay_idle(loop_t *loop, void *arg);
@@ -705,8 +706,8 @@ static void
 on_relay_idle(loop_t *loop, void *arg)
 {
     struct iproxy *p = arg;
-    int64_t left = p->last_active + p->s->im->idle_ms + 60000 -
-                   loop_now_ms(loop);
+    int64_t left =
+        p->last_active + p->s->im->idle_ms + 60000 - loop_now_ms(loop);
 
     p->timer = NULL;
     if (left > 0) {
@@ -735,8 +736,7 @@ relay(struct iproxy *p)
         while (!p->client_eof && p->c2o.len < PROXY_BUF) {
             size_t want = PROXY_BUF - p->c2o.len;
 
-            n = imap_sess_read(s, tmp, want < sizeof(tmp) ? want
-                                                          : sizeof(tmp));
+            n = imap_sess_read(s, tmp, want < sizeof(tmp) ? want : sizeof(tmp));
             if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
                 break;
             if (n == 0) {
@@ -779,8 +779,8 @@ relay(struct iproxy *p)
         }
         if (p->o2c.len > 0) {
             n = imap_sess_write(s, p->o2c.data, p->o2c.len);
-            if (n == 0 || (n < 0 && n != TLS_WANT_WRITE &&
-                           n != TLS_WANT_READ)) {
+            if (n == 0 ||
+                (n < 0 && n != TLS_WANT_WRITE && n != TLS_WANT_READ)) {
                 relay_close(p, "write_failed");
                 return;
             }

@@ -53,8 +53,8 @@ wait_ping(bus_client_t *c, int ms)
     while (test_now_ms() - t0 < ms) {
         envelope_t *req = envelope_new("mailbox.ping", NULL, 200), *reply;
         char why[256];
-        int rc = bus_client_call_to(c, "mailbox.0", &req, &reply, why,
-                                    sizeof(why));
+        int rc =
+            bus_client_call_to(c, "mailbox.0", &req, &reply, why, sizeof(why));
 
         envelope_destroy(&reply);
         if (rc == 0)
@@ -97,13 +97,12 @@ rig_start(struct rig *r, int base, int ticket_ms, int door_port)
     snprintf(r->env[i++], 160, "SAMOTOP_REDIS_PORT=%d", base + 6);
     snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_SHARDS=2");
     snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_SHARD=0");
-    snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_TICKET_MS=%d",
-             ticket_ms);
+    snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_TICKET_MS=%d", ticket_ms);
     snprintf(r->env[i++], 160, "SAMOTOP_DATA=%s", r->data);
     snprintf(r->env[i++], 160, "SAMOTOP_HOSTNAME=mx.test");
     if (door_port != 0) /* else the default, as without the key */
-        snprintf(r->env[i++], 160,
-                 "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d", r->door);
+        snprintf(r->env[i++], 160, "SAMOTOP_MAILBOX_IMAP_INTERNAL=127.0.0.1:%d",
+                 r->door);
     for (int j = 0; j < i; j++)
         r->envp[j] = r->env[j];
     r->envp[i] = NULL;
@@ -163,8 +162,7 @@ ask_ticket(struct rig *r, const char *account, char *ticket, size_t tlen,
 
     value_set_str(envelope_body(req), ENV_KEY_ACCOUNT, account);
     value_set_str(envelope_body(req), ENV_KEY_CLIENT_IP, "192.0.2.7");
-    rc = bus_client_call_to(r->c, "mailbox.0", &req, &reply, why,
-                            sizeof(why));
+    rc = bus_client_call_to(r->c, "mailbox.0", &req, &reply, why, sizeof(why));
     ck_assert_msg(rc == 0, "mailbox.ticket: %s (%s)", err_name(rc), why);
     ck_assert_str_eq(envelope_type(reply), "mailbox.ticket.reply");
     code = envelope_code(reply);
@@ -283,9 +281,8 @@ START_TEST(test_ticket_once)
 
     rig_start(&r, BASE, 10000, BASE + 7);
     account_on(a, sizeof(a), 0, 0);
-    ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
-                                sizeof(addr)),
-                     250);
+    ck_assert_int_eq(
+        ask_ticket(&r, a, ticket, sizeof(ticket), addr, sizeof(addr)), 250);
     snprintf(want, sizeof(want), "127.0.0.1:%d", r.door);
     ck_assert_str_eq(addr, want);
     /* The account in any case: addresses are compared without it. */
@@ -313,15 +310,13 @@ START_TEST(test_ticket_other_account_spends_it)
     rig_start(&r, BASE + 10, 10000, 0);
     account_on(a, sizeof(a), 0, 0);
     account_on(b, sizeof(b), 0, 1);
-    ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
-                                sizeof(addr)),
-                     250);
+    ck_assert_int_eq(
+        ask_ticket(&r, a, ticket, sizeof(ticket), addr, sizeof(addr)), 250);
     ck_assert_str_eq(login(&r, b, ticket), "NO");
     ck_assert_str_eq(login(&r, a, ticket), "NO");
     /* A wrong secret behind a good handle spends it too. */
-    ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
-                                sizeof(addr)),
-                     250);
+    ck_assert_int_eq(
+        ask_ticket(&r, a, ticket, sizeof(ticket), addr, sizeof(addr)), 250);
     {
         char bad[64];
 
@@ -342,9 +337,8 @@ START_TEST(test_ticket_expires)
     /* The shortest life a ticket can be given: long gone after 1 s. */
     rig_start(&r, BASE + 20, 100, BASE + 27);
     account_on(a, sizeof(a), 0, 0);
-    ck_assert_int_eq(ask_ticket(&r, a, ticket, sizeof(ticket), addr,
-                                sizeof(addr)),
-                     250);
+    ck_assert_int_eq(
+        ask_ticket(&r, a, ticket, sizeof(ticket), addr, sizeof(addr)), 250);
     usleep(1000 * 1000);
     ck_assert_str_eq(login(&r, a, ticket), "NO");
     rig_stop(&r);
@@ -361,27 +355,28 @@ START_TEST(test_door_refuses_passwords)
     account_on(a, sizeof(a), 0, 0);
     account_on(b, sizeof(b), 1, 0);
     ck_assert_str_eq(login(&r, a, "a-password"), "NO");
-    ck_assert_str_eq(login(&r, a, "000000000000000000000000000000000000000"
-                                  "000000000"),
+    ck_assert_str_eq(login(&r, a,
+                           "000000000000000000000000000000000000000"
+                           "000000000"),
                      "NO");
     /* AUTHENTICATE PLAIN (RFC 4616) is no way round it. */
     f = door_open(&r);
-    ck_assert_str_eq(command(f, "p", "AUTHENTICATE PLAIN "
-                                     "AHVzZXIwQGV4YW1wbGUudGVzdABwdw=="),
+    ck_assert_str_eq(command(f, "p",
+                             "AUTHENTICATE PLAIN "
+                             "AHVzZXIwQGV4YW1wbGUudGVzdABwdw=="),
                      "NO");
     ck_assert_str_eq(command(f, "s", "SELECT INBOX"), "BAD");
     fclose(f);
     /* Only the owner gives tickets, and only for an account. */
-    ck_assert_int_eq(ask_ticket(&r, b, ticket, sizeof(ticket), addr,
-                                sizeof(addr)),
-                     421);
+    ck_assert_int_eq(
+        ask_ticket(&r, b, ticket, sizeof(ticket), addr, sizeof(addr)), 421);
     {
         /* A request without an account is refused by the schema check. */
         envelope_t *req = envelope_new("mailbox.ticket", NULL, 5000), *reply;
         char why[256];
 
-        ck_assert_int_eq(bus_client_call_to(r.c, "mailbox.0", &req, &reply,
-                                            why, sizeof(why)),
+        ck_assert_int_eq(bus_client_call_to(r.c, "mailbox.0", &req, &reply, why,
+                                            sizeof(why)),
                          ERR_PROTO);
         ck_assert_ptr_null(reply);
     }
