@@ -177,9 +177,9 @@ imap_sess_close(struct isess *s, const char *why)
         zhashx_update(im->per_ip, s->ip, (void *)(count - 1));
     im->sessions--;
     log_info(s->trace, "imap_session_end",
-             "door=%s ip=%s user=%s commands=%llu why=%s", s->door->name,
-             s->ip, s->user ? log_q(s->user) : "-",
-             (unsigned long long)s->commands, why);
+             "door=%s ip=%s user=%s commands=%llu why=%s", s->door->name, s->ip,
+             s->user ? log_q(s->user) : "-", (unsigned long long)s->commands,
+             why);
     if (s->calls == 0)
         sess_free(s);
 }
@@ -246,8 +246,8 @@ on_auth_reply(void *arg, int err, const char *text, const envelope_t *reply)
     if (!imap_sess_call_end(s))
         return;
     if (err != 0 || reply == NULL) {
-        log_warn(s->trace, "bus_call_failed", "type=auth.verify err=%s "
-                 "text=%s", err_name(err), log_q(text));
+        log_warn(s->trace, "bus_call_failed", "type=auth.verify err=%s text=%s",
+                 err_name(err), log_q(text));
         /* RFC 5530 3: UNAVAILABLE, a temporary failure. */
         imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
                            "Authentication temporarily unavailable");
@@ -269,9 +269,9 @@ on_auth_reply(void *arg, int err, const char *text, const envelope_t *reply)
         s->im->login_failures++;
         log_info(s->trace, "imap_login_failed", "ip=%s code=%d", s->ip, code);
         if (code / 100 == 4)
-            imap_sess_complete(s, IMAP_NO, "UNAVAILABLE",
-                               "Authentication temporarily unavailable, "
-                               "try again later");
+            imap_sess_complete(
+                s, IMAP_NO, "UNAVAILABLE",
+                "Authentication temporarily unavailable, try again later");
         else
             imap_sess_complete(s, IMAP_NO, "AUTHENTICATIONFAILED",
                                "Authentication failed");
@@ -284,8 +284,8 @@ imap_sess_login_ok(struct isess *s)
 {
     char why[256];
 
-    s->ms = mstore_open(config_str(actor_config(s->im->actor), "data"),
-                        s->user, &s->im->limits, why, sizeof(why));
+    s->ms = mstore_open(config_str(actor_config(s->im->actor), "data"), s->user,
+                        &s->im->limits, why, sizeof(why));
     if (s->ms == NULL) {
         log_err(s->trace, "imap_store_unusable", "user=%s reason=%s",
                 log_q(s->user), log_q(why));
@@ -694,11 +694,11 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
                     for (int j = 0; j < im->ndoors; j++)
                         loop_fd_mod(im->loop, im->doors[j].fd, 0);
                     im->accept_paused = true;
-                    im->accept_timer = loop_timer_add(
-                        im->loop, ACCEPT_RETRY_MS, on_accept_retry, im);
-                    log_warn(NULL, "accept_paused", "door=%s reason=%s "
-                             "sessions=%d", d->name, log_q(strerror(errno)),
-                             im->sessions);
+                    im->accept_timer = loop_timer_add(im->loop, ACCEPT_RETRY_MS,
+                                                      on_accept_retry, im);
+                    log_warn(NULL, "accept_paused",
+                             "door=%s reason=%s sessions=%d", d->name,
+                             log_q(strerror(errno)), im->sessions);
                 }
             } else if (errno != EAGAIN && errno != EINTR &&
                        errno != ECONNABORTED) {
@@ -712,8 +712,9 @@ on_accept(loop_t *loop, int lfd, int events, void *arg)
          * connection is just closed. */
         if (im->sessions >= im->max_sessions) {
             im->refused++;
-            log_warn(NULL, "session_refused", "door=%s ip=%s reason=full "
-                     "sessions=%d", d->name, ip, im->sessions);
+            log_warn(NULL, "session_refused",
+                     "door=%s ip=%s reason=full sessions=%d", d->name, ip,
+                     im->sessions);
             if (d->implicit_tls)
                 close(fd);
             else
@@ -743,7 +744,8 @@ static int
 tls_setup(mbimap_t *im, const config_t *cfg)
 {
     char dir[4096], cert[4200], key[4200], why[512];
-    const char *c = config_str(cfg, "tls.cert"), *k = config_str(cfg, "tls.key");
+    const char *c = config_str(cfg, "tls.cert"),
+               *k = config_str(cfg, "tls.key");
 
     if (*c == '\0' || *k == '\0') {
         snprintf(dir, sizeof(dir), "%s/tls", config_str(cfg, "data"));
@@ -805,8 +807,8 @@ doors_start(mbimap_t *im, const config_t *cfg)
         door_opts(im, d, cfg);
         d->fd = net_listen(d->addr, why, sizeof(why));
         if (d->fd < 0) {
-            log_err(NULL, "listen_failed", "door=%s addr=%s reason=%s",
-                    d->name, d->addr, log_q(why));
+            log_err(NULL, "listen_failed", "door=%s addr=%s reason=%s", d->name,
+                    d->addr, log_q(why));
             return ERR_SYS;
         }
         if (loop_fd_add(im->loop, d->fd, LOOP_READ, on_accept, d) != 0) {
@@ -882,8 +884,8 @@ mailbox_imap_stop(mbimap_t **im_p)
     imap_proxy_stop(im);
     log_info(NULL, "imap_stopped",
              "accepted=%llu refused=%llu logins=%llu login_failures=%llu",
-             (unsigned long long)im->accepted,
-             (unsigned long long)im->refused, (unsigned long long)im->logins,
+             (unsigned long long)im->accepted, (unsigned long long)im->refused,
+             (unsigned long long)im->logins,
              (unsigned long long)im->login_failures);
     zhashx_destroy(&im->per_ip);
     imap_hcache_destroy(&im->hcache);

@@ -198,7 +198,7 @@ imap_cmd_unselect(struct isess *s)
     mstore_view_destroy(&s->view);
 }
 
-/* --- authenticated state (RFC 3501 6.3) ------------------------------------ */
+/* --- authenticated state (RFC 3501 6.3) ----------------------------------- */
 
 static void
 cmd_select(struct isess *s, const struct imap_cmd *c)
@@ -221,8 +221,7 @@ cmd_select(struct isess *s, const struct imap_cmd *c)
     unseen = mstore_view_first_unseen(s->view);
     if (unseen > 0) {
         buf_printf(&b, "UNSEEN %u", unseen);
-        imap_server_untagged_status(s->srv, IMAP_OK, b.data,
-                                    "First unseen");
+        imap_server_untagged_status(s->srv, IMAP_OK, b.data, "First unseen");
         buf_reset(&b);
     }
     write_permanent(s);
@@ -235,10 +234,9 @@ cmd_select(struct isess *s, const struct imap_cmd *c)
     imap_notify_follow(s, mstore_view_path(s->view));
     log_debug(s->trace, "imap_select", "folder=%s exists=%u ro=%d",
               log_q(c->mailbox), mstore_view_exists(s->view), (int)ro);
-    imap_sess_complete(s, IMAP_OK,
-                       !ro && mstore_view_read_only(s->view) ? "READ-ONLY"
-                                                             : NULL,
-                       NULL);
+    imap_sess_complete(
+        s, IMAP_OK, !ro && mstore_view_read_only(s->view) ? "READ-ONLY" : NULL,
+        NULL);
 }
 
 static void
@@ -336,7 +334,7 @@ cmd_id(struct isess *s)
     imap_sess_complete(s, IMAP_OK, NULL, NULL);
 }
 
-/* --- selected state (RFC 3501 6.4) ----------------------------------------- */
+/* --- selected state (RFC 3501 6.4) ---------------------------------------- */
 
 static void
 cmd_expunge(struct isess *s, const struct imap_cmd *c, bool silent)
@@ -348,12 +346,11 @@ cmd_expunge(struct isess *s, const struct imap_cmd *c, bool silent)
     if (mstore_view_read_only(s->view)) {
         if (silent)
             return;
-        imap_sess_complete(s, IMAP_NO, "READ-ONLY",
-                           "Mailbox is read-only");
+        imap_sess_complete(s, IMAP_NO, "READ-ONLY", "Mailbox is read-only");
         return;
     }
-    rc = mstore_expunge(s->view, c && c->uid ? &c->expunge.set : NULL,
-                        &seqs, &n);
+    rc = mstore_expunge(s->view, c && c->uid ? &c->expunge.set : NULL, &seqs,
+                        &n);
     if (rc != 0) {
         if (!silent)
             fail_store(s, rc);
@@ -426,8 +423,7 @@ cmd_copy(struct isess *s, const struct imap_cmd *c)
         rc = mstore_move(s->view, &c->copy.set, c->uid, c->copy.mailbox, &out,
                          &exp, &nexp);
     else
-        rc = mstore_copy(s->view, &c->copy.set, c->uid, c->copy.mailbox,
-                         &out);
+        rc = mstore_copy(s->view, &c->copy.set, c->uid, c->copy.mailbox, &out);
     if (rc == ERR_INVAL && mstore_err_code(s->ms) == NULL) {
         imap_sess_complete(s, IMAP_BAD, NULL, "Invalid message sequence");
         return;

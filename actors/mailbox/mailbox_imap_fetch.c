@@ -32,7 +32,7 @@ struct fetch {
     /* Messages whose \Seen this FETCH set (ascending), for FLAGS. */
     uint32_t *seen;
     size_t nseen, iseen;
-    bool expunged; /* some message was gone: NO [EXPUNGEISSUED] at the end */
+    bool expunged;  /* some message was gone: NO [EXPUNGEISSUED] at the end */
     bool head_only; /* every item that reads the message wants its header */
     buf_t scratch;
     buf_t rbuf; /* the message read, when it is small */
@@ -44,10 +44,10 @@ struct fetch {
 #define HEAD_READ 16384
 
 /* Items that need the message's octets, and those that need its tree. */
-#define NEEDS_DATA                                                         \
-    ((1u << IMAP_FETCH_ENVELOPE) | (1u << IMAP_FETCH_RFC822) |             \
-     (1u << IMAP_FETCH_RFC822_HEADER) | (1u << IMAP_FETCH_RFC822_TEXT) |   \
-     (1u << IMAP_FETCH_BODY) | (1u << IMAP_FETCH_BODYSTRUCTURE) |          \
+#define NEEDS_DATA                                                             \
+    ((1u << IMAP_FETCH_ENVELOPE) | (1u << IMAP_FETCH_RFC822) |                 \
+     (1u << IMAP_FETCH_RFC822_HEADER) | (1u << IMAP_FETCH_RFC822_TEXT) |       \
+     (1u << IMAP_FETCH_BODY) | (1u << IMAP_FETCH_BODYSTRUCTURE) |              \
      (1u << IMAP_FETCH_SECTION))
 
 static void
@@ -107,13 +107,11 @@ simple_data(const struct imap_fetch_att *a, const struct imap_mdata *m,
             const char **data, size_t *len)
 {
     size_t h;
-    enum imap_section_spec spec = a->item == IMAP_FETCH_RFC822_HEADER
-                                      ? IMAP_SEC_HEADER
-                                  : a->item == IMAP_FETCH_RFC822_TEXT
-                                      ? IMAP_SEC_TEXT
-                                  : a->item == IMAP_FETCH_RFC822
-                                      ? IMAP_SEC_WHOLE
-                                      : a->sec.spec;
+    enum imap_section_spec spec =
+        a->item == IMAP_FETCH_RFC822_HEADER ? IMAP_SEC_HEADER
+        : a->item == IMAP_FETCH_RFC822_TEXT ? IMAP_SEC_TEXT
+        : a->item == IMAP_FETCH_RFC822      ? IMAP_SEC_WHOLE
+                                            : a->sec.spec;
 
     *data = m->data;
     *len = m->len;
@@ -301,8 +299,8 @@ imap_mdata_load(struct isess *s, buf_t *rbuf, uint32_t seq, uint64_t size,
     if (head_only && size > HEAD_READ) {
         /* The first pages; the header ends there, or all is read. */
         n = read_at_most(rbuf, fd, HEAD_READ);
-        if (n > 0 && (h = imap_fetch_header_len(rbuf->data, (size_t)n)) <
-                         (size_t)n) {
+        if (n > 0 &&
+            (h = imap_fetch_header_len(rbuf->data, (size_t)n)) < (size_t)n) {
             close(fd);
             md->data = rbuf->data;
             md->len = (size_t)n;
@@ -357,8 +355,8 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
         f->iseen++;
     seen_now = f->iseen < f->nseen && f->seen[f->iseen] == seq;
     if (fa->items & NEEDS_DATA) {
-        if (imap_mdata_load(s, &f->rbuf, seq, msg->size, f->head_only,
-                            &map) != 0)
+        if (imap_mdata_load(s, &f->rbuf, seq, msg->size, f->head_only, &map) !=
+            0)
             return false;
         mapped = true;
     }
@@ -392,9 +390,8 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
             if (a->item == IMAP_FETCH_ENVELOPE)
                 imap_mime_envelope(mime, &b);
             else
-                imap_mime_bodystructure(mime,
-                                        a->item == IMAP_FETCH_BODYSTRUCTURE,
-                                        &b);
+                imap_mime_bodystructure(
+                    mime, a->item == IMAP_FETCH_BODYSTRUCTURE, &b);
             imap_server_fetch_item(s->srv,
                                    a->item == IMAP_FETCH_ENVELOPE ? "ENVELOPE"
                                    : a->item == IMAP_FETCH_BODY
@@ -412,8 +409,7 @@ fetch_one(struct isess *s, struct fetch *f, uint32_t seq)
                 if (mime == NULL)
                     mime = imap_mime_parse(map.data, map.len);
                 buf_reset(&f->scratch);
-                if (!imap_mime_section(mime, &a->sec, &f->scratch, &data,
-                                       &len))
+                if (!imap_mime_section(mime, &a->sec, &f->scratch, &data, &len))
                     data = NULL, len = 0;
             }
             imap_server_fetch_section(s->srv, a, data, len);

@@ -110,7 +110,7 @@ struct isess {
     buf_t in;      /* read, not yet taken: in.data[in_off .. in.len) */
     size_t in_off, in_read;
     bool in_drained;
-    int calls; /* bus calls and quota checks outstanding */
+    int calls;       /* bus calls and quota checks outstanding */
     bool quota_wait; /* one of them is a quota check */
     int64_t last_active;
     loop_timer_t *idle_timer;
@@ -121,9 +121,9 @@ struct isess {
     isess_work_fn *work;
     isess_work_free_fn *work_free;
     void *work_arg;
-    mstore_t *ms;         /* the account's folders, from the login on */
-    mstore_view_t *view;  /* the selected folder, or NULL */
-    struct inote *note;   /* its inotify watch, or NULL */
+    mstore_t *ms;        /* the account's folders, from the login on */
+    mstore_view_t *view; /* the selected folder, or NULL */
+    struct inote *note;  /* its inotify watch, or NULL */
     uint64_t commands;
     /* Relayed to the copy that owns the account, or NULL. */
     struct iproxy *proxy;
@@ -155,8 +155,8 @@ void imap_sess_close(struct isess *s, const char *why);
 void imap_sess_login_ok(struct isess *s);
 
 /* Answers the pending decision and clears the work (see struct isess). */
-void imap_sess_complete(struct isess *s, enum imap_status st,
-                        const char *code, const char *text);
+void imap_sess_complete(struct isess *s, enum imap_status st, const char *code,
+                        const char *text);
 
 /* A bus call or quota check goes out (calls + 1) or came back (- 1): when
  * it returns false the session was dead and is now freed. */
@@ -233,8 +233,7 @@ bool imap_proxy_door_addr(mbimap_t *im, const config_t *cfg, char *addr,
 /* The internal door d listens: what other copies are told to connect to
  * is worked out (mailbox.imap_advertise) and the tickets kept. An error
  * (logged) stops start-up. */
-int imap_proxy_door_up(mbimap_t *im, struct imap_door *d,
-                       const config_t *cfg);
+int imap_proxy_door_up(mbimap_t *im, struct imap_door *d, const config_t *cfg);
 /* Forgets every ticket. */
 void imap_proxy_stop(mbimap_t *im);
 

@@ -29,8 +29,8 @@
 
 /* What changes a folder: a file arriving (delivery, APPEND, COPY), going
  * (EXPUNGE, a move to cur/) or renamed (flags). */
-#define NOTE_MASK                                                            \
-    (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR |      \
+#define NOTE_MASK                                                              \
+    (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR |        \
      IN_EXCL_UNLINK)
 
 struct inote {

@@ -132,8 +132,7 @@ each_field(struct sctx *x, const char *name, const char *want)
                 eol = memchr(v, '\n', (size_t)(end - v));
                 next = eol ? eol + 1 : end;
             }
-            if (has_ci(x->field.data ? x->field.data : "", x->field.len,
-                       want))
+            if (has_ci(x->field.data ? x->field.data : "", x->field.len, want))
                 return true;
         }
         p = next;
@@ -300,8 +299,8 @@ eval(struct sctx *x, const struct imap_search_key *k)
     case IMAP_SK_BODY:
         /* XXX: the body is searched as stored; encoded parts (base64,
          * quoted-printable) are not decoded first. */
-        return need_data(x) && has_ci(x->map.data + x->hlen,
-                                      x->map.len - x->hlen, k->str);
+        return need_data(x) &&
+               has_ci(x->map.data + x->hlen, x->map.len - x->hlen, k->str);
     case IMAP_SK_TEXT:
         return need_data(x) && has_ci(x->map.data, x->map.len, k->str);
     case IMAP_SK__COUNT:
