@@ -1331,6 +1331,31 @@ START_TEST(test_state)
 }
 END_TEST
 
+/* What a client pipelined after a pending login can be taken out whole,
+ * and is then gone (the mailbox hands it to the shard owning the
+ * account). */
+START_TEST(test_take_input)
+{
+    struct run r;
+    const struct imap_event *ev;
+    buf_t rest = BUF_INIT;
+
+    run_start(&r, O_PLAIN);
+    ev = step(&r, "a LOGIN user pass\r\nb SELECT INBOX\r\nc NO", true);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_int_eq(ev->type, IMAP_EV_LOGIN);
+    imap_server_take_input(r.srv, &rest);
+    ck_assert_str_eq(rest.data, "b SELECT INBOX\r\nc NO");
+    imap_server_complete(r.srv, IMAP_OK, NULL, NULL);
+    ck_assert_int_eq(imap_server_next(r.srv)->type, IMAP_EV_NONE);
+    ck_assert_int_eq(imap_server_state(r.srv), IMAP_STATE_AUTH);
+    imap_server_take_input(r.srv, &rest);
+    ck_assert_uint_eq(rest.len, strlen("b SELECT INBOX\r\nc NO"));
+    buf_free(&rest);
+    run_free(&r);
+}
+END_TEST
+
 /* A decision's data stays put while more input is fed; back-pressure
  * holds the rest. */
 START_TEST(test_event_lifetime_backpressure)
@@ -1961,6 +1986,7 @@ imap_server_suite(void)
     tc = tcase_create("api");
     tcase_add_test(tc, test_greetings);
     tcase_add_test(tc, test_state);
+    tcase_add_test(tc, test_take_input);
     tcase_add_test(tc, test_close_during_handshake);
     tcase_add_test(tc, test_close_pending);
     tcase_add_test(tc, test_close_in_fetch);
