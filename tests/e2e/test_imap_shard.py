@@ -416,6 +416,40 @@ class ImapShards(unittest.TestCase):
         self.assertRegex(reply["addr"], r"^127\.0\.0\.1:213(40|41|42)$")
         self.assertEqual(got["mailbox.ticket"]["body"]["account"], a)
 
+    def test_h_commands_pipelined_after_login(self):
+        """A client that sends commands right behind its LOGIN, in the same
+        packet (RFC 3501 5.5 lets it): the relay hands them to the owner
+        after the login, and they are answered there."""
+        a = ACCOUNTS[2]
+        for _ in range(TRIES):
+            since = len(SYS.logtext())
+            raw = socket.create_connection(("127.0.0.1", IMAPS_PORT),
+                                           timeout=60)
+            s = tls_ctx().wrap_socket(raw)
+            port = s.getsockname()[1]
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"* OK"))
+            s.sendall(b'a LOGIN "%s" "%s"\r\nb SELECT INBOX\r\n'
+                      b"c FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"
+                      b"d LOGOUT\r\n" % (a.encode(), password(a).encode()))
+            got = b""
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                got += line
+            f.close()
+            s.close()
+            self.assertIn(b"\r\na OK", b"\r\n" + got)
+            self.assertIn(b"\r\nb OK", got)
+            self.assertIn(b"Subject: first for %s" % a.encode(), got)
+            self.assertIn(b"\r\nd OK", got)
+            if re.search(r"event=imap_relay user=%s door=imaps ip=\S+ "
+                         r"port=%d " % (re.escape(a), port),
+                         SYS.logtext()[since:]):
+                return
+        self.fail("no relayed session in %d tries" % TRIES)
+
 
 if __name__ == "__main__":
     unittest.main()
