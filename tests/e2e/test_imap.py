@@ -654,6 +654,32 @@ class Sync(unittest.TestCase):
             s.cmd("LOGOUT")
             s.close()
 
+    def test_no_expunge_during_fetch(self):
+        """RFC 3501 7.4.1: another session's expunge is not told during a
+        FETCH (the numbers would shift under it), but at the next NOOP."""
+        for i in range(3):
+            deliver("dave", message("held %d" % i, to="dave@example.test"))
+        time.sleep(0.3)
+        a, b = Raw(), Raw()
+        a.login("dave")
+        b.login("dave")
+        a.cmd("SELECT INBOX")
+        b.cmd("SELECT INBOX")
+        _, t = a.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.assertIn("OK", t)
+        u, t = a.cmd("EXPUNGE")
+        self.assertIn(b"* 1 EXPUNGE", u)
+        time.sleep(0.2)
+        u, t = b.cmd("FETCH 1:* (UID)")
+        self.assertFalse(any(b"EXPUNGE" in x for x in u), u)
+        self.assertRegex(t, r"^r\d+ (OK|NO)")
+        u, t = b.cmd("NOOP")
+        self.assertIn(b"* 1 EXPUNGE", u)
+        self.assertIn("OK", t)
+        for r in (a, b):
+            r.cmd("LOGOUT")
+            r.close()
+
     def test_folder_deleted_and_made_again(self):
         """A session whose folder is deleted under it is told BYE; IDLE on
         the folder made again under the same name still wakes (its
