@@ -374,6 +374,8 @@ proxy_free(struct iproxy *p)
         close(p->fd);
     }
     OPENSSL_cleanse(p->ticket, sizeof(p->ticket));
+    if (p->st != P_SPLICE && p->c2o.data)
+        OPENSSL_cleanse(p->c2o.data, p->c2o.cap);
     buf_free(&p->line);
     buf_free(&p->c2o);
     buf_free(&p->o2c);
@@ -587,6 +589,9 @@ login_done(struct iproxy *p)
     /* The login's OK line may have brought more: owner to client. */
     buf_add(&p->o2c, p->line.data, p->line.len);
     buf_free(&p->line);
+    /* The login line with the ticket went out through c2o. */
+    if (p->c2o.data)
+        OPENSSL_cleanse(p->c2o.data, p->c2o.cap);
     buf_reset(&p->c2o);
     imap_server_take_input(s->srv, &p->c2o);
     buf_add(&p->c2o, s->in.data + s->in_off, s->in.len - s->in_off);
