@@ -450,6 +450,7 @@ imap_sess_pump(struct isess *s)
 {
     bool idle = false;
 
+    s->work_yield = false;
     /* A relayed session's bytes are the proxy's (mailbox_imap_proxy.c). */
     if (s->proxy && imap_proxy_on_io(s, 0))
         return;
@@ -473,7 +474,7 @@ imap_sess_pump(struct isess *s)
             if (s->work) {
                 /* A long answer goes on while little is queued; the rest
                  * when the socket has taken it. */
-                if (imap_sess_out_len(s) >= IMAP_PACE_BYTES)
+                if (imap_sess_out_len(s) >= IMAP_PACE_BYTES || s->work_yield)
                     break;
                 s->work(s);
                 progress = true;
@@ -512,8 +513,13 @@ imap_sess_pump(struct isess *s)
         }
         /* All the output went: a long answer goes on (progress or not:
          * this round may have found the output full and only sent it). */
-        if (s->work && s->calls == 0)
+        if (s->work && s->calls == 0) {
+            /* Unless it asked to let the loop serve others first: the
+             * socket's being writable brings it back (below). */
+            if (s->work_yield)
+                break;
             continue;
+        }
         if (!progress || s->calls > 0) {
             idle = true;
             break;

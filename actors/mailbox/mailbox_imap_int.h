@@ -121,6 +121,7 @@ struct isess {
     isess_work_fn *work;
     isess_work_free_fn *work_free;
     void *work_arg;
+    bool work_yield;     /* the work wants the loop to serve others first */
     mstore_t *ms;        /* the account's folders, from the login on */
     mstore_view_t *view; /* the selected folder, or NULL */
     struct inote *note;  /* its inotify watch, or NULL */

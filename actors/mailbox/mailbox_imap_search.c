@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "lib/clock.h"
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
@@ -328,47 +329,86 @@ needs_body(const struct imap_search_key *k)
     return false;
 }
 
-void
-imap_search_run(struct isess *s, const struct imap_cmd *c)
-{
+/* A SEARCH under way: the messages are gone through in slices, and the
+ * loop serves others between them (a BODY search of a large folder takes
+ * seconds, which deliveries and other sessions would otherwise wait). */
+struct search {
     struct sctx x;
-    uint32_t exists = mstore_view_exists(s->view);
-    uint32_t *found = NULL;
-    size_t nfound = 0, cap = 0;
-    const struct mstore_msg *last = mstore_view_msg(s->view, exists);
+    uint32_t seq, exists;
+    uint32_t *found;
+    size_t nfound, cap;
+};
 
-    memset(&x, 0, sizeof(x));
-    x.s = s;
-    x.exists = exists;
-    x.maxuid = last ? last->uid : 0;
-    x.head_only = !needs_body(c->search.prog);
-    for (uint32_t seq = 1; seq <= exists; seq++) {
-        const struct mstore_msg *m = mstore_view_msg(s->view, seq);
+/* One slice takes at most this long, checked every SLICE_CHECK messages. */
+#define SLICE_MS 10
+#define SLICE_CHECK 64
+
+static void
+search_free(void *arg)
+{
+    struct search *se = arg;
+
+    buf_free(&se->x.field);
+    buf_free(&se->x.rbuf);
+    free(se->found);
+    free(se);
+}
+
+static void
+search_work(struct isess *s)
+{
+    struct search *se = s->work_arg;
+    const struct imap_cmd *c = s->cmd;
+    int64_t t0 = clock_mono_ms();
+
+    for (unsigned n = 1; se->seq <= se->exists; se->seq++, n++) {
+        const struct mstore_msg *m = mstore_view_msg(s->view, se->seq);
         struct mstore_msg msg;
         bool hit;
 
+        if (n % SLICE_CHECK == 0 && clock_mono_ms() - t0 >= SLICE_MS) {
+            s->work_yield = true;
+            return;
+        }
         /* Copied: what the view returns is borrowed until its next
-         * call, and a key may map the file. */
+         * call, and a key may read the file. */
         if (m == NULL || m->expunged)
             continue;
         msg = *m;
-        x.seq = seq;
-        x.m = &msg;
-        x.mapped = x.map_failed = false;
-        hit = eval(&x, c->search.prog);
-        if (x.mapped)
-            imap_mdata_release(&x.map);
+        se->x.seq = se->seq;
+        se->x.m = &msg;
+        se->x.mapped = se->x.map_failed = false;
+        hit = eval(&se->x, c->search.prog);
+        if (se->x.mapped)
+            imap_mdata_release(&se->x.map);
         if (!hit)
             continue;
-        if (nfound == cap) {
-            cap = cap ? cap * 2 : 256;
-            found = xrealloc(found, cap * sizeof(*found));
+        if (se->nfound == se->cap) {
+            se->cap = se->cap ? se->cap * 2 : 256;
+            se->found = xrealloc(se->found, se->cap * sizeof(*se->found));
         }
-        found[nfound++] = c->uid ? x.m->uid : seq;
+        se->found[se->nfound++] = c->uid ? msg.uid : se->seq;
     }
-    buf_free(&x.field);
-    buf_free(&x.rbuf);
-    imap_server_search(s->srv, found, nfound);
-    free(found);
+    imap_server_search(s->srv, se->found, se->nfound);
     imap_sess_complete(s, IMAP_OK, NULL, NULL);
+    search_free(se);
+}
+
+void
+imap_search_run(struct isess *s, const struct imap_cmd *c)
+{
+    struct search *se = xcalloc(1, sizeof(*se));
+    const struct mstore_msg *last;
+
+    se->exists = mstore_view_exists(s->view);
+    last = mstore_view_msg(s->view, se->exists);
+    se->seq = 1;
+    se->x.s = s;
+    se->x.exists = se->exists;
+    se->x.maxuid = last ? last->uid : 0;
+    se->x.head_only = !needs_body(c->search.prog);
+    s->work = search_work;
+    s->work_free = search_free;
+    s->work_arg = se;
+    search_work(s);
 }
