@@ -19,6 +19,7 @@
 
 #include <openssl/evp.h>
 
+#include "lib/clock.h"
 #include "lib/config.h"
 #include "lib/err.h"
 #include "lib/log.h"
@@ -449,6 +450,7 @@ void
 imap_sess_pump(struct isess *s)
 {
     bool idle = false;
+    int64_t t0 = clock_mono_ms();
 
     s->work_yield = false;
     /* A relayed session's bytes are the proxy's (mailbox_imap_proxy.c). */
@@ -516,7 +518,7 @@ imap_sess_pump(struct isess *s)
         if (s->work && s->calls == 0) {
             /* Unless it asked to let the loop serve others first: the
              * socket's being writable brings it back (below). */
-            if (s->work_yield)
+            if (s->work_yield || clock_mono_ms() - t0 >= IMAP_SLICE_MS)
                 break;
             continue;
         }

@@ -34,6 +34,9 @@
  * less than this is queued for the client, and goes on when the socket has
  * taken it: memory stays bounded whatever the client asks for. */
 #define IMAP_PACE_BYTES (256 * 1024)
+/* A long answer takes the loop for about this long at a time; then other
+ * sessions and deliveries are served before it goes on. */
+#define IMAP_SLICE_MS 10
 
 struct isess;
 struct inote;

@@ -339,8 +339,7 @@ struct search {
     size_t nfound, cap;
 };
 
-/* One slice takes at most this long, checked every SLICE_CHECK messages. */
-#define SLICE_MS 10
+/* A slice is checked against IMAP_SLICE_MS every SLICE_CHECK messages. */
 #define SLICE_CHECK 64
 
 static void
@@ -366,7 +365,7 @@ search_work(struct isess *s)
         struct mstore_msg msg;
         bool hit;
 
-        if (n % SLICE_CHECK == 0 && clock_mono_ms() - t0 >= SLICE_MS) {
+        if (n % SLICE_CHECK == 0 && clock_mono_ms() - t0 >= IMAP_SLICE_MS) {
             s->work_yield = true;
             return;
         }
