@@ -450,6 +450,57 @@ class ImapShards(unittest.TestCase):
                 return
         self.fail("no relayed session in %d tries" % TRIES)
 
+    def test_i_many_at_once_and_clients_that_vanish(self):
+        """Eight clients at once, each logging in over and over to all
+        three accounts, while others send LOGIN and reset the connection
+        at once (the relay may be asking for its ticket, connecting or
+        logging in then): every login that stays sees its mail, and the
+        copies serve on afterwards."""
+        import struct
+        import threading
+        errors = []
+
+        def vanish():
+            for _ in range(10):
+                raw = socket.create_connection(("127.0.0.1", IMAPS_PORT),
+                                               timeout=60)
+                s = tls_ctx().wrap_socket(raw)
+                f = s.makefile("rb")
+                f.readline()
+                a = ACCOUNTS[_ % SHARDS]
+                s.sendall(b'v LOGIN "%s" "%s"\r\nw SELECT INBOX\r\n' %
+                          (a.encode(), password(a).encode()))
+                # SO_LINGER 0: close sends a reset, not a FIN.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+                f.close()
+                s.close()
+
+        def worker(w):
+            try:
+                for i in range(6):
+                    a = ACCOUNTS[(w + i) % SHARDS]
+                    m = connect(implicit=(w + i) % 2 == 0)
+                    m.login(a, password(a))
+                    if "Subject: first for %s" % a not in subjects(m):
+                        errors.append((a, "mail not seen"))
+                    m.logout()
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(w,))
+                   for w in range(8)]
+        threads += [threading.Thread(target=vanish) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        self.assertEqual(errors, [])
+        for a in ACCOUNTS:
+            m = login(a, want_relayed=True)
+            self.assertIn("Subject: first for %s" % a, subjects(m))
+            m.logout()
+
 
 if __name__ == "__main__":
     unittest.main()
