@@ -52,7 +52,12 @@ def setUpModule():
 
 
 def tearDownModule():
+    # Secrets never reach a log (LOGIN, AUTHENTICATE PLAIN, wrong ones).
+    text = SYS.logtext()
     SYS.stop()
+    for p in list(PASSWORDS.values()) + ["nope"]:
+        assert p not in text, "a password is in samotopd's log"
+    assert "imap_login " in text or "event=imap_login" in text
 
 
 def message(subject, body="Hello.\r\n", frm="sender@remote.test",
