@@ -501,6 +501,23 @@ class ImapShards(unittest.TestCase):
             self.assertIn("Subject: first for %s" % a, subjects(m))
             m.logout()
 
+    def test_j_authenticate_plain_relayed(self):
+        """AUTHENTICATE PLAIN (RFC 4616) is relayed as LOGIN is."""
+        a = ACCOUNTS[0]
+        for i in range(TRIES):
+            since = len(SYS.logtext())
+            m = connect(implicit=i % 2 == 1)
+            typ, _ = m.authenticate(
+                "PLAIN", lambda _: b"\0%s\0%s" % (a.encode(),
+                                                  password(a).encode()))
+            self.assertEqual(typ, "OK")
+            relayed = relay_line(m, since) is not None
+            self.assertIn("Subject: first for %s" % a, subjects(m))
+            m.logout()
+            if relayed:
+                return
+        self.fail("no relayed session in %d tries" % TRIES)
+
 
 if __name__ == "__main__":
     unittest.main()
