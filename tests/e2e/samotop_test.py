@@ -24,6 +24,16 @@ SRC = os.environ.get("SAMOTOP_SRC") or os.path.join(
 ACTORS = ["listener", "auth", "guard", "mailbox", "queue", "relay"]
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the test process dies, even
+    by SIGKILL (a ctest timeout), so samotopd stops its children and frees
+    the ports; atexit covers only a test that ends by itself."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+        PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def bin_path(name):
     return os.path.join(BIN, name)
 
@@ -90,7 +100,8 @@ class System:
             atexit.register(self.stop)
             self._atexit = True
         self.proc = subprocess.Popen([bin_path("samotopd")], env=self.env,
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.log, stderr=self.log,
+                                     preexec_fn=_die_with_parent)
         if wait:
             self.wait_ready()
         return self
