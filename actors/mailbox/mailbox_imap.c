@@ -811,6 +811,12 @@ doors_start(mbimap_t *im, const config_t *cfg)
         } else {
             snprintf(key, sizeof(key), "listen.%s", d->name);
             snprintf(d->addr, sizeof(d->addr), "%s", config_str(cfg, key));
+            if (d->addr[0] == '\0') {
+                /* Empty: this door is off (a copy that only delivers,
+                 * or a deployment with IMAPS alone). */
+                log_info(NULL, "door_off", "door=%s", d->name);
+                continue;
+            }
         }
         door_opts(im, d, cfg);
         d->fd = net_listen(d->addr, why, sizeof(why));

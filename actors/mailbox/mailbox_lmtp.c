@@ -926,6 +926,13 @@ mailbox_lmtp_start(struct mailbox *mb)
                SMTP_EXT_CHUNKING,
         .lmtp = true,
     };
+    if (lm->addr[0] == '\0') {
+        /* Empty: no LMTP door on this copy; deliveries still come over
+         * the bus. */
+        lm->fd = -1;
+        log_info(NULL, "door_off", "door=lmtp");
+        return lm;
+    }
     lm->fd = net_listen(lm->addr, why, sizeof(why));
     if (lm->fd < 0) {
         log_err(NULL, "listen_failed", "door=lmtp addr=%s reason=%s", lm->addr,
@@ -953,8 +960,10 @@ mailbox_lmtp_stop(mblmtp_t **lm_p)
 
     if (lm == NULL)
         return;
-    loop_fd_del(lm->loop, lm->fd);
-    close(lm->fd);
+    if (lm->fd >= 0) {
+        loop_fd_del(lm->loop, lm->fd);
+        close(lm->fd);
+    }
     /* Messages parked now are stored and answered before the 421s. */
     mailbox_deliver_flush(lm->mb);
     while (lm->head) {

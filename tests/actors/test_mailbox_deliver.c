@@ -37,8 +37,8 @@
 struct rig {
     char base[64], data[96], log[96];
     char clients[64];
-    char env[11][160];
-    const char *envp[12];
+    char env[16][160];
+    const char *envp[17];
     pid_t broker, mailbox;
     bus_client_t *c;
 };
@@ -95,6 +95,13 @@ rig_start(struct rig *r, int base)
     snprintf(r->env[i++], 160, "SAMOTOP_DATA=%s", r->data);
     snprintf(r->env[i++], 160, "SAMOTOP_HOSTNAME=mx.test");
     snprintf(r->env[i++], 160, "SAMOTOP_LOG_LEVEL=info");
+    /* No IMAP or LMTP door, and no Redis but a port nothing listens on
+     * (quota lookups fail and let mail in): never the local profile's
+     * 2143, 2993, 2424 or 6380. */
+    snprintf(r->env[i++], 160, "SAMOTOP_LISTEN_IMAP=");
+    snprintf(r->env[i++], 160, "SAMOTOP_LISTEN_IMAPS=");
+    snprintf(r->env[i++], 160, "SAMOTOP_LISTEN_LMTP=");
+    snprintf(r->env[i++], 160, "SAMOTOP_REDIS_PORT=%d", base + 3);
     for (int j = 0; j < i; j++)
         r->envp[j] = r->env[j];
     r->envp[i] = NULL;

@@ -739,6 +739,11 @@ world_start_n(int base, const char *const *extra, int nqueues)
     snprintf(W.env[n++], 160, "SAMOTOP_QUEUE_SCAN_MS=100");
     snprintf(W.env[n++], 160, "SAMOTOP_QUEUE_RETRY_MIN_S=1");
     snprintf(W.env[n++], 160, "SAMOTOP_QUEUE_RETRY_MAX_S=2");
+    /* The mailbox's IMAP and LMTP doors off: never the local profile's
+     * 2143, 2993 and 2424. */
+    snprintf(W.env[n++], 160, "SAMOTOP_LISTEN_IMAP=");
+    snprintf(W.env[n++], 160, "SAMOTOP_LISTEN_IMAPS=");
+    snprintf(W.env[n++], 160, "SAMOTOP_LISTEN_LMTP=");
     for (int i = 0; extra && extra[i]; i++)
         snprintf(W.env[n++], 160, "%s", extra[i]);
     for (int i = 0; i < n; i++)
