@@ -16,7 +16,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "config.h"
 #include "err.h"
+#include "log.h"
 #include "tls.h"
 #include "xalloc.h"
 
@@ -202,6 +204,31 @@ tls_self_signed_ensure(const char *dir, const char *hostname, char *why,
              : self_signed_create(cert_path, key_path, hostname, why, whylen);
     close(fd); /* and the lock with it */
     return rc;
+}
+
+tls_ctx_t *
+tls_server_from_config(const config_t *cfg, const char *hostname)
+{
+    char dir[4096], cert[4200], key[4200], why[512];
+    const char *c = config_str(cfg, "tls.cert"),
+               *k = config_str(cfg, "tls.key");
+    tls_ctx_t *ctx;
+
+    if (*c == '\0' || *k == '\0') {
+        snprintf(dir, sizeof(dir), "%s/tls", config_str(cfg, "data"));
+        if (tls_self_signed_ensure(dir, hostname, why, sizeof(why)) != 0) {
+            log_err(NULL, "tls_setup_failed", "reason=%s", log_q(why));
+            return NULL;
+        }
+        snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+        snprintf(key, sizeof(key), "%s/key.pem", dir);
+        c = cert;
+        k = key;
+    }
+    ctx = tls_server_new(c, k, why, sizeof(why));
+    if (ctx == NULL)
+        log_err(NULL, "tls_setup_failed", "cert=%s reason=%s", c, log_q(why));
+    return ctx;
 }
 
 tls_ctx_t *

@@ -40,6 +40,14 @@ tls_ctx_t *tls_server_new(const char *cert_file, const char *key_file,
                           char *why, size_t whylen);
 void tls_ctx_destroy(tls_ctx_t **ctx_p);
 
+/* The servers' context from config: the PEM files tls.cert and tls.key,
+ * or when either is empty the self-signed pair in data/tls, made for
+ * hostname on first start (DESIGN.md). NULL when neither can be had,
+ * logged as tls_setup_failed (a reason to stop start-up). Caller owns it. */
+struct config;
+tls_ctx_t *tls_server_from_config(const struct config *cfg,
+                                  const char *hostname);
+
 /* A server-side connection on fd (non-blocking). Caller owns it. */
 tls_conn_t *tls_conn_new(tls_ctx_t *ctx, int fd);
 void tls_conn_destroy(tls_conn_t **conn_p);
