@@ -18,6 +18,7 @@
 
 #include "actor.h"
 #include "lib/buf.h"
+#include "lib/net.h"
 #include "lib/smtp_server.h"
 #include "lib/tls.h"
 
@@ -31,7 +32,6 @@ struct role {
     enum role_kind kind;
     const char *name;     /* "mta", "msa", "smtps": the envelopes' role */
     char addr[300];
-    int fd;
     struct smtp_server_opts opts;
 };
 
@@ -49,22 +49,15 @@ struct listener {
     int64_t idle_ms, session_ms, bus_timeout_ms;
     int mailbox_shards; /* lib/shard.h: 1, or deliveries go to mailbox.K */
     uint64_t accepted, refused;
-    /* Out of descriptors (EMFILE, ENFILE): the listening sockets are not
-     * watched until a session closes or accept_timer fires. An episode
-     * lasts until an accept succeeds again, and is logged once. */
-    bool accept_paused, starved;
-    loop_timer_t *accept_timer;
-    int64_t starved_since;
-    uint64_t starved_episodes;
+    /* The listening sockets and their accept loop, which pauses while the
+     * process is out of descriptors (lib/net.h). */
+    net_acceptor_t *acceptor;
+    uint64_t starved_episodes; /* the acceptor's, kept when it goes */
 };
 
 /* Binds the roles named by listener.roles; 0 or an error, logged. */
 int listener_net_start(listener_t *l);
 void listener_net_stop(listener_t *l);
-
-/* Watches the listening sockets again if accepting was paused for want
- * of descriptors (a session that closes calls it); a no-op otherwise. */
-void listener_net_resume(listener_t *l);
 
 /* A new session on an accepted socket (listener_net.c calls it). */
 void listener_session_start(listener_t *l, struct role *role, int fd,

@@ -59,33 +59,6 @@ role_opts(listener_t *l, struct role *r, const config_t *cfg)
     }
 }
 
-static int
-tls_setup(listener_t *l, const config_t *cfg)
-{
-    char dir[4096], cert[4200], key[4200], why[512];
-    const char *c = config_str(cfg, "tls.cert"), *k = config_str(cfg, "tls.key");
-
-    if (*c == '\0' || *k == '\0') {
-        /* DESIGN.md: a self-signed certificate on first start when none
-         * is configured. */
-        snprintf(dir, sizeof(dir), "%s/tls", config_str(cfg, "data"));
-        if (tls_self_signed_ensure(dir, l->hostname, why, sizeof(why)) != 0) {
-            log_err(NULL, "tls_setup_failed", "reason=%s", log_q(why));
-            return ERR_SYS;
-        }
-        snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
-        snprintf(key, sizeof(key), "%s/key.pem", dir);
-        c = cert;
-        k = key;
-    }
-    l->tls = tls_server_new(c, k, why, sizeof(why));
-    if (l->tls == NULL) {
-        log_err(NULL, "tls_setup_failed", "cert=%s reason=%s", c, log_q(why));
-        return ERR_SYS;
-    }
-    return 0;
-}
-
 /* Each session holds a descriptor: the soft limit on open files (often
  * 1024) goes up to the hard one, so that listener.max_sessions, not the
  * limit, decides how many sessions there may be. */
@@ -128,8 +101,10 @@ listener_init(actor_t *a)
     l->bus_timeout_ms = config_int(cfg, "bus.timeout_ms");
     l->mailbox_shards = shard_mailbox_count(cfg);
     l->per_ip = zhashx_new();
-    if ((rc = tls_setup(l, cfg)) != 0)
-        return rc;
+    /* DESIGN.md: a self-signed certificate on first start when none is
+     * configured. */
+    if ((l->tls = tls_server_from_config(cfg, l->hostname)) == NULL)
+        return ERR_SYS;
     if ((rc = listener_net_start(l)) != 0)
         return rc;
     for (int i = 0; i < l->nroles; i++)

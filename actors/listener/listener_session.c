@@ -17,20 +17,12 @@
 #include <unistd.h>
 
 #include "lib/clock.h"
+#include "lib/conn.h"
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/shard.h"
 #include "lib/xalloc.h"
 #include "listener.h"
-
-/* What a session keeps read but not yet taken by the engine, at most. */
-#define IN_MAX 16384
-/* The first reads of a session ask for this much, and each read that fills
- * what it asked for doubles it (up to IN_MAX): a session of short commands
- * keeps a small buffer, a message streams in 16 KiB reads. */
-#define IN_READ_MIN 4096
-
-enum tls_state { TLS_NONE, TLS_HANDSHAKE, TLS_UP };
 
 /* Where one accepted recipient's mail goes: a local mailbox or a remote
  * address (an alias forwarding out, or any recipient of a submission). */
@@ -46,23 +38,14 @@ struct session {
     struct session *prev, *next; /* the listener's list of live sessions */
     listener_t *l;
     struct role *role;
-    int fd;
     char ip[64];
     char trace[ENVELOPE_TRACE_LEN];
     smtp_server_t *smtp;
-    tls_conn_t *tls;
-    enum tls_state tls_state;
+    /* The socket, its TLS and what was read from it (lib/conn.h). */
+    conn_t *conn;
     bool starttls;     /* STARTTLS answered: handshake once output is out */
     bool closing;      /* close once the output is out */
-    bool eof;          /* the client sent all it will (it may still read) */
     bool dead;         /* socket closed; freed when no call is outstanding */
-    int watching;      /* LOOP_* events the loop watches for */
-    /* Read, not yet taken by the engine: in.data[in_off .. in.len). The
-     * socket is read straight into the end of it and the engine takes
-     * from in_off, so no byte is copied on the way or moved down. */
-    buf_t in;
-    size_t in_off, in_read;
-    bool in_drained;   /* the last read took all the socket had */
     int calls;         /* bus calls outstanding (0 or 1) */
     int64_t last_active;
     loop_timer_t *idle_timer, *total_timer;
@@ -86,32 +69,6 @@ struct session {
 
 static void session_pump(struct session *s);
 static void session_free(struct session *s);
-
-/* Bytes read and not yet taken by the engine. */
-static size_t
-in_pending(const struct session *s)
-{
-    return s->in.len - s->in_off;
-}
-
-/* Makes room at the end of s->in for the next read and returns how many
- * bytes to read there: what IN_MAX leaves, at most s->in_read. What the
- * engine has not taken moves to the front only when the room is short. */
-static size_t
-in_space(struct session *s)
-{
-    size_t pending = in_pending(s), want = IN_MAX - pending;
-
-    if (want > s->in_read)
-        want = s->in_read;
-    if (s->in_off > 0 && s->in.cap - s->in.len - 1 < want) {
-        memmove(s->in.data, s->in.data + s->in_off, pending);
-        s->in.len = pending;
-        s->in_off = 0;
-    }
-    buf_reserve(&s->in, want);
-    return want;
-}
 
 static void
 txn_clear(struct session *s)
@@ -161,15 +118,6 @@ txn_add(struct session *s, const char *mailbox, const char *addr,
         s->nremote++;
 }
 
-static void
-watch(struct session *s, int events)
-{
-    if (s->dead || events == s->watching)
-        return;
-    s->watching = events;
-    loop_fd_mod(s->l->loop, s->fd, events);
-}
-
 /* Closes the socket now; the session itself goes when no call is out. */
 static void
 session_close(struct session *s, const char *why)
@@ -186,12 +134,9 @@ session_close(struct session *s, const char *why)
         l->head = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    if (s->tls && s->tls_state == TLS_UP)
-        tls_shutdown(s->tls);
-    loop_fd_del(l->loop, s->fd);
-    close(s->fd);
+    conn_close(s->conn);
     /* A descriptor is free again: accepting resumes if it had paused. */
-    listener_net_resume(l);
+    net_acceptor_resume(l->acceptor);
     loop_timer_cancel(l->loop, &s->idle_timer);
     loop_timer_cancel(l->loop, &s->total_timer);
     count = (intptr_t)zhashx_lookup(l->per_ip, s->ip);
@@ -214,37 +159,8 @@ session_free(struct session *s)
     txn_clear(s);
     free(s->user);
     smtp_server_destroy(&s->smtp);
-    tls_conn_destroy(&s->tls);
-    buf_free(&s->in);
+    conn_destroy(&s->conn);
     free(s);
-}
-
-/* Socket I/O through TLS or not. Returns bytes, 0 at EOF, or an error
- * (TLS_WANT_* included). */
-static ssize_t
-sock_read(struct session *s, void *buf, size_t len)
-{
-    ssize_t n;
-
-    if (s->tls_state == TLS_UP)
-        return tls_read(s->tls, buf, len);
-    n = read(s->fd, buf, len);
-    if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? TLS_WANT_READ : ERR_SYS;
-    return n;
-}
-
-static ssize_t
-sock_write(struct session *s, const void *buf, size_t len)
-{
-    ssize_t n;
-
-    if (s->tls_state == TLS_UP)
-        return tls_write(s->tls, buf, len);
-    n = send(s->fd, buf, len, MSG_NOSIGNAL);
-    if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? TLS_WANT_WRITE : ERR_SYS;
-    return n;
 }
 
 /* Sends what the engine queued. Returns 1 when all of it went, 0 when the
@@ -259,7 +175,7 @@ flush(struct session *s)
 
         if (len == 0)
             return 1;
-        n = sock_write(s, out, len);
+        n = conn_write(s->conn, out, len);
         if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
             return 0;
         if (n <= 0)
@@ -530,16 +446,17 @@ message_with_received(struct session *s, const char *data, size_t len)
     buf_t b = BUF_INIT;
     char date[64];
     const char *helo = smtp_server_helo(s->smtp);
+    const tls_conn_t *tls = conn_tls(s->conn);
     void *bytes;
 
     rfc5322_date(date, sizeof(date));
     buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
                "id %s", helo ? helo : "unknown", s->ip, s->l->hostname,
                smtp_server_with(s->smtp), s->trace);
-    if (s->tls_state == TLS_UP)
+    if (tls != NULL)
         buf_printf(&b, "\r\n\t(version=%s cipher=%s bits=%d)",
-                   tls_conn_version(s->tls), tls_conn_cipher(s->tls),
-                   tls_conn_bits(s->tls));
+                   tls_conn_version(tls), tls_conn_cipher(tls),
+                   tls_conn_bits(tls));
     if (s->nrcpts == 1 && s->ntargets >= 1)
         buf_printf(&b, "\r\n\tfor <%s>", s->targets[0].rcpt);
     buf_printf(&b, ";\r\n\t%s\r\n", date);
@@ -808,12 +725,10 @@ on_event(struct session *s, const struct smtp_event *ev)
 static bool
 start_tls(struct session *s)
 {
-    s->tls = tls_conn_new(s->l->tls, s->fd);
-    if (s->tls == NULL) {
+    if (conn_start_tls(s->conn, s->l->tls) != 0) {
         session_close(s, "tls_setup_failed");
         return false;
     }
-    s->tls_state = TLS_HANDSHAKE;
     return true;
 }
 
@@ -821,25 +736,14 @@ start_tls(struct session *s)
 static bool
 handshake(struct session *s)
 {
-    int rc = tls_handshake(s->tls);
+    int rc = conn_handshake(s->conn);
 
-    if (rc == TLS_WANT_READ) {
-        watch(s, LOOP_READ);
+    if (rc == TLS_WANT_READ || rc == TLS_WANT_WRITE)
         return false;
-    }
-    if (rc == TLS_WANT_WRITE) {
-        watch(s, LOOP_WRITE);
-        return false;
-    }
     if (rc != 0) {
-        log_info(s->trace, "tls_failed", "ip=%s reason=%s", s->ip,
-                 log_q(tls_conn_error(s->tls)));
         session_close(s, "tls_failed");
         return false;
     }
-    s->tls_state = TLS_UP;
-    log_info(s->trace, "tls_up", "version=%s cipher=%s",
-             tls_conn_version(s->tls), tls_conn_cipher(s->tls));
     if (s->starttls) {
         s->starttls = false;
         smtp_server_tls_started(s->smtp);
@@ -857,15 +761,14 @@ session_pump(struct session *s)
         bool progress = false;
         int fl;
 
-        if (s->tls_state == TLS_HANDSHAKE && !handshake(s))
+        if (conn_tls_state(s->conn) == CONN_HANDSHAKE && !handshake(s))
             return;
-        if (in_pending(s) > 0 && !s->starttls) {
-            size_t took = smtp_server_input(s->smtp, s->in.data + s->in_off,
-                                            in_pending(s));
+        if (conn_in_pending(s->conn) > 0 && !s->starttls) {
+            size_t len;
+            const char *in = conn_in(s->conn, &len);
+            size_t took = smtp_server_input(s->smtp, in, len);
 
-            s->in_off += took;
-            if (s->in_off == s->in.len)
-                s->in_off = s->in.len = 0;
+            conn_in_took(s->conn, took);
             progress = took > 0;
         }
         while (s->calls == 0 && !s->dead) {
@@ -882,18 +785,17 @@ session_pump(struct session *s)
             return;
         }
         if (fl == 0) {
-            watch(s, LOOP_WRITE);
+            conn_watch(s->conn, LOOP_WRITE);
             return;
         }
         if (s->closing) {
             session_close(s, "done");
             return;
         }
-        if (s->starttls && s->tls_state == TLS_NONE) {
+        if (s->starttls && conn_tls_state(s->conn) == CONN_PLAIN) {
             /* Everything read after the STARTTLS line is dropped: it was
              * sent in the clear and must never be executed (RFC 3207 5). */
-            buf_reset(&s->in);
-            s->in_off = 0;
+            conn_in_drop(s->conn);
             if (!start_tls(s))
                 return;
             continue;
@@ -905,7 +807,7 @@ session_pump(struct session *s)
     }
     if (s->dead)
         return;
-    if (s->eof) {
+    if (conn_eof(s->conn)) {
         /* What the client sent before it stopped is all answered: done. */
         if (s->calls == 0 && idle) {
             session_close(s, "client_closed");
@@ -914,25 +816,22 @@ session_pump(struct session *s)
         /* A reply is awaited, or the rounds ran out: no more reading;
          * back when the reply comes, or when the socket takes output (at
          * once) to go on. */
-        watch(s, s->calls == 0 ? LOOP_WRITE : 0);
+        conn_watch(s->conn, s->calls == 0 ? LOOP_WRITE : 0);
         return;
     }
     /* A client that stopped sending (it waits for replies, or idles) needs
      * no buffer: thousands of idle sessions then hold none. */
-    if (s->in_drained && in_pending(s) == 0 && s->in.cap > 0) {
-        buf_free(&s->in);
-        s->in_off = 0;
-    }
+    conn_in_trim(s->conn);
     /* Read while the session's input has room, bus call or not: the
      * engine keeps what comes meanwhile (pipelining) and takes less when
      * its buffer is full, which is the back-pressure that stops reading.
      * So the watch stays as it is through the message, and epoll_ctl()
      * is called only when back-pressure starts or ends. A TLS connection
      * may hold decrypted bytes that epoll cannot see. */
-    watch(s, in_pending(s) < IN_MAX ? LOOP_READ : 0);
-    if (s->tls_state == TLS_UP && tls_pending(s->tls) && s->calls == 0 &&
-        in_pending(s) < IN_MAX)
-        on_io(s->l->loop, s->fd, LOOP_READ, s);
+    conn_watch(s->conn, conn_in_full(s->conn) ? 0 : LOOP_READ);
+    if (conn_tls_pending(s->conn) && s->calls == 0 &&
+        !conn_in_full(s->conn))
+        on_io(s->l->loop, conn_fd(s->conn), LOOP_READ, s);
 }
 
 static void
@@ -942,39 +841,24 @@ on_io(loop_t *loop, int fd, int events, void *arg)
 
     (void)loop;
     (void)fd;
-    if (s->tls_state == TLS_HANDSHAKE) {
+    if (conn_tls_state(s->conn) == CONN_HANDSHAKE) {
         session_pump(s);
         return;
     }
-    if ((events & LOOP_READ) && !s->eof) {
-        while (in_pending(s) < IN_MAX && !s->dead) {
-            size_t want = in_space(s);
-            ssize_t n = sock_read(s, s->in.data + s->in.len, want);
+    if ((events & LOOP_READ) && !conn_eof(s->conn)) {
+        /* After STARTTLS and before the handshake, what comes is dropped.
+         * At the end the client is done sending, maybe only half-closed
+         * and waiting for replies: what it sent is answered first, then
+         * the session closes (session_pump). */
+        ssize_t n = conn_fill(s->conn, s->starttls);
 
-            if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
-                break;
-            if (n == 0) {
-                /* The client is done sending, maybe only half-closed
-                 * and waiting for replies: what it sent is answered
-                 * first, then the session closes (session_pump). */
-                s->eof = true;
-                break;
-            }
-            if (n < 0) {
-                session_close(s, "read_failed");
-                return;
-            }
-            if (s->starttls)
-                continue; /* after STARTTLS and before the handshake */
-            s->in.len += (size_t)n;
-            s->in.data[s->in.len] = '\0';
+        if (n < 0) {
+            session_close(s, "read_failed");
+            return;
+        }
+        if (n > 0) {
             listener_metrics_bytes(s->role->name, (size_t)n);
             s->last_active = loop_now_ms(s->l->loop);
-            s->in_drained = (size_t)n < want;
-            if (s->in_drained)
-                break;
-            if (s->in_read < IN_MAX)
-                s->in_read *= 2;
         }
     }
     session_pump(s);
@@ -1027,20 +911,17 @@ listener_session_start(listener_t *l, struct role *role, int fd,
 
     s->l = l;
     s->role = role;
-    s->fd = fd;
     s->size = -1;
     snprintf(s->ip, sizeof(s->ip), "%s", ip);
     envelope_new_trace(s->trace);
     s->smtp = smtp_server_new(&role->opts);
-    s->in_read = IN_READ_MIN;
     s->last_active = loop_now_ms(l->loop);
-    if (loop_fd_add(l->loop, fd, LOOP_READ, on_io, s) != 0) {
-        close(fd);
+    s->conn = conn_new(l->loop, fd, s->trace, s->ip, on_io, s);
+    if (s->conn == NULL) {
         smtp_server_destroy(&s->smtp);
         free(s);
         return;
     }
-    s->watching = LOOP_READ;
     s->next = l->head;
     if (l->head)
         l->head->prev = s;
