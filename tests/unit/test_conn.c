@@ -68,11 +68,11 @@ send_all(int fd, const char *p, size_t n)
 
 static const struct fill_row {
     const char *label;
-    size_t sent;   /* bytes the peer sent */
-    size_t take;   /* bytes the engine takes after the first fill */
-    bool close;    /* the peer closes after sending */
-    size_t want;   /* bytes the first fill keeps */
-    bool full;     /* the input is full after it */
+    size_t sent; /* bytes the peer sent */
+    size_t take; /* bytes the engine takes after the first fill */
+    bool close;  /* the peer closes after sending */
+    size_t want; /* bytes the first fill keeps */
+    bool full;   /* the input is full after it */
 } fill_rows[] = {
     {"short line", 6, 6, false, 6, false},
     {"short line then end", 6, 0, true, 6, false},
@@ -116,10 +116,9 @@ START_TEST(test_fill)
     }
     ck_assert_msg(got == r->want, "%s: got %zu, want %zu", r->label, got,
                   r->want);
-    ck_assert_msg(conn_in_full(c) == r->full, "%s: full %d, want %d",
-                  r->label, conn_in_full(c), r->full);
-    ck_assert_msg(conn_eof(c) == r->close, "%s: eof %d", r->label,
-                  conn_eof(c));
+    ck_assert_msg(conn_in_full(c) == r->full, "%s: full %d, want %d", r->label,
+                  conn_in_full(c), r->full);
+    ck_assert_msg(conn_eof(c) == r->close, "%s: eof %d", r->label, conn_eof(c));
     in = conn_in(c, &len);
     ck_assert_uint_eq(len, r->want);
     ck_assert_msg(memcmp(in, data, len) == 0, "%s: bytes differ", r->label);
@@ -265,8 +264,7 @@ shake(conn_t *c, tls_conn_t *cl)
             cr = tls_handshake(cl);
             ck_assert_msg(cr == 0 || cr == TLS_WANT_READ ||
                               cr == TLS_WANT_WRITE,
-                          "client handshake: %d (%s)", cr,
-                          tls_conn_error(cl));
+                          "client handshake: %d (%s)", cr, tls_conn_error(cl));
         }
     }
     ck_assert_int_eq(sr, 0);
@@ -381,16 +379,17 @@ START_TEST(test_tls_from_config)
     ck_assert_ptr_nonnull(ctx);
     tls_ctx_destroy(&ctx);
     /* A certificate that is not there: NULL (logged). */
-    ck_assert_int_eq(config_set(cfg, "tls.cert", "/nonexistent/cert.pem", why,
-                                sizeof(why)),
-                     0);
+    ck_assert_int_eq(
+        config_set(cfg, "tls.cert", "/nonexistent/cert.pem", why, sizeof(why)),
+        0);
     ck_assert_ptr_null(tls_server_from_config(cfg, "mx.example.test"));
     config_destroy(&cfg);
     tfx_done(&f);
 }
 END_TEST
 
-/* --- the accept loop -------------------------------------------------------- */
+/* --- the accept loop --------------------------------------------------------
+ */
 
 struct accepted {
     loop_t *loop;
@@ -426,16 +425,15 @@ START_TEST(test_acceptor)
     socklen_t sl = sizeof(sin);
     char line[32];
 
-    ck_assert_int_lt(net_acceptor_listen(a, "bad", "no-port", on_accepted,
-                                         &acc),
-                     0);
+    ck_assert_int_lt(
+        net_acceptor_listen(a, "bad", "no-port", on_accepted, &acc), 0);
     lfd = net_acceptor_listen(a, "test", "127.0.0.1:0", on_accepted, &acc);
     ck_assert_int_ge(lfd, 0);
     ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &sl), 0);
     for (int i = 0; i < 3; i++) {
         cfd[i] = socket(AF_INET, SOCK_STREAM, 0);
-        ck_assert_int_eq(
-            connect(cfd[i], (struct sockaddr *)&sin, sizeof(sin)), 0);
+        ck_assert_int_eq(connect(cfd[i], (struct sockaddr *)&sin, sizeof(sin)),
+                         0);
     }
     /* A batch of two, then the third on the next wake-up. */
     loop_timer_add(loop, 5000, on_give_up, NULL);
