@@ -21,6 +21,7 @@
 
 #include "lib/clock.h"
 #include "lib/config.h"
+#include "lib/conn.h"
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/net.h"
@@ -28,77 +29,14 @@
 
 #include "mailbox_imap_int.h"
 
-/* What a session keeps read but not yet taken by the engine, at most. */
-#define IN_MAX 16384
-#define IN_READ_MIN 4096
 /* auth.verify may take its time on purpose: the auth actor delays each
  * failure (schemas/auth.verify.json asks for 10 s or more). */
 #define AUTH_TIMEOUT_MS 15000
-/* How long accepting stays paused after running out of descriptors. */
-#define ACCEPT_RETRY_MS 100
 
 static void sess_free(struct isess *s);
 static void on_io(loop_t *loop, int fd, int events, void *arg);
 
 /* --- input and output ---------------------------------------------------- */
-
-static size_t
-in_pending(const struct isess *s)
-{
-    return s->in.len - s->in_off;
-}
-
-/* Room at the end of s->in for the next read (see listener_session.c). */
-static size_t
-in_space(struct isess *s)
-{
-    size_t pending = in_pending(s), want = IN_MAX - pending;
-
-    if (want > s->in_read)
-        want = s->in_read;
-    if (s->in_off > 0 && s->in.cap - s->in.len - 1 < want) {
-        memmove(s->in.data, s->in.data + s->in_off, pending);
-        s->in.len = pending;
-        s->in_off = 0;
-    }
-    buf_reserve(&s->in, want);
-    return want;
-}
-
-static void
-watch(struct isess *s, int events)
-{
-    if (s->dead || events == s->watching)
-        return;
-    s->watching = events;
-    loop_fd_mod(s->im->loop, s->fd, events);
-}
-
-ssize_t
-imap_sess_read(struct isess *s, void *buf, size_t len)
-{
-    ssize_t n;
-
-    if (s->tls_state == ITLS_UP)
-        return tls_read(s->tls, buf, len);
-    n = read(s->fd, buf, len);
-    if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? TLS_WANT_READ : ERR_SYS;
-    return n;
-}
-
-ssize_t
-imap_sess_write(struct isess *s, const void *buf, size_t len)
-{
-    ssize_t n;
-
-    if (s->tls_state == ITLS_UP)
-        return tls_write(s->tls, buf, len);
-    n = send(s->fd, buf, len, MSG_NOSIGNAL);
-    if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? TLS_WANT_WRITE : ERR_SYS;
-    return n;
-}
 
 size_t
 imap_sess_out_len(const struct isess *s)
@@ -121,7 +59,7 @@ flush(struct isess *s)
 
         if (len == 0)
             return 1;
-        n = imap_sess_write(s, out, len);
+        n = conn_write(s->conn, out, len);
         if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
             return 0;
         if (n <= 0)
@@ -149,16 +87,9 @@ imap_sess_close(struct isess *s, const char *why)
         im->head = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    if (s->tls && s->tls_state == ITLS_UP)
-        tls_shutdown(s->tls);
-    loop_fd_del(im->loop, s->fd);
-    close(s->fd);
-    if (im->accept_paused) {
-        loop_timer_cancel(im->loop, &im->accept_timer);
-        for (int i = 0; i < im->ndoors; i++)
-            loop_fd_mod(im->loop, im->doors[i].fd, LOOP_READ);
-        im->accept_paused = false;
-    }
+    conn_close(s->conn);
+    /* A descriptor is free again: accepting resumes if it had paused. */
+    net_acceptor_resume(im->acceptor);
     loop_timer_cancel(im->loop, &s->idle_timer);
     if (s->quota_wait) {
         /* Its callback will never come: the call is over now. */
@@ -201,8 +132,7 @@ sess_free(struct isess *s)
 {
     drop_work(s);
     imap_server_destroy(&s->srv);
-    tls_conn_destroy(&s->tls);
-    buf_free(&s->in);
+    conn_destroy(&s->conn);
     free(s->user);
     free(s);
 }
@@ -408,37 +338,24 @@ on_event(struct isess *s, const struct imap_event *ev)
 static bool
 start_tls(struct isess *s)
 {
-    s->tls = tls_conn_new(s->im->tls, s->fd);
-    if (s->tls == NULL) {
+    if (conn_start_tls(s->conn, s->im->tls) != 0) {
         imap_sess_close(s, "tls_setup_failed");
         return false;
     }
-    s->tls_state = ITLS_HANDSHAKE;
     return true;
 }
 
 static bool
 handshake(struct isess *s)
 {
-    int rc = tls_handshake(s->tls);
+    int rc = conn_handshake(s->conn);
 
-    if (rc == TLS_WANT_READ) {
-        watch(s, LOOP_READ);
+    if (rc == TLS_WANT_READ || rc == TLS_WANT_WRITE)
         return false;
-    }
-    if (rc == TLS_WANT_WRITE) {
-        watch(s, LOOP_WRITE);
-        return false;
-    }
     if (rc != 0) {
-        log_info(s->trace, "tls_failed", "ip=%s reason=%s", s->ip,
-                 log_q(tls_conn_error(s->tls)));
         imap_sess_close(s, "tls_failed");
         return false;
     }
-    s->tls_state = ITLS_UP;
-    log_info(s->trace, "tls_up", "version=%s cipher=%s",
-             tls_conn_version(s->tls), tls_conn_cipher(s->tls));
     if (s->starttls) {
         s->starttls = false;
         imap_server_tls_started(s->srv);
@@ -461,15 +378,14 @@ imap_sess_pump(struct isess *s)
         bool progress = false;
         int fl;
 
-        if (s->tls_state == ITLS_HANDSHAKE && !handshake(s))
+        if (conn_tls_state(s->conn) == CONN_HANDSHAKE && !handshake(s))
             return;
-        if (in_pending(s) > 0 && !s->starttls) {
-            size_t took = imap_server_input(s->srv, s->in.data + s->in_off,
-                                            in_pending(s));
+        if (conn_in_pending(s->conn) > 0 && !s->starttls) {
+            size_t len;
+            const char *in = conn_in(s->conn, &len);
+            size_t took = imap_server_input(s->srv, in, len);
 
-            s->in_off += took;
-            if (s->in_off == s->in.len)
-                s->in_off = s->in.len = 0;
+            conn_in_took(s->conn, took);
             progress = took > 0;
         }
         while (s->calls == 0 && !s->dead) {
@@ -497,18 +413,17 @@ imap_sess_pump(struct isess *s)
             return;
         }
         if (fl == 0) {
-            watch(s, LOOP_WRITE);
+            conn_watch(s->conn, LOOP_WRITE);
             return;
         }
         if (s->closing) {
             imap_sess_close(s, "done");
             return;
         }
-        if (s->starttls && s->tls_state == ITLS_NONE) {
+        if (s->starttls && conn_tls_state(s->conn) == CONN_PLAIN) {
             /* Nothing read after the STARTTLS line may be taken as sent
              * under TLS (RFC 3501 6.2.1). */
-            buf_reset(&s->in);
-            s->in_off = 0;
+            conn_in_drop(s->conn);
             if (!start_tls(s))
                 return;
             continue;
@@ -529,26 +444,22 @@ imap_sess_pump(struct isess *s)
     }
     if (s->dead)
         return;
-    if (s->eof) {
+    if (conn_eof(s->conn)) {
         if (s->calls == 0 && s->work == NULL && idle) {
             imap_sess_close(s, "client_closed");
             return;
         }
-        watch(s, s->calls == 0 ? LOOP_WRITE : 0);
+        conn_watch(s->conn, s->calls == 0 ? LOOP_WRITE : 0);
         return;
     }
-    if (s->in_drained && in_pending(s) == 0 && s->in.cap > 0) {
-        buf_free(&s->in);
-        s->in_off = 0;
-    }
+    conn_in_trim(s->conn);
     /* The rounds ran out with work left (a long FETCH whose output all
      * went): the socket being writable brings the pump back at once, as
      * no input may ever come while the client waits for the answer. */
-    watch(s, (in_pending(s) < IN_MAX ? LOOP_READ : 0) |
-                 (!idle && s->calls == 0 ? LOOP_WRITE : 0));
-    if (s->tls_state == ITLS_UP && tls_pending(s->tls) && s->calls == 0 &&
-        in_pending(s) < IN_MAX)
-        on_io(s->im->loop, s->fd, LOOP_READ, s);
+    conn_watch(s->conn, (conn_in_full(s->conn) ? 0 : LOOP_READ) |
+                            (!idle && s->calls == 0 ? LOOP_WRITE : 0));
+    if (conn_tls_pending(s->conn) && s->calls == 0 && !conn_in_full(s->conn))
+        on_io(s->im->loop, conn_fd(s->conn), LOOP_READ, s);
 }
 
 static void
@@ -560,36 +471,20 @@ on_io(loop_t *loop, int fd, int events, void *arg)
     (void)fd;
     if (s->proxy && imap_proxy_on_io(s, events))
         return;
-    if (s->tls_state == ITLS_HANDSHAKE) {
+    if (conn_tls_state(s->conn) == CONN_HANDSHAKE) {
         imap_sess_pump(s);
         return;
     }
-    if ((events & LOOP_READ) && !s->eof) {
-        while (in_pending(s) < IN_MAX && !s->dead) {
-            size_t want = in_space(s);
-            ssize_t n = imap_sess_read(s, s->in.data + s->in.len, want);
+    if ((events & LOOP_READ) && !conn_eof(s->conn)) {
+        /* After STARTTLS, before the handshake, what comes is dropped. */
+        ssize_t n = conn_fill(s->conn, s->starttls);
 
-            if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
-                break;
-            if (n == 0) {
-                s->eof = true;
-                break;
-            }
-            if (n < 0) {
-                imap_sess_close(s, "read_failed");
-                return;
-            }
-            if (s->starttls)
-                continue; /* after STARTTLS, before the handshake */
-            s->in.len += (size_t)n;
-            s->in.data[s->in.len] = '\0';
-            s->last_active = loop_now_ms(s->im->loop);
-            s->in_drained = (size_t)n < want;
-            if (s->in_drained)
-                break;
-            if (s->in_read < IN_MAX)
-                s->in_read *= 2;
+        if (n < 0) {
+            imap_sess_close(s, "read_failed");
+            return;
         }
+        if (n > 0)
+            s->last_active = loop_now_ms(s->im->loop);
     }
     imap_sess_pump(s);
 }
@@ -624,19 +519,16 @@ sess_start(struct imap_door *d, int fd, const char *ip)
 
     s->im = im;
     s->door = d;
-    s->fd = fd;
     snprintf(s->ip, sizeof(s->ip), "%s", ip);
     envelope_new_trace(s->trace);
     s->srv = imap_server_new(&d->opts);
-    s->in_read = IN_READ_MIN;
     s->last_active = loop_now_ms(im->loop);
-    if (loop_fd_add(im->loop, fd, LOOP_READ, on_io, s) != 0) {
-        close(fd);
+    s->conn = conn_new(im->loop, fd, s->trace, s->ip, on_io, s);
+    if (s->conn == NULL) {
         imap_server_destroy(&s->srv);
         free(s);
         return;
     }
-    s->watching = LOOP_READ;
     s->next = im->head;
     if (im->head)
         im->head->prev = s;
@@ -655,123 +547,41 @@ sess_start(struct imap_door *d, int fd, const char *ip)
 
 /* --- the doors ----------------------------------------------------------- */
 
+/* A connection on a door: a session, unless a limit is reached; then it
+ * is refused before any session exists (RFC 3501 7.1.5 lets a server
+ * greet with BYE and close; before TLS on IMAPS nothing can be said in
+ * clear text, so the connection is just closed). */
 static void
-on_accept_retry(loop_t *loop, void *arg)
-{
-    mbimap_t *im = arg;
-
-    (void)loop;
-    im->accept_timer = NULL;
-    for (int i = 0; i < im->ndoors; i++)
-        loop_fd_mod(im->loop, im->doors[i].fd, LOOP_READ);
-    im->accept_paused = false;
-}
-
-/* Refuses a connection before any session exists: RFC 3501 7.1.5 lets a
- * server greet with BYE and close. */
-static void
-refuse(int fd, const char *line)
-{
-    ssize_t n = write(fd, line, strlen(line));
-
-    (void)n;
-    close(fd);
-}
-
-static void
-on_accept(loop_t *loop, int lfd, int events, void *arg)
+on_accept(void *arg, int fd, const char *ip)
 {
     struct imap_door *d = arg;
     mbimap_t *im = d->im;
 
-    (void)loop;
-    (void)events;
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        char ip[64];
-        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                /* The connection stays queued and the socket readable:
-                 * stop watching until a session closes or a while. */
-                if (!im->accept_paused) {
-                    for (int j = 0; j < im->ndoors; j++)
-                        loop_fd_mod(im->loop, im->doors[j].fd, 0);
-                    im->accept_paused = true;
-                    im->accept_timer = loop_timer_add(im->loop, ACCEPT_RETRY_MS,
-                                                      on_accept_retry, im);
-                    log_warn(NULL, "accept_paused",
-                             "door=%s reason=%s sessions=%d", d->name,
-                             log_q(strerror(errno)), im->sessions);
-                }
-            } else if (errno != EAGAIN && errno != EINTR &&
-                       errno != ECONNABORTED) {
-                log_warn(NULL, "accept_failed", "door=%s reason=%s", d->name,
-                         log_q(strerror(errno)));
-            }
-            return;
-        }
-        net_addr_text(&ss, ip, sizeof(ip));
-        /* Before TLS on IMAPS nothing can be said in clear text: the
-         * connection is just closed. */
-        if (im->sessions >= im->max_sessions) {
-            im->refused++;
-            log_warn(NULL, "session_refused",
-                     "door=%s ip=%s reason=full sessions=%d", d->name, ip,
-                     im->sessions);
-            if (d->implicit_tls)
-                close(fd);
-            else
-                refuse(fd, "* BYE Too busy, try again later\r\n");
-            continue;
-        }
-        /* The internal door's sessions all come from other copies. */
-        if (!d->internal &&
-            (intptr_t)zhashx_lookup(im->per_ip, ip) >= im->max_per_ip) {
-            im->refused++;
-            log_warn(NULL, "session_refused", "door=%s ip=%s reason=per_ip",
-                     d->name, ip);
-            if (d->implicit_tls)
-                close(fd);
-            else
-                refuse(fd, "* BYE Too many connections from your address\r\n");
-            continue;
-        }
-        im->accepted++;
-        sess_start(d, fd, ip);
+    if (im->sessions >= im->max_sessions) {
+        im->refused++;
+        log_warn(NULL, "session_refused",
+                 "door=%s ip=%s reason=full sessions=%d", d->name, ip,
+                 im->sessions);
+        if (d->implicit_tls)
+            close(fd);
+        else
+            net_refuse(fd, "* BYE Too busy, try again later\r\n");
+        return;
     }
-}
-
-/* The certificate the listener uses too: tls.cert and tls.key, or the
- * self-signed pair made in data/tls (DESIGN.md). */
-static int
-tls_setup(mbimap_t *im, const config_t *cfg)
-{
-    char dir[4096], cert[4200], key[4200], why[512];
-    const char *c = config_str(cfg, "tls.cert"),
-               *k = config_str(cfg, "tls.key");
-
-    if (*c == '\0' || *k == '\0') {
-        snprintf(dir, sizeof(dir), "%s/tls", config_str(cfg, "data"));
-        if (tls_self_signed_ensure(dir, im->hostname, why, sizeof(why)) != 0) {
-            log_err(NULL, "tls_setup_failed", "reason=%s", log_q(why));
-            return ERR_SYS;
-        }
-        snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
-        snprintf(key, sizeof(key), "%s/key.pem", dir);
-        c = cert;
-        k = key;
+    /* The internal door's sessions all come from other copies. */
+    if (!d->internal &&
+        (intptr_t)zhashx_lookup(im->per_ip, ip) >= im->max_per_ip) {
+        im->refused++;
+        log_warn(NULL, "session_refused", "door=%s ip=%s reason=per_ip",
+                 d->name, ip);
+        if (d->implicit_tls)
+            close(fd);
+        else
+            net_refuse(fd, "* BYE Too many connections from your address\r\n");
+        return;
     }
-    im->tls = tls_server_new(c, k, why, sizeof(why));
-    if (im->tls == NULL) {
-        log_err(NULL, "tls_setup_failed", "cert=%s reason=%s", c, log_q(why));
-        return ERR_SYS;
-    }
-    return 0;
+    im->accepted++;
+    sess_start(d, fd, ip);
 }
 
 /* The engine's options for each door: IMAP offers STARTTLS and refuses
@@ -795,7 +605,7 @@ static int
 doors_start(mbimap_t *im, const config_t *cfg)
 {
     static const char *const names[3] = {"imap", "imaps", "imap_internal"};
-    char key[64], why[512];
+    char key[64];
 
     for (int i = 0; i < 3; i++) {
         struct imap_door *d = &im->doors[im->ndoors];
@@ -819,20 +629,13 @@ doors_start(mbimap_t *im, const config_t *cfg)
             }
         }
         door_opts(im, d, cfg);
-        d->fd = net_listen(d->addr, why, sizeof(why));
-        if (d->fd < 0) {
-            log_err(NULL, "listen_failed", "door=%s addr=%s reason=%s", d->name,
-                    d->addr, log_q(why));
+        d->fd =
+            net_acceptor_listen(im->acceptor, d->name, d->addr, on_accept, d);
+        if (d->fd < 0)
             return ERR_SYS;
-        }
-        if (loop_fd_add(im->loop, d->fd, LOOP_READ, on_accept, d) != 0) {
-            close(d->fd);
-            return ERR_SYS;
-        }
         im->ndoors++;
         if (d->internal && imap_proxy_door_up(im, d, cfg) != 0)
             return ERR_CONFIG;
-        log_info(NULL, "listening", "door=%s addr=%s", d->name, d->addr);
     }
     return 0;
 }
@@ -861,8 +664,10 @@ mailbox_imap_start(struct mailbox *mb)
     im->per_ip = zhashx_new();
     im->hcache = imap_hcache_new();
     im->quota = mb->quota; /* borrowed */
-    if (tls_setup(im, cfg) != 0 || imap_notify_start(im) != 0 ||
-        doors_start(im, cfg) != 0) {
+    im->acceptor = net_acceptor_new(im->loop, "door", 64, &im->sessions);
+    /* The certificate the listener uses too. */
+    if ((im->tls = tls_server_from_config(cfg, im->hostname)) == NULL ||
+        imap_notify_start(im) != 0 || doors_start(im, cfg) != 0) {
         mailbox_imap_stop(&im);
         return NULL;
     }
@@ -876,11 +681,7 @@ mailbox_imap_stop(mbimap_t **im_p)
 
     if (im == NULL)
         return;
-    loop_timer_cancel(im->loop, &im->accept_timer);
-    for (int i = 0; i < im->ndoors; i++) {
-        loop_fd_del(im->loop, im->doors[i].fd);
-        close(im->doors[i].fd);
-    }
+    net_acceptor_destroy(&im->acceptor);
     im->ndoors = 0;
     while (im->head) {
         struct isess *s = im->head;

@@ -22,7 +22,9 @@
 
 #include "actor.h"
 #include "lib/buf.h"
+#include "lib/conn.h"
 #include "lib/imap_server.h"
+#include "lib/net.h"
 #include "lib/tls.h"
 
 #include "mailbox.h"
@@ -50,7 +52,7 @@ struct imap_door {
     bool implicit_tls;
     bool internal; /* mailbox.imap_internal: tickets only, no TLS */
     char addr[300];
-    int fd;
+    int fd; /* the acceptor's (borrowed) */
     struct imap_server_opts opts;
 };
 
@@ -67,8 +69,9 @@ struct mbimap {
     zhashx_t *per_ip;   /* client address -> sessions open (as a pointer) */
     int sessions, max_sessions, max_per_ip;
     int64_t idle_ms, bus_timeout_ms;
-    bool accept_paused;
-    loop_timer_t *accept_timer;
+    /* The doors' sockets and their accept loop, which pauses while the
+     * process is out of descriptors (lib/net.h). */
+    net_acceptor_t *acceptor;
     uint64_t accepted, refused, logins, login_failures;
     /* mailbox_imap_notify.c: one inotify descriptor for the process. */
     int ino_fd;
@@ -86,8 +89,6 @@ struct mbimap {
     metric_t *m_relays, *m_tickets; /* NULL with one shard */
 };
 
-enum itls { ITLS_NONE, ITLS_HANDSHAKE, ITLS_UP };
-
 /* A long command under way: called while the output is short, it writes
  * the next piece and returns; it completes the decision (and clears
  * s->work) when done. */
@@ -99,20 +100,15 @@ struct isess {
     struct isess *prev, *next;
     mbimap_t *im;
     struct imap_door *door;
-    int fd;
     char ip[64];
     char trace[ENVELOPE_TRACE_LEN];
     imap_server_t *srv;
-    tls_conn_t *tls;
-    enum itls tls_state;
-    bool starttls; /* STARTTLS answered: handshake once output is out */
-    bool closing;  /* close once the output is out */
-    bool eof;      /* the client sent all it will */
-    bool dead;     /* socket closed; freed when nothing is outstanding */
-    int watching;  /* LOOP_* events the loop watches for */
-    buf_t in;      /* read, not yet taken: in.data[in_off .. in.len) */
-    size_t in_off, in_read;
-    bool in_drained;
+    /* The client's socket, its TLS and what was read from it: the
+     * relay (mailbox_imap_proxy.c) reads and writes it too. */
+    conn_t *conn;
+    bool starttls;   /* STARTTLS answered: handshake once output is out */
+    bool closing;    /* close once the output is out */
+    bool dead;       /* socket closed; freed when nothing is outstanding */
     int calls;       /* bus calls and quota checks outstanding */
     bool quota_wait; /* one of them is a quota check */
     int64_t last_active;
@@ -142,12 +138,6 @@ void imap_sess_pump(struct isess *s);
 
 /* Bytes queued for the client. */
 size_t imap_sess_out_len(const struct isess *s);
-
-/* Reads from or writes to the client (through TLS when it is up): bytes,
- * TLS_WANT_READ or TLS_WANT_WRITE when the socket would block, 0 at the
- * end, or a negative error. */
-ssize_t imap_sess_read(struct isess *s, void *buf, size_t len);
-ssize_t imap_sess_write(struct isess *s, const void *buf, size_t len);
 
 /* Closes the session (freed at once when nothing is outstanding): the
  * caller must not touch s afterwards. */

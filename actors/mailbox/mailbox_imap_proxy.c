@@ -583,7 +583,7 @@ login_done(struct iproxy *p)
 {
     struct isess *s = p->s;
     mbimap_t *im = s->im;
-    const char *out;
+    const char *out, *in;
     size_t n;
 
     /* The login's OK line may have brought more: owner to client. */
@@ -594,10 +594,10 @@ login_done(struct iproxy *p)
         OPENSSL_cleanse(p->c2o.data, p->c2o.cap);
     buf_reset(&p->c2o);
     imap_server_take_input(s->srv, &p->c2o);
-    buf_add(&p->c2o, s->in.data + s->in_off, s->in.len - s->in_off);
-    buf_reset(&s->in);
-    s->in_off = 0;
-    p->client_eof = s->eof;
+    in = conn_in(s->conn, &n);
+    buf_add(&p->c2o, in, n);
+    conn_in_drop(s->conn);
+    p->client_eof = conn_eof(s->conn);
     imap_sess_complete(s, IMAP_OK, NULL, "Logged in");
     /* The tagged OK goes before anything of the owner's. */
     out = imap_server_output(s->srv, &n);
@@ -621,7 +621,8 @@ login_done(struct iproxy *p)
         metrics_inc(im->m_relays, METRICS_L("ok"));
     log_info(s->trace, "imap_relay",
              "user=%s door=%s ip=%s port=%d shard=%d owner=%s", log_q(s->user),
-             s->door->name, s->ip, peer_port(s->fd), p->shard, p->addr);
+             s->door->name, s->ip, peer_port(conn_fd(s->conn)), p->shard,
+             p->addr);
 }
 
 static void on_relay_idle(loop_t *loop, void *arg);
@@ -741,7 +742,8 @@ relay(struct iproxy *p)
         while (!p->client_eof && p->c2o.len < PROXY_BUF) {
             size_t want = PROXY_BUF - p->c2o.len;
 
-            n = imap_sess_read(s, tmp, want < sizeof(tmp) ? want : sizeof(tmp));
+            n = conn_read(s->conn, tmp,
+                          want < sizeof(tmp) ? want : sizeof(tmp));
             if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
                 break;
             if (n == 0) {
@@ -783,7 +785,7 @@ relay(struct iproxy *p)
             moved = true;
         }
         if (p->o2c.len > 0) {
-            n = imap_sess_write(s, p->o2c.data, p->o2c.len);
+            n = conn_write(s->conn, p->o2c.data, p->o2c.len);
             if (n == 0 ||
                 (n < 0 && n != TLS_WANT_WRITE && n != TLS_WANT_READ)) {
                 relay_close(p, "write_failed");
@@ -812,10 +814,7 @@ relay(struct iproxy *p)
                        (p->c2o.len > 0 ? LOOP_WRITE : 0));
     cw = (!p->client_eof && p->c2o.len < PROXY_BUF ? LOOP_READ : 0) |
          (p->o2c.len > 0 ? LOOP_WRITE : 0);
-    if (cw != s->watching) {
-        s->watching = cw;
-        loop_fd_mod(loop, s->fd, cw);
-    }
+    conn_watch(s->conn, cw);
 }
 
 static void
