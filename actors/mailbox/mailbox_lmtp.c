@@ -16,16 +16,15 @@
  * mailbox process that owns the account (mailbox.shards > 1, over the
  * bus), or in the queue for a remote address.
  */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "lib/buf.h"
 #include "lib/config.h"
+#include "lib/conn.h"
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/net.h"
@@ -35,9 +34,6 @@
 
 #include "mailbox.h"
 #include "mailbox_lmtp.h"
-
-/* What a session keeps read but not yet taken by the engine, at most. */
-#define IN_MAX 16384
 
 /* A copy another shard stored (or not): its reply's words, for r[]. */
 struct copy_text {
@@ -57,17 +53,13 @@ struct lrcpt {
 struct lsess {
     struct lsess *prev, *next; /* the door's list of live sessions */
     mblmtp_t *lm;
-    int fd;
     char ip[64];
     char trace[ENVELOPE_TRACE_LEN];
     smtp_server_t *smtp;
+    conn_t *conn; /* the socket and what was read from it (lib/conn.h) */
     bool closing; /* close once the output is out */
-    bool eof;     /* the client sent all it will */
     bool dead;    /* socket closed; freed when no call is outstanding */
-    int watching;
-    char in[IN_MAX]; /* read, not yet taken: in[in_off .. in_len) */
-    size_t in_off, in_len;
-    int calls; /* bus calls outstanding: a guard.rcpt, or the stores */
+    int calls;    /* bus calls outstanding: a guard.rcpt, or the stores */
     struct parked *parked; /* the message waiting for its commit */
     int64_t last_active;
     loop_timer_t *idle_timer;
@@ -91,7 +83,7 @@ struct lsess {
 struct mblmtp {
     struct mailbox *mb;
     loop_t *loop;
-    int fd;
+    net_acceptor_t *acceptor; /* the door's socket and accept loop */
     char addr[300];
     char hostname[256];
     struct smtp_server_opts opts;
@@ -145,15 +137,6 @@ txn_clear(struct lsess *s)
     s->mail_from = NULL;
 }
 
-static void
-watch(struct lsess *s, int events)
-{
-    if (s->dead || events == s->watching)
-        return;
-    s->watching = events;
-    loop_fd_mod(s->lm->loop, s->fd, events);
-}
-
 /* Closes the socket now; the session itself goes when no call is out. A
  * message waiting for its commit is stored first: it borrows the engine's
  * buffer. */
@@ -172,8 +155,9 @@ session_close(struct lsess *s, const char *why)
     if (s->next)
         s->next->prev = s->prev;
     mailbox_deliver_cancel(lm->mb, &s->parked);
-    loop_fd_del(lm->loop, s->fd);
-    close(s->fd);
+    conn_close(s->conn);
+    /* A descriptor is free again: accepting resumes if it had paused. */
+    net_acceptor_resume(lm->acceptor);
     loop_timer_cancel(lm->loop, &s->idle_timer);
     lm->sessions--;
     log_info(s->trace, "lmtp_session_end", "ip=%s messages=%d why=%s", s->ip,
@@ -187,6 +171,7 @@ session_free(struct lsess *s)
 {
     txn_clear(s);
     smtp_server_destroy(&s->smtp);
+    conn_destroy(&s->conn);
     free(s);
 }
 
@@ -202,8 +187,8 @@ flush(struct lsess *s)
 
         if (len == 0)
             return 1;
-        n = send(s->fd, out, len, MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        n = conn_write(s->conn, out, len);
+        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
             return 0;
         if (n <= 0)
             return -1;
@@ -714,13 +699,12 @@ session_pump(struct lsess *s)
         bool progress = false;
         int fl;
 
-        if (s->in_len > s->in_off) {
-            size_t took = smtp_server_input(s->smtp, s->in + s->in_off,
-                                            s->in_len - s->in_off);
+        if (conn_in_pending(s->conn) > 0) {
+            size_t len;
+            const char *in = conn_in(s->conn, &len);
+            size_t took = smtp_server_input(s->smtp, in, len);
 
-            s->in_off += took;
-            if (s->in_off == s->in_len)
-                s->in_off = s->in_len = 0;
+            conn_in_took(s->conn, took);
             progress = took > 0;
         }
         while (!busy(s) && !s->dead) {
@@ -739,7 +723,7 @@ session_pump(struct lsess *s)
             return;
         }
         if (fl == 0) {
-            watch(s, LOOP_WRITE);
+            conn_watch(s->conn, LOOP_WRITE);
             return;
         }
         if (s->closing) {
@@ -753,16 +737,17 @@ session_pump(struct lsess *s)
     }
     if (s->dead)
         return;
-    if (s->eof) {
+    if (conn_eof(s->conn)) {
         /* All the client sent is answered: done. */
         if (!busy(s) && idle) {
             session_close(s, "client_closed");
             return;
         }
-        watch(s, busy(s) ? 0 : LOOP_WRITE);
+        conn_watch(s->conn, busy(s) ? 0 : LOOP_WRITE);
         return;
     }
-    watch(s, s->in_len < IN_MAX ? LOOP_READ : 0);
+    conn_in_trim(s->conn);
+    conn_watch(s->conn, conn_in_full(s->conn) ? 0 : LOOP_READ);
 }
 
 static void
@@ -771,28 +756,16 @@ on_io(loop_t *loop, int fd, int events, void *arg)
     struct lsess *s = arg;
 
     (void)loop;
-    if ((events & (LOOP_READ | LOOP_ERROR)) && !s->eof) {
-        if (s->in_off > 0) {
-            memmove(s->in, s->in + s->in_off, s->in_len - s->in_off);
-            s->in_len -= s->in_off;
-            s->in_off = 0;
-        }
-        while (s->in_len < IN_MAX) {
-            ssize_t n = read(fd, s->in + s->in_len, IN_MAX - s->in_len);
+    (void)fd;
+    if ((events & (LOOP_READ | LOOP_ERROR)) && !conn_eof(s->conn)) {
+        ssize_t n = conn_fill(s->conn, false);
 
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                break;
-            if (n < 0) {
-                session_close(s, "read_failed");
-                return;
-            }
-            if (n == 0) {
-                s->eof = true;
-                break;
-            }
-            s->in_len += (size_t)n;
-            s->last_active = loop_now_ms(s->lm->loop);
+        if (n < 0) {
+            session_close(s, "read_failed");
+            return;
         }
+        if (n > 0)
+            s->last_active = loop_now_ms(s->lm->loop);
     }
     session_pump(s);
 }
@@ -825,18 +798,16 @@ session_start(mblmtp_t *lm, int fd, const char *ip)
     struct lsess *s = xcalloc(1, sizeof(*s));
 
     s->lm = lm;
-    s->fd = fd;
     snprintf(s->ip, sizeof(s->ip), "%s", ip);
     envelope_new_trace(s->trace);
     s->smtp = smtp_server_new(&lm->opts);
     s->last_active = loop_now_ms(lm->loop);
-    if (loop_fd_add(lm->loop, fd, LOOP_READ, on_io, s) != 0) {
-        close(fd);
+    s->conn = conn_new(lm->loop, fd, s->trace, s->ip, on_io, s);
+    if (s->conn == NULL) {
         smtp_server_destroy(&s->smtp);
         free(s);
         return;
     }
-    s->watching = LOOP_READ;
     s->next = lm->head;
     if (lm->head)
         lm->head->prev = s;
@@ -848,45 +819,24 @@ session_start(mblmtp_t *lm, int fd, const char *ip)
     session_pump(s);
 }
 
+/* A connection on the door: a session, unless the door is full; then
+ * RFC 5321 3.1's 421 greeting, and the close. */
 static void
-on_accept(loop_t *loop, int lfd, int events, void *arg)
+on_accept(void *arg, int fd, const char *ip)
 {
     mblmtp_t *lm = arg;
 
-    (void)loop;
-    (void)events;
-    for (int i = 0; i < 16; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        char ip[64];
-        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                log_warn(NULL, "accept_failed", "door=lmtp reason=%s",
-                         log_q(strerror(errno)));
-            return;
-        }
-        net_addr_text(&ss, ip, sizeof(ip));
-        if (lm->sessions >= lm->max_sessions) {
-            /* RFC 5321 3.1: a 421 greeting, then close. */
-            static const char busy_line[] =
-                "421 4.3.2 Too busy, try again later\r\n";
-            ssize_t n = write(fd, busy_line, sizeof(busy_line) - 1);
-
-            (void)n;
-            close(fd);
-            lm->refused++;
-            log_warn(NULL, "session_refused",
-                     "door=lmtp ip=%s reason=full "
-                     "sessions=%d",
-                     ip, lm->sessions);
-            continue;
-        }
-        lm->accepted++;
-        session_start(lm, fd, ip);
+    if (lm->sessions >= lm->max_sessions) {
+        net_refuse(fd, "421 4.3.2 Too busy, try again later\r\n");
+        lm->refused++;
+        log_warn(NULL, "session_refused",
+                 "door=lmtp ip=%s reason=full "
+                 "sessions=%d",
+                 ip, lm->sessions);
+        return;
     }
+    lm->accepted++;
+    session_start(lm, fd, ip);
 }
 
 /* Whether addr ("HOST:PORT") is on loopback, where this door belongs. */
@@ -902,10 +852,10 @@ mailbox_lmtp_start(struct mailbox *mb)
 {
     const config_t *cfg = actor_config(mb->actor);
     mblmtp_t *lm = xcalloc(1, sizeof(*lm));
-    char why[512];
 
     lm->mb = mb;
     lm->loop = actor_loop(mb->actor);
+    lm->acceptor = net_acceptor_new(lm->loop, "door", 16, &lm->sessions);
     snprintf(lm->addr, sizeof(lm->addr), "%s", config_str(cfg, "listen.lmtp"));
     snprintf(lm->hostname, sizeof(lm->hostname), "%s",
              config_str(cfg, "hostname"));
@@ -929,19 +879,12 @@ mailbox_lmtp_start(struct mailbox *mb)
     if (lm->addr[0] == '\0') {
         /* Empty: no LMTP door on this copy; deliveries still come over
          * the bus. */
-        lm->fd = -1;
         log_info(NULL, "door_off", "door=lmtp");
         return lm;
     }
-    lm->fd = net_listen(lm->addr, why, sizeof(why));
-    if (lm->fd < 0) {
-        log_err(NULL, "listen_failed", "door=lmtp addr=%s reason=%s", lm->addr,
-                log_q(why));
-        free(lm);
-        return NULL;
-    }
-    if (loop_fd_add(lm->loop, lm->fd, LOOP_READ, on_accept, lm) != 0) {
-        close(lm->fd);
+    if (net_acceptor_listen(lm->acceptor, "lmtp", lm->addr, on_accept, lm) <
+        0) {
+        net_acceptor_destroy(&lm->acceptor);
         free(lm);
         return NULL;
     }
@@ -949,7 +892,6 @@ mailbox_lmtp_start(struct mailbox *mb)
         log_warn(NULL, "lmtp_not_loopback", "addr=%s reason=%s", lm->addr,
                  log_q("LMTP has no TLS or AUTH: keep it on internal "
                        "networks"));
-    log_info(NULL, "listening", "door=lmtp addr=%s", lm->addr);
     return lm;
 }
 
@@ -960,10 +902,7 @@ mailbox_lmtp_stop(mblmtp_t **lm_p)
 
     if (lm == NULL)
         return;
-    if (lm->fd >= 0) {
-        loop_fd_del(lm->loop, lm->fd);
-        close(lm->fd);
-    }
+    net_acceptor_destroy(&lm->acceptor);
     /* Messages parked now are stored and answered before the 421s. */
     mailbox_deliver_flush(lm->mb);
     while (lm->head) {
