@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -453,6 +454,68 @@ START_TEST(test_acceptor)
 }
 END_TEST
 
+/* Out of descriptors: accepting pauses (one episode however long it
+ * lasts), and a descriptor freed lets the waiting connection in. */
+struct starve {
+    loop_t *loop;
+    net_acceptor_t *a;
+    int spare; /* a descriptor held to be freed */
+    int ticks;
+    struct accepted *acc;
+};
+
+static void
+on_starve_tick(loop_t *loop, void *arg)
+{
+    struct starve *st = arg;
+
+    /* Several retries fail while no descriptor is free; then one is. */
+    if (++st->ticks == 4) {
+        ck_assert_uint_eq(net_acceptor_episodes(st->a), 1);
+        ck_assert_int_eq(st->acc->n, 0);
+        close(st->spare);
+        net_acceptor_resume(st->a);
+        return;
+    }
+    loop_timer_add(loop, 2 * NET_ACCEPT_RETRY_MS, on_starve_tick, st);
+}
+
+START_TEST(test_acceptor_starved)
+{
+    loop_t *loop = loop_new();
+    int sessions = 0, lfd, cfd, last = -1;
+    net_acceptor_t *a = net_acceptor_new(loop, "role", 64, &sessions);
+    struct accepted acc = {.loop = loop, .want = 1};
+    struct starve st = {.loop = loop, .a = a, .acc = &acc};
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof(sin);
+    struct rlimit rl;
+
+    lfd = net_acceptor_listen(a, "mta", "127.0.0.1:0", on_accepted, &acc);
+    ck_assert_int_ge(lfd, 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&sin, &sl), 0);
+    cfd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_eq(connect(cfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    /* Every descriptor taken: a few over what is open now. */
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    rl.rlim_cur = (rlim_t)cfd + 8;
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    for (int fd; (fd = dup(0)) >= 0;)
+        last = fd;
+    ck_assert_int_eq(errno, EMFILE);
+    ck_assert_int_ge(last, 0);
+    st.spare = last;
+    loop_timer_add(loop, NET_ACCEPT_RETRY_MS, on_starve_tick, &st);
+    loop_timer_add(loop, 5000, on_give_up, NULL);
+    ck_assert_int_eq(loop_run(loop), 0);
+    ck_assert_int_eq(acc.n, 1);
+    ck_assert_uint_eq(net_acceptor_episodes(a), 1);
+    close(cfd);
+    net_acceptor_destroy(&a);
+    loop_destroy(&loop);
+}
+END_TEST
+
 static Suite *
 conn_suite(void)
 {
@@ -471,6 +534,7 @@ conn_suite(void)
     tcase_add_test(tls, test_tls_from_config);
     suite_add_tcase(s, tls);
     tcase_add_test(acc, test_acceptor);
+    tcase_add_test(acc, test_acceptor_starved);
     suite_add_tcase(s, acc);
     return s;
 }
