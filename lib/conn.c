@@ -251,7 +251,7 @@ const char *
 conn_in(const conn_t *c, size_t *len)
 {
     *len = conn_in_pending(c);
-    return c->in.data ? c->in.data + c->in_off : "";
+    return *len > 0 ? c->in.data + c->in_off : "";
 }
 
 void
