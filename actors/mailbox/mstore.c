@@ -179,6 +179,8 @@ mstore_open(const char *data_dir, const char *mailbox,
     ms->lim.name_max = MSTORE_NAME_MAX;
     ms->lim.messages_max = MSTORE_MESSAGES_MAX;
     ms->lim.append_max = MSTORE_APPEND_MAX;
+    ms->lim.cache_folders = MSTORE_CACHE_FOLDERS;
+    ms->lim.cache_bytes = MSTORE_CACHE_BYTES;
     if (lim != NULL) {
         if (lim->folders_max)
             ms->lim.folders_max = lim->folders_max;
@@ -188,6 +190,10 @@ mstore_open(const char *data_dir, const char *mailbox,
             ms->lim.messages_max = lim->messages_max;
         if (lim->append_max)
             ms->lim.append_max = lim->append_max;
+        if (lim->cache_folders)
+            ms->lim.cache_folders = lim->cache_folders;
+        if (lim->cache_bytes)
+            ms->lim.cache_bytes = lim->cache_bytes;
     }
     snprintf(ms->trace, sizeof(ms->trace), "-");
     host_name(ms->host, sizeof(ms->host));
@@ -357,14 +363,70 @@ lock_file_ok(int dir_fd)
 
 /* The folders open in this process, shared by every store (every
  * session) of an account: one copy of a big index in memory, read once
- * after each change. Stores are used from one thread (mstore.h). */
+ * after each change. Stores are used from one thread (mstore.h). Those
+ * no view holds (refs 0) stay as a cache, most recently used first, so
+ * that the next SELECT of a big folder costs the few stat calls of a sync
+ * instead of parsing its index: mfolder_sync() checks the index file's
+ * and new/ and cur/'s stamps before trusting a cached copy exactly as it
+ * does for one in use, so another process's change is never missed. */
 static struct mfolder *open_folders;
+
+static void
+unlink_folder(struct mfolder *f)
+{
+    for (struct mfolder **pp = &open_folders; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            return;
+        }
+}
+
+/* Roughly what f holds in memory (the allocator's overhead counted as 16
+ * octets a block). */
+static size_t
+folder_bytes(const struct mfolder *f)
+{
+    size_t n = sizeof(*f) + f->ix.cap * sizeof(struct mentry) + 64;
+
+    for (size_t i = 0; i < f->ix.n; i++)
+        n += strlen(f->ix.e[i].name) + 1 + 16;
+    for (unsigned i = 0; i < f->ix.nkeywords; i++)
+        n += strlen(f->ix.keywords[i]) + 1 + 16;
+    return n + strlen(f->path) + strlen(f->name) + strlen(f->mdname) + 48;
+}
+
+/* Frees the cached folders past the limits, least recently used first. */
+static void
+cache_trim(size_t max_folders, size_t max_bytes)
+{
+    size_t count = 0, bytes = 0;
+    struct mfolder *f, *next;
+
+    for (f = open_folders; f != NULL; f = next) {
+        next = f->next;
+        if (f->refs > 0)
+            continue;
+        if (count + 1 > max_folders || bytes + f->cache_bytes > max_bytes) {
+            unlink_folder(f);
+            folder_free(f);
+            continue;
+        }
+        count++;
+        bytes += f->cache_bytes;
+    }
+}
+
+void
+mstore_cache_drop(void)
+{
+    cache_trim(0, 0);
+}
 
 struct mfolder *
 mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
 {
     char md[MAILDIR_FOLDER_MAX + 1];
-    struct mfolder *f;
+    struct mfolder *f, *next;
     char *path;
     int dir_fd, rc;
 
@@ -383,8 +445,21 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
         if (got == 0 && fstat(f->dir_fd, &was) == 0 &&
             now.st_ino == was.st_ino && now.st_dev == was.st_dev) {
             free(path);
-            f->refs++;
+            if (f->refs++ == 0) {
+                /* From the cache: to the front, as in use. */
+                unlink_folder(f);
+                f->next = open_folders;
+                open_folders = f;
+            }
             return f;
+        }
+    }
+    /* A cached copy of a folder gone from that name is no use. */
+    for (f = open_folders; f != NULL; f = next) {
+        next = f->next;
+        if (f->refs == 0 && strcmp(f->path, path) == 0) {
+            unlink_folder(f);
+            folder_free(f);
         }
     }
     dir_fd = md[0]
@@ -426,20 +501,26 @@ mstore_folder_get(mstore_t *ms, const char *name, const char *code_missing)
 void
 mstore_folder_put(mstore_t *ms, struct mfolder **f_p)
 {
-    struct mfolder *f = *f_p, **pp;
+    struct mfolder *f = *f_p;
 
-    (void)ms;
+    struct stat st;
+
     if (f == NULL)
         return;
     *f_p = NULL;
     if (--f->refs > 0)
         return;
-    for (pp = &open_folders; *pp != NULL; pp = &(*pp)->next)
-        if (*pp == f) {
-            *pp = f->next;
-            break;
-        }
-    folder_free(f);
+    unlink_folder(f);
+    /* A deleted folder, or one whose index was never read, is not worth
+     * keeping. */
+    if (!f->loaded || fstat(f->dir_fd, &st) != 0 || st.st_nlink == 0) {
+        folder_free(f);
+        return;
+    }
+    f->cache_bytes = folder_bytes(f);
+    f->next = open_folders;
+    open_folders = f;
+    cache_trim(ms->lim.cache_folders, ms->lim.cache_bytes);
 }
 
 /*

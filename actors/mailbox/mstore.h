@@ -66,6 +66,13 @@ struct mstore_limits {
                             Maildir++ name must fit MAILDIR_FOLDER_MAX too */
     size_t messages_max; /* messages in one folder's index [2000000] */
     size_t append_max;   /* octets of an APPENDed message [67108864] */
+    /* Folders whose last view went, kept parsed in the process for the
+     * next SELECT (checked then against the index file and new/ and cur/
+     * as any sync is): how many [8] and their octets [67108864]. The
+     * cache is the process's; the limits of the store that lets a folder
+     * go apply. */
+    size_t cache_folders;
+    size_t cache_bytes;
 };
 
 /* System flags (RFC 3501 2.3.2) and their Maildir letters. */
@@ -142,6 +149,10 @@ mstore_t *mstore_open(const char *data_dir, const char *mailbox,
 
 /* Frees the store; every view must be gone. NULL ok. */
 void mstore_destroy(mstore_t **ms_p);
+
+/* Frees the folders kept after their last view (see struct
+ * mstore_limits): for tests and at exit; folders in use stay. */
+void mstore_cache_drop(void);
 
 /* Names the session in log lines (copied); NULL for "-". */
 void mstore_set_trace(mstore_t *ms, const char *trace);

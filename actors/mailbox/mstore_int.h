@@ -6,8 +6,10 @@
  *
  * A struct mfolder is the process's copy of one folder's index: every
  * message's UID, file name, size, date and keywords, sorted by UID. It is
- * shared by every store and view of this process on that folder and freed
- * when its last user lets it go. Its strings belong to it.
+ * shared by every store and view of this process on that folder; when its
+ * last user lets it go it stays, unreferenced, in a small cache of recently
+ * used folders (mstore.c), and is freed when that evicts it. Its strings
+ * belong to it.
  */
 #ifndef SAMOTOP_MSTORE_INT_H
 #define SAMOTOP_MSTORE_INT_H
@@ -35,6 +37,8 @@
 #define MSTORE_NAME_MAX 200
 #define MSTORE_MESSAGES_MAX 2000000
 #define MSTORE_APPEND_MAX (64 * 1024 * 1024)
+#define MSTORE_CACHE_FOLDERS 8
+#define MSTORE_CACHE_BYTES (64 * 1024 * 1024)
 
 /* One message in a folder's index. */
 struct mentry {
@@ -68,10 +72,11 @@ struct mindex {
 
 struct mfolder {
     struct mfolder *next; /* the process's open folders (mstore.c) */
-    int refs;
-    char *name;   /* IMAP name ("INBOX", "Archive/2024") */
-    char *mdname; /* Maildir++ name ("" for INBOX, ".Archive.2024") */
-    char *path;   /* the folder's Maildir, for inotify */
+    int refs;             /* 0: kept in the cache only */
+    size_t cache_bytes;   /* its memory, taken when it went into the cache */
+    char *name;           /* IMAP name ("INBOX", "Archive/2024") */
+    char *mdname;         /* Maildir++ name ("" for INBOX, ".Archive.2024") */
+    char *path;           /* the folder's Maildir, for inotify */
     int dir_fd, new_fd, cur_fd;
     int index_fd; /* the index file the stamp is of, held open */
     /* The lock file while locked (-1 else), and how deep: opened for each

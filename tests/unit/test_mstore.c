@@ -78,6 +78,7 @@ rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 static void
 fx_done(struct fx *f)
 {
+    mstore_cache_drop();
     mstore_destroy(&f->ms);
     ck_assert_msg(f->ms == NULL, "mstore_destroy left the pointer set");
     maildir_destroy(&f->md);
@@ -763,10 +764,14 @@ START_TEST(test_descriptors)
         mstore_unmap(&m);
         sync_ok(v, 0, &ch);
     }
-    ck_assert_msg(open_fds() == selected, "%d descriptors leaked",
-                  open_fds() - selected);
+    /* "Other", in the cache since the first COPY, holds four too. */
+    ck_assert_msg(open_fds() == selected + 4, "%d descriptors leaked",
+                  open_fds() - selected - 4);
     mstore_view_destroy(&v);
-    ck_assert_msg(open_fds() == before, "%d left after the view went",
+    ck_assert_msg(open_fds() == before + 8, "%d left after the view went",
+                  open_fds() - before);
+    mstore_cache_drop();
+    ck_assert_msg(open_fds() == before, "%d left after the cache went",
                   open_fds() - before);
     fx_done(&f);
 }
@@ -1750,6 +1755,230 @@ START_TEST(test_uidvalidity_change_seen)
 }
 END_TEST
 
+/* The folder cache: a folder whose last view went stays parsed in the
+ * process, and the next SELECT takes it after checking its stamps. */
+
+static mstore_t *
+open_store_lim(struct fx *f, size_t folders, size_t bytes)
+{
+    struct mstore_limits lim = {.cache_folders = folders, .cache_bytes = bytes};
+    char why[256];
+    mstore_t *ms = mstore_open(f->data, ACCT, &lim, why, sizeof(why));
+
+    ck_assert_msg(ms != NULL, "mstore_open: %s", why);
+    return ms;
+}
+
+/* Reused: the second SELECT opens nothing (the cached folder's four
+ * descriptors serve it) and sees the same messages and UIDs. */
+START_TEST(test_cache_reused)
+{
+    struct fx f;
+    mstore_t *ms2;
+    mstore_view_t *v;
+    int before;
+    static const uint32_t all[] = {1, 2, 3};
+
+    fx_init(&f);
+    for (int i = 0; i < 3; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    before = open_fds();
+    v = select_ok(f.ms, "INBOX", false);
+    want_uids("first", v, all, 3);
+    mstore_view_destroy(&v);
+    ck_assert_msg(open_fds() == before + 4, "cache holds %d descriptors",
+                  open_fds() - before);
+    /* Another store (session) of the process takes it from the cache. */
+    ms2 = open_store(&f);
+    v = select_ok(ms2, "INBOX", false);
+    ck_assert_msg(open_fds() == before + 4 + 1, "select from the cache took %d",
+                  open_fds() - before - 4 - 1);
+    want_uids("again", v, all, 3);
+    ck_assert_msg(mstore_view_recent(v) == 0, "recent %u, want 0",
+                  mstore_view_recent(v));
+    mstore_view_destroy(&v);
+    mstore_destroy(&ms2);
+    mstore_cache_drop();
+    ck_assert_msg(open_fds() == before, "%d left after the cache went",
+                  open_fds() - before);
+    fx_done(&f);
+}
+END_TEST
+
+/* What another process does while the folder sits in this one's cache;
+ * each is seen at the next SELECT. */
+enum cache_change {
+    CC_DELIVER,   /* a delivery into new/ */
+    CC_RENAME,    /* a Maildir tool's flag rename in cur/ */
+    CC_EXPUNGE,   /* another mailbox process's EXPUNGE */
+    CC_KEYWORD,   /* an index rewrite alone (a keyword: no file renamed) */
+    CC_INDEX_GONE /* the index removed: a new UIDVALIDITY */
+};
+
+static const struct {
+    const char *label;
+    enum cache_change what;
+} cache_rows[] = {
+    {"delivery into new/", CC_DELIVER},
+    {"flag rename in cur/", CC_RENAME},
+    {"expunge", CC_EXPUNGE},
+    {"index rewritten", CC_KEYWORD},
+    {"index removed", CC_INDEX_GONE},
+};
+
+static int
+cache_change_child(struct fx *f, enum cache_change what)
+{
+    char path[600], to[700];
+    mstore_t *ms;
+    mstore_view_t *w;
+    const uint32_t *exp;
+    size_t nexp;
+
+    switch (what) {
+    case CC_DELIVER:
+        deliver(f, NULL, "Subject: new\r\n\r\nnew\r\n");
+        return 0;
+    case CC_RENAME:
+        cur_file(f, 1, path, 500);
+        snprintf(to, sizeof(to), "%sF", path);
+        return rename(path, to) == 0 ? 0 : 2;
+    case CC_INDEX_GONE:
+        snprintf(path, sizeof(path), "%s/samotop-uidlist", f->acct);
+        return unlink(path) == 0 ? 0 : 2;
+    case CC_EXPUNGE:
+    case CC_KEYWORD:
+        break;
+    }
+    ms = open_store(f);
+    if ((w = mstore_select(ms, "INBOX", false)) == NULL)
+        return 3;
+    if (what == CC_EXPUNGE) {
+        store_ok(w, 2, IMAP_STORE_ADD, "\\Deleted");
+        if (mstore_expunge(w, NULL, &exp, &nexp) != 0 || nexp != 1)
+            return 4;
+    } else {
+        store_ok(w, 1, IMAP_STORE_ADD, "$Junk");
+    }
+    mstore_view_destroy(&w);
+    mstore_destroy(&ms);
+    return 0;
+}
+
+START_TEST(test_cache_other_process)
+{
+    const char *label = cache_rows[_i].label;
+    enum cache_change what = cache_rows[_i].what;
+    struct fx f;
+    mstore_view_t *v;
+    uint32_t uidvalidity;
+    pid_t pid;
+    int status;
+    static const uint32_t all[] = {1, 2, 3}, more[] = {1, 2, 3, 4},
+                          left[] = {1, 3};
+
+    fx_init(&f);
+    for (int i = 0; i < 3; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f.ms, "INBOX", false);
+    uidvalidity = mstore_view_uidvalidity(v);
+    mstore_view_destroy(&v);
+    pid = fork();
+    ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0)
+        _exit(cache_change_child(&f, what));
+    ck_assert_msg(waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+                      WEXITSTATUS(status) == 0,
+                  "%s: child failed: %d", label, status);
+    v = select_ok(f.ms, "INBOX", false);
+    switch (what) {
+    case CC_DELIVER:
+        want_uids(label, v, more, 4);
+        ck_assert_msg(mstore_view_recent(v) == 1, "%s: recent %u, want 1",
+                      label, mstore_view_recent(v));
+        break;
+    case CC_RENAME:
+        want_uids(label, v, all, 3);
+        ck_assert_msg(mstore_view_msg(v, 2)->flags == MSTORE_F_FLAGGED,
+                      "%s: flags of 2: %x, want %x", label,
+                      mstore_view_msg(v, 2)->flags, MSTORE_F_FLAGGED);
+        break;
+    case CC_EXPUNGE:
+        want_uids(label, v, left, 2);
+        break;
+    case CC_KEYWORD:
+        want_uids(label, v, all, 3);
+        ck_assert_msg(mstore_view_msg(v, 1)->keywords == 1 &&
+                          mstore_view_keyword(v, 0) != NULL &&
+                          strcmp(mstore_view_keyword(v, 0), "$Junk") == 0,
+                      "%s: keywords of 1: %llx", label,
+                      (unsigned long long)mstore_view_msg(v, 1)->keywords);
+        break;
+    case CC_INDEX_GONE:
+        ck_assert_msg(mstore_view_uidvalidity(v) != uidvalidity,
+                      "%s: uidvalidity kept", label);
+        ck_assert_msg(mstore_view_exists(v) == 3, "%s: exists %u", label,
+                      mstore_view_exists(v));
+        break;
+    }
+    mstore_view_destroy(&v);
+    fx_done(&f);
+}
+END_TEST
+
+/* The cache keeps at most cache_folders folders and cache_bytes octets,
+ * the least recently used going first. */
+START_TEST(test_cache_bound)
+{
+    struct fx f;
+    mstore_t *ms;
+    mstore_view_t *v;
+    static const char *const names[] = {"A", "B", "C", "D"};
+    int before;
+
+    fx_init(&f);
+    for (size_t i = 0; i < NROWS(names); i++) {
+        char md[8];
+
+        ck_assert_int_eq(mstore_create(f.ms, names[i]), 0);
+        snprintf(md, sizeof(md), ".%s", names[i]);
+        deliver(&f, md, "Subject: x\r\n\r\nx\r\n");
+    }
+    ms = open_store_lim(&f, 2, 0);
+    before = open_fds();
+    for (size_t i = 0; i < NROWS(names); i++) {
+        v = select_ok(ms, names[i], false);
+        mstore_view_destroy(&v);
+        ck_assert_msg(open_fds() - before == 4 * (int)(i < 2 ? i + 1 : 2),
+                      "after %s: cache holds %d descriptors", names[i],
+                      open_fds() - before);
+    }
+    /* C and D are kept: selecting D again opens nothing; A was evicted
+     * and is opened again, evicting C. */
+    v = select_ok(ms, "D", false);
+    ck_assert_msg(open_fds() - before == 8, "D again: %d descriptors",
+                  open_fds() - before);
+    mstore_view_destroy(&v);
+    v = select_ok(ms, "A", false);
+    ck_assert_msg(open_fds() - before == 12, "A again: %d descriptors",
+                  open_fds() - before);
+    mstore_view_destroy(&v);
+    ck_assert_msg(open_fds() - before == 8, "after A: %d descriptors",
+                  open_fds() - before);
+    mstore_destroy(&ms);
+    mstore_cache_drop();
+
+    /* A bound of octets too small for any folder keeps none. */
+    ms = open_store_lim(&f, 0, 1);
+    v = select_ok(ms, "A", false);
+    mstore_view_destroy(&v);
+    ck_assert_msg(open_fds() == before, "byte bound: %d kept",
+                  open_fds() - before);
+    mstore_destroy(&ms);
+    fx_done(&f);
+}
+END_TEST
+
 static Suite *
 mstore_suite(void)
 {
@@ -1769,6 +1998,9 @@ mstore_suite(void)
     tcase_add_loop_test(tc, test_bad_index, 0, NROWS(bad_index_rows));
     tcase_add_test(tc, test_uidvalidity_change_seen);
     tcase_add_test(tc, test_old_header);
+    tcase_add_test(tc, test_cache_reused);
+    tcase_add_loop_test(tc, test_cache_other_process, 0, NROWS(cache_rows));
+    tcase_add_test(tc, test_cache_bound);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("views");
