@@ -109,6 +109,23 @@ conn_write(conn_t *c, const void *buf, size_t len)
     return n;
 }
 
+ssize_t
+conn_send(conn_t *c, const void *data, size_t len)
+{
+    size_t sent = 0;
+
+    while (sent < len) {
+        ssize_t n = conn_write(c, (const char *)data + sent, len - sent);
+
+        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
+            break;
+        if (n <= 0)
+            return n < 0 ? n : ERR_SYS;
+        sent += (size_t)n;
+    }
+    return (ssize_t)sent;
+}
+
 int
 conn_start_tls(conn_t *c, tls_ctx_t *ctx)
 {

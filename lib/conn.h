@@ -67,6 +67,11 @@ ssize_t conn_read(conn_t *c, void *buf, size_t len);
 /* Writes up to len bytes, likewise (never SIGPIPE). */
 ssize_t conn_write(conn_t *c, const void *buf, size_t len);
 
+/* Writes data[0..len) (an engine's queued output) as far as the socket
+ * takes it: the bytes written, len or fewer when the socket is full, or a
+ * negative error when the connection is gone. */
+ssize_t conn_send(conn_t *c, const void *data, size_t len);
+
 /* The TLS handshake starts (STARTTLS answered, or implicit TLS): 0, or
  * ERR_SYS when no TLS connection can be had. Drive it with
  * conn_handshake(). */

@@ -181,6 +181,8 @@ START_TEST(test_write_watch_close)
     ck_assert_int_eq(conn_watching(c), 0);
     ck_assert_int_eq(conn_write(c, "* OK\r\n", 6), 6);
     ck_assert_int_eq(read(sv[1], tmp, sizeof(tmp)), 6);
+    ck_assert_int_eq(conn_send(c, "* BYE\r\n", 7), 7);
+    ck_assert_int_eq(read(sv[1], tmp, sizeof(tmp)), 7);
     ck_assert_int_eq(conn_tls_state(c), CONN_PLAIN);
     ck_assert_ptr_null(conn_tls(c));
     ck_assert(!conn_tls_pending(c));
@@ -191,9 +193,13 @@ START_TEST(test_write_watch_close)
     ck_assert_int_eq(n, TLS_WANT_WRITE);
     ck_assert_int_gt(total, 0);
     ck_assert_int_eq(conn_read(c, tmp, sizeof(tmp)), TLS_WANT_READ);
+    /* conn_send() says how much of an engine's output went: none now. */
+    ck_assert_int_eq(conn_send(c, big, sizeof(big)), 0);
+    ck_assert_int_eq(conn_send(c, big, 0), 0);
     /* The peer gone: a write fails (no SIGPIPE), a read sees the end. */
     close(sv[1]);
     ck_assert_int_lt(conn_write(c, "x", 1), 0);
+    ck_assert_int_lt(conn_send(c, "x", 1), 0);
     conn_close(c);
     ck_assert_int_eq(conn_fd(c), -1);
     conn_watch(c, LOOP_READ); /* closed: nothing */
