@@ -52,22 +52,18 @@ imap_sess_out_len(const struct isess *s)
 static int
 flush(struct isess *s)
 {
-    for (;;) {
-        size_t len;
-        const char *out = imap_server_output(s->srv, &len);
-        ssize_t n;
+    size_t len;
+    const char *out = imap_server_output(s->srv, &len);
+    ssize_t n = conn_send(s->conn, out, len);
 
-        if (len == 0)
-            return 1;
-        n = conn_write(s->conn, out, len);
-        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
-            return 0;
-        if (n <= 0)
-            return -1;
+    if (n < 0)
+        return -1;
+    if (n > 0) {
         imap_server_output_done(s->srv, (size_t)n);
         /* A client taking a long answer is not idle (RFC 3501 5.4). */
         s->last_active = loop_now_ms(s->im->loop);
     }
+    return (size_t)n == len;
 }
 
 /* --- life and death ------------------------------------------------------ */

@@ -180,20 +180,15 @@ session_free(struct lsess *s)
 static int
 flush(struct lsess *s)
 {
-    for (;;) {
-        size_t len;
-        const char *out = smtp_server_output(s->smtp, &len);
-        ssize_t n;
+    size_t len;
+    const char *out = smtp_server_output(s->smtp, &len);
+    ssize_t n = conn_send(s->conn, out, len);
 
-        if (len == 0)
-            return 1;
-        n = conn_write(s->conn, out, len);
-        if (n == TLS_WANT_WRITE || n == TLS_WANT_READ)
-            return 0;
-        if (n <= 0)
-            return -1;
+    if (n < 0)
+        return -1;
+    if (n > 0)
         smtp_server_output_done(s->smtp, (size_t)n);
-    }
+    return (size_t)n == len;
 }
 
 /* --- RCPT: the guard says whether the recipient is ours ----------------- */
