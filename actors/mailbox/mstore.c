@@ -381,18 +381,16 @@ unlink_folder(struct mfolder *f)
         }
 }
 
-/* Roughly what f holds in memory (the allocator's overhead counted as 16
- * octets a block). */
+/* Roughly what f holds in memory: its entries, the index text its names
+ * came from, and for each entry a name of its own as a message's usually
+ * is (about 60 octets and the allocator's 16). An estimate, not a walk
+ * over 100,000 names each time a session leaves a big folder. */
 static size_t
 folder_bytes(const struct mfolder *f)
 {
-    size_t n = sizeof(*f) + f->ix.cap * sizeof(struct mentry) + 64;
-
-    for (size_t i = 0; i < f->ix.n; i++)
-        n += strlen(f->ix.e[i].name) + 1 + 16;
-    for (unsigned i = 0; i < f->ix.nkeywords; i++)
-        n += strlen(f->ix.keywords[i]) + 1 + 16;
-    return n + strlen(f->path) + strlen(f->name) + strlen(f->mdname) + 48;
+    return sizeof(*f) + f->ix.cap * sizeof(struct mentry) + f->ix.arena_len +
+           f->ix.n * 80 + (size_t)f->ix.nkeywords * 64 + strlen(f->path) +
+           strlen(f->name) + strlen(f->mdname) + 256;
 }
 
 /* Frees the cached folders past the limits, least recently used first. */
@@ -997,6 +995,7 @@ rename_inbox(mstore_t *ms, const char *to, const char *to_md)
                     xrealloc(out->ix.e, out->ix.cap * sizeof(*out->ix.e));
             }
             out->ix.e[out->ix.n] = *e;
+            out->ix.e[out->ix.n].name = mindex_name_take(&in->ix, e);
             out->ix.e[out->ix.n].uid = out->ix.uidnext++;
             /* Keywords by name: the new folder's table is its own. */
             out->ix.e[out->ix.n].keywords = 0;

@@ -133,14 +133,42 @@ mname_size(const char *name)
  * The index in memory.
  */
 
+static bool
+in_arena(const struct mindex *ix, const char *name)
+{
+    /* Compared as integers: pointers into different blocks do not
+     * compare in C. */
+    uintptr_t a = (uintptr_t)ix->arena, p = (uintptr_t)name;
+
+    return ix->arena != NULL && p >= a && p < a + ix->arena_len;
+}
+
+void
+mindex_name_free(const struct mindex *ix, struct mentry *e)
+{
+    if (!in_arena(ix, e->name))
+        free(e->name);
+    e->name = NULL;
+}
+
+char *
+mindex_name_take(const struct mindex *ix, struct mentry *e)
+{
+    char *name = in_arena(ix, e->name) ? xstrdup(e->name) : e->name;
+
+    e->name = NULL;
+    return name;
+}
+
 void
 mindex_clear(struct mindex *ix)
 {
     for (size_t i = 0; i < ix->n; i++)
-        free(ix->e[i].name);
+        mindex_name_free(ix, &ix->e[i]);
     for (unsigned i = 0; i < ix->nkeywords; i++)
         free(ix->keywords[i]);
     free(ix->e);
+    free(ix->arena);
     memset(ix, 0, sizeof(*ix));
 }
 
@@ -271,13 +299,30 @@ int
 mindex_parse(struct mindex *ix, const char *data, size_t len,
              size_t messages_max, char *why, size_t whylen)
 {
+    char *copy = xmalloc(len + 1);
+
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    return mindex_parse_take(ix, &copy, len, messages_max, why, whylen);
+}
+
+int
+mindex_parse_take(struct mindex *ix, char **data_p, size_t len,
+                  size_t messages_max, char *why, size_t whylen)
+{
+    char *data = *data_p;
     const char *p = data, *end = data + len;
     size_t lineno = 0;
     uint64_t v[6] = {0};
     const char *t;
     size_t tlen;
 
+    *data_p = NULL;
     mindex_clear(ix);
+    /* Set now, so that names in it are known as its own to mindex_clear()
+     * should the parse fail half-way. */
+    ix->arena = data;
+    ix->arena_len = len + 1;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *q = p, *le;
@@ -354,7 +399,9 @@ mindex_parse(struct mindex *ix, const char *data, size_t len,
             e->size = v[1];
             e->date = (int64_t)v[2];
             e->keywords = v[3];
-            e->name = xstrndup(q, (size_t)(le - q));
+            /* In place: the line's end becomes the name's. */
+            e->name = data + (q - data);
+            e->name[le - q] = '\0';
             e->flags = e->in_new ? 0 : mname_flags(e->name);
         }
         p = nl + 1;
@@ -615,8 +662,9 @@ index_read(mstore_t *ms, struct mfolder *f, char *why, size_t whylen)
             break;
         got += (size_t)n;
     }
-    rc = mindex_parse(&f->ix, data, got, ms->lim.messages_max, why, whylen);
-    free(data);
+    data[got] = '\0';
+    rc = mindex_parse_take(&f->ix, &data, got, ms->lim.messages_max, why,
+                           whylen);
     if (rc != 0) {
         close(fd);
         return ERR_MALFORMED;
@@ -785,7 +833,7 @@ scan_dir(mstore_t *ms, struct mfolder *f, const struct htab *h, bool is_new,
                 continue; /* the same message in new/ and cur/ */
             e->seen_ = true;
             if (e->in_new != is_new || strcmp(e->name, name) != 0) {
-                free(e->name);
+                mindex_name_free(&f->ix, e);
                 e->name = xstrdup(name);
                 e->in_new = is_new;
                 e->flags = is_new ? 0 : mname_flags(name);
@@ -833,7 +881,7 @@ scan(mstore_t *ms, struct mfolder *f, bool read_new, bool read_cur,
         if (f->ix.e[i].seen_)
             f->ix.e[kept++] = f->ix.e[i];
         else
-            free(f->ix.e[i].name);
+            mindex_name_free(&f->ix, &f->ix.e[i]);
     }
     if (kept != f->ix.n)
         *changed = true;
@@ -938,7 +986,7 @@ claim(struct mfolder *f, uint32_t **claimed, size_t *nclaimed, bool *changed)
             *changed = true;
             continue;
         }
-        free(e->name);
+        mindex_name_free(&f->ix, e);
         e->name = to;
         e->in_new = false;
         e->flags = mname_flags(to);

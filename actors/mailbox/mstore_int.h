@@ -68,6 +68,10 @@ struct mindex {
     unsigned nkeywords;
     struct mentry *e; /* ascending UID */
     size_t n, cap;
+    /* The index file's text as mindex_parse() read it: the names of the
+     * entries it gave point into it (one block instead of one each). */
+    char *arena;
+    size_t arena_len;
 };
 
 struct mfolder {
@@ -128,6 +132,16 @@ void mstore_unique_name(mstore_t *ms, uint64_t size, char *out, size_t outlen);
  * with the reason in why for anything amiss, limits included. */
 int mindex_parse(struct mindex *ix, const char *data, size_t len,
                  size_t messages_max, char *why, size_t whylen);
+/* The same, taking *data_p (len + 1 octets, xmalloc'd): the names are
+ * parsed in place and it becomes ix's arena; *data_p is NULLed, success
+ * or not. */
+int mindex_parse_take(struct mindex *ix, char **data_p, size_t len,
+                      size_t messages_max, char *why, size_t whylen);
+/* Frees e's name (one in ix's arena stays there) and NULLs it. */
+void mindex_name_free(const struct mindex *ix, struct mentry *e);
+/* e's name for another index to own: a copy when it is in ix's arena,
+ * else the name itself (e->name is NULLed). */
+char *mindex_name_take(const struct mindex *ix, struct mentry *e);
 /* Appends ix as an index file's text to *out (a buf_t). */
 struct buf;
 void mindex_format(const struct mindex *ix, struct buf *out);

@@ -587,7 +587,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
                                  "cannot set flags: %s", strerror(errno));
                 break;
             }
-            free(e->name);
+            mindex_name_free(&f->ix, e);
             e->name = to;
             e->in_new = false;
             e->flags = nf;
@@ -715,7 +715,7 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
         }
         if (drop) {
             *bytes += e->size;
-            free(e->name);
+            mindex_name_free(&f->ix, e);
         } else {
             f->ix.e[kept++] = *e;
         }
