@@ -218,6 +218,7 @@ folder_free(struct mfolder *f)
         if (*fds[i] >= 0)
             close(*fds[i]);
     mindex_clear(&f->ix);
+    free(f->spare_m);
     free(f->name);
     free(f->mdname);
     free(f->path);
@@ -389,8 +390,9 @@ static size_t
 folder_bytes(const struct mfolder *f)
 {
     return sizeof(*f) + f->ix.cap * sizeof(struct mentry) + f->ix.arena_len +
-           f->ix.n * 80 + (size_t)f->ix.nkeywords * 64 + strlen(f->path) +
-           strlen(f->name) + strlen(f->mdname) + 256;
+           f->ix.n * 80 + f->spare_cap * sizeof(struct mstore_msg) +
+           (size_t)f->ix.nkeywords * 64 + strlen(f->path) + strlen(f->name) +
+           strlen(f->mdname) + 256;
 }
 
 /* Frees the cached folders past the limits, least recently used first. */

@@ -92,6 +92,9 @@ struct mfolder {
     uint64_t gen;        /* bumped whenever ix changes */
     uint64_t new_gen;    /* gen + 1 when has_new was found */
     bool has_new;        /* some entry is in_new */
+    /* A message array a view left, for the next view (mstore_view.c). */
+    struct mstore_msg *spare_m;
+    size_t spare_cap;
 };
 
 struct mstore {

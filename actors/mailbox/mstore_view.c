@@ -223,7 +223,12 @@ mstore_select(mstore_t *ms, const char *name, bool read_only)
     v->read_only = read_only;
     v->uidvalidity = f->ix.uidvalidity;
     v->nkeywords = f->ix.nkeywords;
-    if (f->ix.n > 0) {
+    if (f->spare_m != NULL && f->spare_cap >= f->ix.n) {
+        v->m = f->spare_m;
+        v->cap = f->spare_cap;
+        f->spare_m = NULL;
+        f->spare_cap = 0;
+    } else if (f->ix.n > 0) {
         v->cap = f->ix.n;
         v->m = xmalloc(v->cap * sizeof(*v->m));
     }
@@ -243,6 +248,13 @@ mstore_view_destroy(mstore_view_t **v_p)
 
     if (v == NULL)
         return;
+    /* The message array goes to the folder for its next view: a new
+     * session on a big folder then writes into pages already mapped. */
+    if (v->f->spare_m == NULL && v->cap > 0) {
+        v->f->spare_m = v->m;
+        v->f->spare_cap = v->cap;
+        v->m = NULL;
+    }
     mstore_folder_put(v->ms, &v->f);
     free(v->m);
     free(v->sel.v);
