@@ -160,7 +160,29 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
     v->n = kept;
     if (mode != MERGE_EXPUNGE_ONLY) {
         last = v->n > 0 ? v->m[v->n - 1].uid : 0;
-        for (j = entry_after(&f->ix, last); j < f->ix.n; j++) {
+        j = entry_after(&f->ix, last);
+        if (v->cap < v->n + (f->ix.n - j)) {
+            v->cap = v->n + (f->ix.n - j);
+            v->m = xrealloc(v->m, v->cap * sizeof(*v->m));
+        }
+        /* A new view of a big folder copies every entry: a plain loop,
+         * \Recent looked up only when some message can be. */
+        if (nclaimed == 0 && !v->read_only) {
+            struct mstore_msg *m = v->m + v->n;
+
+            for (; j < f->ix.n; j++, m++) {
+                const struct mentry *e = &f->ix.e[j];
+
+                m->uid = e->uid;
+                m->flags = e->flags;
+                m->keywords = e->keywords;
+                m->size = e->size;
+                m->date = (time_t)e->date;
+                m->recent = m->expunged = false;
+            }
+            v->n = (size_t)(m - v->m);
+        }
+        for (; j < f->ix.n; j++) {
             const struct mentry *e = &f->ix.e[j];
             struct mstore_msg vm = {
                 .uid = e->uid,
