@@ -104,6 +104,7 @@ args_parse(int argc, char **argv, const char *name, struct actor_args *out,
         case 'p': print = 1; break;
         case 'h':
             usage(stdout, argv[0]);
+            out->help_shown = true;
             free(sets);
             return 1;
         case '?':

@@ -16,6 +16,7 @@
 #define SAMOTOP_ACTOR_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "bus.h"
@@ -50,13 +51,15 @@ struct actor_desc {
 struct actor_args {
     config_t *cfg;
     char instance[32];
+    bool help_shown; /* --help printed the options (a tool adds its own) */
 };
 
 /* Parses --config FILE, --set KEY=VALUE, --instance ID, --print-config,
  * --help; loads the configuration and starts logging as name/instance.
  * Returns 0 to go on, 1 when the program has nothing more to do (help
- * printed) or -1 on a usage or configuration error, already reported on
- * stderr naming the key and the reason. */
+ * or the configuration printed; help_shown says which) or -1 on a usage
+ * or configuration error, already reported on stderr naming the key and
+ * the reason. */
 int actor_args_parse(int argc, char **argv, const char *name,
                      struct actor_args *out);
 

@@ -54,11 +54,8 @@ def config_keys():
         for line in r.stdout.splitlines():
             m = LINE.match(line)
             if not m:
-                # samotop-admin prints its usage after the keys.
-                if "\t# SAMOTOP_" in line:
-                    raise AssertionError("%s --print-config: bad line %r"
-                                         % (prog, line))
-                continue
+                raise AssertionError("%s --print-config: bad line %r"
+                                     % (prog, line))
             key, value, env, desc = m.groups()
             if key in keys and keys[key] != (env, value, desc):
                 raise AssertionError("%s: %s disagrees: %r vs %r"

@@ -62,7 +62,7 @@ main(int argc, char **argv)
      * not a reason to die without a word. */
     signal(SIGPIPE, SIG_IGN);
     rc = actor_args_parse_verbs(argc, argv, "admin", &args, &first);
-    if (rc > 0)
+    if (rc > 0 && args.help_shown)
         usage(stdout); /* --help: the options are printed, now the verbs */
     if (rc != 0)
         return rc > 0 ? 0 : 2;
