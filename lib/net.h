@@ -73,4 +73,9 @@ uint64_t net_acceptor_episodes(const net_acceptor_t *a);
  * *a_p is nulled. */
 void net_acceptor_destroy(net_acceptor_t **a_p);
 
+/* Raises this process's soft limit on open files to its hard limit (each
+ * session holds a descriptor; the soft limit is often 1024) and logs the
+ * limit it has then ("nofile limit=N"). */
+void net_raise_nofile(void);
+
 #endif

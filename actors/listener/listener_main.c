@@ -8,11 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/net.h"
 #include "lib/shard.h"
 #include "lib/xalloc.h"
 #include "listener.h"
@@ -59,24 +59,6 @@ role_opts(listener_t *l, struct role *r, const config_t *cfg)
     }
 }
 
-/* Each session holds a descriptor: the soft limit on open files (often
- * 1024) goes up to the hard one, so that listener.max_sessions, not the
- * limit, decides how many sessions there may be. */
-static void
-raise_nofile(void)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
-    if (rl.rlim_cur != rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    log_info(NULL, "nofile", "limit=%llu", (unsigned long long)rl.rlim_cur);
-}
-
 static int
 listener_init(actor_t *a)
 {
@@ -84,7 +66,9 @@ listener_init(actor_t *a)
     const config_t *cfg = actor_config(a);
     int rc;
 
-    raise_nofile();
+    /* Each session holds a descriptor: listener.max_sessions, not the
+     * soft limit on open files (often 1024), decides how many there are. */
+    net_raise_nofile();
     listener_metrics_init(actor_metrics(a));
     l->actor = a;
     l->loop = actor_loop(a);

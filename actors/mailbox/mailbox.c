@@ -1,32 +1,14 @@
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "lib/config.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/net.h"
 #include "lib/shard.h"
 #include "lib/xalloc.h"
 
 #include "mailbox.h"
-
-/* The store keeps the directories of recently used mailboxes open (two
- * fds each), and IMAP sessions will come: the soft limit on open files
- * goes up to the hard one. */
-static void
-raise_nofile(void)
-{
-    struct rlimit rl;
-
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
-    if (rl.rlim_cur != rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    log_info(NULL, "nofile", "limit=%llu", (unsigned long long)rl.rlim_cur);
-}
 
 /* Which accounts this process owns; a sharded mailbox registers as
  * "mailbox.K" so that callers reach the owner of each account. */
@@ -64,7 +46,9 @@ mailbox_init(actor_t *a)
     struct mailbox *mb = xcalloc(1, sizeof(*mb));
     char why[512];
 
-    raise_nofile();
+    /* The store keeps recently used mailboxes' directories open (two
+     * fds each), and each IMAP or LMTP session holds one. */
+    net_raise_nofile();
     mb->actor = a;
     if (set_shard(a, mb) != 0) {
         free(mb);
