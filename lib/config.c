@@ -534,6 +534,66 @@ config_load(config_t *cfg, const char *path, char *why, size_t whylen)
     return 0;
 }
 
+/* Whether the section "name" (len bytes, lower case) is the section of
+ * some declared key, the part before its first dot. */
+static bool
+is_section(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *dot = strchr(ckeys[i].key, '.');
+
+        if (dot && (size_t)(dot - ckeys[i].key) == len &&
+            strncmp(ckeys[i].key, name, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+size_t
+config_env_unknown(char *const *envp, char *out, size_t outlen)
+{
+    extern char **environ;
+    size_t count = 0, used = 0;
+
+    if (outlen > 0)
+        out[0] = '\0';
+    for (char *const *e = envp ? envp : environ; e && *e; e++) {
+        const char *name = *e, *eq = strchr(name, '='), *sec, *us;
+        char lower[32], envname[160];
+        size_t nlen, slen;
+        bool known = false;
+
+        if (eq == NULL || strncmp(name, "SAMOTOP_", 8) != 0)
+            continue;
+        nlen = (size_t)(eq - name);
+        sec = name + 8;
+        us = memchr(sec, '_', nlen - 8);
+        if (us == NULL || (slen = (size_t)(us - sec)) >= sizeof(lower) ||
+            nlen >= sizeof(envname))
+            continue;
+        for (size_t k = 0; k < slen; k++)
+            lower[k] = (char)tolower((unsigned char)sec[k]);
+        if (!is_section(lower, slen))
+            continue;
+        memcpy(envname, name, nlen);
+        envname[nlen] = '\0';
+        for (size_t i = 0; i < NKEYS && !known; i++)
+            known = strcmp(config_env_name(ckeys[i].key), envname) == 0;
+        if (known)
+            continue;
+        if (outlen > used + 1) {
+            int n = snprintf(out + used, outlen - used, "%s%s",
+                             count ? " " : "", envname);
+
+            used = n < 0 ? used : used + (size_t)n;
+            if (used >= outlen)
+                used = outlen - 1;
+        }
+        count++;
+    }
+    return count;
+}
+
 static int
 must_find(const char *key)
 {

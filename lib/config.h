@@ -41,6 +41,16 @@ bool config_bool(const config_t *cfg, const char *key);
  * in a static buffer. */
 const char *config_env_name(const char *key);
 
+/* Names the SAMOTOP_* variables of envp (NULL: this process's environment)
+ * that look like a key but are none: SAMOTOP_<SECTION>_... where SECTION is
+ * a section of the declared keys (SAMOTOP_REDIS_PROT, a typo of
+ * SAMOTOP_REDIS_PORT), which config_load() would otherwise ignore without
+ * a word. Other SAMOTOP_* names (SAMOTOP_CONFIG, SAMOTOP_INSTANCE, the test
+ * and deploy scripts' own variables) are not keys and are left alone. The
+ * names go space-separated into out (truncated to outlen); returns their
+ * count. */
+size_t config_env_unknown(char *const *envp, char *out, size_t outlen);
+
 /* Prints every key with its value and its environment name (secrets
  * masked), one per line, for `--print-config`. */
 void config_dump(const config_t *cfg, void *file);

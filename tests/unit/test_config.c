@@ -615,6 +615,38 @@ START_TEST(test_dump_masks_secrets)
 }
 END_TEST
 
+/* Typos of keys are named; keys, other sections' words and the scripts'
+ * own SAMOTOP_* variables are not; a small buffer truncates the names but
+ * still counts them all. */
+START_TEST(test_env_unknown)
+{
+    char *envp[] = {
+        "SAMOTOP_REDIS_PROT=6380",       /* typo of redis.port */
+        "SAMOTOP_REDIS_PORT=6380",       /* a key */
+        "SAMOTOP_MAILBOX_SHARSD=2",      /* typo of mailbox.shards */
+        "SAMOTOP_LISTEN_MSA=127.0.0.1:1587", /* a key */
+        "SAMOTOP_CONFIG=/etc/samotop.conf",
+        "SAMOTOP_INSTANCE=a1",
+        "SAMOTOP_BIN=/x/bin",
+        "SAMOTOP_TEST_KEEP=1",
+        "SAMOTOP_FUZZ_SECONDS=15",
+        "PATH=/usr/bin",
+        "SAMOTOP_REDIS",                 /* no '=' */
+        NULL,
+    };
+    char out[64], tiny[12];
+
+    ck_assert_uint_eq(config_env_unknown(envp, out, sizeof(out)), 2);
+    ck_assert_str_eq(out, "SAMOTOP_REDIS_PROT SAMOTOP_MAILBOX_SHARSD");
+    ck_assert_uint_eq(config_env_unknown(envp, tiny, sizeof(tiny)), 2);
+    ck_assert_uint_lt(strlen(tiny), sizeof(tiny));
+    ck_assert_uint_eq(config_env_unknown(envp + 1, out, sizeof(out)), 1);
+    ck_assert_str_eq(out, "SAMOTOP_MAILBOX_SHARSD");
+    ck_assert_uint_eq(config_env_unknown(envp + 3, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "");
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -652,6 +684,7 @@ config_suite(void)
     tcase_add_loop_test(tc, test_split_addr, 0, NROWS(addr_rows));
     tcase_add_test(tc, test_split_addr_small_buffer);
     tcase_add_test(tc, test_dump_masks_secrets);
+    tcase_add_test(tc, test_env_unknown);
     suite_add_tcase(s, tc);
     return s;
 }
