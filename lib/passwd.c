@@ -10,6 +10,7 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
+#include "base64.h"
 #include "err.h"
 #include "passwd.h"
 
@@ -21,9 +22,6 @@
 
 const struct passwd_params passwd_default = {
     .ln = 15, .r = 8, .p = 1, .saltlen = 16, .keylen = 32};
-
-static const char b64_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static void say(char *why, size_t whylen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -38,76 +36,6 @@ say(char *why, size_t whylen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, whylen, fmt, ap);
     va_end(ap);
-}
-
-/* Standard base64 without padding; out has room for 4 * ceil(n / 3) + 1. */
-static void
-b64_encode(const unsigned char *in, size_t n, char *out)
-{
-    size_t i;
-
-    for (i = 0; i + 2 < n; i += 3) {
-        uint32_t v =
-            (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-
-        *out++ = b64_chars[v >> 18];
-        *out++ = b64_chars[(v >> 12) & 63];
-        *out++ = b64_chars[(v >> 6) & 63];
-        *out++ = b64_chars[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-
-        *out++ = b64_chars[v >> 18];
-        *out++ = b64_chars[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-
-        *out++ = b64_chars[v >> 18];
-        *out++ = b64_chars[(v >> 12) & 63];
-        *out++ = b64_chars[(v >> 6) & 63];
-    }
-    *out = '\0';
-}
-
-static int
-b64_value(char c)
-{
-    const char *p = c ? strchr(b64_chars, c) : NULL;
-
-    return p ? (int)(p - b64_chars) : -1;
-}
-
-/* Decodes n characters of unpadded base64 into out (at most max bytes).
- * Only the canonical form is accepted (unused low bits zero), so that a
- * hash has exactly one spelling. Returns the byte count or -1. */
-static long
-b64_decode(const char *in, size_t n, unsigned char *out, size_t max)
-{
-    size_t len = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    if (n % 4 == 1)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value(in[i]);
-
-        if (v < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (len == max)
-                return -1;
-            out[len++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0)
-        return -1;
-    return (long)len;
 }
 
 /* The memory OpenSSL's scrypt needs (kdf_scrypt.c: 128rp + 128r(N+2)). */
@@ -216,8 +144,8 @@ passwd_hash_params(const char *password, size_t len,
     rc = derive(password, len, salt, pp, key, NULL, 0);
     if (rc != 0)
         goto out;
-    b64_encode(salt, pp->saltlen, salt64);
-    b64_encode(key, pp->keylen, key64);
+    base64_encode(salt, pp->saltlen, salt64, BASE64_UNPADDED);
+    base64_encode(key, pp->keylen, key64, BASE64_UNPADDED);
     n = snprintf(out, outlen, PREFIX "ln=%d,r=%d,p=%d$%s$%s", pp->ln, pp->r,
                  pp->p, salt64, key64);
     if (n < 0 || (size_t)n >= outlen) {
@@ -290,7 +218,8 @@ parse(const char *stored, struct passwd_params *pp, unsigned char *salt,
         say(why, whylen, "no key after the salt");
         return ERR_MALFORMED;
     }
-    n = b64_decode(s, (size_t)(dollar - s), salt, SALT_MAX);
+    n = base64_decode(s, (size_t)(dollar - s), salt, SALT_MAX,
+                      BASE64_UNPADDED);
     if (n < SALT_MIN) {
         say(why, whylen, "salt is not %d..%d bytes of base64", SALT_MIN,
             SALT_MAX);
@@ -298,7 +227,7 @@ parse(const char *stored, struct passwd_params *pp, unsigned char *salt,
     }
     pp->saltlen = (size_t)n;
     s = dollar + 1;
-    n = b64_decode(s, strlen(s), key, KEY_MAX);
+    n = base64_decode(s, strlen(s), key, KEY_MAX, BASE64_UNPADDED);
     if (n < KEY_MIN) {
         say(why, whylen, "key is not %d..%d bytes of base64", KEY_MIN, KEY_MAX);
         return ERR_MALFORMED;

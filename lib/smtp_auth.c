@@ -2,7 +2,8 @@
  * smtp_auth.c - AUTH (RFC 4954) for the ESMTP engine: the 334 exchange of
  * PLAIN (RFC 4616) and LOGIN, run here; any other mechanism offered is run
  * by the caller, one SMTP_EV_AUTH per response. Responses are checked for
- * base64 (RFC 4954 4: 501 otherwise) and handed over as received.
+ * canonical base64 (RFC 4954 4: 501 otherwise; lib/base64.h) and handed
+ * over as received.
  */
 #include <ctype.h>
 #include <stdint.h>
@@ -10,66 +11,39 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/base64.h"
 #include "lib/smtp_server_int.h"
 #include "lib/xalloc.h"
 
-static int
-b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
+/* Whether s is canonical padded base64 (RFC 4648 4 and 3.5). */
 static bool
 b64_valid(const char *s)
 {
-    size_t n = strlen(s), pad = 0;
+    size_t n = strlen(s);
+    unsigned char *d = xmalloc(n / 4 * 3 + 2);
+    long k = base64_decode(s, n, d, n / 4 * 3 + 2, BASE64_PADDED);
 
-    if (n % 4 != 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '=') {
-            if (i < n - 2)
-                return false;
-            pad++;
-        } else if (pad > 0 || b64val((unsigned char)s[i]) < 0) {
-            return false;
-        }
-    }
-    return true;
+    if (k > 0)
+        explicit_bzero(d, (size_t)k);
+    free(d);
+    return k >= 0;
 }
 
 /* Decodes valid base64 into a new string; NULL when it holds a NUL. */
 static char *
 b64_decode(const char *s)
 {
-    size_t n = strlen(s), o = 0;
-    char *d = xmalloc(n / 4 * 3 + 1);
-    uint32_t acc = 0;
-    int bits = 0;
+    size_t n = strlen(s);
+    char *d = xmalloc(n / 4 * 3 + 2);
+    long k = base64_decode(s, n, d, n / 4 * 3 + 1, BASE64_PADDED);
 
-    for (size_t i = 0; i < n && s[i] != '='; i++) {
-        acc = acc << 6 | (uint32_t)b64val((unsigned char)s[i]);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            d[o++] = (char)(acc >> bits & 0xff);
-        }
-    }
-    d[o] = '\0';
-    if (strlen(d) != o) {
+    if (k < 0 || memchr(d, '\0', (size_t)k) != NULL) {
+        if (k > 0)
+            explicit_bzero(d, (size_t)k);
         free(d);
         return NULL;
     }
+    d[k] = '\0';
     return d;
 }
 

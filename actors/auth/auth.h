@@ -53,12 +53,6 @@ struct auth_account {
     char name[AUTH_ACCOUNT_MAX + 1];
 };
 
-/* Decodes n characters of strict base64 (RFC 4648 4: the standard
- * alphabet, padding to a multiple of four, no white space, zero unused
- * bits) into out (max bytes). Returns the byte count, or -1 for anything
- * else or when out is too small. */
-long auth_b64_decode(const char *in, size_t n, unsigned char *out, size_t max);
-
 /* Reads a PLAIN response (RFC 4616: base64 of authzid NUL authcid NUL
  * passwd, as the client sent it; "" for an empty one) into *out. Returns
  * 0, ERR_TOO_BIG when the response or a field is over the limits above,

@@ -13,57 +13,8 @@
 #include <openssl/crypto.h>
 
 #include "auth.h"
+#include "lib/base64.h"
 #include "lib/err.h"
-
-static int
-b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-long
-auth_b64_decode(const char *in, size_t n, unsigned char *out, size_t max)
-{
-    size_t len = 0, pad = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    if (n % 4 != 0)
-        return -1;
-    /* Padding only as the last one or two characters of the last group. */
-    if (n > 0 && in[n - 1] == '=')
-        pad = n > 1 && in[n - 2] == '=' ? 2 : 1;
-    for (size_t i = 0; i < n - pad; i++) {
-        int v = b64_value((unsigned char)in[i]);
-
-        if (v < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (len == max)
-                return -1;
-            out[len++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* The bits left over must be zero (RFC 4648 3.5): one spelling per
-     * octet string, so "QQ==" is "A" and "QR==" is refused. */
-    if (acc != 0)
-        return -1;
-    return (long)len;
-}
 
 void
 auth_creds_wipe(struct auth_creds *c)
@@ -83,7 +34,7 @@ auth_plain_parse(const char *b64, size_t len, struct auth_creds *out)
     memset(out, 0, sizeof(*out));
     if (len > AUTH_RESPONSE_MAX)
         return ERR_TOO_BIG;
-    n = auth_b64_decode(b64, len, msg, sizeof(msg));
+    n = base64_decode(b64, len, msg, sizeof(msg), BASE64_PADDED);
     if (n < 0)
         goto out;
     end = msg + n;

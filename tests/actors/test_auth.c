@@ -110,46 +110,6 @@ repeat(char c, size_t n)
  * What the client sent, decoded and checked.
  */
 
-struct b64_row {
-    const char *label;
-    const char *in;
-    long want; /* bytes, or -1 */
-    const char *bytes;
-};
-
-static const struct b64_row b64_rows[] = {
-    {"empty", "", 0, ""},
-    {"one byte", "QQ==", 1, "A"},
-    {"two bytes", "QUI=", 2, "AB"},
-    {"three bytes", "QUJD", 3, "ABC"},
-    {"all of the alphabet's tail", "+/+/", 3, "\xfb\xff\xbf"},
-    {"no padding", "QQ", -1, NULL},
-    {"short padding", "QQ=", -1, NULL},
-    {"three pads", "Q===", -1, NULL},
-    {"pad in the middle", "QQ==QUJD", -1, NULL},
-    {"pad inside a group", "Q=Q=", -1, NULL},
-    {"unused bits set", "QR==", -1, NULL},
-    {"unused bits set, one pad", "QUJ=", -1, NULL},
-    {"space", "QU JD", -1, NULL},
-    {"newline", "QUJD\n", -1, NULL},
-    {"url alphabet", "-_-_", -1, NULL},
-    {"garbage", "!!!!", -1, NULL},
-};
-
-START_TEST(test_b64)
-{
-    const struct b64_row *row = &b64_rows[_i];
-    unsigned char out[64];
-    long n = auth_b64_decode(row->in, strlen(row->in), out, sizeof(out));
-
-    ck_assert_msg(n == row->want, "%s: got %ld, want %ld", row->label, n,
-                  row->want);
-    if (n > 0)
-        ck_assert_msg(memcmp(out, row->bytes, (size_t)n) == 0,
-                      "%s: wrong bytes", row->label);
-}
-END_TEST
-
 struct plain_row {
     const char *label;
     const char *msg; /* raw message, NULs as \0 */
@@ -1725,8 +1685,6 @@ auth_suite(void)
     TCase *tc;
 
     tc = tcase_create("sasl");
-    tcase_add_loop_test(tc, test_b64, 0,
-                        sizeof(b64_rows) / sizeof(b64_rows[0]));
     tcase_add_loop_test(tc, test_plain, 0,
                         sizeof(plain_rows) / sizeof(plain_rows[0]));
     tcase_add_test(tc, test_plain_limits);

@@ -724,6 +724,9 @@ static const struct script {
      "220,250,501 5.5.2", NULL, NULL},
     {"auth bad base64 response", O_MTA, {EHLO "AUTH PLAIN\r\na=bc\r\n"},
      "220,250,334,501 5.5.2", NULL, NULL},
+    /* RFC 4648 3.5: "QR==" has unused bits set; only "QQ==" is "A". */
+    {"auth non-canonical base64", O_MTA, {EHLO "AUTH PLAIN QR==\r\n"},
+     "220,250,501 5.5.2", NULL, NULL},
     {"auth unknown mechanism", O_MTA, {EHLO "AUTH CRAM-MD5\r\n"},
      "220,250,504 5.5.4", NULL, NULL},
     {"auth without mechanism", O_MTA, {EHLO "AUTH\r\n"},
