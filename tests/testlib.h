@@ -2,13 +2,18 @@
  * testlib.h - process helpers for tests that run the real executables.
  *
  * Children are started with PR_SET_PDEATHSIG, so a test that fails half way
- * (Check forks each test) never leaves a broker or an actor behind.
+ * (Check forks each test) never leaves a broker or an actor behind. The
+ * Redis helpers (testlib_redis.c) fail the running Check test, with a
+ * message, when Redis is not there or refuses a command.
  */
 #ifndef SAMOTOP_TESTLIB_H
 #define SAMOTOP_TESTLIB_H
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "bus/store.h"
 
 /* Path of a built executable: $SAMOTOP_BIN/name, in a static buffer. */
 const char *test_bin(const char *name);
@@ -23,5 +28,28 @@ int test_stop(pid_t pid, int sig, int ms);
 
 /* Milliseconds on the monotonic clock. */
 int64_t test_now_ms(void);
+
+/* Path of name found in $PATH (then /usr/sbin, /sbin), in a static
+ * buffer; fails the test when there is none. */
+const char *test_in_path(const char *name);
+
+/* Starts a private redis-server on 127.0.0.1:port (nothing saved to disk)
+ * and returns its pid once it answers PING. */
+pid_t test_redis_start(int port);
+
+/* A connection to the Redis on 127.0.0.1:port, retried for up to wait_ms;
+ * the caller destroys it. */
+store_t *test_redis_connect(int port, int wait_ms);
+
+/* Runs one command given as strings ending with NULL; fails the test when
+ * Redis refuses it. test_redis_cmd() returns the reply (the caller frees
+ * it); test_redis_int() the integer reply, or a string reply read as a
+ * number, 0 for any other. */
+store_reply_t *test_redis_cmd(store_t *s, ...);
+store_reply_t *test_redis_cmdv(store_t *s, va_list ap);
+long long test_redis_int(store_t *s, ...);
+
+/* Removes the folder dir and all below it, without following symlinks. */
+void test_rm_tree(const char *dir);
 
 #endif

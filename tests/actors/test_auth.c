@@ -265,81 +265,14 @@ struct world {
 /* Set up once per TCase in the parent; each forked test inherits it. */
 static struct world W;
 
-static const char *
-redis_server_path(void)
-{
-    static char path[4096];
-    const char *p = getenv("PATH");
-    char *copy = strdup(p ? p : "/usr/bin:/bin"), *save = NULL;
-
-    path[0] = '\0';
-    for (char *d = strtok_r(copy, ":", &save); d;
-         d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof(path), "%s/redis-server", d);
-        if (access(path, X_OK) == 0)
-            break;
-        path[0] = '\0';
-    }
-    free(copy);
-    ck_assert_msg(path[0] != '\0', "redis-server not found in PATH");
-    return path;
-}
-
-static store_t *
-redis_connect(int port, int wait_ms)
-{
-    config_t *cfg = config_new();
-    char why[256], p[16];
-    store_t *s = NULL;
-    int64_t until = test_now_ms() + wait_ms;
-
-    snprintf(p, sizeof(p), "%d", port);
-    ck_assert_int_eq(config_set(cfg, "redis.port", p, why, sizeof(why)), 0);
-    while ((s = store_connect(cfg, 1000, why, sizeof(why))) == NULL &&
-           test_now_ms() < until)
-        usleep(20000);
-    config_destroy(&cfg);
-    ck_assert_msg(s != NULL, "redis on %d: %s", port, why);
-    return s;
-}
-
-/* Runs one command given as strings, ending with NULL; asserts that Redis
- * took it and returns its integer reply (a string reply read as a number;
- * 0 for others). */
-static long long
-rcmd(store_t *s, ...)
-{
-    const char *argv[64];
-    int argc = 0;
-    store_reply_t *r = NULL;
-    char why[256];
-    long long n = 0;
-    va_list ap;
-
-    va_start(ap, s);
-    while (argc < 63 && (argv[argc] = va_arg(ap, const char *)) != NULL)
-        argc++;
-    va_end(ap);
-    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
-                  "redis %s: %s", argv[0], why);
-    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
-                  store_reply_str(r, NULL));
-    if (store_reply_type(r) == STORE_INT)
-        n = store_reply_int(r);
-    else if (store_reply_type(r) == STORE_STR)
-        n = strtoll(store_reply_str(r, NULL), NULL, 10);
-    store_reply_free(&r);
-    return n;
-}
-
 static void
 add_domain(store_t *s, const char *d, const char *disabled)
 {
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "SADD", store_key_domains(k), d, NULL);
-    rcmd(s, "HSET", store_key_domain(k, d), "created", "1700000000", "catchall",
-         "", "disabled", disabled, NULL);
+    test_redis_int(s, "SADD", store_key_domains(k), d, NULL);
+    test_redis_int(s, "HSET", store_key_domain(k, d), "created", "1700000000",
+                   "catchall", "", "disabled", disabled, NULL);
 }
 
 static void
@@ -348,19 +281,19 @@ add_user(store_t *s, const char *d, const char *l, const char *hash,
 {
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "SADD", store_key_users(k, d), l, NULL);
-    rcmd(s, "HSET", store_key_user(k, d, l), "pw", hash, "disabled", disabled,
-         "created", "1700000000", NULL);
+    test_redis_int(s, "SADD", store_key_users(k, d), l, NULL);
+    test_redis_int(s, "HSET", store_key_user(k, d, l), "pw", hash, "disabled",
+                   disabled, "created", "1700000000", NULL);
 }
 
 /* The accounts every world holds. */
 static void
 redis_fill(int port)
 {
-    store_t *s = redis_connect(port, 5000);
+    store_t *s = test_redis_connect(port, 5000);
     char l[32];
 
-    rcmd(s, "FLUSHALL", NULL);
+    test_redis_int(s, "FLUSHALL", NULL);
     add_domain(s, "example.test", "0");
     add_domain(s, "off.test", "1");
     add_user(s, "example.test", "alice", hash_alice, "0");
@@ -374,33 +307,6 @@ redis_fill(int port)
         add_user(s, "example.test", l, hash_throttle, "0");
     }
     store_destroy(&s);
-}
-
-static pid_t
-redis_start(int port)
-{
-    char p[16];
-    const char *argv[] = {redis_server_path(),
-                          "--port",
-                          p,
-                          "--bind",
-                          "127.0.0.1",
-                          "--save",
-                          "",
-                          "--appendonly",
-                          "no",
-                          "--loglevel",
-                          "warning",
-                          NULL};
-    pid_t pid;
-    store_t *s;
-
-    snprintf(p, sizeof(p), "%d", port);
-    pid = test_spawn(argv, NULL);
-    s = redis_connect(port, 5000);
-    ck_assert_int_eq(rcmd(s, "PING", NULL), 0);
-    store_destroy(&s);
-    return pid;
 }
 
 /* Like test_spawn(), with stderr into the file at path. */
@@ -516,7 +422,7 @@ world_start(int base, ...)
     for (int i = 0; i < n; i++)
         W.envp[i] = W.env[i];
     W.envp[n] = NULL;
-    W.redis = redis_start(base);
+    W.redis = test_redis_start(base);
     redis_fill(base);
     W.bus = test_spawn(bus_argv, W.envp);
     auth_start();
@@ -1039,14 +945,14 @@ world_throttle_start(void)
 static long long
 counter(const char *kind, const char *who, int want_ttl)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     char key[STORE_KEY_MAX];
     long long n, ttl;
 
     store_key_rate(key, kind, who, 60);
-    n = rcmd(s, "GET", key, NULL);
+    n = test_redis_int(s, "GET", key, NULL);
     if (want_ttl && n > 0) {
-        ttl = rcmd(s, "TTL", key, NULL);
+        ttl = test_redis_int(s, "TTL", key, NULL);
         ck_assert_msg(ttl > 0 && ttl <= 60, "%s: ttl %lld", key, ttl);
     }
     store_destroy(&s);
@@ -1285,7 +1191,7 @@ START_TEST(test_redis_killed)
     /* Again, once the actor has surely seen the connection go. */
     usleep(300000);
     expect_unavailable(c, "redis still down", 500);
-    W.redis = redis_start(W.base);
+    W.redis = test_redis_start(W.base);
     redis_fill(W.base);
     ck_assert_msg(wait_recovered(c, 8000) >= 0,
                   "auth did not recover after redis restarted");
@@ -1452,11 +1358,11 @@ log_count(const char *user, const char *what)
 static void
 user_set(const char *local, const char *field, const char *value)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "HSET", store_key_user(k, "example.test", local), field, value,
-         NULL);
+    test_redis_int(s, "HSET", store_key_user(k, "example.test", local), field,
+                   value, NULL);
     store_destroy(&s);
 }
 
@@ -1546,13 +1452,15 @@ START_TEST(test_cache_disabled)
     user_set("t3", "disabled", "0");
     login(c, "t3@example.test", PW_THROTTLE, "192.0.2.1", 235,
           "t3 enabled again");
-    s = redis_connect(W.base, 1000);
-    rcmd(s, "HSET", store_key_domain(k, "example.test"), "disabled", "1", NULL);
+    s = test_redis_connect(W.base, 1000);
+    test_redis_int(s, "HSET", store_key_domain(k, "example.test"), "disabled",
+                   "1", NULL);
     store_destroy(&s);
     login(c, "t3@example.test", PW_THROTTLE, "198.51.100.32", 535,
           "t3, domain disabled");
-    s = redis_connect(W.base, 1000);
-    rcmd(s, "HSET", store_key_domain(k, "example.test"), "disabled", "0", NULL);
+    s = test_redis_connect(W.base, 1000);
+    test_redis_int(s, "HSET", store_key_domain(k, "example.test"), "disabled",
+                   "0", NULL);
     store_destroy(&s);
     expect_cached(fastest_ok(c, "t3@example.test", PW_THROTTLE, 2,
                              "t3, domain enabled again"),
@@ -1609,7 +1517,7 @@ START_TEST(test_rehash)
 
     ck_assert_int_eq(passwd_needs_rehash(hash_low), 1);
     login(c, "low@example.test", PW_LOW, "192.0.2.1", 235, "low, first");
-    s = redis_connect(W.base, 1000);
+    s = test_redis_connect(W.base, 1000);
     ck_assert_int_eq(store_cmd(s, &r, why, sizeof(why), 3, argv, NULL), 0);
     ck_assert_int_eq(store_reply_type(r), STORE_STR);
     snprintf(now, sizeof(now), "%s", store_reply_str(r, NULL));

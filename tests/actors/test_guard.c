@@ -413,78 +413,15 @@ struct world {
 /* Set up once per TCase in the parent; each forked test inherits it. */
 static struct world W;
 
-static const char *
-redis_server_path(void)
-{
-    static char path[4096];
-    const char *p = getenv("PATH");
-    char *copy = strdup(p ? p : "/usr/bin:/bin"), *save = NULL;
-
-    path[0] = '\0';
-    for (char *d = strtok_r(copy, ":", &save); d;
-         d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof(path), "%s/redis-server", d);
-        if (access(path, X_OK) == 0)
-            break;
-        path[0] = '\0';
-    }
-    free(copy);
-    ck_assert_msg(path[0] != '\0', "redis-server not found in PATH");
-    return path;
-}
-
-static store_t *
-redis_connect(int port, int wait_ms)
-{
-    config_t *cfg = config_new();
-    char why[256], p[16];
-    store_t *s = NULL;
-    int64_t until = test_now_ms() + wait_ms;
-
-    snprintf(p, sizeof(p), "%d", port);
-    ck_assert_int_eq(config_set(cfg, "redis.port", p, why, sizeof(why)), 0);
-    while ((s = store_connect(cfg, 1000, why, sizeof(why))) == NULL &&
-           test_now_ms() < until)
-        usleep(20000);
-    config_destroy(&cfg);
-    ck_assert_msg(s != NULL, "redis on %d: %s", port, why);
-    return s;
-}
-
-/* Runs one command given as strings, ending with NULL; asserts that Redis
- * took it and returns its integer reply (0 for others). */
-static long long
-rcmd(store_t *s, ...)
-{
-    const char *argv[64];
-    int argc = 0;
-    store_reply_t *r = NULL;
-    char why[256];
-    long long n;
-    va_list ap;
-
-    va_start(ap, s);
-    while (argc < 63 && (argv[argc] = va_arg(ap, const char *)) != NULL)
-        argc++;
-    va_end(ap);
-    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
-                  "redis %s: %s", argv[0], why);
-    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
-                  store_reply_str(r, NULL));
-    n = store_reply_int(r);
-    store_reply_free(&r);
-    return n;
-}
-
 static void
 add_domain(store_t *s, const char *d, const char *catchall,
            const char *disabled)
 {
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "SADD", store_key_domains(k), d, NULL);
-    rcmd(s, "HSET", store_key_domain(k, d), "created", "1700000000", "catchall",
-         catchall, "disabled", disabled, NULL);
+    test_redis_int(s, "SADD", store_key_domains(k), d, NULL);
+    test_redis_int(s, "HSET", store_key_domain(k, d), "created", "1700000000",
+                   "catchall", catchall, "disabled", disabled, NULL);
 }
 
 static void
@@ -492,10 +429,10 @@ add_user(store_t *s, const char *d, const char *l, const char *disabled)
 {
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "SADD", store_key_users(k, d), l, NULL);
-    rcmd(s, "HSET", store_key_user(k, d, l), "pw",
-         "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA", "disabled", disabled, "created",
-         "1700000000", NULL);
+    test_redis_int(s, "SADD", store_key_users(k, d), l, NULL);
+    test_redis_int(s, "HSET", store_key_user(k, d, l), "pw",
+                   "$scrypt$ln=14,r=8,p=1$c2FsdA$aGFzaA", "disabled", disabled,
+                   "created", "1700000000", NULL);
 }
 
 /* An alias with up to four targets (NULL ends the list early). */
@@ -505,18 +442,18 @@ add_alias(store_t *s, const char *d, const char *l, const char *t1,
 {
     char k[STORE_KEY_MAX];
 
-    rcmd(s, "SADD", store_key_aliases(k, d), l, NULL);
-    rcmd(s, "SADD", store_key_alias(k, d, l), t1, t2, t3, t4, NULL);
+    test_redis_int(s, "SADD", store_key_aliases(k, d), l, NULL);
+    test_redis_int(s, "SADD", store_key_alias(k, d, l), t1, t2, t3, t4, NULL);
 }
 
 /* The accounts, domains and aliases every world holds. */
 static void
 redis_fill(int port)
 {
-    store_t *s = redis_connect(port, 5000);
+    store_t *s = test_redis_connect(port, 5000);
     char l[32], t[64], k[STORE_KEY_MAX];
 
-    rcmd(s, "FLUSHALL", NULL);
+    test_redis_int(s, "FLUSHALL", NULL);
     add_domain(s, "example.test", "", "0");
     add_domain(s, "other.test", "", "0");
     add_domain(s, "catchall.test", "boss@catchall.test", "0");
@@ -558,12 +495,12 @@ redis_fill(int port)
      * left, alice has none. */
     add_user(s, "example.test", "full", "0");
     add_user(s, "example.test", "roomy", "0");
-    rcmd(s, "HSET", store_key_user(k, "example.test", "full"), "quota", "1000",
-         NULL);
-    rcmd(s, "HSET", store_key_user(k, "example.test", "roomy"), "quota",
-         "1000", NULL);
-    rcmd(s, "HSET", store_key_usage(k, "example.test"), "full", "1000",
-         "roomy", "400", "alice", "99999999", NULL);
+    test_redis_int(s, "HSET", store_key_user(k, "example.test", "full"),
+                   "quota", "1000", NULL);
+    test_redis_int(s, "HSET", store_key_user(k, "example.test", "roomy"),
+                   "quota", "1000", NULL);
+    test_redis_int(s, "HSET", store_key_usage(k, "example.test"), "full",
+                   "1000", "roomy", "400", "alice", "99999999", NULL);
     add_alias(s, "example.test", "fullteam", "alice@example.test",
               "full@example.test", NULL, NULL);
     /* ok1 .. ok8 -> alice: eight hops, the most allowed; deep1 .. deep9 ->
@@ -585,33 +522,6 @@ redis_fill(int port)
         add_alias(s, "example.test", l, t, NULL, NULL, NULL);
     }
     store_destroy(&s);
-}
-
-static pid_t
-redis_start(int port)
-{
-    char p[16];
-    const char *argv[] = {redis_server_path(),
-                          "--port",
-                          p,
-                          "--bind",
-                          "127.0.0.1",
-                          "--save",
-                          "",
-                          "--appendonly",
-                          "no",
-                          "--loglevel",
-                          "warning",
-                          NULL};
-    pid_t pid;
-    store_t *s;
-
-    snprintf(p, sizeof(p), "%d", port);
-    pid = test_spawn(argv, NULL);
-    s = redis_connect(port, 5000);
-    ck_assert_int_eq(rcmd(s, "PING", NULL), 0);
-    store_destroy(&s);
-    return pid;
 }
 
 /* Starts a world on ports base .. base+3; extra is one more "K=V" for the
@@ -649,7 +559,7 @@ world_start(int base, const char *extra1, const char *extra2)
     for (int i = 0; i < n; i++)
         W.envp[i] = W.env[i];
     W.envp[n] = NULL;
-    W.redis = redis_start(base);
+    W.redis = test_redis_start(base);
     redis_fill(base);
     W.bus = test_spawn(bus_argv, W.envp);
     W.guard = test_spawn(guard_argv, W.envp);
@@ -884,8 +794,8 @@ static const struct rcpt_row rcpt_rows[] = {
      "bob@evil.test", 554, "5.7.1", NULL, NULL, NULL},
     {"account at its quota", "mta", NULL, "full@example.test", 452, "4.2.2",
      NULL, NULL, NULL},
-    {"account under its quota", "mta", NULL, "roomy@example.test", 250,
-     "2.1.5", NULL, "roomy@example.test", ""},
+    {"account under its quota", "mta", NULL, "roomy@example.test", 250, "2.1.5",
+     NULL, "roomy@example.test", ""},
     {"alias with a target at its quota", "mta", NULL, "fullteam@example.test",
      452, "4.2.2", NULL, NULL, NULL},
     {"plus-addressing an account at its quota", "mta", NULL,
@@ -964,8 +874,7 @@ START_TEST(test_rcpt_size)
                   row->label, envelope_code(reply), row->code);
     if (row->code == 452) {
         ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "4.2.2");
-        ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_TEXT),
-                         "Mailbox full");
+        ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_TEXT), "Mailbox full");
     }
     envelope_destroy(&reply);
     bus_client_destroy(&c);
@@ -1046,7 +955,7 @@ START_TEST(test_connect_unlimited)
         ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "2.0.0");
         envelope_destroy(&reply);
     }
-    s = redis_connect(W.base, 1000);
+    s = test_redis_connect(W.base, 1000);
     ck_assert_int_eq(store_cmdl(s, &r, why, sizeof(why), "KEYS",
                                 "samotop:{rate}:conn:*", NULL),
                      0);
@@ -1154,10 +1063,10 @@ START_TEST(test_conn_rate)
     /* The counter is where schemas/redis.md says, holds every attempt
      * (one flush interval later: the guard counts in memory first), and
      * it expires. */
-    s = redis_connect(W.base, 1000);
+    s = test_redis_connect(W.base, 1000);
     store_key_rate(key, "conn", "192.0.2.1", minute);
     wait_key(s, key, "4", "conn counter");
-    ttl = rcmd(s, "TTL", key, NULL);
+    ttl = test_redis_int(s, "TTL", key, NULL);
     ck_assert_msg(ttl > 0 && ttl <= 120, "ttl %lld", ttl);
     store_destroy(&s);
     bus_client_destroy(&c);
@@ -1277,7 +1186,7 @@ START_TEST(test_redis_killed)
     usleep(300000);
     expect_unavailable(c, "redis still down");
 
-    W.redis = redis_start(W.base);
+    W.redis = test_redis_start(W.base);
     redis_fill(W.base);
     ms = wait_recovered(c, 6000);
     ck_assert_msg(ms >= 0, "guard did not recover after redis restarted");
@@ -1312,14 +1221,14 @@ END_TEST
 START_TEST(test_rate_noscript)
 {
     bus_client_t *c = world_client();
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     char key[STORE_KEY_MAX];
 
     same_minute();
     store_key_rate(key, "conn", "192.0.2.4", (long long)time(NULL) / 60);
     ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
     wait_key(s, key, "1", "first count");
-    rcmd(s, "SCRIPT", "FLUSH", NULL);
+    test_redis_int(s, "SCRIPT", "FLUSH", NULL);
     ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
     wait_key(s, key, "2", "count after SCRIPT FLUSH");
     ck_assert_int_eq(connect_code(c, "192.0.2.4"), 250);
@@ -1397,7 +1306,7 @@ START_TEST(test_rate_two_guards)
     pair_start(&p, 18760, "SAMOTOP_GUARD_CONN_PER_MINUTE=5");
     a = world_client();
     b = guard_client(p.clients, p.guard, p.base);
-    s = redis_connect(W.base, 1000);
+    s = test_redis_connect(W.base, 1000);
     same_minute();
     store_key_rate(key, "conn", ip, (long long)time(NULL) / 60);
 
@@ -1460,8 +1369,8 @@ START_TEST(test_rate_redis_down)
     envelope_destroy(&reply);
 
     /* Back (empty, no persistence here): the four events are sent. */
-    W.redis = redis_start(W.base);
-    s = redis_connect(W.base, 1000);
+    W.redis = test_redis_start(W.base);
+    s = test_redis_connect(W.base, 1000);
     {
         int64_t until = test_now_ms() + 6000;
         char *v = NULL;

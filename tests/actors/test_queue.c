@@ -571,90 +571,17 @@ struct world {
 /* Set up once per TCase in the parent; each forked test inherits it. */
 static struct world W;
 
-static const char *
-redis_server_path(void)
-{
-    static char path[4096];
-    const char *p = getenv("PATH");
-    char *copy = strdup(p ? p : "/usr/bin:/bin"), *save = NULL;
-
-    path[0] = '\0';
-    for (char *d = strtok_r(copy, ":", &save); d;
-         d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof(path), "%s/redis-server", d);
-        if (access(path, X_OK) == 0)
-            break;
-        path[0] = '\0';
-    }
-    free(copy);
-    ck_assert_msg(path[0] != '\0', "redis-server not found in PATH");
-    return path;
-}
-
-static store_t *
-redis_connect(int port, int wait_ms)
-{
-    config_t *cfg = config_new();
-    char why[256], p[16];
-    store_t *s = NULL;
-    int64_t until = test_now_ms() + wait_ms;
-
-    snprintf(p, sizeof(p), "%d", port);
-    ck_assert_int_eq(config_set(cfg, "redis.port", p, why, sizeof(why)), 0);
-    while ((s = store_connect(cfg, 1000, why, sizeof(why))) == NULL &&
-           test_now_ms() < until)
-        usleep(20000);
-    config_destroy(&cfg);
-    ck_assert_msg(s != NULL, "redis on %d: %s", port, why);
-    return s;
-}
-
-/* Runs one command (strings, ending with NULL); asserts that Redis took
- * it; returns the reply (caller frees). */
-static store_reply_t *
-rcmdr(store_t *s, ...)
-{
-    const char *argv[64];
-    int argc = 0;
-    store_reply_t *r = NULL;
-    char why[256];
-    va_list ap;
-
-    va_start(ap, s);
-    while (argc < 63 && (argv[argc] = va_arg(ap, const char *)) != NULL)
-        argc++;
-    va_end(ap);
-    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
-                  "redis %s: %s", argv[0], why);
-    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
-                  store_reply_str(r, NULL));
-    return r;
-}
-
-/* The integer reply, or a string reply read as a number (0 for nil). */
-#define RINT(s, ...) rint_(rcmdr(s, __VA_ARGS__, NULL))
-
-static long long
-rint_(store_reply_t *r)
-{
-    long long n = store_reply_type(r) == STORE_INT ? store_reply_int(r)
-                  : store_reply_type(r) == STORE_STR
-                      ? strtoll(store_reply_str(r, NULL), NULL, 10)
-                      : 0;
-
-    store_reply_free(&r);
-    return n;
-}
+#define RINT(s, ...) test_redis_int(s, __VA_ARGS__, NULL)
 
 static void
 redis_fill(int port)
 {
-    store_t *s = redis_connect(port, 5000);
+    store_t *s = test_redis_connect(port, 5000);
     char k[STORE_KEY_MAX];
     const char *users[] = {"alice", "carol", "dave", "erin", "frank",
                            "gina",  "hank",  "ivan", "judy"};
 
-    store_reply_free(&(store_reply_t *){rcmdr(s, "FLUSHALL", NULL)});
+    store_reply_free(&(store_reply_t *){test_redis_cmd(s, "FLUSHALL", NULL)});
     RINT(s, "SADD", store_key_domains(k), "example.test");
     RINT(s, "HSET", store_key_domain(k, "example.test"), "created",
          "1700000000", "catchall", "", "disabled", "0");
@@ -665,33 +592,6 @@ redis_fill(int port)
              "1700000000");
     }
     store_destroy(&s);
-}
-
-static pid_t
-redis_start(int port)
-{
-    char p[16];
-    const char *argv[] = {redis_server_path(),
-                          "--port",
-                          p,
-                          "--bind",
-                          "127.0.0.1",
-                          "--save",
-                          "",
-                          "--appendonly",
-                          "no",
-                          "--loglevel",
-                          "warning",
-                          NULL};
-    pid_t pid;
-    store_t *s;
-
-    snprintf(p, sizeof(p), "%d", port);
-    pid = test_spawn(argv, NULL);
-    s = redis_connect(port, 5000);
-    store_reply_free(&(store_reply_t *){rcmdr(s, "PING", NULL)});
-    store_destroy(&s);
-    return pid;
 }
 
 static pid_t
@@ -749,21 +649,13 @@ world_start_n(int base, const char *const *extra, int nqueues)
     for (int i = 0; i < n; i++)
         W.envp[i] = W.env[i];
     W.envp[n] = NULL;
-    W.redis = redis_start(base);
+    W.redis = test_redis_start(base);
     redis_fill(base);
     W.bus = spawn_bin("samotop-bus", "t");
     W.mailbox = spawn_bin("samotop-mailbox", "m");
     W.relay = spawn_bin("test_relay_worker", "r");
     for (int i = 0; i < nqueues; i++)
         queue_start(i);
-}
-
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
 /* Stops a process; one that crashed or leaked under ASan fails the run. */
@@ -792,7 +684,7 @@ world_stop(void)
     if (W.redis > 0)
         test_stop(W.redis, SIGTERM, 5000);
     if (W.dir[0])
-        nftw(W.dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_rm_tree(W.dir);
     memset(&W, 0, sizeof(W));
 }
 
@@ -922,7 +814,7 @@ submit_ok(bus_client_t *c, const struct sub *s, char id[QUEUE_ID_MAX])
 static void
 relay_set(const char *addr, const char *what)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
 
     RINT(s, "HSET", "samotop-test:relay:codes", addr, what);
     store_destroy(&s);
@@ -931,7 +823,7 @@ relay_set(const char *addr, const char *what)
 static long long
 relay_count(const char *addr)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     long long n = RINT(s, "HGET", "samotop-test:relay:count", addr);
 
     store_destroy(&s);
@@ -943,9 +835,9 @@ relay_count(const char *addr)
 static int
 relay_log(const char *addr, long long *t, char from[][128], int max)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     store_reply_t *r =
-        rcmdr(s, "LRANGE", "samotop-test:relay:log", "0", "-1", NULL);
+        test_redis_cmd(s, "LRANGE", "samotop-test:relay:log", "0", "-1", NULL);
     int n = 0;
 
     for (size_t i = 0; i < store_reply_count(r) && n < max; i++) {
@@ -970,13 +862,14 @@ relay_log(const char *addr, long long *t, char from[][128], int max)
 static bool
 queue_gone(const char *id)
 {
-    store_t *s = redis_connect(W.base, 1000);
+    store_t *s = test_redis_connect(W.base, 1000);
     char k1[STORE_KEY_MAX], k2[STORE_KEY_MAX], k3[STORE_KEY_MAX],
         k4[STORE_KEY_MAX], k5[STORE_KEY_MAX];
     long long n = RINT(
         s, "EXISTS", store_key_queue_msg(k1, id), store_key_queue_body(k2, id),
         store_key_queue_rcpts(k3, id), store_key_queue_lease(k4, id));
-    store_reply_t *r = rcmdr(s, "ZSCORE", store_key_queue_due(k5), id, NULL);
+    store_reply_t *r =
+        test_redis_cmd(s, "ZSCORE", store_key_queue_due(k5), id, NULL);
     bool gone = n == 0 && store_reply_type(r) == STORE_NIL;
 
     store_reply_free(&r);
@@ -1354,11 +1247,11 @@ START_TEST(test_keys)
     while (relay_log("held@keys.test", t, NULL, 2) < 1 && test_now_ms() < until)
         usleep(50000);
     usleep(300000);
-    st = redis_connect(W.base, 1000);
+    st = test_redis_connect(W.base, 1000);
     store_key_queue_msg(k, id);
     {
-        store_reply_t *r = rcmdr(st, "HMGET", k, "mail_from", "user", "nrcpts",
-                                 "ret", "dsn", NULL);
+        store_reply_t *r = test_redis_cmd(st, "HMGET", k, "mail_from", "user",
+                                          "nrcpts", "ret", "dsn", NULL);
 
         ck_assert_str_eq(store_reply_str(store_reply_at(r, 0), NULL),
                          "alice@example.test");
@@ -1374,8 +1267,8 @@ START_TEST(test_keys)
     store_key_queue_rcpts(k, id);
     {
         store_reply_t *r =
-            rcmdr(st, "HMGET", k, "0.addr", "0.status", "0.notify", "0.orcpt",
-                  "0.code", "0.ecode", "0.mx", NULL);
+            test_redis_cmd(st, "HMGET", k, "0.addr", "0.status", "0.notify",
+                           "0.orcpt", "0.code", "0.ecode", "0.mx", NULL);
 
         ck_assert_str_eq(store_reply_str(store_reply_at(r, 0), NULL),
                          "held@keys.test");
@@ -1550,7 +1443,7 @@ START_TEST(test_redis_down)
         envelope_destroy(&reply);
         usleep(300000);
     }
-    W.redis = redis_start(W.base);
+    W.redis = test_redis_start(W.base);
     redis_fill(W.base);
     until = test_now_ms() + 8000;
     while (code != 250 && test_now_ms() < until) {
@@ -1576,8 +1469,8 @@ END_TEST
 static long long
 info_number(const char *section, const char *line, const char *key)
 {
-    store_t *s = redis_connect(W.base, 1000);
-    store_reply_t *r = rcmdr(s, "INFO", section, NULL);
+    store_t *s = test_redis_connect(W.base, 1000);
+    store_reply_t *r = test_redis_cmd(s, "INFO", section, NULL);
     const char *text = store_reply_str(r, NULL), *at, *eol;
     char want[64];
     long long n = 0;
@@ -1654,8 +1547,9 @@ START_TEST(test_scripts_flushed)
     ck_assert_msg(script_calls("eval") == 0, "EVAL calls: %lld",
                   script_calls("eval"));
 
-    s = redis_connect(W.base, 1000);
-    store_reply_free(&(store_reply_t *){rcmdr(s, "SCRIPT", "FLUSH", NULL)});
+    s = test_redis_connect(W.base, 1000);
+    store_reply_free(
+        &(store_reply_t *){test_redis_cmd(s, "SCRIPT", "FLUSH", NULL)});
     store_destroy(&s);
     deliver_nth(c, 2, "after SCRIPT FLUSH");
     ck_assert_msg(info_number("errorstats", "errorstat_NOSCRIPT:", "count") >=
@@ -1671,7 +1565,7 @@ START_TEST(test_scripts_flushed)
 
     kill(W.redis, SIGKILL);
     waitpid(W.redis, NULL, 0);
-    W.redis = redis_start(W.base);
+    W.redis = test_redis_start(W.base);
     redis_fill(W.base);
     deliver_nth(c, 4, "after a Redis restart");
     ck_assert_msg(script_calls("evalsha") >= 3,

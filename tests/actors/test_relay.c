@@ -117,70 +117,16 @@ static struct world W;
 
 /* --- processes ---------------------------------------------------------- */
 
-static const char *
-in_path(const char *name)
-{
-    static char path[4096];
-    const char *p = getenv("PATH");
-    char *copy = strdup(p ? p : "/usr/bin:/bin"), *save = NULL;
-
-    path[0] = '\0';
-    for (char *d = strtok_r(copy, ":", &save); d;
-         d = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof(path), "%s/%s", d, name);
-        if (access(path, X_OK) == 0)
-            break;
-        path[0] = '\0';
-    }
-    free(copy);
-    if (path[0] == '\0') {
-        /* dnsmasq lives in sbin, which a test's PATH may lack. */
-        snprintf(path, sizeof(path), "/usr/sbin/%s", name);
-        if (access(path, X_OK) != 0)
-            path[0] = '\0';
-    }
-    ck_assert_msg(path[0] != '\0', "%s not found", name);
-    return path;
-}
-
-static store_t *
-redis_connect(int port, int wait_ms)
-{
-    config_t *cfg = config_new();
-    char why[256], p[16];
-    store_t *s = NULL;
-    int64_t until = test_now_ms() + wait_ms;
-
-    snprintf(p, sizeof(p), "%d", port);
-    ck_assert_int_eq(config_set(cfg, "redis.port", p, why, sizeof(why)), 0);
-    while ((s = store_connect(cfg, 1000, why, sizeof(why))) == NULL &&
-           test_now_ms() < until)
-        usleep(20000);
-    config_destroy(&cfg);
-    ck_assert_msg(s != NULL, "redis on %d: %s", port, why);
-    return s;
-}
-
 /* Runs one command (strings ending with NULL) and asserts Redis took it. */
 static void
 rcmd(int port, ...)
 {
-    const char *argv[16];
-    int argc = 0;
-    store_reply_t *r = NULL;
-    store_t *s = redis_connect(port, 2000);
-    char why[256];
+    store_t *s = test_redis_connect(port, 2000);
     va_list ap;
 
     va_start(ap, port);
-    while (argc < 15 && (argv[argc] = va_arg(ap, const char *)) != NULL)
-        argc++;
+    store_reply_free(&(store_reply_t *){test_redis_cmdv(s, ap)});
     va_end(ap);
-    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
-                  "redis %s: %s", argv[0], why);
-    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
-                  store_reply_str(r, NULL));
-    store_reply_free(&r);
     store_destroy(&s);
 }
 
@@ -198,25 +144,6 @@ route_del(const char *domain)
     char k[STORE_KEY_MAX];
 
     rcmd(W.base, "HDEL", store_key_routes(k), domain, NULL);
-}
-
-static pid_t
-redis_start(int port)
-{
-    char p[16];
-    char path[4096];
-    const char *argv[] = {path,        "--port",     p,         "--bind",
-                          "127.0.0.1", "--save",     "",        "--appendonly",
-                          "no",        "--loglevel", "warning", NULL};
-    pid_t pid;
-    store_t *s;
-
-    snprintf(path, sizeof(path), "%s", in_path("redis-server"));
-    snprintf(p, sizeof(p), "%d", port);
-    pid = test_spawn(argv, NULL);
-    s = redis_connect(port, 5000);
-    store_destroy(&s);
-    return pid;
 }
 
 /* Whether a DNS server answers on 127.0.0.1:port (any answer will do). */
@@ -250,7 +177,7 @@ dnsmasq_start(int port)
     pid_t pid;
     int64_t until = test_now_ms() + 5000;
 
-    snprintf(path, sizeof(path), "%s", in_path("dnsmasq"));
+    snprintf(path, sizeof(path), "%s", test_in_path("dnsmasq"));
     snprintf(p, sizeof(p), "--port=%d", port);
     argv[n++] = path;
     argv[n++] = "--keep-in-foreground";
@@ -370,7 +297,7 @@ postfix_start(int port)
     const char *argv[] = {path, "-u", "nobody", "-d", dump, addr, "10", NULL};
     int64_t until = test_now_ms() + 5000;
 
-    snprintf(path, sizeof(path), "%s", in_path("smtp-sink"));
+    snprintf(path, sizeof(path), "%s", test_in_path("smtp-sink"));
     snprintf(dump, sizeof(dump), "%s/postfix", W.dir);
     mkdir(dump, 0777);
     chmod(dump, 0777); /* smtp-sink writes as nobody */
@@ -459,7 +386,7 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
     env_add("SAMOTOP_RELAY_TIMEOUT_DATA_END_MS=3000");
     for (int i = 0; extra && extra[i]; i++)
         env_add("%s", extra[i]);
-    W.redis = redis_start(base);
+    W.redis = test_redis_start(base);
     if (dns)
         W.dnsmasq = dnsmasq_start(base + 4);
     for (int i = 0; i < nsinks; i++)
@@ -468,14 +395,6 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
         postfix_start(base + 5);
     W.bus = test_spawn(bus_argv, W.envp);
     W.relay = test_spawn(relay_argv, W.envp);
-}
-
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
 static void
@@ -500,7 +419,7 @@ world_stop(void)
     if (W.redis > 0)
         test_stop(W.redis, SIGTERM, 5000);
     if (W.dir[0])
-        nftw(W.dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_rm_tree(W.dir);
     memset(&W, 0, sizeof(W));
 }
 

@@ -51,29 +51,6 @@ struct redis {
  * pid, so that main() can remove those of tests that failed half way. */
 static pid_t runner_pid;
 
-static const char *
-redis_server_path(void)
-{
-    static char path[4096];
-    const char *env = getenv("SAMOTOP_REDIS_SERVER");
-    char *list, *dir, *save = NULL;
-
-    if (env && *env)
-        return env;
-    list = strdup(getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin");
-    path[0] = '\0';
-    for (dir = strtok_r(list, ":", &save); dir;
-         dir = strtok_r(NULL, ":", &save)) {
-        snprintf(path, sizeof(path), "%s/redis-server", dir);
-        if (access(path, X_OK) == 0)
-            break;
-        path[0] = '\0';
-    }
-    free(list);
-    ck_assert_msg(path[0], "redis-server is not on PATH");
-    return path;
-}
-
 /* Whether nothing listens on port now (redis sets SO_REUSEADDR too). */
 static bool
 port_free(int port)
@@ -120,7 +97,7 @@ redis_spawn(struct redis *r)
 
     snprintf(port, sizeof(port), "%d", r->port);
     snprintf(logfile, sizeof(logfile), "%s/redis.log", r->dir);
-    argv[n++] = redis_server_path();
+    argv[n++] = test_in_path("redis-server");
     argv[n++] = "--port";
     argv[n++] = port;
     argv[n++] = "--save";

@@ -1,0 +1,140 @@
+/*
+ * testlib_redis.c - the private redis-server and the scratch folders of the
+ * actor tests (testlib.h). Failures end the running Check test with a
+ * message, as the tests' own asserts do.
+ */
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+
+#include "lib/config.h"
+#include "testlib.h"
+
+const char *
+test_in_path(const char *name)
+{
+    static char path[4096];
+    const char *p = getenv("PATH");
+    char *copy, *save = NULL;
+
+    /* sbin last: dnsmasq and postfix live there, and a test's PATH may
+     * lack it. */
+    if (asprintf(&copy, "%s:/usr/sbin:/sbin", p ? p : "/usr/bin:/bin") < 0)
+        ck_abort_msg("out of memory");
+    path[0] = '\0';
+    for (char *d = strtok_r(copy, ":", &save); d;
+         d = strtok_r(NULL, ":", &save)) {
+        snprintf(path, sizeof(path), "%s/%s", d, name);
+        if (access(path, X_OK) == 0)
+            break;
+        path[0] = '\0';
+    }
+    free(copy);
+    ck_assert_msg(path[0] != '\0', "%s not found in PATH", name);
+    return path;
+}
+
+store_t *
+test_redis_connect(int port, int wait_ms)
+{
+    config_t *cfg = config_new();
+    char why[256], p[16];
+    store_t *s = NULL;
+    int64_t until = test_now_ms() + wait_ms;
+
+    snprintf(p, sizeof(p), "%d", port);
+    ck_assert_int_eq(config_set(cfg, "redis.port", p, why, sizeof(why)), 0);
+    while ((s = store_connect(cfg, 1000, why, sizeof(why))) == NULL &&
+           test_now_ms() < until)
+        usleep(20000);
+    config_destroy(&cfg);
+    ck_assert_msg(s != NULL, "redis on %d: %s", port, why);
+    return s;
+}
+
+pid_t
+test_redis_start(int port)
+{
+    char path[4096], p[16];
+    const char *argv[] = {path,        "--port",     p,         "--bind",
+                          "127.0.0.1", "--save",     "",        "--appendonly",
+                          "no",        "--loglevel", "warning", NULL};
+    pid_t pid;
+    store_t *s;
+
+    snprintf(path, sizeof(path), "%s", test_in_path("redis-server"));
+    snprintf(p, sizeof(p), "%d", port);
+    pid = test_spawn(argv, NULL);
+    s = test_redis_connect(port, 5000);
+    store_reply_free(&(store_reply_t *){test_redis_cmd(s, "PING", NULL)});
+    store_destroy(&s);
+    return pid;
+}
+
+store_reply_t *
+test_redis_cmdv(store_t *s, va_list ap)
+{
+    const char *argv[64];
+    int argc = 0;
+    store_reply_t *r = NULL;
+    char why[256];
+
+    while (argc < 63 && (argv[argc] = va_arg(ap, const char *)) != NULL)
+        argc++;
+    ck_assert_msg(argc < 63, "redis %s: too many arguments", argv[0]);
+    ck_assert_msg(store_cmd(s, &r, why, sizeof(why), argc, argv, NULL) == 0,
+                  "redis %s: %s", argv[0], why);
+    ck_assert_msg(store_reply_type(r) != STORE_ERROR, "redis %s: %s", argv[0],
+                  store_reply_str(r, NULL));
+    return r;
+}
+
+store_reply_t *
+test_redis_cmd(store_t *s, ...)
+{
+    store_reply_t *r;
+    va_list ap;
+
+    va_start(ap, s);
+    r = test_redis_cmdv(s, ap);
+    va_end(ap);
+    return r;
+}
+
+long long
+test_redis_int(store_t *s, ...)
+{
+    store_reply_t *r;
+    long long n = 0;
+    va_list ap;
+
+    va_start(ap, s);
+    r = test_redis_cmdv(s, ap);
+    va_end(ap);
+    if (store_reply_type(r) == STORE_INT)
+        n = store_reply_int(r);
+    else if (store_reply_type(r) == STORE_STR)
+        n = strtoll(store_reply_str(r, NULL), NULL, 10);
+    store_reply_free(&r);
+    return n;
+}
+
+static int
+rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    return flag == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+void
+test_rm_tree(const char *dir)
+{
+    if (dir && *dir)
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
