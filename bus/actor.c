@@ -169,6 +169,7 @@ args_parse(int argc, char **argv, const char *name, struct actor_args *out,
     }
     log_set_level(
         (enum log_level)log_level_parse(config_str(out->cfg, "log.level")));
+    config_warn_env_unknown();
     if (print) {
         config_dump(out->cfg, stdout);
         config_destroy(&out->cfg);

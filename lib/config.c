@@ -6,6 +6,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "log.h"
 #include "xalloc.h"
 
 enum ckind {
@@ -592,6 +593,18 @@ config_env_unknown(char *const *envp, char *out, size_t outlen)
         count++;
     }
     return count;
+}
+
+void
+config_warn_env_unknown(void)
+{
+    char names[512];
+
+    if (config_env_unknown(NULL, names, sizeof(names)) > 0)
+        log_warn(NULL, "config_env_unknown",
+                 "names=%s reason=\"not a configuration key, ignored "
+                 "(--print-config lists the keys)\"",
+                 log_q(names));
 }
 
 static int

@@ -51,6 +51,11 @@ const char *config_env_name(const char *key);
  * count. */
 size_t config_env_unknown(char *const *envp, char *out, size_t outlen);
 
+/* Logs one warning (event=config_env_unknown) naming those variables of
+ * this process's environment, when there are any; every program calls it
+ * once its configuration is loaded. */
+void config_warn_env_unknown(void);
+
 /* Prints every key with its value and its environment name (secrets
  * masked), one per line, for `--print-config`. */
 void config_dump(const config_t *cfg, void *file);

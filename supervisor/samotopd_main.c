@@ -55,7 +55,7 @@ main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct supervisor_opts opts = {0};
-    char **sets = NULL, why[512], unknown[512];
+    char **sets = NULL, why[512];
     int nsets = 0, print = 0, ch, rc;
     const char *config_path = NULL;
     config_t *cfg;
@@ -112,11 +112,7 @@ main(int argc, char **argv)
     }
     log_set_level(
         (enum log_level)log_level_parse(config_str(cfg, "log.level")));
-    if (config_env_unknown(NULL, unknown, sizeof(unknown)) > 0)
-        log_warn("-", "config_env_unknown",
-                 "names=%s reason=\"not a configuration key, ignored "
-                 "(--print-config lists the keys)\"",
-                 log_q(unknown));
+    config_warn_env_unknown();
     if (print) {
         config_dump(cfg, stdout);
         rc = 0;
