@@ -122,6 +122,9 @@ static const struct ckey ckeys[] = {
      "recipients per authenticated user and minute; 0: no limit"},
     {"guard.rate_flush_ms", C_INT, "100", 10, 60000, false,
      "rate counts go to Redis (shared by guard copies) this often"},
+    {"guard.postmaster", C_STR, "", 0, 0, false,
+     "where mail to Postmaster (no domain), and to postmaster@ one of our "
+     "domains without that account or alias, goes (RFC 5321 4.5.1)"},
     {"auth.threads", C_INT, "2", 1, 64, false,
      "threads running password checks (scrypt: 32 MiB each)"},
     {"auth.queue", C_INT, "64", 1, 100000, false,

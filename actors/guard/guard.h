@@ -110,10 +110,14 @@ struct guard_verdict {
 };
 
 /* A resolver for address text with GUARD_* flags; trace (may be NULL) goes
- * into its log lines. Never fails: a bad address gives a 501 verdict at the
- * first step. Caller owns it. */
+ * into its log lines. postmaster (NULL or "": none) is where mail for the
+ * postmaster goes when nothing else takes it (RFC 5321 4.5.1): the
+ * domain-less "postmaster" (<Postmaster>, 4.1.1.3), and postmaster@ any
+ * of our domains with no account, alias or catch-all for that name. Never
+ * fails: a bad address gives a 501 verdict at the first step. Caller owns
+ * it. */
 guard_resolve_t *guard_resolve_new(const char *address, int flags,
-                                   const char *trace);
+                                   const char *postmaster, const char *trace);
 void guard_resolve_destroy(guard_resolve_t **r_p);
 
 /* Runs until the resolver needs an answer (fills *q and returns its kind)

@@ -56,8 +56,8 @@ guard_addr_parse(const char *text, struct guard_addr *out)
         n += 2;
         rc = smtp_path_parse(buf, n, SMTP_ADDR_UTF8, &p, &used, NULL);
     }
-    /* XXX: "<Postmaster>" without a domain (RFC 5321 4.1.1.3) is refused
-     * here: the listener should give it the domain it answers for. */
+    /* "<Postmaster>" without a domain (RFC 5321 4.1.1.3) is no address
+     * here: guard_resolve_new() takes it as the top recipient only. */
     if (rc != 0 || used != n || p.null || p.postmaster)
         return ERR_INVAL;
     snprintf(out->local, sizeof(out->local), "%s", p.local);

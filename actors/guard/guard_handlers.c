@@ -41,6 +41,7 @@ struct guard {
     store_async_t *store;
     guard_rate_t *rate;
     long conn_per_minute, msg_per_minute;
+    char *postmaster; /* guard.postmaster, "" for none */
     long user_msg_per_minute, user_rcpt_per_minute;
 };
 
@@ -493,11 +494,9 @@ send_quota(struct job *j)
         memcpy(local, v->mailboxes[i], llen);
         local[llen] = '\0';
         {
-            const char *limit[] = {"HGET",
-                                   store_key_user(k1, at + 1, local),
+            const char *limit[] = {"HGET", store_key_user(k1, at + 1, local),
                                    "quota"};
-            const char *used[] = {"HGET", store_key_usage(k2, at + 1),
-                                  local};
+            const char *used[] = {"HGET", store_key_usage(k2, at + 1), local};
 
             if (limit[1] == NULL || used[1] == NULL) {
                 j->failed = true;
@@ -507,8 +506,7 @@ send_quota(struct job *j)
             j->quota_slots[2 * i + 1] = (struct quota_slot){j, i, true};
             j->holds += 2;
             if (store_async_cmd(j->g->store, on_quota_reply,
-                                &j->quota_slots[2 * i], 3, limit,
-                                NULL) != 0) {
+                                &j->quota_slots[2 * i], 3, limit, NULL) != 0) {
                 j->holds -= 2;
                 j->failed = true;
                 break;
@@ -607,7 +605,8 @@ mail_check_sender(struct job *j)
             return;
         }
     }
-    j->res = guard_resolve_new(from, GUARD_RELAY | GUARD_NO_CATCHALL, j->trace);
+    j->res = guard_resolve_new(from, GUARD_RELAY | GUARD_NO_CATCHALL, NULL,
+                               j->trace);
     resolve(j);
 }
 
@@ -679,12 +678,30 @@ guard_init(actor_t *a)
 {
     const config_t *cfg = actor_config(a);
     struct guard *g = xcalloc(1, sizeof(*g));
+    struct guard_addr pa;
+    char why[600];
     int flush_ms;
 
     g->conn_per_minute = config_int(cfg, "guard.conn_per_minute");
     g->msg_per_minute = config_int(cfg, "guard.msg_per_minute");
     g->user_msg_per_minute = config_int(cfg, "guard.user_msg_per_minute");
     g->user_rcpt_per_minute = config_int(cfg, "guard.user_rcpt_per_minute");
+    g->postmaster = xstrdup(config_str(cfg, "guard.postmaster"));
+    if (*g->postmaster && guard_addr_parse(g->postmaster, &pa) != 0) {
+        snprintf(why, sizeof(why),
+                 "guard.postmaster: \"%s\" is not an "
+                 "address (local@domain)",
+                 g->postmaster);
+        free(g->postmaster);
+        free(g);
+        log_err(NULL, "guard_config", "reason=%s", log_q(why));
+        return -1;
+    }
+    if (*g->postmaster == '\0')
+        log_info(NULL, "guard_config",
+                 "reason=\"guard.postmaster is not set: mail to "
+                 "<Postmaster> and to postmaster@ a domain without that "
+                 "name is refused (RFC 5321 4.5.1 wants it taken)\"");
     guard_metrics_init(actor_metrics(a));
     /* Connects in the background and keeps trying: while Redis is away,
      * lookups get 451 and the actor stays on the bus. */
@@ -720,6 +737,7 @@ guard_fini(actor_t *a)
      * rate flush out puts its events back. */
     store_async_destroy(&g->store);
     guard_rate_destroy(&g->rate);
+    free(g->postmaster);
     free(g);
     actor_set_data(a, NULL);
 }
@@ -796,7 +814,7 @@ static void
 rcpt_start(struct job *j)
 {
     j->res = guard_resolve_new(envelope_get_str(job_env(j), ENV_KEY_RCPT),
-                               j->rcpt_flags, j->trace);
+                               j->rcpt_flags, j->g->postmaster, j->trace);
     resolve(j);
 }
 

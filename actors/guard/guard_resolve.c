@@ -28,6 +28,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "guard.h"
 #include "lib/log.h"
@@ -81,6 +82,7 @@ struct prefetch {
 struct guard_resolve {
     int flags;
     char *trace;
+    char *postmaster; /* guard.postmaster, or NULL */
     char *rcpt;
     bool finished;
     enum guard_query_kind asked;
@@ -403,6 +405,32 @@ on_domain(guard_resolve_t *r, struct frame *f, const struct dom *d,
     return true;
 }
 
+/* RFC 5321 4.5.1: a server MUST take mail for postmaster at every domain
+ * it serves. When one of ours has no account, alias or catch-all for it,
+ * the node expands to guard.postmaster (unless it is that address). */
+static bool
+postmaster_fallback(guard_resolve_t *r, struct frame *f)
+{
+    struct guard_addr pa;
+    char *key;
+    bool same;
+
+    if (r->postmaster == NULL || strcasecmp(f->local, "postmaster") != 0 ||
+        (r->flags & GUARD_NO_CATCHALL) ||
+        guard_addr_parse(r->postmaster, &pa) != 0)
+        return false;
+    key = make_key(pa.local, pa.domain);
+    same = strcmp(key, f->key) == 0;
+    free(key);
+    if (same)
+        return false;
+    f->targets = xcalloc(1, sizeof(*f->targets));
+    f->targets[0] = xstrdup(r->postmaster);
+    f->ntargets = 1;
+    f->state = F_EXPAND;
+    return true;
+}
+
 /* The top node's local part is known. Returns true when a question is
  * ready in *q. */
 static bool
@@ -445,18 +473,37 @@ on_local(guard_resolve_t *r, struct frame *f, struct guard_query *q)
         f->state = F_EXPAND;
         return false;
     }
+    if (postmaster_fallback(r, f))
+        return false;
     node_fail(r, 550, "5.1.1", "no such user");
     return false;
 }
 
 guard_resolve_t *
-guard_resolve_new(const char *address, int flags, const char *trace)
+guard_resolve_new(const char *address, int flags, const char *postmaster,
+                  const char *trace)
 {
     guard_resolve_t *r = xcalloc(1, sizeof(*r));
     struct guard_addr a;
 
     r->flags = flags;
     r->trace = trace ? xstrdup(trace) : NULL;
+    r->postmaster = postmaster && *postmaster ? xstrdup(postmaster) : NULL;
+    if (strcasecmp(address, "postmaster") == 0 ||
+        strcasecmp(address, "<postmaster>") == 0) {
+        /* "<Postmaster>" with no domain (RFC 5321 4.1.1.3), which the
+         * listener hands over as "postmaster": the one recipient without
+         * a domain, and it MUST be taken (4.5.1). It stands for
+         * guard.postmaster, which is resolved as an alias target is. */
+        r->rcpt = xstrdup("postmaster");
+        if (r->postmaster == NULL || (flags & GUARD_NO_CATCHALL) ||
+            guard_addr_parse(r->postmaster, &a) != 0) {
+            set_verdict(r, 550, "5.1.1", "no postmaster address set");
+            return r;
+        }
+        push(r, &a, 1);
+        return r;
+    }
     if (guard_addr_parse(address, &a) != 0) {
         r->rcpt = xstrdup(address);
         set_verdict(r, 501, "5.1.3", "bad address syntax");
@@ -499,6 +546,7 @@ guard_resolve_destroy(guard_resolve_t **r_p)
     strv_free(&r->forward);
     free(r->rcpt);
     free(r->trace);
+    free(r->postmaster);
     free(r);
     *r_p = NULL;
 }

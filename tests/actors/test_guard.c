@@ -86,6 +86,7 @@ static const struct fake_local fake_locals[] = {
     {"x6@example.test", 0, "s@example.test"},
     {"boss@catchall.test", 1, NULL},
     {"sales@other.test", 0, "alice@example.test"},
+    {"postmaster@other.test", 0, "alice@example.test"},
     {NULL, 0, NULL},
 };
 
@@ -215,6 +216,24 @@ struct resolve_row {
 };
 
 static const struct resolve_row resolve_rows[] = {
+    /* RFC 5321 4.5.1: postmaster is taken at every domain we serve, and
+     * <Postmaster> without a domain (4.1.1.3); guard.postmaster is bob. */
+    {"<Postmaster>", "Postmaster", 0, 250, "2.1.5", "postmaster",
+     "bob@example.test", ""},
+    {"<Postmaster>, any case", "<POSTMASTER>", 0, 250, "2.1.5", "postmaster",
+     "bob@example.test", ""},
+    {"postmaster@ ours, none there", "PostMaster@example.test", 0, 250, "2.1.5",
+     "postmaster@example.test", "bob@example.test", ""},
+    {"postmaster@ ours, an alias there", "postmaster@other.test", 0, 250,
+     "2.1.5", "postmaster@other.test", "alice@example.test", ""},
+    {"postmaster@ a catch-all domain", "postmaster@catchall.test", 0, 250,
+     "2.1.5", NULL, "boss@catchall.test", ""},
+    {"postmaster@ a disabled domain", "postmaster@off.test", 0, 550, "5.2.1",
+     NULL, NULL, NULL},
+    {"postmaster@ elsewhere", "postmaster@evil.test", 0, 554, "5.7.1", NULL,
+     NULL, NULL},
+    {"postmaster@ ours as a sender", "postmaster@example.test",
+     GUARD_RELAY | GUARD_NO_CATCHALL, 550, "5.1.1", NULL, NULL, NULL},
     {"account", "alice@example.test", 0, 250, "2.1.5", "alice@example.test",
      "alice@example.test", ""},
     {"account, any case", "ALICE@Example.TEST", 0, 250, "2.1.5",
@@ -287,10 +306,14 @@ static const struct resolve_row resolve_rows[] = {
 /* Resolves addr from the tables; with prefetch, a domain question is
  * answered with its local part's facts too, as the actor does in one
  * round. Caller owns the result. */
+/* guard.postmaster for the resolvers below; a test may change it (Check
+ * runs each test in a process of its own). */
+static const char *the_postmaster = "bob@example.test";
+
 static guard_resolve_t *
 run_resolver(const char *label, const char *addr, int flags, bool prefetch)
 {
-    guard_resolve_t *r = guard_resolve_new(addr, flags, "t");
+    guard_resolve_t *r = guard_resolve_new(addr, flags, the_postmaster, "t");
     struct guard_query q;
     enum guard_query_kind k;
     int steps = 0;
@@ -347,6 +370,46 @@ resolve_row(const struct resolve_row *row, bool prefetch)
     ck_assert_ptr_null(r);
     return queries;
 }
+
+/* With no guard.postmaster, or one that names the very address asked
+ * for, nothing stands in: a plain 550 5.1.1, not a loop or a crash. */
+START_TEST(test_resolve_no_postmaster)
+{
+    static const struct resolve_row rows[] = {
+        {"<Postmaster>, none set", "postmaster", 0, 550, "5.1.1", NULL, NULL,
+         NULL},
+        {"postmaster@, none set", "postmaster@example.test", 0, 550, "5.1.1",
+         NULL, NULL, NULL},
+    };
+    static const struct resolve_row self = {"postmaster is itself",
+                                            "postmaster@example.test",
+                                            0,
+                                            550,
+                                            "5.1.1",
+                                            NULL,
+                                            NULL,
+                                            NULL};
+    static const struct resolve_row elsewhere = {"<Postmaster> elsewhere",
+                                                 "Postmaster",
+                                                 0,
+                                                 250,
+                                                 "2.1.5",
+                                                 "postmaster",
+                                                 "",
+                                                 "pm@remote.test"};
+
+    the_postmaster = NULL;
+    resolve_row(&rows[0], false);
+    resolve_row(&rows[1], false);
+    the_postmaster = "";
+    resolve_row(&rows[0], false);
+    the_postmaster = "postmaster@example.test";
+    resolve_row(&self, false);
+    /* A remote postmaster is forwarded, as an alias target would be. */
+    the_postmaster = "pm@remote.test";
+    resolve_row(&elsewhere, false);
+}
+END_TEST
 
 START_TEST(test_resolve)
 {
@@ -1471,6 +1534,7 @@ guard_suite(void)
     tc = tcase_create("resolve");
     tcase_add_loop_test(tc, test_resolve, 0,
                         sizeof(resolve_rows) / sizeof(resolve_rows[0]));
+    tcase_add_test(tc, test_resolve_no_postmaster);
     tcase_add_loop_test(tc, test_resolve_prefetch, 0,
                         sizeof(resolve_rows) / sizeof(resolve_rows[0]));
     tcase_add_loop_test(tc, test_resolve_rounds, 0,

@@ -30,6 +30,7 @@ def setUpModule():
         "SAMOTOP_LISTENER_MAX_PER_IP": "8",
         "SAMOTOP_BUS_TIMEOUT_MS": "3000",
         "SAMOTOP_HOSTNAME": "mx.example.test",
+        "SAMOTOP_GUARD_POSTMASTER": "carol@example.test",
     }).start()
     SYS.admin("domain", "add", "example.test")
     for u in ("alice", "bob", "carol"):
@@ -207,6 +208,26 @@ class Delivery(unittest.TestCase):
         self.assertEqual(code, 250)
         self.assertEqual(len(wait_files("alice", a0 + 1)), a0 + 1)
         self.assertEqual(len(wait_files("carol", c0 + 1)), c0 + 1)
+
+    def test_postmaster_with_and_without_domain(self):
+        """RFC 5321 4.5.1: mail for postmaster MUST be taken, at every
+        domain served and as <Postmaster> with no domain (4.1.1.3); with
+        no such account or alias it goes to guard.postmaster (carol)."""
+        c0 = len(files("carol"))
+        with smtplib.SMTP(*MTA, local_hostname="client.remote.test") as c:
+            c.ehlo()
+            self.assertEqual(c.mail("sender@remote.test")[0], 250)
+            code, text = c.docmd("RCPT TO:<Postmaster>")
+            self.assertEqual(code, 250, text)
+            code, text = c.docmd("RCPT TO:<POSTMASTER@Example.Test>")
+            self.assertEqual(code, 250, text)
+            self.assertEqual(c.data(message("to the postmaster"))[0], 250)
+        # One copy for the one mailbox both recipients stand for.
+        got = wait_files("carol", c0 + 1)
+        self.assertEqual(len(got), c0 + 1)
+        self.assertIn(b"Subject: to the postmaster", read(got[-1]))
+        time.sleep(0.3)
+        self.assertEqual(len(files("carol")), c0 + 1)
 
     def test_plus_addressing(self):
         a0 = len(files("alice"))
