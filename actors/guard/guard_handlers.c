@@ -695,7 +695,7 @@ guard_init(actor_t *a)
         free(g->postmaster);
         free(g);
         log_err(NULL, "guard_config", "reason=%s", log_q(why));
-        return -1;
+        return ERR_CONFIG;
     }
     if (*g->postmaster == '\0')
         log_info(NULL, "guard_config",
