@@ -16,13 +16,61 @@
 #include "lib/xalloc.h"
 #include "envelope.h"
 
+/* An envelope is one allocation with its header strings right after the
+ * struct (blk..blk_end); a decoded one also holds its body there, as a
+ * value arena (value.h). A string set later (envelope_set_id()) lives
+ * apart, and so does a body once envelope_body() has made it mutable. */
 struct envelope {
     int v;
     char *id, *re, *trace, *type, *from;
     int64_t ts, deadline;
     enum env_type type_id;
     value_t *body;
+    char *blk, *blk_end;
 };
+
+/* Whether p is the envelope's to free (not in its block). */
+static bool
+env_owns(const envelope_t *env, const char *p)
+{
+    return p && (p < env->blk || p >= env->blk_end);
+}
+
+static char *
+blk_put(char **at, const char *s, size_t n)
+{
+    char *p = *at;
+
+    memcpy(p, s, n);
+    p[n] = '\0';
+    *at += n + 1;
+    return p;
+}
+
+/* A zeroed envelope with the header strings (re may be NULL) copied into
+ * its block, and extra more bytes there, 8-aligned, for an arena. */
+static envelope_t *
+env_alloc(const char *id, size_t idl, const char *re, size_t rel,
+          const char *trace, size_t trl, const char *type, size_t tyl,
+          const char *from, size_t frl, size_t extra, char **extra_out)
+{
+    size_t strs = idl + trl + tyl + frl + 4 + (re ? rel + 1 : 0);
+    size_t head = (sizeof(envelope_t) + strs + 7) & ~(size_t)7;
+    envelope_t *env = xmalloc(head + extra);
+    char *at = (char *)(env + 1);
+
+    memset(env, 0, sizeof(*env));
+    env->blk = at;
+    env->blk_end = (char *)env + head + extra;
+    env->id = blk_put(&at, id, idl);
+    env->re = re ? blk_put(&at, re, rel) : NULL;
+    env->trace = blk_put(&at, trace, trl);
+    env->type = blk_put(&at, type, tyl);
+    env->from = blk_put(&at, from, frl);
+    if (extra_out)
+        *extra_out = (char *)env + head;
+    return env;
+}
 
 static void set_why(char *why, size_t whylen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -127,34 +175,61 @@ type_matches(const char *pat, const char *type, size_t tlen)
     return fnmatch(pat, type, 0) == 0;
 }
 
+/* The types seen last in this thread and their schemas: a process sends
+ * and receives few types, and matching one against every schema's pattern
+ * showed in the bus benchmark's profile. */
+#define TYPE_CACHE 4
+
+struct type_cache_entry {
+    char type[ENVELOPE_MAX_NAME + 1];
+    enum env_type id;
+};
+
+static __thread struct type_cache_entry type_cache[TYPE_CACHE];
+static __thread unsigned type_cache_next;
+
 static enum env_type
 lookup_type(const char *type)
 {
     size_t tlen = strlen(type);
+    enum env_type id = ENV_NONE;
+    struct type_cache_entry *e;
 
+    for (int i = 0; i < TYPE_CACHE; i++)
+        if (type_cache[i].type[0] == type[0] &&
+            strcmp(type_cache[i].type, type) == 0)
+            return type_cache[i].id;
     for (int i = 1; i < ENV__COUNT; i++)
-        if (type_matches(env_type_descs[i].pattern, type, tlen))
-            return (enum env_type)i;
-    return ENV_NONE;
+        if (type_matches(env_type_descs[i].pattern, type, tlen)) {
+            id = (enum env_type)i;
+            break;
+        }
+    if (tlen > 0 && tlen <= ENVELOPE_MAX_NAME) {
+        e = &type_cache[type_cache_next++ % TYPE_CACHE];
+        memcpy(e->type, type, tlen + 1);
+        e->id = id;
+    }
+    return id;
 }
 
-envelope_t *
-envelope_new(const char *type, const char *trace, int64_t timeout_ms)
+/* envelope_new() with re set (NULL for a request). */
+static envelope_t *
+env_new(const char *type, size_t tyl, const char *trace, const char *re,
+        int64_t timeout_ms)
 {
-    envelope_t *env = xcalloc(1, sizeof(*env));
+    envelope_t *env;
     char id[64], tr[ENVELOPE_TRACE_LEN];
+    const char *from = log_actor();
 
     next_id(id, sizeof(id));
     if (trace == NULL) {
         envelope_new_trace(tr);
         trace = tr;
     }
+    env = env_alloc(id, strlen(id), re, re ? strlen(re) : 0, trace,
+                    strlen(trace), type, tyl, from, strlen(from), 0, NULL);
     env->v = ENVELOPE_VERSION;
-    env->id = xstrdup(id);
-    env->trace = xstrdup(trace);
-    env->type = xstrdup(type);
-    env->type_id = lookup_type(type);
-    env->from = xstrdup(log_actor());
+    env->type_id = lookup_type(env->type);
     env->ts = clock_wall_us();
     env->deadline = env->ts + timeout_ms * 1000;
     env->body = value_new_map();
@@ -162,18 +237,25 @@ envelope_new(const char *type, const char *trace, int64_t timeout_ms)
 }
 
 envelope_t *
+envelope_new(const char *type, const char *trace, int64_t timeout_ms)
+{
+    return env_new(type, strlen(type), trace, NULL, timeout_ms);
+}
+
+envelope_t *
 envelope_new_reply(const envelope_t *req, int code, const char *ecode,
                    const char *text)
 {
     size_t tl = strlen(req->type);
-    char *type = xmalloc(tl + sizeof(".reply"));
+    char small[ENVELOPE_MAX_NAME + sizeof(".reply")];
+    char *type = tl < ENVELOPE_MAX_NAME ? small : xmalloc(tl + sizeof(".reply"));
     envelope_t *env;
 
     memcpy(type, req->type, tl);
     memcpy(type + tl, ".reply", sizeof(".reply"));
-    env = envelope_new(type, req->trace, 0);
-    free(type);
-    env->re = xstrdup(req->id);
+    env = env_new(type, tl + sizeof(".reply") - 1, req->trace, req->id, 0);
+    if (type != small)
+        free(type);
     env->deadline = req->deadline;
     value_set_int(env->body, ENV_KEY_CODE, code);
     value_set_str(env->body, ENV_KEY_ECODE, ecode);
@@ -184,14 +266,15 @@ envelope_new_reply(const envelope_t *req, int code, const char *ecode,
 envelope_t *
 envelope_dup(const envelope_t *env)
 {
-    envelope_t *d = xcalloc(1, sizeof(*d));
+    envelope_t *d = env_alloc(
+        env->id, strlen(env->id), env->re, env->re ? strlen(env->re) : 0,
+        env->trace, strlen(env->trace), env->type, strlen(env->type),
+        env->from, strlen(env->from), 0, NULL);
 
-    *d = *env;
-    d->id = xstrdup(env->id);
-    d->re = env->re ? xstrdup(env->re) : NULL;
-    d->trace = xstrdup(env->trace);
-    d->type = xstrdup(env->type);
-    d->from = xstrdup(env->from);
+    d->v = env->v;
+    d->ts = env->ts;
+    d->deadline = env->deadline;
+    d->type_id = env->type_id;
     d->body = value_dup(env->body);
     return d;
 }
@@ -203,12 +286,17 @@ envelope_destroy(envelope_t **env_p)
 
     if (env == NULL)
         return;
-    free(env->id);
-    free(env->re);
-    free(env->trace);
-    free(env->type);
-    free(env->from);
-    value_destroy(&env->body);
+    if (env_owns(env, env->id))
+        free(env->id);
+    if (env_owns(env, env->re))
+        free(env->re);
+    if (env_owns(env, env->trace))
+        free(env->trace);
+    if (env_owns(env, env->type))
+        free(env->type);
+    if (env_owns(env, env->from))
+        free(env->from);
+    value_destroy(&env->body); /* a no-op for an arena body */
     free(env);
     *env_p = NULL;
 }
@@ -270,14 +358,16 @@ envelope_type_id(const envelope_t *env)
 void
 envelope_set_id(envelope_t *env, const char *id)
 {
-    free(env->id);
+    if (env_owns(env, env->id))
+        free(env->id);
     env->id = xstrdup(id);
 }
 
 void
 envelope_set_from(envelope_t *env, const char *from)
 {
-    free(env->from);
+    if (env_owns(env, env->from))
+        free(env->from);
     env->from = xstrdup(from);
 }
 
@@ -296,6 +386,11 @@ envelope_set_ts(envelope_t *env, int64_t ts_us)
 value_t *
 envelope_body(envelope_t *env)
 {
+    /* A decoded body is read-only: the first call for a mutable one
+     * copies it out of the arena, which stays until the envelope goes
+     * (pointers peeked into it stay valid). */
+    if (env->body && value_in_arena(env->body))
+        env->body = value_dup(env->body);
     return env->body;
 }
 
@@ -384,14 +479,51 @@ pack_value(msgpack_packer *pk, const value_t *v)
     }
 }
 
-int
-envelope_encode(const envelope_t *env, char **buf_out, size_t *len_out)
+/* The per-thread buffer envelope_encode_scratch() writes into: kept from
+ * one envelope to the next, so that encoding allocates nothing once warm
+ * (msgpack's sbuffer mallocs 8 KiB per envelope, and glibc consolidates
+ * its fast bins for each such request). Shrunk after an envelope over
+ * SCRATCH_KEEP, so that one big message does not pin its size. */
+#define SCRATCH_KEEP (256u << 10)
+
+struct scratch {
+    char *data;
+    size_t size, cap;
+};
+
+static __thread struct scratch enc_scratch;
+
+static int
+scratch_write(void *data, const char *buf, size_t len)
 {
-    msgpack_sbuffer sb;
+    struct scratch *sc = data;
+
+    if (sc->cap - sc->size < len) {
+        size_t cap = sc->cap ? sc->cap : 1024;
+
+        while (cap - sc->size < len)
+            cap *= 2;
+        sc->data = xrealloc(sc->data, cap);
+        sc->cap = cap;
+    }
+    memcpy(sc->data + sc->size, buf, len);
+    sc->size += len;
+    return 0;
+}
+
+int
+envelope_encode_scratch(const envelope_t *env, const char **buf_out,
+                        size_t *len_out)
+{
+    struct scratch *sc = &enc_scratch;
     msgpack_packer pk;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (sc->cap > SCRATCH_KEEP) {
+        free(sc->data);
+        *sc = (struct scratch){0};
+    }
+    sc->size = 0;
+    msgpack_packer_init(&pk, sc, scratch_write);
     msgpack_pack_map(&pk, env->re ? 9 : 8);
     pack_cstr(&pk, ENV_KEY_V);
     msgpack_pack_int(&pk, env->v);
@@ -413,10 +545,22 @@ envelope_encode(const envelope_t *env, char **buf_out, size_t *len_out)
     msgpack_pack_int64(&pk, env->deadline);
     pack_cstr(&pk, ENV_KEY_BODY);
     pack_value(&pk, env->body);
-    if (sb.data == NULL) /* cannot happen: the map header was written */
-        return ERR_NOMEM;
-    *buf_out = sb.data; /* sbuffer memory is malloc'd: the caller frees */
-    *len_out = sb.size;
+    *buf_out = sc->data;
+    *len_out = sc->size;
+    return 0;
+}
+
+int
+envelope_encode(const envelope_t *env, char **buf_out, size_t *len_out)
+{
+    const char *p;
+    size_t n;
+    int rc = envelope_encode_scratch(env, &p, &n);
+
+    if (rc != 0)
+        return rc;
+    *buf_out = xmemdup(p, n);
+    *len_out = n;
     return 0;
 }
 
@@ -560,20 +704,54 @@ prescan(const unsigned char *p, size_t len, char *why, size_t whylen)
     return 0;
 }
 
-/* Step 2: msgpack-c's object tree into our values. The prescan bounded
- * the depth, so recursion is safe. */
+/* Step 2: msgpack-c's object tree into our values, in one arena. The
+ * prescan bounded the depth, so recursion is safe. First the arena's
+ * size: */
+static size_t
+arena_need(const msgpack_object *o)
+{
+    size_t n;
+
+    switch (o->type) {
+    case MSGPACK_OBJECT_STR:
+        return value_arena_size_bytes(o->via.str.size);
+    case MSGPACK_OBJECT_BIN:
+        return value_arena_size_bytes(o->via.bin.size);
+    case MSGPACK_OBJECT_ARRAY:
+        n = value_arena_size_container(VAL_ARRAY, o->via.array.size);
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            n += arena_need(&o->via.array.ptr[i]);
+        return n;
+    case MSGPACK_OBJECT_MAP:
+        n = value_arena_size_container(VAL_MAP, o->via.map.size);
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+
+            /* A key that is not a string is refused by to_value(). */
+            if (kv->key.type == MSGPACK_OBJECT_STR)
+                n += value_arena_size_key(kv->key.via.str.size);
+            n += arena_need(&kv->val);
+        }
+        return n;
+    default:
+        return value_arena_size_scalar();
+    }
+}
+
+/* Then the values: NULL from the arena means arena_need() miscounted. */
 static int
-to_value(const msgpack_object *o, value_t **out, char *why, size_t whylen)
+to_value(struct value_arena *a, const msgpack_object *o, value_t **out,
+         char *why, size_t whylen)
 {
     value_t *v = NULL;
     int rc;
 
     switch (o->type) {
     case MSGPACK_OBJECT_NIL:
-        v = value_new_nil();
+        v = value_arena_scalar(a, VAL_NIL);
         break;
     case MSGPACK_OBJECT_BOOLEAN:
-        v = value_new_bool(o->via.boolean);
+        v = value_arena_bool(a, o->via.boolean);
         break;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
         if (o->via.u64 > INT64_MAX) {
@@ -581,44 +759,41 @@ to_value(const msgpack_object *o, value_t **out, char *why, size_t whylen)
                     (unsigned long long)o->via.u64);
             return ERR_UNSUPPORTED;
         }
-        v = value_new_int((int64_t)o->via.u64);
+        v = value_arena_int(a, (int64_t)o->via.u64);
         break;
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        v = value_new_int(o->via.i64);
+        v = value_arena_int(a, o->via.i64);
         break;
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
-        v = value_new_float(o->via.f64);
+        v = value_arena_float(a, o->via.f64);
         break;
     case MSGPACK_OBJECT_STR:
-        v = value_new_strn(o->via.str.ptr, o->via.str.size);
+        v = value_arena_bytes(a, VAL_STR, o->via.str.ptr, o->via.str.size);
         break;
     case MSGPACK_OBJECT_BIN:
-        v = value_new_bin(o->via.bin.ptr, o->via.bin.size);
+        v = value_arena_bytes(a, VAL_BIN, o->via.bin.ptr, o->via.bin.size);
         break;
     case MSGPACK_OBJECT_ARRAY:
-        v = value_new_array();
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
+        v = value_arena_container(a, VAL_ARRAY, o->via.array.size);
+        for (uint32_t i = 0; v && i < o->via.array.size; i++) {
             value_t *item;
 
-            if ((rc = to_value(&o->via.array.ptr[i], &item, why, whylen))) {
-                value_destroy(&v);
+            if ((rc = to_value(a, &o->via.array.ptr[i], &item, why, whylen)))
                 return rc;
-            }
-            value_push_take(v, &item);
+            if (!value_arena_append(a, v, NULL, 0, item))
+                v = NULL;
         }
         break;
     case MSGPACK_OBJECT_MAP:
-        v = value_new_map();
-        for (uint32_t i = 0; i < o->via.map.size; i++) {
+        v = value_arena_container(a, VAL_MAP, o->via.map.size);
+        for (uint32_t i = 0; v && i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             const char *nul;
             value_t *item;
 
-            if (kv->key.type != MSGPACK_OBJECT_STR) { /* prescan's job */
-                value_destroy(&v);
+            if (kv->key.type != MSGPACK_OBJECT_STR) /* prescan's job */
                 return ERR_KEY;
-            }
             /* Keys are C strings from here on: "echo\0x" would pass for
              * "echo" in every lookup, and be written back as "echo". */
             nul = memchr(kv->key.via.str.ptr, '\0', kv->key.via.str.size);
@@ -626,20 +801,22 @@ to_value(const msgpack_object *o, value_t **out, char *why, size_t whylen)
                 set_why(why, whylen, "map key \"%.*s\" holds a NUL byte",
                         (int)(nul - kv->key.via.str.ptr),
                         kv->key.via.str.ptr);
-                value_destroy(&v);
                 return ERR_KEY;
             }
-            if ((rc = to_value(&kv->val, &item, why, whylen))) {
-                value_destroy(&v);
+            if ((rc = to_value(a, &kv->val, &item, why, whylen)))
                 return rc;
-            }
-            value_map_append_take(v, kv->key.via.str.ptr,
-                                  kv->key.via.str.size, &item);
+            if (!value_arena_append(a, v, kv->key.via.str.ptr,
+                                    kv->key.via.str.size, item))
+                v = NULL;
         }
         break;
     default:
         set_why(why, whylen, "unsupported msgpack type %d", (int)o->type);
         return ERR_UNSUPPORTED;
+    }
+    if (v == NULL) {
+        set_why(why, whylen, "decoder arena miscounted");
+        return ERR_NOMEM;
     }
     *out = v;
     return 0;
@@ -660,9 +837,11 @@ map_lookup(const msgpack_object *map, const char *key)
     return NULL;
 }
 
+/* A header name: *out points into the input (or is NULL when absent and
+ * not required). */
 static int
 get_name(const msgpack_object *map, const char *key, bool required,
-         char **out, char *why, size_t whylen)
+         const msgpack_object **out, char *why, size_t whylen)
 {
     const msgpack_object *o = map_lookup(map, key);
 
@@ -683,7 +862,7 @@ get_name(const msgpack_object *map, const char *key, bool required,
                 ENVELOPE_MAX_NAME);
         return ERR_TYPE;
     }
-    *out = xstrndup(o->via.str.ptr, o->via.str.size);
+    *out = o;
     return 0;
 }
 
@@ -782,9 +961,12 @@ envelope_decode(const void *buf, size_t len, size_t max,
      * would allocate and free an 8 KiB zone for every envelope. */
     static __thread msgpack_zone *zone;
     msgpack_object result;
-    const msgpack_object *top, *o;
+    const msgpack_object *top, *o, *id, *trace, *type, *from, *re;
+    struct value_arena arena;
+    char tbuf[ENVELOPE_MAX_NAME + 1];
     envelope_t *env = NULL;
-    size_t off = 0;
+    int64_t ts, deadline;
+    size_t off = 0, tl;
     int rc;
 
     *env_out = NULL;
@@ -815,7 +997,6 @@ envelope_decode(const void *buf, size_t len, size_t max,
         rc = ERR_NOT_MAP;
         goto out;
     }
-    env = xcalloc(1, sizeof(*env));
     /* The version first: a newer envelope may differ in everything else. */
     o = map_lookup(top, ENV_KEY_V);
     if (o == NULL) {
@@ -834,29 +1015,28 @@ envelope_decode(const void *buf, size_t len, size_t max,
         rc = ERR_VERSION;
         goto out;
     }
-    env->v = ENVELOPE_VERSION;
-    if ((rc = get_name(top, ENV_KEY_ID, true, &env->id, why, whylen)) ||
-        (rc = get_name(top, ENV_KEY_TRACE, true, &env->trace, why, whylen)) ||
-        (rc = get_name(top, ENV_KEY_TYPE, true, &env->type, why, whylen)) ||
-        (rc = get_name(top, ENV_KEY_FROM, true, &env->from, why, whylen)) ||
-        (rc = get_name(top, ENV_KEY_RE, false, &env->re, why, whylen)) ||
-        (rc = get_time(top, ENV_KEY_TS, &env->ts, why, whylen)) ||
-        (rc = get_time(top, ENV_KEY_DEADLINE, &env->deadline, why, whylen)))
+    if ((rc = get_name(top, ENV_KEY_ID, true, &id, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_TRACE, true, &trace, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_TYPE, true, &type, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_FROM, true, &from, why, whylen)) ||
+        (rc = get_name(top, ENV_KEY_RE, false, &re, why, whylen)) ||
+        (rc = get_time(top, ENV_KEY_TS, &ts, why, whylen)) ||
+        (rc = get_time(top, ENV_KEY_DEADLINE, &deadline, why, whylen)))
         goto out;
-    if (!type_name_ok(env->type)) {
+    /* get_name() bounded it and refused NUL: a C string from here on. */
+    tl = type->via.str.size;
+    memcpy(tbuf, type->via.str.ptr, tl);
+    tbuf[tl] = '\0';
+    if (!type_name_ok(tbuf)) {
         set_why(why, whylen, "type: \"%s\" is not a dotted lower-case name",
-                env->type);
+                tbuf);
         rc = ERR_TYPE;
         goto out;
     }
-    if (env->re == NULL) {
-        size_t tl = strlen(env->type);
-
-        if (tl > 6 && strcmp(env->type + tl - 6, ".reply") == 0) {
-            set_why(why, whylen, "re: missing in a reply");
-            rc = ERR_MISSING;
-            goto out;
-        }
+    if (re == NULL && tl > 6 && strcmp(tbuf + tl - 6, ".reply") == 0) {
+        set_why(why, whylen, "re: missing in a reply");
+        rc = ERR_MISSING;
+        goto out;
     }
     o = map_lookup(top, ENV_KEY_BODY);
     if (o == NULL) {
@@ -869,7 +1049,17 @@ envelope_decode(const void *buf, size_t len, size_t max,
         rc = ERR_TYPE;
         goto out;
     }
-    if ((rc = to_value(o, &env->body, why, whylen)) != 0)
+    /* One allocation: the envelope, its header strings, its body. */
+    env = env_alloc(id->via.str.ptr, id->via.str.size,
+                    re ? re->via.str.ptr : NULL, re ? re->via.str.size : 0,
+                    trace->via.str.ptr, trace->via.str.size, tbuf, tl,
+                    from->via.str.ptr, from->via.str.size, arena_need(o),
+                    &arena.p);
+    arena.end = env->blk_end;
+    env->v = ENVELOPE_VERSION;
+    env->ts = ts;
+    env->deadline = deadline;
+    if ((rc = to_value(&arena, o, &env->body, why, whylen)) != 0)
         goto out;
     env->type_id = lookup_type(env->type);
     if ((rc = envelope_check_body(env, why, whylen)) != 0)
@@ -905,7 +1095,7 @@ mask_value(value_t *v)
 void
 envelope_mask_secrets(envelope_t *env)
 {
-    mask_value(env->body);
+    mask_value(envelope_body(env));
 }
 
 bool

@@ -10,7 +10,9 @@
  * field. Unknown keys are skipped, for forward compatibility.
  *
  * An envelope owns its strings and body. Getters return borrowed pointers
- * that live as long as the envelope.
+ * that live as long as the envelope. A decoded envelope's body is
+ * read-only until envelope_body() is asked for it, which makes it a
+ * mutable copy (decoding builds it in one block; see value.h, arenas).
  */
 #ifndef SAMOTOP_ENVELOPE_H
 #define SAMOTOP_ENVELOPE_H
@@ -79,6 +81,13 @@ int envelope_code(const envelope_t *env);
 
 /* Encodes env into a new buffer (*buf_out, caller frees). Returns 0. */
 int envelope_encode(const envelope_t *env, char **buf_out, size_t *len_out);
+
+/* Encodes env into a buffer of this thread's that stays valid until the
+ * next encode in the same thread (borrowed: do not free it). Allocates
+ * nothing once warm: for a message sent at once, which copies it anyway.
+ * Returns 0. */
+int envelope_encode_scratch(const envelope_t *env, const char **buf_out,
+                            size_t *len_out);
 
 /* Decodes len bytes. On success *env_out is a new envelope (caller owns)
  * and 0 is returned. Otherwise *env_out is NULL, the result is one of

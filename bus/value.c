@@ -4,8 +4,14 @@
 #include "lib/xalloc.h"
 #include "value.h"
 
+/* Strings and bytes made here are stored right after their value_t, in
+ * the same allocation (one malloc per string instead of two); those given
+ * by value_new_bin_take() live apart. A map's keys live in the same block
+ * as its items, keys right after the cap item slots. Values carved out of
+ * an arena (value_arena_*) own nothing: the arena's owner frees it all. */
 struct value {
     value_kind_t kind;
+    bool in_arena;
     union {
         bool b;
         int64_t i;
@@ -64,14 +70,32 @@ value_new_float(double d)
     return v;
 }
 
+/* A value of kind with n bytes of s (and a NUL) stored inline. */
+static value_t *
+value_alloc_bytes(value_kind_t kind, const void *s, size_t n)
+{
+    value_t *v = xmalloc(sizeof(*v) + n + 1);
+
+    memset(v, 0, sizeof(*v));
+    v->kind = kind;
+    v->u.s.p = (char *)(v + 1);
+    if (n)
+        memcpy(v->u.s.p, s, n);
+    v->u.s.p[n] = '\0';
+    v->u.s.len = n;
+    return v;
+}
+
+static bool
+bytes_inline(const value_t *v)
+{
+    return v->u.s.p == (const char *)(v + 1);
+}
+
 value_t *
 value_new_strn(const char *s, size_t n)
 {
-    value_t *v = value_alloc(VAL_STR);
-
-    v->u.s.p = xstrndup(s, n);
-    v->u.s.len = n;
-    return v;
+    return value_alloc_bytes(VAL_STR, s, n);
 }
 
 value_t *
@@ -83,11 +107,7 @@ value_new_str(const char *s)
 value_t *
 value_new_bin(const void *p, size_t n)
 {
-    value_t *v = value_alloc(VAL_BIN);
-
-    v->u.s.p = xmemdup(p, n);
-    v->u.s.len = n;
-    return v;
+    return value_alloc_bytes(VAL_BIN, p, n);
 }
 
 value_t *
@@ -120,10 +140,15 @@ value_destroy(value_t **v_p)
 
     if (v == NULL)
         return;
+    if (v->in_arena) { /* the arena's owner frees it */
+        *v_p = NULL;
+        return;
+    }
     switch (v->kind) {
     case VAL_STR:
     case VAL_BIN:
-        free(v->u.s.p);
+        if (!bytes_inline(v))
+            free(v->u.s.p);
         break;
     case VAL_ARRAY:
     case VAL_MAP:
@@ -132,8 +157,7 @@ value_destroy(value_t **v_p)
             if (v->u.c.keys)
                 free(v->u.c.keys[i]);
         }
-        free(v->u.c.items);
-        free(v->u.c.keys);
+        free(v->u.c.items); /* the keys too: same block */
         break;
     default:
         break;
@@ -170,9 +194,154 @@ value_dup(const value_t *v)
         return d;
     default:
         d = value_alloc(v->kind);
-        d->u = v->u;
+        d->u = v->u; /* a scalar: nothing shared */
         return d;
     }
+}
+
+/* Arenas. Every piece is rounded up to 8 bytes, in the count and in the
+ * carving alike, so that value_t and pointer arrays stay aligned. */
+
+#define ARENA_ROUND(n) (((n) + 7) & ~(size_t)7)
+
+size_t
+value_arena_size_scalar(void)
+{
+    return ARENA_ROUND(sizeof(value_t));
+}
+
+size_t
+value_arena_size_bytes(size_t n)
+{
+    return ARENA_ROUND(sizeof(value_t)) + ARENA_ROUND(n + 1);
+}
+
+size_t
+value_arena_size_container(value_kind_t kind, size_t n)
+{
+    return ARENA_ROUND(sizeof(value_t)) +
+           ARENA_ROUND(sizeof(void *) * n * (kind == VAL_MAP ? 2 : 1));
+}
+
+size_t
+value_arena_size_key(size_t keylen)
+{
+    return ARENA_ROUND(keylen + 1);
+}
+
+/* n bytes of a, or NULL when a has no room left. */
+static void *
+arena_take(struct value_arena *a, size_t n)
+{
+    char *p = a->p;
+
+    n = ARENA_ROUND(n);
+    if (n > (size_t)(a->end - a->p))
+        return NULL;
+    a->p += n;
+    return p;
+}
+
+value_t *
+value_arena_scalar(struct value_arena *a, value_kind_t kind)
+{
+    value_t *v = arena_take(a, sizeof(*v));
+
+    if (v == NULL)
+        return NULL;
+    memset(v, 0, sizeof(*v));
+    v->kind = kind;
+    v->in_arena = true;
+    return v;
+}
+
+value_t *
+value_arena_bool(struct value_arena *a, bool b)
+{
+    value_t *v = value_arena_scalar(a, VAL_BOOL);
+
+    if (v)
+        v->u.b = b;
+    return v;
+}
+
+value_t *
+value_arena_int(struct value_arena *a, int64_t i)
+{
+    value_t *v = value_arena_scalar(a, VAL_INT);
+
+    if (v)
+        v->u.i = i;
+    return v;
+}
+
+value_t *
+value_arena_float(struct value_arena *a, double d)
+{
+    value_t *v = value_arena_scalar(a, VAL_FLOAT);
+
+    if (v)
+        v->u.d = d;
+    return v;
+}
+
+value_t *
+value_arena_bytes(struct value_arena *a, value_kind_t kind, const void *s,
+                  size_t n)
+{
+    value_t *v = value_arena_scalar(a, kind);
+
+    if (v == NULL || (v->u.s.p = arena_take(a, n + 1)) == NULL)
+        return NULL;
+    if (n)
+        memcpy(v->u.s.p, s, n);
+    v->u.s.p[n] = '\0';
+    v->u.s.len = n;
+    return v;
+}
+
+value_t *
+value_arena_container(struct value_arena *a, value_kind_t kind, size_t n)
+{
+    value_t *v = value_arena_scalar(a, kind);
+
+    if (v == NULL)
+        return NULL;
+    v->u.c.cap = n;
+    if (n) {
+        v->u.c.items =
+            arena_take(a, sizeof(void *) * n * (kind == VAL_MAP ? 2 : 1));
+        if (v->u.c.items == NULL)
+            return NULL;
+        if (kind == VAL_MAP)
+            v->u.c.keys = (char **)(v->u.c.items + n);
+    }
+    return v;
+}
+
+bool
+value_arena_append(struct value_arena *a, value_t *c, const char *key,
+                   size_t keylen, value_t *item)
+{
+    if (c->u.c.n >= c->u.c.cap)
+        return false;
+    if (c->kind == VAL_MAP) {
+        char *k = arena_take(a, keylen + 1);
+
+        if (k == NULL)
+            return false;
+        memcpy(k, key, keylen);
+        k[keylen] = '\0';
+        c->u.c.keys[c->u.c.n] = k;
+    }
+    c->u.c.items[c->u.c.n++] = item;
+    return true;
+}
+
+bool
+value_in_arena(const value_t *v)
+{
+    return v->in_arena;
 }
 
 value_kind_t
@@ -232,20 +401,33 @@ value_at(const value_t *v, size_t i)
     return v->u.c.items[i];
 }
 
+/* Room for one more item. A map's block holds cap item pointers, then cap
+ * key pointers. */
 static void
 grow(value_t *c)
 {
-    if (c->u.c.n < c->u.c.cap)
+    size_t old = c->u.c.cap, cap;
+
+    if (c->u.c.n < old)
         return;
-    c->u.c.cap = c->u.c.cap ? c->u.c.cap * 2 : 4;
-    c->u.c.items = xrealloc(c->u.c.items, sizeof(value_t *) * c->u.c.cap);
-    if (c->kind == VAL_MAP)
-        c->u.c.keys = xrealloc(c->u.c.keys, sizeof(char *) * c->u.c.cap);
+    cap = old ? old * 2 : 4;
+    if (c->kind == VAL_MAP) {
+        c->u.c.items = xrealloc(c->u.c.items, 2 * sizeof(void *) * cap);
+        c->u.c.keys = (char **)(c->u.c.items + cap);
+        memmove(c->u.c.keys, c->u.c.items + old, sizeof(char *) * c->u.c.n);
+    } else {
+        c->u.c.items = xrealloc(c->u.c.items, sizeof(value_t *) * cap);
+    }
+    c->u.c.cap = cap;
 }
 
 void
 value_push_take(value_t *arr, value_t **item_p)
 {
+    if (arr->in_arena) { /* read-only (value.h) */
+        value_destroy(item_p);
+        return;
+    }
     grow(arr);
     arr->u.c.items[arr->u.c.n++] = *item_p;
     *item_p = NULL;
@@ -265,8 +447,13 @@ map_find(const value_t *map, const char *key)
 void
 value_set_take(value_t *map, const char *key, value_t **item_p)
 {
-    long i = map_find(map, key);
+    long i;
 
+    if (map->in_arena) { /* read-only (value.h) */
+        value_destroy(item_p);
+        return;
+    }
+    i = map_find(map, key);
     if (i >= 0) {
         value_destroy(&map->u.c.items[i]);
         map->u.c.items[i] = *item_p;
@@ -282,6 +469,10 @@ void
 value_map_append_take(value_t *map, const char *key, size_t keylen,
                       value_t **item_p)
 {
+    if (map->in_arena) { /* read-only (value.h) */
+        value_destroy(item_p);
+        return;
+    }
     grow(map);
     map->u.c.keys[map->u.c.n] = xstrndup(key, keylen);
     map->u.c.items[map->u.c.n++] = *item_p;
@@ -309,7 +500,7 @@ value_del(value_t *map, const char *key)
 {
     long i = map_find(map, key);
 
-    if (i < 0)
+    if (i < 0 || map->in_arena)
         return false;
     value_destroy(&map->u.c.items[i]);
     free(map->u.c.keys[i]);

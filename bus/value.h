@@ -81,6 +81,37 @@ const char *value_get_str(const value_t *map, const char *key);
 int64_t value_get_int(const value_t *map, const char *key, int64_t fallback);
 bool value_get_bool(const value_t *map, const char *key, bool fallback);
 
+/* Arenas, for decoders: a whole tree carved out of one block that the
+ * caller sized with the value_arena_size_*() of every piece and owns (it
+ * frees the block; value_destroy() on an arena value only nulls the
+ * pointer). Arena values are read-only: the mutators leave them as they
+ * are (and destroy the item they were handed); value_dup() makes a heap
+ * copy that may be changed. The carving functions return NULL (append:
+ * false) when the block has no room for the piece, or the container none
+ * for the item: a miscount. */
+struct value_arena {
+    char *p, *end;
+};
+
+size_t value_arena_size_scalar(void); /* nil, bool, int, float */
+size_t value_arena_size_bytes(size_t n); /* a str or bin of n bytes */
+size_t value_arena_size_container(value_kind_t kind, size_t n); /* n items */
+size_t value_arena_size_key(size_t keylen); /* each map key */
+
+value_t *value_arena_scalar(struct value_arena *a, value_kind_t kind);
+value_t *value_arena_bool(struct value_arena *a, bool b);
+value_t *value_arena_int(struct value_arena *a, int64_t i);
+value_t *value_arena_float(struct value_arena *a, double d);
+value_t *value_arena_bytes(struct value_arena *a, value_kind_t kind,
+                           const void *s, size_t n);
+/* An array or map with room for n items. */
+value_t *value_arena_container(struct value_arena *a, value_kind_t kind,
+                               size_t n);
+/* Appends item (an arena value), under key (copied) for a map. */
+bool value_arena_append(struct value_arena *a, value_t *c, const char *key,
+                        size_t keylen, value_t *item);
+bool value_in_arena(const value_t *v);
+
 /* Structural equality (floats compared bit for bit). */
 bool value_equal(const value_t *a, const value_t *b);
 

@@ -1673,6 +1673,110 @@ START_TEST(test_dup)
 }
 END_TEST
 
+/* A decoded envelope is built in one block and its body is read-only
+ * until envelope_body() asks for it: then it is a copy that takes every
+ * change, while what was peeked before stays readable, and header setters
+ * work on strings inside the block as on others. */
+START_TEST(test_decoded_mutable)
+{
+    envelope_t *orig = rich_envelope(), *env, *again;
+    const char *peeked;
+    value_t *body, *v;
+    char *buf, *buf2;
+    size_t len, len2;
+
+    env = round_trip("decoded mutable", orig, &buf, &len);
+    ck_assert_msg(value_in_arena(envelope_body_peek(env)),
+                  "a decoded body is not in its arena");
+    peeked = envelope_get_str(env, "str8");
+    ck_assert_msg(peeked != NULL, "str8 missing after decode");
+    body = envelope_body(env);
+    ck_assert_msg(!value_in_arena(body), "envelope_body() gave the arena");
+    ck_assert_msg(value_equal(body, envelope_body_peek(orig)),
+                  "the mutable copy differs from the decoded body");
+    value_set_str(body, "str8", "changed");
+    ck_assert_msg(value_del(body, "bin16"), "bin16 not deleted");
+    v = value_new_int(7);
+    value_set_take(body, "new", &v);
+    envelope_set_id(env, "id-set-later");
+    envelope_set_from(env, "from-set-later");
+    ck_assert_msg(peeked[0] == 's' && strlen(peeked) == 40,
+                  "a value peeked before the copy changed");
+    same_str("decoded mutable", "str8", envelope_get_str(env, "str8"),
+             "changed");
+    ck_assert_msg(envelope_get_int(env, "new", 0) == 7, "new field lost");
+    ck_assert_msg(envelope_body(env) == body,
+                  "envelope_body() copied the body twice");
+    /* The changes travel: encode, decode, compare. */
+    again = round_trip("decoded mutable again", env, &buf2, &len2);
+    same_str("decoded mutable", "id", envelope_id(again), "id-set-later");
+    same_str("decoded mutable", "from", envelope_from(again),
+             "from-set-later");
+    ck_assert_msg(value_get(envelope_body_peek(again), "bin16") == NULL,
+                  "a deleted field came back");
+    envelope_destroy(&again);
+    envelope_destroy(&env);
+    envelope_destroy(&orig);
+    free(buf);
+    free(buf2);
+}
+END_TEST
+
+/* Arena values are read-only: a mutator leaves them as they are and frees
+ * the item it was handed (ASan would see a leak). */
+START_TEST(test_arena_read_only)
+{
+    envelope_t *env = trunc_reply(), *out = round_trip("arena", env, NULL,
+                                                       NULL);
+    value_t *body = (value_t *)envelope_body_peek(out), *v;
+    size_t n = value_count(body);
+
+    v = value_new_str("x");
+    value_set_take(body, ENV_KEY_TEXT, &v);
+    ck_assert_msg(v == NULL, "set_take on the arena kept the item");
+    v = value_new_str("x");
+    value_map_append_take(body, "k", 1, &v);
+    ck_assert_msg(v == NULL, "append_take on the arena kept the item");
+    ck_assert_msg(!value_del(body, ENV_KEY_TEXT), "del changed the arena");
+    ck_assert_msg(value_count(body) == n, "the arena body changed size");
+    same_str("arena", "text", envelope_get_str(out, ENV_KEY_TEXT), "pong");
+    envelope_destroy(&out);
+    envelope_destroy(&env);
+}
+END_TEST
+
+/* The scratch encoding is the same bytes as envelope_encode()'s, also
+ * after a big envelope grew (and gave back) the buffer. */
+START_TEST(test_encode_scratch)
+{
+    envelope_t *small = trunc_reply(), *big = envelope_new("test.op", NULL,
+                                                           100);
+    char *want, *p = calloc(1, 1 << 20);
+    const char *got;
+    size_t wlen, glen;
+    value_t *v = value_new_bin(p, 1 << 20);
+
+    value_set_take(envelope_body(big), "b", &v);
+    for (int round = 0; round < 2; round++) {
+        envelope_t *env = round ? big : small;
+
+        envelope_encode(env, &want, &wlen);
+        envelope_encode_scratch(env, &got, &glen);
+        ck_assert_msg(glen == wlen && memcmp(got, want, wlen) == 0,
+                      "round %d: scratch bytes differ", round);
+        free(want);
+    }
+    envelope_encode(small, &want, &wlen);
+    envelope_encode_scratch(small, &got, &glen);
+    ck_assert_msg(glen == wlen && memcmp(got, want, wlen) == 0,
+                  "after the big one: scratch bytes differ");
+    free(want);
+    free(p);
+    envelope_destroy(&big);
+    envelope_destroy(&small);
+}
+END_TEST
+
 static void
 b_duplicate_keys(msgpack_packer *pk)
 {
@@ -1921,6 +2025,39 @@ START_TEST(test_value_take)
     ck_assert_msg(value_int(value_at(value_get(v, "k"), 0)) == 1,
                   "the taken item is lost");
     value_destroy(&v);
+}
+END_TEST
+
+/* A map past several growths keeps keys and items paired, in order,
+ * through replacements and deletions. */
+START_TEST(test_value_map_grow)
+{
+    value_t *m = value_new_map();
+    char key[16];
+
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        value_set_int(m, key, i);
+    }
+    for (int i = 0; i < 100; i += 3) {
+        snprintf(key, sizeof(key), "k%d", i);
+        ck_assert_msg(value_del(m, key), "%s not deleted", key);
+    }
+    value_set_str(m, "k1", "one");
+    for (size_t j = 0, i = 0; i < 100; i++) {
+        if (i % 3 == 0)
+            continue;
+        snprintf(key, sizeof(key), "k%zu", i);
+        ck_assert_msg(strcmp(value_key_at(m, j), key) == 0,
+                      "key %zu: got %s, want %s", j, value_key_at(m, j), key);
+        if (i == 1)
+            same_str("grow", "k1", value_get_str(m, "k1"), "one");
+        else
+            ck_assert_msg(value_get_int(m, key, -1) == (int64_t)i,
+                          "%s: wrong item", key);
+        j++;
+    }
+    value_destroy(&m);
 }
 END_TEST
 
@@ -2357,6 +2494,9 @@ envelope_suite(void)
     tcase_add_test(tc, test_ids_after_fork);
     tcase_add_test(tc, test_dup);
     tcase_add_test(tc, test_dup_duplicate_keys);
+    tcase_add_test(tc, test_decoded_mutable);
+    tcase_add_test(tc, test_arena_read_only);
+    tcase_add_test(tc, test_encode_scratch);
     tcase_add_test(tc, test_check_body);
     tcase_add_test(tc, test_getters);
     suite_add_tcase(s, tc);
@@ -2365,6 +2505,7 @@ envelope_suite(void)
     tcase_add_loop_test(tc, test_value_equal, 0, NROWS(eq_rows));
     tcase_add_test(tc, test_value_map);
     tcase_add_test(tc, test_value_take);
+    tcase_add_test(tc, test_value_map_grow);
     tcase_add_test(tc, test_value_kind_name);
     suite_add_tcase(s, tc);
 
