@@ -19,11 +19,14 @@
 /* Requests waiting for a free worker, per service, at most. */
 #define QUEUE_MAX 100000
 
+/* A request in a worker's hand, kept inline (no allocation per request):
+ * ROUTER identities are at most 255 bytes, request ids at most 128 (the
+ * front refuses longer ones). */
 struct inflight {
-    void *client;
-    size_t client_len;
-    char *reqid;
-    size_t reqid_len;
+    unsigned char client[255];
+    unsigned char client_len;
+    unsigned char reqid_len;
+    char reqid[129];
 };
 
 struct service;
@@ -133,10 +136,6 @@ worker_free(void **item_p)
 
     if (w == NULL)
         return;
-    for (int i = 0; i < w->nheld; i++) {
-        free(w->held[i].client);
-        free(w->held[i].reqid);
-    }
     free(w->held);
     free(w->id);
     free(w);
@@ -317,10 +316,10 @@ dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, const char *reqid,
         w->held = xrealloc(w->held, sizeof(*w->held) * (size_t)w->capheld);
     }
     h = &w->held[w->nheld++];
-    h->client = xmemdup(zmq_msg_data(client), zmq_msg_size(client));
-    h->client_len = zmq_msg_size(client);
-    h->reqid = xstrdup(reqid);
-    h->reqid_len = strlen(reqid);
+    h->client_len = (unsigned char)zmq_msg_size(client);
+    memcpy(h->client, zmq_msg_data(client), h->client_len);
+    h->reqid_len = (unsigned char)strlen(reqid);
+    memcpy(h->reqid, reqid, (size_t)h->reqid_len + 1);
     publish(b, trace, w->svc->name, env);
     b->routed++;
     metrics_inc(b->m_routed, METRICS_L(w->svc->name));
@@ -510,8 +509,6 @@ worker_release(struct worker *w, const char *reqid, size_t len)
         struct inflight *h = &w->held[i];
 
         if (h->reqid_len == len && memcmp(h->reqid, reqid, len) == 0) {
-            free(h->client);
-            free(h->reqid);
             w->held[i] = w->held[--w->nheld];
             return true;
         }
@@ -532,7 +529,6 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
     struct worker *w;
     int n = frames_recv(zsocket, f, FRAMES_MAX), clen = -1;
 
-    (void)loop;
     if (n <= 0)
         return 0;
     if (n < 2 || n > 3 || hdr_parse(&f[1], &h) < 2 ||
@@ -556,7 +552,7 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
             send_to_worker(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
                            PROTO_BYE);
     } else {
-        w->last_heard = clock_mono_ms();
+        w->last_heard = loop_now_ms(loop); /* this iteration's time */
     }
     if (hdr_is(&h, 1, PROTO_REP) && clen > 0) {
         /* W2 REP client reqid trace + env -> C2 REP reqid + env */

@@ -23,10 +23,16 @@
 #include "proto.h"
 
 #define RETRY_MS 2
+/* Finished requests' records kept for the next ones, at most. */
+#define PENDING_SPARE 256
+/* Room for an id inside the record; a longer one is allocated apart. */
+#define PENDING_ID_INLINE 48
 
 struct pending {
     bus_client_t *client;
-    char *id;
+    char *id; /* idbuf, or allocated when longer */
+    char idbuf[PENDING_ID_INLINE];
+    struct pending *hnext; /* the next in its bucket of the table */
     bus_reply_fn *fn;
     void *arg;
     int64_t deadline_us;
@@ -44,13 +50,91 @@ struct bus_client {
     zsock_t *zs;
     void *sock;
     size_t max_envelope;
-    zhashx_t *pending; /* id -> struct pending */
+    /* id -> struct pending: chained buckets, a power of two of them. A
+     * table of our own, not a zhashx: that one allocates an item and a
+     * copy of the key for every insert. */
+    struct pending **buckets;
+    size_t nbuckets, npending;
+    struct pending *spare; /* finished records, for reuse; by hnext */
+    int nspare;
     struct pending *unsent_head, *unsent_tail;
     loop_timer_t *retry_timer;
     metric_t *m_latency, *m_results; /* NULL until bus_client_set_metrics */
 };
 
 static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
+
+/* FNV-1a: ids are "<random prefix>-<counter>", so any spread will do. */
+static size_t
+id_hash(const char *id)
+{
+    uint64_t h = 14695981039346656037ull;
+
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (size_t)(h ^ h >> 32);
+}
+
+static struct pending *
+ptab_find(const bus_client_t *c, const char *id)
+{
+    struct pending *p = c->buckets[id_hash(id) & (c->nbuckets - 1)];
+
+    while (p && strcmp(p->id, id) != 0)
+        p = p->hnext;
+    return p;
+}
+
+static void
+ptab_insert(bus_client_t *c, struct pending *p)
+{
+    struct pending **b;
+
+    if (c->npending >= c->nbuckets) { /* keep chains short: double */
+        size_t nb = c->nbuckets * 2;
+        struct pending **nt = xcalloc(nb, sizeof(*nt));
+
+        for (size_t i = 0; i < c->nbuckets; i++)
+            while (c->buckets[i]) {
+                struct pending *q = c->buckets[i];
+
+                c->buckets[i] = q->hnext;
+                b = &nt[id_hash(q->id) & (nb - 1)];
+                q->hnext = *b;
+                *b = q;
+            }
+        free(c->buckets);
+        c->buckets = nt;
+        c->nbuckets = nb;
+    }
+    b = &c->buckets[id_hash(p->id) & (c->nbuckets - 1)];
+    p->hnext = *b;
+    *b = p;
+    c->npending++;
+}
+
+static void
+ptab_remove(bus_client_t *c, struct pending *p)
+{
+    struct pending **pp = &c->buckets[id_hash(p->id) & (c->nbuckets - 1)];
+
+    while (*pp && *pp != p)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = p->hnext;
+        c->npending--;
+    }
+}
+
+/* Any pending request, or NULL. */
+static struct pending *
+ptab_any(const bus_client_t *c)
+{
+    for (size_t i = 0; i < c->nbuckets; i++)
+        if (c->buckets[i])
+            return c->buckets[i];
+    return NULL;
+}
 
 int
 bus_service_of(const char *type, char *out, size_t outlen)
@@ -79,7 +163,8 @@ bus_client_new(loop_t *loop, const char *endpoints, size_t max_envelope,
 
     c->loop = loop;
     c->max_envelope = max_envelope;
-    c->pending = zhashx_new();
+    c->nbuckets = 64;
+    c->buckets = xcalloc(c->nbuckets, sizeof(*c->buckets));
     c->zs = zsock_new(ZMQ_DEALER);
     if (c->zs == NULL) {
         snprintf(why, whylen, "cannot make a DEALER socket");
@@ -116,19 +201,41 @@ bus_client_new(loop_t *loop, const char *endpoints, size_t max_envelope,
 fail:
     free(list);
     zsock_destroy(&c->zs);
-    zhashx_destroy(&c->pending);
+    free(c->buckets);
     free(c);
     return NULL;
 }
 
+/* Frees what p holds, and p itself unless it is kept for reuse. */
 static void
-pending_free(struct pending *p)
+pending_free(bus_client_t *c, struct pending *p)
 {
-    free(p->id);
+    if (p->id != p->idbuf)
+        free(p->id);
     free(p->service);
     free(p->trace);
     free(p->payload);
-    free(p);
+    if (c->nspare < PENDING_SPARE) {
+        p->hnext = c->spare;
+        c->spare = p;
+        c->nspare++;
+    } else {
+        free(p);
+    }
+}
+
+/* A zeroed record, reused when one is spare. */
+static struct pending *
+pending_alloc(bus_client_t *c)
+{
+    struct pending *p = c->spare;
+
+    if (p == NULL)
+        return xcalloc(1, sizeof(*p));
+    c->spare = p->hnext;
+    c->nspare--;
+    memset(p, 0, sizeof(*p));
+    return p;
 }
 
 static void
@@ -176,8 +283,9 @@ count_outcome(bus_client_t *c, const struct pending *p, int err)
         if (result[i] >= 'A' && result[i] <= 'Z')
             result[i] = (char)(result[i] - 'A' + 'a');
     metrics_inc(c->m_results, METRICS_L(p->svc, result));
-    metrics_observe(c->m_latency, METRICS_L(p->svc),
-                    (double)(clock_mono_us() - p->started_us) / 1e6);
+    if (p->started_us) /* not when it started before the metrics */
+        metrics_observe(c->m_latency, METRICS_L(p->svc),
+                        (double)(clock_mono_us() - p->started_us) / 1e6);
 }
 
 /* Ends a request: takes it out of the tables, then calls back. */
@@ -186,13 +294,13 @@ finish(bus_client_t *c, struct pending *p, int err, const char *text,
        const envelope_t *reply)
 {
     count_outcome(c, p, err);
-    zhashx_delete(c->pending, p->id);
+    ptab_remove(c, p);
     if (p->payload)
         unsent_remove(c, p);
     if (c->loop)
         loop_timer_cancel(c->loop, &p->timer);
     p->fn(p->arg, err, text ? text : err_str(err), reply);
-    pending_free(p);
+    pending_free(c, p);
 }
 
 void
@@ -203,14 +311,18 @@ bus_client_destroy(bus_client_t **client_p)
 
     if (c == NULL)
         return;
-    while ((p = zhashx_first(c->pending)) != NULL)
+    while ((p = ptab_any(c)) != NULL)
         finish(c, p, ERR_CLOSED, "client closed", NULL);
     if (c->loop) {
         loop_zmq_del(c->loop, c->sock);
         loop_timer_cancel(c->loop, &c->retry_timer);
     }
     zsock_destroy(&c->zs);
-    zhashx_destroy(&c->pending);
+    while ((p = c->spare) != NULL) {
+        c->spare = p->hnext;
+        free(p);
+    }
+    free(c->buckets);
     free(c);
     *client_p = NULL;
 }
@@ -218,7 +330,7 @@ bus_client_destroy(bus_client_t **client_p)
 size_t
 bus_client_pending(const bus_client_t *c)
 {
-    return zhashx_size(c->pending);
+    return c->npending;
 }
 
 static int
@@ -289,8 +401,8 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
     envelope_t *req = *req_p;
     char service[PROTO_MAX_NAME];
     struct pending *p;
-    char *payload;
-    size_t len;
+    const char *payload;
+    size_t len, idlen;
     int bad;
 
     *req_p = NULL;
@@ -301,29 +413,30 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
     else
         bad = bus_service_of(envelope_type(req), service, sizeof(service)) !=
               0;
-    if (bad || zhashx_lookup(c->pending, envelope_id(req)) != NULL) {
+    if (bad || ptab_find(c, envelope_id(req)) != NULL) {
         envelope_destroy(&req);
         *err = ERR_INVAL;
         return NULL;
     }
-    envelope_encode(req, &payload, &len);
-    p = xcalloc(1, sizeof(*p));
+    envelope_encode_scratch(req, &payload, &len);
+    p = pending_alloc(c);
     p->client = c;
-    p->id = xstrdup(envelope_id(req));
+    idlen = strlen(envelope_id(req));
+    p->id = idlen < sizeof(p->idbuf) ? p->idbuf : xmalloc(idlen + 1);
+    memcpy(p->id, envelope_id(req), idlen + 1);
     p->fn = fn;
     p->arg = arg;
     p->deadline_us = envelope_deadline(req);
-    p->started_us = clock_mono_us();
-    snprintf(p->svc, sizeof(p->svc), "%s", service);
-    zhashx_insert(c->pending, p->id, p);
-    if (c->unsent_head == NULL &&
-        send_request(c, service, p->id, envelope_trace(req), payload, len) ==
+    memcpy(p->svc, service, strlen(service) + 1); /* bounded above */
+    if (c->m_results) /* the latency histogram's start; a clock read */
+        p->started_us = clock_mono_us();
+    ptab_insert(c, p);
+    if (c->unsent_head != NULL ||
+        send_request(c, service, p->id, envelope_trace(req), payload, len) !=
             0) {
-        free(payload);
-    } else {
         p->service = xstrdup(service);
         p->trace = xstrdup(envelope_trace(req));
-        p->payload = payload;
+        p->payload = xmemdup(payload, len); /* the scratch is borrowed */
         p->payload_len = len;
         if (c->unsent_tail)
             c->unsent_tail->next_unsent = p;
@@ -382,7 +495,7 @@ client_read_one(bus_client_t *c)
         log_warn(NULL, "bus_client_bad_frame", "frames=%d", n);
         goto out;
     }
-    p = zhashx_lookup(c->pending, h.f[2]);
+    p = ptab_find(c, h.f[2]);
     if (p == NULL)
         goto out; /* late reply to a request that already timed out */
     if (hdr_is(&h, 1, PROTO_REP) && n == 2) {
@@ -479,7 +592,7 @@ bus_client_call_to(bus_client_t *c, const char *service, envelope_t **req_p,
             ;
         /* Replies to other requests may have finished p's neighbours; p
          * itself is alive until r.done. */
-        p = r.done ? NULL : zhashx_lookup(c->pending, id);
+        p = r.done ? NULL : ptab_find(c, id);
         if (p == NULL && !r.done)
             break;
     }

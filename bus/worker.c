@@ -52,7 +52,7 @@ struct bus_request {
     int link;
     unsigned gen;
     char *client_id; /* the client's ROUTER identity, in hex */
-    char *reqid;
+    char *reqid;     /* both in the same allocation as the request */
     envelope_t *env;
     int64_t received_us;
 };
@@ -244,12 +244,16 @@ take_request(bus_worker_t *w, struct link *l, const struct hdr *h,
         send_err(l, h->f[2], h->f[3], ERR_PROTO, why);
         return;
     }
-    req = xcalloc(1, sizeof(*req));
+    /* One allocation for the request and its two strings. */
+    req = xmalloc(sizeof(*req) + h->len[2] + h->len[3] + 2);
+    memset(req, 0, sizeof(*req));
     req->worker = w;
     req->link = (int)(l - w->links);
     req->gen = l->gen;
-    req->client_id = xstrdup(h->f[2]);
-    req->reqid = xstrdup(h->f[3]);
+    req->client_id = (char *)(req + 1);
+    memcpy(req->client_id, h->f[2], h->len[2] + 1);
+    req->reqid = req->client_id + h->len[2] + 1;
+    memcpy(req->reqid, h->f[3], h->len[3] + 1);
     req->env = env;
     req->received_us = clock_mono_us();
     w->inflight++;
@@ -275,10 +279,9 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
     struct hdr h;
     int n = frames_recv(zsocket, f, FRAMES_MAX);
 
-    (void)loop;
     if (n <= 0)
         return 0;
-    l->last_heard = clock_mono_ms();
+    l->last_heard = loop_now_ms(loop); /* this iteration's: no clock read */
     l->heard = true;
     if (n > 2 || hdr_parse(&f[0], &h) < 2 || !hdr_is(&h, 0, PROTO_WORKER)) {
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
@@ -321,8 +324,6 @@ bus_request_destroy(bus_request_t **req_p)
                      "request dropped by the worker");
     }
     req->worker->inflight--;
-    free(req->client_id);
-    free(req->reqid);
     envelope_destroy(&req->env);
     free(req);
     *req_p = NULL;
@@ -345,7 +346,7 @@ bus_worker_reply_take(bus_worker_t *w, bus_request_t **req_p,
     bus_request_t *req = *req_p;
     struct link *l = req_link(w, req);
     const char *trace = envelope_trace(req->env);
-    char *payload;
+    const char *payload;
     size_t len;
     int rc = ERR_CLOSED;
 
@@ -356,13 +357,12 @@ bus_worker_reply_take(bus_worker_t *w, bus_request_t **req_p,
         const void *parts[2];
         size_t lens[2];
 
-        envelope_encode(*reply_p, &payload, &len);
+        envelope_encode_scratch(*reply_p, &payload, &len);
         parts[0] = hdr;
         lens[0] = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
         parts[1] = payload;
         lens[1] = len;
         rc = frames_send(l->sock, 2, parts, lens);
-        free(payload);
     }
     req->answered = true;
     envelope_destroy(reply_p);
