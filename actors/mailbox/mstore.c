@@ -208,6 +208,18 @@ out:
     return ms;
 }
 
+void
+msnap_put(struct msnap **s_p)
+{
+    struct msnap *s = *s_p;
+
+    if (s == NULL)
+        return;
+    *s_p = NULL;
+    if (--s->refs == 0)
+        free(s);
+}
+
 static void
 folder_free(struct mfolder *f)
 {
@@ -218,7 +230,7 @@ folder_free(struct mfolder *f)
         if (*fds[i] >= 0)
             close(*fds[i]);
     mindex_clear(&f->ix);
-    free(f->spare_m);
+    msnap_put(&f->snap);
     free(f->name);
     free(f->mdname);
     free(f->path);
@@ -390,7 +402,8 @@ static size_t
 folder_bytes(const struct mfolder *f)
 {
     return sizeof(*f) + f->ix.cap * sizeof(struct mentry) + f->ix.arena_len +
-           f->ix.n * 80 + f->spare_cap * sizeof(struct mstore_msg) +
+           f->ix.n * 80 +
+           (f->snap ? f->snap->n * sizeof(struct mstore_msg) : 0) +
            (size_t)f->ix.nkeywords * 64 + strlen(f->path) + strlen(f->name) +
            strlen(f->mdname) + 256;
 }
@@ -517,6 +530,9 @@ mstore_folder_put(mstore_t *ms, struct mfolder **f_p)
         folder_free(f);
         return;
     }
+    /* A snapshot of an older index is no use to the next SELECT. */
+    if (f->snap != NULL && f->snap->gen != f->gen)
+        msnap_put(&f->snap);
     f->cache_bytes = folder_bytes(f);
     f->next = open_folders;
     open_folders = f;
@@ -1392,7 +1408,7 @@ mstore_append(mstore_t *ms, const char *folder, const void *data, size_t len,
         e->name = name;
         name = NULL;
         mfolder_cur_own(f, known);
-        f->gen++;
+        mfolder_changed(f);
         ms->append_uid = e->uid;
         out->uidvalidity = f->ix.uidvalidity;
         out->dst_uids = &ms->append_uid;

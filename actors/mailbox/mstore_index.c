@@ -1013,6 +1013,22 @@ any_new(struct mfolder *f)
     return f->has_new;
 }
 
+bool
+mfolder_has_new(struct mfolder *f)
+{
+    return any_new(f);
+}
+
+void
+mfolder_changed(struct mfolder *f)
+{
+    bool none_new = f->new_gen == f->gen + 1 && !f->has_new;
+
+    f->gen++;
+    if (none_new)
+        f->new_gen = f->gen + 1;
+}
+
 /* Starts f->ix afresh with a new UIDVALIDITY: every file will be numbered
  * again by the scan. */
 static void
@@ -1133,6 +1149,10 @@ mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how, uint32_t **claimed,
         f->gen++;
         rc = mfolder_write(ms, f);
     }
+    /* Whether a file waits in new/, for the index as it is now: here,
+     * while the entries are in the CPU's cache, rather than in the next
+     * sync that finds nothing changed (a SELECT's). */
+    (void)any_new(f);
 out:
     if (!(how & MF_LOCKED))
         mfolder_unlock(f);

@@ -92,10 +92,28 @@ struct mfolder {
     uint64_t gen;        /* bumped whenever ix changes */
     uint64_t new_gen;    /* gen + 1 when has_new was found */
     bool has_new;        /* some entry is in_new */
-    /* A message array a view left, for the next view (mstore_view.c). */
-    struct mstore_msg *spare_m;
-    size_t spare_cap;
+    /* The messages as a view numbers them at gen, shared by the views
+     * that have nothing of their own (mstore_view.c); NULL or stale (its
+     * gen older) until a SELECT needs it. */
+    struct msnap *snap;
 };
+
+/* A folder's messages at one generation of its index, as views number
+ * them (no \Recent, nothing expunged): made by a SELECT, then shared
+ * read-only by every view that has no change of its own to keep, so that
+ * a SELECT of a settled folder copies nothing. Never written once made; a
+ * view that must change its list copies it first. Freed with its last
+ * reference (the folder's and its views'). */
+struct msnap {
+    int refs;
+    uint64_t gen;          /* of the folder's index it was made from */
+    uint32_t first_unseen; /* sequence number, 0: none */
+    size_t n;
+    struct mstore_msg m[];
+};
+
+/* Drops a reference to *s_p (NULL ok) and NULLs it (mstore.c). */
+void msnap_put(struct msnap **s_p);
 
 struct mstore {
     char *mailbox;
@@ -187,6 +205,14 @@ void mfolder_cur_own(struct mfolder *f, bool known);
  * their UIDs are appended to *claimed (caller frees). */
 int mfolder_sync(mstore_t *ms, struct mfolder *f, unsigned how,
                  uint32_t **claimed, size_t *nclaimed);
+/* Whether some message of f->ix is still in new/ (computed once per
+ * change of the index). */
+bool mfolder_has_new(struct mfolder *f);
+/* Bumps f->gen after a change that put no message into new/ (a STORE,
+ * an expunge, a COPY or APPEND into cur/): what mfolder_has_new() knew of
+ * none there stays known, so the next sync need not look through every
+ * entry again. */
+void mfolder_changed(struct mfolder *f);
 int mfolder_lock(mstore_t *ms, struct mfolder *f);
 /* The index's lock file in dir_fd, opened (made when missing) for the
  * caller to close, or -errno. */

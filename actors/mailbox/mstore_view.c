@@ -3,10 +3,22 @@
  * was told (RFC 3501 2.3.1.2), and the message operations on it: sync,
  * STORE, COPY, MOVE, EXPUNGE and reading a message.
  *
- * A view keeps its own list of messages (UID, flags, size, date), sorted
- * by UID, and the generation of the folder's index it last matched. A
- * sync compares the two lists in one pass; when the generation is the
- * same and no expunge is held, it costs only the folder's few stat calls.
+ * A view has a list of messages (UID, flags, size, date), sorted by UID,
+ * and the generation of the folder's index it last matched. A sync
+ * compares the two lists in one pass; when the generation is the same and
+ * no expunge is held, it costs only the folder's few stat calls.
+ *
+ * The list is the folder's shared snapshot (struct msnap) as long as the
+ * view has nothing of its own: SELECT of a folder whose index did not
+ * change since the last SELECT copies nothing. A view takes a copy of its
+ * own when it must differ: \Recent messages it claimed, expunges held,
+ * its own STORE, or a sync that finds the folder changed (the copy is
+ * then made by the merge itself, which reads the snapshot and writes the
+ * new list, so it costs no more than the merge did). After such a merge
+ * it goes back to the folder's snapshot when that is current and the
+ * view holds exactly the same. The snapshot is never written, so a
+ * session's sequence numbers change only through its own merges (RFC
+ * 3501 2.3.1.2).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,8 +48,11 @@ struct mstore_view {
     mstore_t *ms;
     struct mfolder *f;
     bool read_only;
-    struct mstore_msg *m; /* ascending UID; m[seq - 1] */
+    /* Ascending UID; m[seq - 1]. While snap is set, m is snap->m and n
+     * snap->n, never written (cap 0); else m is the view's own. */
+    struct mstore_msg *m;
     size_t n, cap;
+    struct msnap *snap;
     uint64_t gen;         /* of f->ix when last matched */
     uint32_t uidvalidity; /* as the client was told */
     unsigned nkeywords;   /* keywords the client was told of */
@@ -92,6 +107,70 @@ msgs_push(mstore_view_t *v, const struct mstore_msg *m)
     v->m[v->n++] = *m;
 }
 
+/* The folder's snapshot of its index as it is now, made when missing or
+ * older; a reference for the caller. */
+static struct msnap *
+snap_get(struct mfolder *f)
+{
+    struct msnap *s = f->snap;
+
+    if (s == NULL || s->gen != f->gen) {
+        msnap_put(&f->snap);
+        s = xmalloc(sizeof(*s) + f->ix.n * sizeof(s->m[0]));
+        s->refs = 1;
+        s->gen = f->gen;
+        s->n = f->ix.n;
+        s->first_unseen = 0;
+        for (size_t i = 0; i < f->ix.n; i++) {
+            const struct mentry *e = &f->ix.e[i];
+            struct mstore_msg *m = &s->m[i];
+
+            m->uid = e->uid;
+            m->flags = e->flags;
+            m->keywords = e->keywords;
+            m->size = e->size;
+            m->date = (time_t)e->date;
+            m->recent = m->expunged = false;
+            if (s->first_unseen == 0 && !(e->flags & MSTORE_F_SEEN))
+                s->first_unseen = (uint32_t)i + 1;
+        }
+        f->snap = s;
+    }
+    s->refs++;
+    return s;
+}
+
+/* Gives v the snapshot s (a reference the view takes over) instead of a
+ * list of its own. */
+static void
+view_share(mstore_view_t *v, struct msnap *s)
+{
+    if (v->snap == NULL)
+        free(v->m);
+    else
+        msnap_put(&v->snap);
+    v->snap = s;
+    v->m = s->m;
+    v->n = s->n;
+    v->cap = 0;
+}
+
+/* Makes v's list its own before it is written: a copy of the
+ * snapshot. */
+static void
+view_own(mstore_view_t *v)
+{
+    struct mstore_msg *m;
+
+    if (v->snap == NULL)
+        return;
+    v->cap = v->n > 0 ? v->n : 1;
+    m = xmalloc(v->cap * sizeof(*m));
+    memcpy(m, v->snap->m, v->n * sizeof(*m));
+    msnap_put(&v->snap);
+    v->m = m;
+}
+
 /* The first index entry whose UID is above uid. */
 static size_t
 entry_after(const struct mindex *ix, uint32_t uid)
@@ -123,6 +202,8 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
 {
     struct mfolder *f = v->f;
     size_t j = 0, kept = 0, before = v->n;
+    const struct mstore_msg *src = v->m;
+    struct msnap *was = v->snap;
     uint32_t last;
 
     if (f->ix.uidvalidity != v->uidvalidity) {
@@ -131,9 +212,16 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
             ch->uidvalidity_changed = true;
         return;
     }
+    /* A shared list is read as it is and the new one written apart: the
+     * copy is the merge's own pass. */
+    if (was != NULL) {
+        v->snap = NULL;
+        v->cap = v->n > 0 ? v->n : 1;
+        v->m = xmalloc(v->cap * sizeof(*v->m));
+    }
     v->held = 0;
     for (size_t i = 0; i < v->n; i++) {
-        struct mstore_msg vm = v->m[i];
+        struct mstore_msg vm = src[i];
         const struct mentry *e;
 
         while (j < f->ix.n && f->ix.e[j].uid < vm.uid)
@@ -157,6 +245,7 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
         }
         v->m[kept++] = vm;
     }
+    msnap_put(&was);
     v->n = kept;
     if (mode != MERGE_EXPUNGE_ONLY) {
         last = v->n > 0 ? v->m[v->n - 1].uid : 0;
@@ -206,6 +295,15 @@ merge(mstore_view_t *v, enum merge_mode mode, const uint32_t *claimed,
     v->nrecent = 0;
     for (size_t i = 0; i < v->n; i++)
         v->nrecent += v->m[i].recent && !v->m[i].expunged;
+    /* The same as the folder's current snapshot (nothing held, nothing
+     * recent, every entry of the index, whose flags the merge took): share
+     * that again rather than keep a copy. */
+    if (mode != MERGE_EXPUNGE_ONLY && v->held == 0 && v->nrecent == 0 &&
+        v->n > 0 && v->n == f->ix.n && f->snap != NULL &&
+        f->snap->gen == f->gen && v->gen == f->gen) {
+        f->snap->refs++;
+        view_share(v, f->snap);
+    }
     if (ch != NULL) {
         ch->expunged = v->exp.v;
         ch->nexpunged = v->exp.n;
@@ -245,16 +343,18 @@ mstore_select(mstore_t *ms, const char *name, bool read_only)
     v->read_only = read_only;
     v->uidvalidity = f->ix.uidvalidity;
     v->nkeywords = f->ix.nkeywords;
-    if (f->spare_m != NULL && f->spare_cap >= f->ix.n) {
-        v->m = f->spare_m;
-        v->cap = f->spare_cap;
-        f->spare_m = NULL;
-        f->spare_cap = 0;
-    } else if (f->ix.n > 0) {
-        v->cap = f->ix.n;
-        v->m = xmalloc(v->cap * sizeof(*v->m));
+    v->gen = f->gen;
+    if (nclaimed == 0 && f->ix.n > 0 && !(read_only && mfolder_has_new(f))) {
+        /* Nothing \Recent for this view alone: the shared snapshot, made
+         * once per change of the index. */
+        view_share(v, snap_get(f));
+    } else {
+        if (f->ix.n > 0) {
+            v->cap = f->ix.n;
+            v->m = xmalloc(v->cap * sizeof(*v->m));
+        }
+        merge(v, MERGE_FULL, claimed, nclaimed, NULL);
     }
-    merge(v, MERGE_FULL, claimed, nclaimed, NULL);
     free(claimed);
     results_reset(v);
     log_debug(ms->trace, "mstore.select",
@@ -270,15 +370,11 @@ mstore_view_destroy(mstore_view_t **v_p)
 
     if (v == NULL)
         return;
-    /* The message array goes to the folder for its next view: a new
-     * session on a big folder then writes into pages already mapped. */
-    if (v->f->spare_m == NULL && v->cap > 0) {
-        v->f->spare_m = v->m;
-        v->f->spare_cap = v->cap;
-        v->m = NULL;
-    }
+    if (v->snap != NULL)
+        msnap_put(&v->snap);
+    else
+        free(v->m);
     mstore_folder_put(v->ms, &v->f);
-    free(v->m);
     free(v->sel.v);
     free(v->exp.v);
     free(v->chg.v);
@@ -333,6 +429,8 @@ mstore_view_uidnext(const mstore_view_t *v)
 uint32_t
 mstore_view_first_unseen(const mstore_view_t *v)
 {
+    if (v->snap != NULL)
+        return v->snap->first_unseen;
     for (size_t i = 0; i < v->n; i++)
         if (!(v->m[i].flags & MSTORE_F_SEEN))
             return (uint32_t)i + 1;
@@ -593,6 +691,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
         goto out;
     known = mfolder_cur_known(f);
     sys |= sys_in;
+    view_own(v); /* its flags are written below */
     for (size_t i = 0; i < n; i++) {
         struct mstore_msg *vm = &v->m[seqs[i] - 1];
         struct mentry *e;
@@ -639,7 +738,7 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
     }
     if (changed) {
         mfolder_cur_own(f, known && rc == 0);
-        f->gen++;
+        mfolder_changed(f);
     }
     /* System flags are in the file names: other processes see a new
      * cur/ mtime and read the names again, so the index (whose names and
@@ -757,7 +856,7 @@ remove_msgs(mstore_view_t *v, const uint32_t *uids, size_t nuids,
     if (kept != f->ix.n) {
         f->ix.n = kept;
         mfolder_cur_own(f, known && rc == 0);
-        f->gen++;
+        mfolder_changed(f);
         int wrc = mfolder_write(ms, f);
 
         if (rc == 0)
@@ -974,7 +1073,7 @@ copy_msgs(mstore_view_t *v, const struct imap_seqset *set, bool uid,
             rc = mstore_fail(ms, ERR_SYS, "SERVERBUG", "cannot copy: %s",
                              strerror(errno));
         mfolder_cur_own(d, known && rc == 0);
-        d->gen++;
+        mfolder_changed(d);
         wrc = mfolder_write(ms, d);
         if (rc == 0)
             rc = wrc;

@@ -449,6 +449,235 @@ START_TEST(test_expunge_seen_by_other)
 }
 END_TEST
 
+/* Views that SELECT a folder nobody changed since share one list of its
+ * messages (the same mstore_msg for a number); a change made after they
+ * selected reaches each of them through its own sync only, and a view
+ * never sees its numbers or flags change before that (RFC 3501 2.3.1.2,
+ * 7.4.1). */
+
+/* Delivers n messages and lets a first session claim them, so that the
+ * next SELECTs have nothing \Recent of their own. */
+static void
+settled(struct fx *f, int n)
+{
+    mstore_view_t *v;
+
+    for (int i = 0; i < n; i++)
+        deliver(f, NULL, "Subject: x\r\n\r\nx\r\n");
+    v = select_ok(f->ms, "INBOX", false);
+    ck_assert_msg(mstore_view_recent(v) == (uint32_t)n, "claimed %u, want %d",
+                  mstore_view_recent(v), n);
+    mstore_view_destroy(&v);
+}
+
+START_TEST(test_shared_view_delivery)
+{
+    struct fx f;
+    mstore_t *ms2, *ms3, *ms4;
+    mstore_view_t *a, *b, *c, *d;
+    struct mstore_changes ch;
+    static const uint32_t three[] = {1, 2, 3}, four[] = {1, 2, 3, 4};
+
+    fx_init(&f);
+    settled(&f, 3);
+    ms2 = open_store(&f);
+    ms3 = open_store(&f);
+    ms4 = open_store(&f);
+    a = select_ok(f.ms, "INBOX", false);
+    b = select_ok(ms2, "INBOX", false);
+    ck_assert_msg(mstore_view_msg(a, 1) == mstore_view_msg(b, 1),
+                  "two SELECTs of an unchanged folder made two copies");
+    ck_assert_msg(mstore_view_recent(b) == 0 &&
+                      mstore_view_first_unseen(b) == 1,
+                  "b: recent %u first unseen %u", mstore_view_recent(b),
+                  mstore_view_first_unseen(b));
+    deliver(&f, NULL, "Subject: new\r\n\r\nnew\r\n");
+    /* a's sync claims the new one (\Recent for a alone). */
+    sync_ok(a, 0, &ch);
+    ck_assert_msg(ch.exists_changed && ch.exists == 4 && ch.recent == 1,
+                  "a: exists_changed %d exists %u recent %u", ch.exists_changed,
+                  ch.exists, ch.recent);
+    want_uids("a", a, four, 4);
+    /* b, not synced yet, still has its three. */
+    want_uids("b before its sync", b, three, 3);
+    ck_assert_msg(mstore_view_seq(b, 4) == 0, "b knows uid 4 before its sync");
+    sync_ok(b, 0, &ch);
+    ck_assert_msg(ch.exists_changed && ch.exists == 4 && ch.recent == 0 &&
+                      ch.nexpunged == 0 && ch.nflags == 0,
+                  "b: exists_changed %d exists %u recent %u exp %zu flags %zu",
+                  ch.exists_changed, ch.exists, ch.recent, ch.nexpunged,
+                  ch.nflags);
+    want_uids("b", b, four, 4);
+    /* A new session after the delivery: all four, none recent (a has
+     * it). */
+    c = select_ok(ms3, "INBOX", false);
+    want_uids("c", c, four, 4);
+    ck_assert_msg(mstore_view_recent(c) == 0 && !mstore_view_msg(c, 4)->recent,
+                  "c: recent %u", mstore_view_recent(c));
+    ck_assert_msg(mstore_view_msg(a, 4)->recent && mstore_view_recent(a) == 1,
+                  "a lost its \\Recent");
+    /* c's list is shared; a keeps its own (its \Recent). */
+    ck_assert_msg(mstore_view_msg(a, 1) != mstore_view_msg(c, 1),
+                  "a's list with \\Recent is shared");
+    sync_ok(b, 0, &ch);
+    ck_assert_msg(!ch.exists_changed && ch.nflags == 0,
+                  "b: a sync with nothing new reported something");
+    /* EXAMINE with a message still in new/: \Recent in that view only,
+     * the others untouched until they sync. */
+    deliver(&f, NULL, "Subject: newer\r\n\r\nnewer\r\n");
+    d = select_ok(ms4, "INBOX", true);
+    ck_assert_msg(mstore_view_exists(d) == 5 && mstore_view_recent(d) == 1 &&
+                      mstore_view_msg(d, 5)->recent,
+                  "d: exists %u recent %u", mstore_view_exists(d),
+                  mstore_view_recent(d));
+    want_uids("c before its sync", c, four, 4);
+    want_uids("b before its sync", b, four, 4);
+    sync_ok(c, 0, &ch);
+    ck_assert_msg(ch.exists_changed && ch.exists == 5 && ch.recent == 1,
+                  "c: exists_changed %d exists %u recent %u", ch.exists_changed,
+                  ch.exists, ch.recent);
+    sync_ok(b, 0, &ch);
+    ck_assert_msg(ch.exists_changed && ch.exists == 5 && ch.recent == 0,
+                  "b: exists_changed %d exists %u recent %u", ch.exists_changed,
+                  ch.exists, ch.recent);
+    mstore_view_destroy(&a);
+    mstore_view_destroy(&b);
+    mstore_view_destroy(&c);
+    mstore_view_destroy(&d);
+    mstore_destroy(&ms2);
+    mstore_destroy(&ms3);
+    mstore_destroy(&ms4);
+    fx_done(&f);
+}
+END_TEST
+
+/* Two sessions change different flags on a shared list: each sees its
+ * own at once and the other's at its next sync; a third that changed
+ * nothing sees both then, and not before. */
+START_TEST(test_shared_view_flags)
+{
+    struct fx f;
+    mstore_t *ms2, *ms3, *ms4;
+    mstore_view_t *a, *b, *c, *d;
+    struct mstore_changes ch;
+
+    fx_init(&f);
+    settled(&f, 3);
+    ms2 = open_store(&f);
+    ms3 = open_store(&f);
+    ms4 = open_store(&f);
+    a = select_ok(f.ms, "INBOX", false);
+    b = select_ok(ms2, "INBOX", false);
+    c = select_ok(ms3, "INBOX", false);
+    store_ok(a, 1, IMAP_STORE_ADD, "\\Seen");
+    store_ok(b, 2, IMAP_STORE_ADD, "\\Seen");
+    store_ok(b, 3, IMAP_STORE_ADD, "\\Flagged");
+    ck_assert_msg(mstore_view_msg(a, 1)->flags == MSTORE_F_SEEN &&
+                      mstore_view_msg(a, 2)->flags == 0,
+                  "a: flags %x %x", mstore_view_msg(a, 1)->flags,
+                  mstore_view_msg(a, 2)->flags);
+    ck_assert_msg(mstore_view_msg(b, 1)->flags == 0 &&
+                      mstore_view_msg(b, 2)->flags == MSTORE_F_SEEN,
+                  "b: flags %x %x", mstore_view_msg(b, 1)->flags,
+                  mstore_view_msg(b, 2)->flags);
+    /* c changed nothing and has not synced: the flags it was told. */
+    for (uint32_t i = 1; i <= 3; i++)
+        ck_assert_msg(mstore_view_msg(c, i)->flags == 0,
+                      "c: message %u has flags %x before its sync", i,
+                      mstore_view_msg(c, i)->flags);
+    ck_assert_msg(mstore_view_first_unseen(c) == 1, "c: first unseen %u",
+                  mstore_view_first_unseen(c));
+    /* A new session: both changes, and the first unseen after them. */
+    d = select_ok(ms4, "INBOX", false);
+    ck_assert_msg(mstore_view_msg(d, 1)->flags == MSTORE_F_SEEN &&
+                      mstore_view_msg(d, 2)->flags == MSTORE_F_SEEN &&
+                      mstore_view_msg(d, 3)->flags == MSTORE_F_FLAGGED,
+                  "d: flags %x %x %x", mstore_view_msg(d, 1)->flags,
+                  mstore_view_msg(d, 2)->flags, mstore_view_msg(d, 3)->flags);
+    ck_assert_msg(mstore_view_first_unseen(d) == 3, "d: first unseen %u",
+                  mstore_view_first_unseen(d));
+    sync_ok(a, 0, &ch);
+    ck_assert_msg(ch.nflags == 2 && ch.flags[0] == 2 && ch.flags[1] == 3 &&
+                      !ch.exists_changed,
+                  "a: %zu flag changes", ch.nflags);
+    sync_ok(b, 0, &ch);
+    ck_assert_msg(ch.nflags == 1 && ch.flags[0] == 1, "b: %zu flag changes",
+                  ch.nflags);
+    sync_ok(c, 0, &ch);
+    ck_assert_msg(ch.nflags == 3 && ch.flags[0] == 1 && ch.flags[2] == 3,
+                  "c: %zu flag changes", ch.nflags);
+    ck_assert_msg(mstore_view_first_unseen(c) == 3 &&
+                      mstore_view_msg(c, 3)->flags == MSTORE_F_FLAGGED,
+                  "c: first unseen %u", mstore_view_first_unseen(c));
+    /* All four agree now, and share one list again. */
+    for (uint32_t i = 1; i <= 3; i++)
+        ck_assert_msg(
+            mstore_view_msg(a, i)->flags == mstore_view_msg(d, i)->flags &&
+                mstore_view_msg(b, i)->flags == mstore_view_msg(d, i)->flags,
+            "message %u: flags differ after the syncs", i);
+    ck_assert_msg(mstore_view_msg(a, 1) == mstore_view_msg(d, 1) &&
+                      mstore_view_msg(c, 1) == mstore_view_msg(d, 1),
+                  "views of the same index did not share their list");
+    /* d's own change afterwards leaves the others' lists as they were. */
+    store_ok(d, 3, IMAP_STORE_REMOVE, "\\Flagged");
+    ck_assert_msg(mstore_view_msg(d, 3)->flags == 0 &&
+                      mstore_view_msg(a, 3)->flags == MSTORE_F_FLAGGED,
+                  "d's STORE: d %x a %x", mstore_view_msg(d, 3)->flags,
+                  mstore_view_msg(a, 3)->flags);
+    sync_ok(a, 0, &ch);
+    ck_assert_msg(ch.nflags == 1 && ch.flags[0] == 3 &&
+                      mstore_view_msg(a, 3)->flags == 0,
+                  "a: %zu flag changes after d's STORE", ch.nflags);
+    mstore_view_destroy(&a);
+    mstore_view_destroy(&b);
+    mstore_view_destroy(&c);
+    mstore_view_destroy(&d);
+    mstore_destroy(&ms2);
+    mstore_destroy(&ms3);
+    mstore_destroy(&ms4);
+    fx_done(&f);
+}
+END_TEST
+
+/* An expunge by one session: another on the shared list keeps every
+ * number (held, then told) until its own sync. */
+START_TEST(test_shared_view_expunge)
+{
+    struct fx f;
+    mstore_t *ms2;
+    mstore_view_t *a, *b;
+    struct mstore_changes ch;
+    const uint32_t *exp;
+    size_t nexp;
+    static const uint32_t all[] = {1, 2, 3, 4}, left[] = {1, 3, 4};
+
+    fx_init(&f);
+    settled(&f, 4);
+    ms2 = open_store(&f);
+    a = select_ok(f.ms, "INBOX", false);
+    b = select_ok(ms2, "INBOX", false);
+    store_ok(a, 2, IMAP_STORE_ADD, "\\Deleted");
+    ck_assert_int_eq(mstore_expunge(a, NULL, &exp, &nexp), 0);
+    ck_assert_msg(nexp == 1 && exp[0] == 2, "a: %zu expunges", nexp);
+    want_uids("a", a, left, 3);
+    want_uids("b before its sync", b, all, 4);
+    ck_assert_msg(!mstore_view_msg(b, 2)->expunged, "b: marked before a sync");
+    sync_ok(b, MSTORE_SYNC_HOLD_EXPUNGES, &ch);
+    ck_assert_msg(ch.nexpunged == 0 && mstore_view_exists(b) == 4 &&
+                      mstore_view_msg(b, 2)->expunged,
+                  "b held: %zu expunges, exists %u", ch.nexpunged,
+                  mstore_view_exists(b));
+    sync_ok(b, 0, &ch);
+    ck_assert_msg(ch.nexpunged == 1 && ch.expunged[0] == 2, "b: %zu expunges",
+                  ch.nexpunged);
+    want_uids("b", b, left, 3);
+    mstore_view_destroy(&a);
+    mstore_view_destroy(&b);
+    mstore_destroy(&ms2);
+    fx_done(&f);
+}
+END_TEST
+
 /* Behind the store's back: a Maildir tool deletes or renames files. */
 
 START_TEST(test_deleted_behind)
@@ -2006,6 +2235,9 @@ mstore_suite(void)
     tc = tcase_create("views");
     tcase_add_test(tc, test_flags_seen_by_other);
     tcase_add_test(tc, test_expunge_seen_by_other);
+    tcase_add_test(tc, test_shared_view_delivery);
+    tcase_add_test(tc, test_shared_view_flags);
+    tcase_add_test(tc, test_shared_view_expunge);
     tcase_add_test(tc, test_deleted_behind);
     tcase_add_test(tc, test_renamed_behind);
     tcase_add_test(tc, test_flags_round_trip);
