@@ -6,15 +6,17 @@
  * claims new/); the timed ones come after a pause, the folder settled.
  *
  * usage: select_time DATA_DIR ACCOUNT FOLDER [ROUNDS]
- * (ST_OTHER=1: another session keeps the folder selected meanwhile.)
- * Example: a copy of bench/imap's mail, cp -al
- * /tmp/bench-imap/pristine-samotop/. DATA/mail/example.test/alice/, then
- * select_time DATA alice@example.test INBOX. Built by hand (not part of the
- * tree's build):
+ * ST_OTHER=1: another session keeps the folder selected meanwhile.
+ *
+ * Example, on a copy of bench/imap's mail:
+ *   mkdir -p D/mail/example.test/alice
+ *   cp -al /tmp/bench-imap/pristine-samotop/. D/mail/example.test/alice/
+ *   select_time D alice@example.test INBOX
+ *
+ * Built by hand (not part of the tree's build), from the top of the tree:
  *   cc -O2 -std=gnu11 -D_GNU_SOURCE -I. bench/imap/select_time.c
- * actors/mailbox/mstore*.c \
- *      actors/mailbox/maildir.c lib/buf.c lib/err.c lib/log.c lib/xalloc.c \
- *      lib/clock.c -o /tmp/select_time
+ *     actors/mailbox/mstore*.c actors/mailbox/maildir.c lib/buf.c
+ *     lib/err.c lib/log.c lib/xalloc.c lib/clock.c -o /tmp/select_time
  */
 #include <stdio.h>
 #include <stdlib.h>
