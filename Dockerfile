@@ -26,7 +26,7 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential cmake pkg-config python3 \
     libzmq3-dev libczmq-dev libhiredis-dev libmsgpack-dev libssl-dev \
-    libc-ares-dev libmicrohttpd-dev \
+    libc-ares-dev libmicrohttpd-dev libidn2-dev \
     redis-server openssl >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 # Marks the layers made from the sources, so that old ones can be pruned

@@ -40,7 +40,8 @@ struct guard_addr {
 };
 
 /* Splits text ("local@domain", with or without angle brackets, a source
- * route "@a,@b:" dropped) into out with lib/smtp_addr.h, UTF-8 allowed.
+ * route "@a,@b:" dropped) into out with lib/smtp_addr.h, UTF-8 allowed;
+ * the domain comes out in lower-case A-labels (lib/idna.h).
  * Returns 0, or ERR_INVAL for anything that is not one RFC 5321 mailbox
  * (also "<>" and a bare "Postmaster"). */
 int guard_addr_parse(const char *text, struct guard_addr *out);

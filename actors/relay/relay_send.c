@@ -23,6 +23,7 @@
 #include "lib/clock.h"
 #include "lib/config.h"
 #include "lib/err.h"
+#include "lib/idna.h"
 #include "lib/log.h"
 #include "lib/xalloc.h"
 #include "relay.h"
@@ -379,8 +380,6 @@ parse_route(struct relay_job *j, const char *v)
 }
 
 /*
- * XXX: a domain in U-labels (an SMTPUTF8 recipient's) is looked up as it
- * is, and so not found: IDNA A-label conversion (libidn2) is not done yet.
  * XXX: RFC 5321 5.1's loop check (drop MX hosts that are us, and those
  * after them) is not done; a route or MX pointing back at our own
  * listener loops until the queue's lifetime ends.
@@ -499,8 +498,12 @@ job_parse(struct relay_job *j, char *why, size_t whylen)
         snprintf(why, whylen, "no domain");
         return ERR_INVAL;
     }
-    for (size_t i = 0; domain[i]; i++)
-        j->domain[i] = (char)tolower((unsigned char)domain[i]);
+    /* Routes are stored under, and the DNS knows, only the A-label form
+     * of a domain an SMTPUTF8 sender wrote in U-labels (RFC 6531 3.2). */
+    if (idna_to_ascii(domain, j->domain, sizeof(j->domain)) != 0) {
+        snprintf(why, whylen, "domain %s is not a valid IDNA name", domain);
+        return ERR_MALFORMED;
+    }
     if (from == NULL || msg == NULL ||
         (value_kind(msg) != VAL_BIN && value_kind(msg) != VAL_STR)) {
         snprintf(why, whylen, "no mail_from or message");
@@ -553,6 +556,7 @@ relay_on_send(actor_t *a, bus_request_t **req_p)
     struct relay_job *j = xcalloc(1, sizeof(*j));
     char why[200];
     int64_t left_ms, margin;
+    int rc;
 
     j->r = r;
     j->req = *req_p;
@@ -565,10 +569,14 @@ relay_on_send(actor_t *a, bus_request_t **req_p)
     if (r->jobs)
         r->jobs->prev = j;
     r->jobs = j;
-    if (job_parse(j, why, sizeof(why)) != 0) {
-        /* A queue bug, not the message's fault: a 4xx keeps it. */
+    if ((rc = job_parse(j, why, sizeof(why))) != 0) {
         log_warn(j->trace, "relay_bad_request", "reason=%s", log_q(why));
-        actor_fail(a, &j->req, 451, "4.3.5", why);
+        if (rc == ERR_MALFORMED)
+            /* The domain can never be reached (RFC 3463 5.1.2). */
+            actor_fail(a, &j->req, 550, "5.1.2", why);
+        else
+            /* A queue bug, not the message's fault: a 4xx keeps it. */
+            actor_fail(a, &j->req, 451, "4.3.5", why);
         job_free(j);
         return;
     }

@@ -51,11 +51,13 @@ static const struct fake_domain fake_domains[] = {
     {"catchall.test", false, "boss@catchall.test"},
     {"loopy.test", false, "ghost@loopy.test"},
     {"off.test", true, NULL},
+    {"xn--bcher-kva.test", false, NULL}, /* "bücher.test" */
     {NULL, false, NULL},
 };
 
 static const struct fake_local fake_locals[] = {
     {"alice@example.test", 1, NULL},
+    {"anna@xn--bcher-kva.test", 1, NULL},
     {"bob@example.test", 1, NULL},
     {"carol@example.test", 2, NULL},
     {"team@example.test", 0,
@@ -216,6 +218,21 @@ struct resolve_row {
 };
 
 static const struct resolve_row resolve_rows[] = {
+    /* RFC 6531 3.2: a domain in U-labels is the domain its A-labels name
+     * (lib/idna.h); ours are stored as A-labels. */
+    {"U-label domain of ours",
+     "anna@B\xc3\x9c"
+     "cher.test",
+     0, 250, "2.1.5", "anna@xn--bcher-kva.test", "anna@xn--bcher-kva.test", ""},
+    {"A-label domain of ours", "ANNA@xn--BCHER-kva.test", 0, 250, "2.1.5",
+     "anna@xn--bcher-kva.test", "anna@xn--bcher-kva.test", ""},
+    {"U-label domain elsewhere", "x@m\xc3\xbcnchen.test", 0, 554, "5.7.1", NULL,
+     NULL, NULL},
+    {"U-label domain elsewhere, relayed as A-labels", "x@m\xc3\xbcnchen.test",
+     GUARD_RELAY, 250, "2.1.5", "x@xn--mnchen-3ya.test", "",
+     "x@xn--mnchen-3ya.test"},
+    {"invalid IDNA name", "x@a\xe2\x98\x83\xef\xbf\xbf.test", GUARD_RELAY, 501,
+     "5.1.3", NULL, NULL, NULL},
     /* RFC 5321 4.5.1: postmaster is taken at every domain we serve, and
      * <Postmaster> without a domain (4.1.1.3); guard.postmaster is bob. */
     {"<Postmaster>", "Postmaster", 0, 250, "2.1.5", "postmaster",

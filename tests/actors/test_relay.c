@@ -956,6 +956,38 @@ START_TEST(test_tls_required_ok)
 }
 END_TEST
 
+/* A domain in U-labels (an SMTPUTF8 recipient's, RFC 6531 3.2) is routed
+ * by its A-labels, the form routes are kept in (the guard hands over the
+ * addresses with A-labels already); a name that is no valid IDNA name
+ * can never be reached: 550 5.1.2, not a retry. */
+START_TEST(test_idna_domain)
+{
+    struct send s = {.domain = "M\xc3\xbcnchen.test",
+                     .rcpts = {"a@xn--mnchen-3ya.test"}};
+    struct send bad = {.domain = "a\xe2\x98\x83\xef\xbf\xbf.test",
+                       .rcpts = {"a@example.test"}};
+    envelope_t *reply, *req;
+    bus_client_t *c;
+    char why[256];
+
+    route_set("xn--mnchen-3ya.test", "127.0.0.1:19305");
+    reply = send_call(&s);
+    ck_assert_int_eq(envelope_code(reply), 250);
+    ck_assert_str_eq(result_mx(reply, 0), "127.0.0.1:19305");
+    envelope_destroy(&reply);
+    route_del("xn--mnchen-3ya.test");
+    /* Refused whole, before any recipient is tried: no results. */
+    req = send_new(&bad);
+    c = bus_client_new(NULL, W.clients, 1 << 20, why, sizeof(why));
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(bus_client_call(c, &req, &reply, why, sizeof(why)), 0);
+    bus_client_destroy(&c);
+    ck_assert_int_eq(envelope_code(reply), 550);
+    ck_assert_str_eq(envelope_get_str(reply, ENV_KEY_ECODE), "5.1.2");
+    envelope_destroy(&reply);
+}
+END_TEST
+
 /* tls=verify: the certificate must chain to relay.tls_ca and name the
  * route's host. */
 START_TEST(test_tls_verify)
@@ -1673,6 +1705,7 @@ relay_suite(void)
     tcase_add_test(tc, test_size);
     tcase_add_test(tc, test_tls_required_missing);
     tcase_add_test(tc, test_tls_required_ok);
+    tcase_add_test(tc, test_idna_domain);
     tcase_add_test(tc, test_tls_verify);
     tcase_add_test(tc, test_mx_order);
     tcase_add_test(tc, test_mx_fallback);

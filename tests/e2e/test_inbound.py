@@ -229,6 +229,31 @@ class Delivery(unittest.TestCase):
         time.sleep(0.3)
         self.assertEqual(len(files("carol")), c0 + 1)
 
+    def test_smtputf8_domain_in_u_labels(self):
+        """RFC 6531 3.2: an SMTPUTF8 client may write our domain in
+        U-labels; it is the domain its A-labels name, and the copy lands
+        in that Maildir."""
+        SYS.admin("domain", "add", "b\u00fccher.test")
+        SYS.admin("user", "add", "anna@xn--bcher-kva.test", input="pw-anna\n")
+        box = os.path.join(SYS.data, "mail", "xn--bcher-kva.test", "anna",
+                           "new")
+        r = Raw()
+        self.assertEqual(r.cmd("EHLO client.remote.test")[0], 250)
+        self.assertEqual(r.cmd("MAIL FROM:<s@remote.test> SMTPUTF8")[0], 250)
+        code, lines = r.cmd("RCPT TO:<anna@B\u00dcCHER.test>")
+        self.assertEqual(code, 250, lines)
+        self.assertEqual(r.cmd("DATA")[0], 354)
+        code, lines = r.cmd("Subject: umlaut\r\n\r\nHallo.\r\n.")
+        self.assertEqual(code, 250, lines)
+        r.cmd("QUIT")
+        r.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and not glob.glob(box + "/*"):
+            time.sleep(0.05)
+        got = glob.glob(box + "/*")
+        self.assertEqual(len(got), 1)
+        self.assertIn(b"Subject: umlaut", read(got[0]))
+
     def test_plus_addressing(self):
         a0 = len(files("alice"))
         results, (code, _) = send(["alice+lists@example.test"], message("plus"))

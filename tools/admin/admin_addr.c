@@ -1,13 +1,15 @@
 /*
  * admin_addr.c - the addresses and domains an administrator types, checked
  * with lib/smtp_addr.h (RFC 5321 4.1.2) and put in the form schemas/redis.md
- * keeps: domains in lower case, local parts of ours in lower case.
+ * keeps: domains in lower case and A-labels, local parts of ours in lower
+ * case.
  */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "admin.h"
+#include "lib/idna.h"
 
 static void
 lower(char *s)
@@ -16,26 +18,52 @@ lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
-static bool
-has_non_ascii(const char *s)
+/*
+ * s with a domain in U-labels turned into its A-labels (RFC 5890; lib/
+ * idna.h), the one form schemas/redis.md stores and the DNS knows, into
+ * out: the whole of s when is_domain, else the part after its last "@".
+ * A non-ASCII local part is refused: accounts and aliases are ASCII.
+ */
+static int
+to_ascii(const struct admin_cmd *cmd, const char *s, bool is_domain, char *out,
+         size_t outlen)
 {
-    for (; *s; s++)
-        if ((unsigned char)*s >= 0x80)
-            return true;
-    return false;
+    const char *at = is_domain ? NULL : strrchr(s, '@');
+    const char *dom = is_domain ? s : at ? at + 1 : "";
+    size_t llen = is_domain ? 0 : at ? (size_t)(at - s) : strlen(s);
+    char ascii[SMTP_DOMAIN_MAX + 1];
+    int n;
+
+    if (!idna_has_non_ascii(s)) {
+        snprintf(out, outlen, "%s", s);
+        return 0;
+    }
+    for (size_t i = 0; i < llen; i++)
+        if ((unsigned char)s[i] >= 0x80)
+            return admin_fail(cmd,
+                              "%s is not an address: non-ASCII local parts "
+                              "(SMTPUTF8) are not supported",
+                              s);
+    if (idna_to_ascii(dom, ascii, sizeof(ascii)) != 0)
+        return admin_fail(cmd, "%s is not a%s: %s is no valid IDNA domain name",
+                          s, is_domain ? " domain" : "n address", dom);
+    n = snprintf(out, outlen, "%.*s%s%s", (int)llen, s, is_domain ? "" : "@",
+                 ascii);
+    if (n < 0 || (size_t)n >= outlen)
+        return admin_fail(cmd, "%s is too long", s);
+    return 0;
 }
 
 static int
 parse(const struct admin_cmd *cmd, const char *s, struct smtp_path *p)
 {
+    char ascii[SMTP_PATH_MAX + 1];
     const char *why = NULL;
 
-    if (smtp_mailbox_parse(s, strlen(s), 0, p, &why) != 0) {
-        if (has_non_ascii(s))
-            why = "non-ASCII addresses (SMTPUTF8) are not supported yet; "
-                  "give a domain as its IDNA A-label (xn--...)";
+    if (to_ascii(cmd, s, false, ascii, sizeof(ascii)) != 0)
+        return 1;
+    if (smtp_mailbox_parse(ascii, strlen(ascii), 0, p, &why) != 0)
         return admin_fail(cmd, "%s is not an address: %s", s, why);
-    }
     return 0;
 }
 
@@ -99,19 +127,21 @@ admin_addr_lower(struct admin_addr *a)
 int
 admin_addr_domain(const struct admin_cmd *cmd, const char *s, char *out)
 {
-    char probe[SMTP_PATH_MAX + 16];
+    char probe[SMTP_PATH_MAX + 16], ascii[SMTP_PATH_MAX + 1];
     struct smtp_path p;
     const char *why = NULL;
     int n;
 
     *out = '\0';
     memset(&p, 0, sizeof(p));
+    snprintf(ascii, sizeof(ascii), "%s", s);
+    if (*s != '\0' && !strchr(s, '@') &&
+        to_ascii(cmd, s, true, ascii, sizeof(ascii)) != 0)
+        return 1;
     /* The domain of a mailbox is checked by the same rules. */
-    n = snprintf(probe, sizeof(probe), "postmaster@%s", s);
+    n = snprintf(probe, sizeof(probe), "postmaster@%s", ascii);
     if (*s == '\0')
         why = "empty";
-    else if (has_non_ascii(s))
-        why = "non-ASCII; give its IDNA A-label (xn--...)";
     else if (strchr(s, '@'))
         why = "it holds an @ (an address?)";
     else if (n < 0 || (size_t)n >= sizeof(probe))

@@ -26,8 +26,9 @@ static int domain_catchall(struct admin_cmd *cmd);
 static const struct admin_sub domain_subs[] = {
     {"add", "DOMAIN", 1, 1, 0,
      "Makes DOMAIN one of ours: mail to its accounts and aliases is\n"
-     "accepted and delivered here. Give a non-ASCII domain as its IDNA\n"
-     "A-label (xn--...). Refused when it is ours already.",
+     "accepted and delivered here. A non-ASCII domain (bücher.example)\n"
+     "is kept as its IDNA A-labels (xn--bcher-kva.example), and either\n"
+     "spelling names it. Refused when it is ours already.",
      domain_add},
     {"del", "DOMAIN [--force]", 1, 1, ADMIN_OPT_FORCE,
      "Stops taking mail for DOMAIN. Refused while it still has accounts or\n"
