@@ -50,6 +50,7 @@ static const char *const cmd_names[IMAP_CMD__COUNT] = {
     [IMAP_CMD_ENABLE] = "ENABLE",
     [IMAP_CMD_CHECK] = "CHECK",
     [IMAP_CMD_CLOSE] = "CLOSE",
+    [IMAP_CMD_UNSELECT] = "UNSELECT",
     [IMAP_CMD_EXPUNGE] = "EXPUNGE",
     [IMAP_CMD_SEARCH] = "SEARCH",
     [IMAP_CMD_FETCH] = "FETCH",
@@ -910,6 +911,7 @@ args(imap_parse_t *p, struct imap_cmd *c)
     case IMAP_CMD_NAMESPACE:
     case IMAP_CMD_CHECK:
     case IMAP_CMD_CLOSE:
+    case IMAP_CMD_UNSELECT:
         return true;
     case IMAP_CMD_EXPUNGE:
         return !c->uid ||

@@ -67,6 +67,7 @@ enum imap_cmd_id {
     /* Selected (6.4); those marked take a UID prefix. */
     IMAP_CMD_CHECK,
     IMAP_CMD_CLOSE,
+    IMAP_CMD_UNSELECT, /* RFC 3691 */
     IMAP_CMD_EXPUNGE, /* UID: RFC 4315 2.1 */
     IMAP_CMD_SEARCH,  /* UID */
     IMAP_CMD_FETCH,   /* UID */

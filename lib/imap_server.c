@@ -988,6 +988,7 @@ imap_server_complete(imap_server_t *srv, enum imap_status st, const char *code,
             code = c->id == IMAP_CMD_EXAMINE ? "READ-ONLY" : "READ-WRITE";
         break;
     case IMAP_CMD_CLOSE:
+    case IMAP_CMD_UNSELECT: /* RFC 3691 2: CLOSE without the expunge */
         if (st == IMAP_OK)
             srv->st = S_AUTH;
         break;

@@ -136,6 +136,7 @@ enum imap_event_type {
  *   MOVE            * OK [COPYUID ...], then EXPUNGE each (RFC 6851)
  *   EXPUNGE         EXPUNGE each
  *   CLOSE           none; OK returns to the authenticated state
+ *   UNSELECT        as CLOSE, the caller expunging nothing (RFC 3691)
  *   IDLE            OK sends "+ idling" and starts IDLE: the engine ends it
  *                   on "DONE" with "tag OK IDLE terminated" and
  *                   IMAP_EV_IDLE_DONE; NO or BAD refuse it
@@ -305,7 +306,7 @@ void imap_server_status(imap_server_t *srv, const char *mailbox, unsigned items,
 void imap_server_search(imap_server_t *srv, const uint32_t *nums, size_t n);
 
 /* "* CAPABILITY ..." as the session stands (7.2.1): IMAP4rev1 LITERAL+
- * IDLE UIDPLUS MOVE NAMESPACE ID ENABLE, and before authentication
+ * IDLE UIDPLUS MOVE NAMESPACE ID ENABLE UNSELECT, and before authentication
  * STARTTLS (when offered, before TLS), LOGINDISABLED (login_needs_tls,
  * before TLS) or AUTH=PLAIN SASL-IR. The engine answers the CAPABILITY
  * command itself. */

@@ -266,7 +266,8 @@ imap_resp_status_now(imap_server_t *srv, enum imap_status st, const char *code,
 void
 imap_resp_capabilities(const imap_server_t *srv, buf_t *b)
 {
-    buf_adds(b, "IMAP4rev1 LITERAL+ IDLE UIDPLUS MOVE NAMESPACE ID ENABLE");
+    buf_adds(b, "IMAP4rev1 LITERAL+ IDLE UIDPLUS MOVE NAMESPACE ID ENABLE "
+                "UNSELECT");
     if (srv->st != S_CONNECT && srv->st != S_NOTAUTH)
         return;
     if (srv->starttls && !srv->tls)

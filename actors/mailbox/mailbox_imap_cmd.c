@@ -539,6 +539,11 @@ imap_cmd_run(struct isess *s, const struct imap_cmd *c)
     case IMAP_CMD_CLOSE:
         cmd_close(s);
         return;
+    case IMAP_CMD_UNSELECT:
+        /* RFC 3691 2: as CLOSE, but no message is expunged. */
+        imap_cmd_unselect(s);
+        imap_sess_complete(s, IMAP_OK, NULL, NULL);
+        return;
     case IMAP_CMD_EXPUNGE:
         cmd_expunge(s, c, false);
         return;

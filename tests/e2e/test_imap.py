@@ -599,6 +599,37 @@ class Mail(unittest.TestCase):
         ok(m.check())
         ok(m.noop())
 
+    def test_unselect(self):
+        # RFC 3691: back to the authenticated state without the expunge
+        # CLOSE does; offered in CAPABILITY.
+        m = self.m
+        self.assertIn("UNSELECT", m.capabilities)
+        ok(m.create("Keep"))
+        ok(m.append("Keep", None, None, message("kept", "Kept.\r\n")))
+        ok(m.select("Keep"))
+        ok(m.store("1", "+FLAGS", "\\Deleted"))
+        ok(m.unselect())
+        self.assertEqual(m.state, "AUTH")
+        self.assertIn(b"MESSAGES 1", ok(m.status("Keep", "(MESSAGES)"))[0])
+        # A read-only one too; then nothing is selected any more.
+        ok(m.select("Keep", readonly=True))
+        ok(m.unselect())
+        r = Raw()
+        r.login("alice")
+        _, t = r.cmd("UNSELECT")
+        self.assertRegex(t, r"^r\d+ BAD")
+        r.cmd("SELECT Keep")
+        _, t = r.cmd("UNSELECT")
+        self.assertRegex(t, r"^r\d+ OK")
+        _, t = r.cmd("FETCH 1 FLAGS")
+        self.assertRegex(t, r"^r\d+ BAD")
+        r.cmd("LOGOUT")
+        r.close()
+        ok(m.select("Keep"))
+        self.assertIn(b"\\Deleted", fetch_map(m, ("1", "(FLAGS)"))[1])
+        m.unselect()
+        ok(m.delete("Keep"))
+
 
 def res_uid(m, seq):
     return fetch_map(m, (str(seq), "(UID)"))[seq]

@@ -261,6 +261,8 @@ static const struct row rows[] = {
     {"starttls", "t STARTTLS", "t STARTTLS"},
     {"check", "t CHECK", "t CHECK"},
     {"close", "t CLOSE", "t CLOSE"},
+    {"unselect", "t UNSELECT", "t UNSELECT"},
+    {"argument to unselect", "t UNSELECT INBOX", "BAD Unexpected argument"},
     {"idle", "t IDLE", "t IDLE"},
     {"namespace", "t NAMESPACE", "t NAMESPACE"},
     {"expunge", "t EXPUNGE", "t EXPUNGE"},

@@ -423,7 +423,7 @@ check_wellformed(const buf_t *out)
     ck_assert_msg(start, "output ends inside a response");
 }
 
-#define CAPS "IMAP4rev1 LITERAL+ IDLE UIDPLUS MOVE NAMESPACE ID ENABLE"
+#define CAPS "IMAP4rev1 LITERAL+ IDLE UIDPLUS MOVE NAMESPACE ID ENABLE UNSELECT"
 #define GREET_PLAIN                                                            \
     "* OK [CAPABILITY " CAPS " AUTH=PLAIN SASL-IR] imap.test IMAP4rev1 "       \
     "ready\r\n"
@@ -851,6 +851,15 @@ static const struct script {
      INOUT "c OK CHECK completed\r\nd OK NOOP completed\r\n"
            "e OK CLOSE completed\r\nf BAD No mailbox selected\r\n",
      "CONNECT LOGIN COMMAND COMMAND COMMAND COMMAND",
+     NULL},
+    /* RFC 3691: back to the authenticated state; refused when nothing is
+     * selected, as CLOSE is. */
+    {"unselect",
+     O_PLAIN,
+     {IN "c UNSELECT\r\nd FETCH 1 FLAGS\r\ne UNSELECT\r\n"},
+     INOUT "c OK UNSELECT completed\r\nd BAD No mailbox selected\r\n"
+           "e BAD No mailbox selected\r\n",
+     "CONNECT LOGIN COMMAND COMMAND",
      NULL},
 
     /* IDLE (RFC 2177). */
