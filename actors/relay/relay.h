@@ -127,7 +127,23 @@ struct relay {
     struct relay_conn *conns; /* every open connection */
     uint64_t jobs_done, connects, reuses;
     bool stopping; /* shutting down: no job takes a slot */
+    /* Our own MTA's addresses (relay_self.c); self_any: all of this host's. */
+    char (*self_addrs)[48];
+    int nself;
+    bool self_any;
 };
+
+/* --- relay_self.c ------------------------------------------------------- */
+
+/* Learns which hosts are us: r->hostname (set first), and listen.mta's
+ * address when that door is on relay.port (r->port, set first). */
+void relay_self_init(relay_t *r, const config_t *cfg);
+void relay_self_fini(relay_t *r);
+
+/* RFC 5321 5.1: when res (an MX answer) names us, drops our record and
+ * every one not more preferred than ours. Returns whether it named us;
+ * res->nhosts may then be 0 (the mail would loop). */
+bool relay_self_trim(const relay_t *r, struct dns_result *res);
 
 /* --- relay_send.c ------------------------------------------------------- */
 

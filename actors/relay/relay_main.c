@@ -60,16 +60,18 @@ relay_init(actor_t *a)
         dns_destroy(&r->dns);
         return ERR_SYS;
     }
+    relay_self_init(r, cfg);
     r->store = store_async_new(r->loop, cfg, RELAY_REDIS_TIMEOUT_MS);
     r->hosts = zhashx_new();
     actor_set_data(a, r);
     log_info(NULL, "relay_started",
              "hostname=%s dns=%s port=%d idle_ms=%lld "
-             "max_per_host=%d",
+             "max_per_host=%d self_addrs=%d%s",
              log_q(r->hostname),
              log_q(*config_str(cfg, "relay.dns") ? config_str(cfg, "relay.dns")
                                                  : "resolv.conf"),
-             r->port, (long long)r->idle_ms, r->max_per_host);
+             r->port, (long long)r->idle_ms, r->max_per_host, r->nself,
+             r->self_any ? "+loopback" : "");
     return 0;
 }
 
@@ -94,6 +96,7 @@ relay_fini(actor_t *a)
     /* Route lookups still out call back now and free their jobs. */
     store_async_destroy(&r->store);
     dns_destroy(&r->dns);
+    relay_self_fini(r);
     tls_ctx_destroy(&r->tls);
     zhashx_destroy(&r->hosts);
     log_info(NULL, "relay_stopped", "jobs=%llu connects=%llu reuses=%llu",

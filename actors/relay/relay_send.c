@@ -337,6 +337,20 @@ on_hops(void *arg, const struct dns_result *res)
         return;
     }
     j->hops = xmemdup(res, sizeof(*res));
+    if (!j->routed && j->domain[0] != '[' && relay_self_trim(j->r, j->hops)) {
+        log_info(j->trace, "relay_mx_self", "domain=%s left=%d",
+                 log_q(j->domain), j->hops->nhosts);
+        if (j->hops->nhosts == 0) {
+            /* We are the best MX there is: sending would loop back (RFC
+             * 5321 5.1), and no retry changes that. */
+            settle_open(j, 554, "5.4.6",
+                        "mail for this domain loops back "
+                        "to myself (we are its best MX)",
+                        "");
+            job_finish(j);
+            return;
+        }
+    }
     job_next(j);
 }
 
@@ -380,9 +394,10 @@ parse_route(struct relay_job *j, const char *v)
 }
 
 /*
- * XXX: RFC 5321 5.1's loop check (drop MX hosts that are us, and those
- * after them) is not done; a route or MX pointing back at our own
- * listener loops until the queue's lifetime ends.
+ * An MX answer is trimmed of us and those after us (RFC 5321 5.1,
+ * relay_self.c) in on_hops(). A route is the administrator's choice and
+ * is taken as it is: one pointing back at our own listener loops until
+ * the queue's lifetime ends (or the hop count, RFC 5321 6.3, stops it).
  */
 static void
 find_hops(struct relay_job *j)

@@ -86,6 +86,20 @@ static const char *const zone[] = {
     /* Postfix's smtp-sink, an MTA we did not write. */
     "--mx-host=postfix.test,mx.postfix.test,10",
     "--host-record=mx.postfix.test,127.0.0.9",
+    /* RFC 5321 5.1: MX lists that name us, by address (127.0.0.10 is our
+     * MTA door in every world here) or by our hostname. */
+    "--mx-host=self.test,me.self.test,10",
+    "--mx-host=self.test,peer.self.test,10",
+    "--mx-host=self.test,later.self.test,20",
+    "--host-record=me.self.test,127.0.0.10",
+    "--host-record=peer.self.test,127.0.0.1",
+    "--host-record=later.self.test,127.0.0.1",
+    "--mx-host=second.test,first.second.test,10",
+    "--mx-host=second.test,me.second.test,20",
+    "--host-record=first.second.test,127.0.0.1",
+    "--host-record=me.second.test,127.0.0.10",
+    "--mx-host=named.test,relay.example.test,10",
+    "--host-record=relay.example.test,127.0.0.1",
 };
 
 /* One next hop. */
@@ -370,6 +384,8 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
     env_add("SAMOTOP_REDIS_PORT=%d", base);
     env_add("SAMOTOP_DATA=%s/var", W.dir);
     env_add("SAMOTOP_HOSTNAME=relay.example.test");
+    /* Our own MTA door, on the port we deliver to: an MX there is us. */
+    env_add("SAMOTOP_LISTEN_MTA=127.0.0.10:%d", base + 5);
     env_add("SAMOTOP_LOG_LEVEL=%s",
             getenv("SAMOTOP_TEST_DEBUG") ? "debug" : "info");
     /* Never the machine's resolver: ours, or a port with nobody. */
@@ -1023,6 +1039,36 @@ START_TEST(test_mx_order)
     ck_assert_int_eq(count_lines(la, "conn "), 0);
     free(la);
     free(lb);
+    envelope_destroy(&reply);
+}
+END_TEST
+
+/* RFC 5321 5.1: an MX list that names us (by an address of our MTA door,
+ * or by our hostname) loses our record and every one not more preferred;
+ * with none left the mail would loop back, which is final (554 5.4.6),
+ * though a host that would take it (127.0.0.1) is listed after us. */
+START_TEST(test_mx_self)
+{
+    struct send self = {.domain = "self.test", .rcpts = {"a@self.test"}};
+    struct send named = {.domain = "named.test", .rcpts = {"a@named.test"}};
+    struct send second = {.domain = "second.test", .rcpts = {"a@second.test"}};
+    size_t mark = sink_mark("127.0.0.1");
+    envelope_t *reply;
+    char *log;
+
+    reply = send_call(&self);
+    ASSERT_RESULT(reply, 0, 554, "5.4.6");
+    envelope_destroy(&reply);
+    reply = send_call(&named);
+    ASSERT_RESULT(reply, 0, 554, "5.4.6");
+    envelope_destroy(&reply);
+    log = sink_since("127.0.0.1", mark);
+    ck_assert_msg(count_lines(log, "data ") == 0, "%s", log);
+    free(log);
+    /* We are the backup: the better MX takes it. */
+    reply = send_call(&second);
+    ck_assert_int_eq(envelope_code(reply), 250);
+    ck_assert_str_eq(result_mx(reply, 0), "first.second.test:19305");
     envelope_destroy(&reply);
 }
 END_TEST
@@ -1706,6 +1752,7 @@ relay_suite(void)
     tcase_add_test(tc, test_tls_required_missing);
     tcase_add_test(tc, test_tls_required_ok);
     tcase_add_test(tc, test_idna_domain);
+    tcase_add_test(tc, test_mx_self);
     tcase_add_test(tc, test_tls_verify);
     tcase_add_test(tc, test_mx_order);
     tcase_add_test(tc, test_mx_fallback);
