@@ -67,6 +67,7 @@ struct broker {
     zhashx_t *services; /* name -> struct service */
     zhashx_t *workers;  /* hex identity -> struct worker */
     int subscribers;    /* topics subscribed on the trace feed */
+    int trace_fd;       /* its ZMQ_FD, watched as a plain fd; or -1 */
     loop_timer_t *hb_timer;
     uint64_t routed;
     metric_t *m_routed, *m_refused, *m_workers, *m_queued; /* or NULL */
@@ -75,6 +76,7 @@ struct broker {
 static int broker_on_front(loop_t *loop, void *zsocket, void *arg);
 static int broker_on_back(loop_t *loop, void *zsocket, void *arg);
 static int broker_on_trace(loop_t *loop, void *zsocket, void *arg);
+static void broker_on_trace_fd(loop_t *loop, int fd, int events, void *arg);
 static void broker_on_tick(loop_t *loop, void *arg);
 
 static void
@@ -148,9 +150,11 @@ broker_new(loop_t *loop, const struct broker_opts *opts, char *why,
 {
     broker_t *b = xcalloc(1, sizeof(*b));
     int zero = 0, hwm = 200000;
+    size_t len;
 
     b->loop = loop;
     b->o = *opts;
+    b->trace_fd = -1;
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, service_free);
     b->workers = zhashx_new();
@@ -176,9 +180,18 @@ broker_new(loop_t *loop, const struct broker_opts *opts, char *why,
         bind_all(b->back, opts->workers, why, whylen) ||
         bind_all(b->trace, opts->trace, why, whylen))
         goto fail;
+    /* The trace socket only brings (un)subscriptions, seldom: it is not
+     * read at every pass over the ZeroMQ sockets like the other two
+     * (lib/loop.h), which cost a system call or two each time, but when
+     * its ZMQ_FD says it has news, and at every tick for what our own
+     * publishing may have taken the signal of (a late count then only
+     * delays when publishing starts or stops). */
+    len = sizeof(b->trace_fd);
     if (loop_zmq_add(loop, b->front, broker_on_front, b) ||
         loop_zmq_add(loop, b->back, broker_on_back, b) ||
-        loop_zmq_add(loop, b->trace, broker_on_trace, b)) {
+        zmq_getsockopt(b->trace, ZMQ_FD, &b->trace_fd, &len) != 0 ||
+        loop_fd_add(loop, b->trace_fd, LOOP_READ, broker_on_trace_fd, b)) {
+        b->trace_fd = -1;
         snprintf(why, whylen, "cannot watch the sockets");
         goto fail;
     }
@@ -201,8 +214,8 @@ broker_destroy(broker_t **broker_p)
         loop_zmq_del(b->loop, b->front);
     if (b->back)
         loop_zmq_del(b->loop, b->back);
-    if (b->trace)
-        loop_zmq_del(b->loop, b->trace);
+    if (b->trace_fd >= 0)
+        loop_fd_del(b->loop, b->trace_fd);
     zhashx_destroy(&b->workers);
     zhashx_destroy(&b->services);
     zsock_destroy(&b->front_zs);
@@ -610,6 +623,23 @@ broker_on_trace(loop_t *loop, void *zsocket, void *arg)
     return got;
 }
 
+/* Reads every waiting (un)subscription. */
+static void
+drain_trace(broker_t *b)
+{
+    while (broker_on_trace(b->loop, b->trace, b) > 0)
+        ;
+}
+
+static void
+broker_on_trace_fd(loop_t *loop, int fd, int events, void *arg)
+{
+    (void)loop;
+    (void)fd;
+    (void)events;
+    drain_trace(arg);
+}
+
 static void
 broker_on_tick(loop_t *loop, void *arg)
 {
@@ -620,6 +650,7 @@ broker_on_tick(loop_t *loop, void *arg)
     struct service *s;
     zlistx_t *lost = zlistx_new();
 
+    drain_trace(b);
     for (w = zhashx_first(b->workers); w; w = zhashx_next(b->workers)) {
         if (now - w->last_heard > dead)
             zlistx_add_end(lost, w);
