@@ -27,6 +27,7 @@ void
 smtp_mail_clear(smtp_server_t *srv)
 {
     srv->msg_len = 0;
+    srv->msg_head = 0;
     srv->over = srv->too_long = false;
     if (srv->msg_cap > MSG_KEEP) {
         free(srv->msg);
@@ -35,40 +36,84 @@ smtp_mail_clear(smtp_server_t *srv)
     }
 }
 
+/* Makes the buffer hold at least need octets: the size MAIL declared or
+ * the caller's guess, with a little room, else doubling (never past the
+ * limit plus the head room). */
+static void
+msg_grow(smtp_server_t *srv, size_t need)
+{
+    size_t cap = srv->msg_cap ? srv->msg_cap : 4096, hint;
+    size_t limit = srv->max_message + srv->msg_head;
+
+    hint = srv->msg_hint > 0 ? srv->msg_hint : srv->guess;
+    if (hint > 0) {
+        hint += hint / 64 + 1024;
+        if (hint > srv->max_message)
+            hint = srv->max_message;
+        hint += srv->msg_head;
+        if (hint > cap)
+            cap = hint;
+    }
+    while (cap < need)
+        cap = cap > limit / 2 ? limit : cap * 2;
+    srv->msg = xrealloc(srv->msg, cap);
+    srv->msg_cap = cap;
+}
+
+/* The message starts (DATA, or the first BDAT of the transaction): the
+ * head room the caller asked for is kept free in front of it. */
+static void
+msg_start(smtp_server_t *srv)
+{
+    smtp_mail_clear(srv);
+    srv->msg_head = srv->head_want;
+    if (srv->msg_head > 0)
+        msg_grow(srv, srv->msg_head);
+    srv->msg_len = srv->msg_head;
+}
+
 /* Appends to the message unless it is already over max_message: then it
  * is only marked, and read to its end without being kept (RFC 1870 6.3).
  * Growing, it goes straight to the size MAIL declared (SIZE=, bounded by
- * max_message) with a little room, so a message that keeps its word is
- * never copied to a larger buffer; past that, it doubles. */
+ * max_message) or else to the caller's guess (msg_grow()), so a message
+ * that keeps its word is never copied to a larger buffer. */
 static void
 msg_add(smtp_server_t *srv, const char *p, size_t n)
 {
-    size_t need, cap;
+    size_t need;
 
     if (srv->over || n == 0)
         return;
-    if (n > srv->max_message - srv->msg_len) {
+    if (n > srv->max_message - (srv->msg_len - srv->msg_head)) {
         srv->over = true;
         return;
     }
     need = srv->msg_len + n;
-    if (need > srv->msg_cap) {
-        cap = srv->msg_cap ? srv->msg_cap : 4096;
-        if (srv->msg_hint > 0) {
-            size_t hint = srv->msg_hint + srv->msg_hint / 64 + 1024;
-
-            if (hint > srv->max_message)
-                hint = srv->max_message;
-            if (hint > cap)
-                cap = hint;
-        }
-        while (cap < need)
-            cap = cap > srv->max_message / 2 ? srv->max_message : cap * 2;
-        srv->msg = xrealloc(srv->msg, cap);
-        srv->msg_cap = cap;
-    }
+    if (need > srv->msg_cap)
+        msg_grow(srv, need);
     memcpy(srv->msg + srv->msg_len, p, n);
     srv->msg_len = need;
+}
+
+void
+smtp_server_message_room(smtp_server_t *srv, size_t head, size_t guess)
+{
+    srv->head_want = head;
+    srv->guess = guess;
+}
+
+char *
+smtp_server_message_take(smtp_server_t *srv, size_t *len)
+{
+    char *m = srv->msg;
+
+    *len = 0;
+    if (srv->pending != SMTP_EV_MESSAGE || m == NULL)
+        return NULL;
+    *len = srv->msg_len;
+    srv->msg = NULL;
+    srv->msg_cap = srv->msg_len = srv->msg_head = 0;
+    return m;
 }
 
 /* Splits "KEY=value" parameters of MAIL and RCPT (RFC 5321 4.1.2):
@@ -417,7 +462,7 @@ smtp_mail_data(smtp_server_t *srv, char *arg)
         srv->st = ST_DATA;
         srv->dstate = D_BOL;
         srv->text_line = 0;
-        smtp_mail_clear(srv);
+        msg_start(srv);
     }
 }
 
@@ -460,9 +505,9 @@ smtp_mail_bdat(smtp_server_t *srv, char *arg)
         srv->bdat_text = "Error: no valid recipients";
     } else {
         if (!srv->bdat_used)
-            smtp_mail_clear(srv);
+            msg_start(srv);
         srv->bdat_used = true;
-        if (size > srv->max_message - srv->msg_len) {
+        if (size > srv->max_message - (srv->msg_len - srv->msg_head)) {
             /* RFC 3030 4 and RFC 1870: refused once read. */
             srv->over = true;
             srv->bdat_code = 552;
@@ -655,8 +700,8 @@ message_end(smtp_server_t *srv, bool bdat)
         return;
     }
     memset(&ev->message, 0, sizeof(ev->message));
-    ev->message.data = srv->msg ? srv->msg : "";
-    ev->message.len = srv->msg_len;
+    ev->message.data = srv->msg ? srv->msg + srv->msg_head : "";
+    ev->message.len = srv->msg_len - srv->msg_head;
     ev->message.bdat = bdat;
     if (srv->lmtp) {
         /* RFC 2033 4.2: an answer per recipient, collected here. */

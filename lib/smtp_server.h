@@ -283,6 +283,27 @@ void smtp_server_tls_started(smtp_server_t *srv);
  */
 void smtp_server_close(smtp_server_t *srv, const char *ecode, const char *text);
 
+/*
+ * For the messages to come, until called again (e.g. with each RCPT's
+ * answer, once the recipients are known): head octets are kept free in
+ * front of the message's first octet, for a header the caller puts there
+ * without copying the message (smtp_server_message_take()), and when MAIL
+ * gave no SIZE= the buffer is first sized for guess octets (0: it grows
+ * from 4 KiB by doubling, each step a copy). Set before the data starts
+ * (DATA, the first BDAT); message.data and message.len never include the
+ * head room.
+ */
+void smtp_server_message_room(smtp_server_t *srv, size_t head, size_t guess);
+
+/*
+ * With SMTP_EV_MESSAGE pending: hands over the message's buffer, which the
+ * caller then owns (free()): *len octets, the head room asked for
+ * (uninitialised, for the caller to fill) then the message.data octets,
+ * which stay valid with it. NULL and *len 0 when there is no buffer (an
+ * empty message without head room). The decision is still to answer.
+ */
+char *smtp_server_message_take(smtp_server_t *srv, size_t *len);
+
 /* The EHLO/HELO/LHLO name given, or NULL before one (and after
  * STARTTLS). */
 const char *smtp_server_helo(const smtp_server_t *srv);

@@ -110,6 +110,8 @@ struct smtp_server {
     char *msg;
     size_t msg_len, msg_cap;
     size_t msg_hint; /* the SIZE= of the transaction's MAIL, or 0 */
+    size_t msg_head; /* octets left free in front of this message */
+    size_t head_want, guess; /* smtp_server_message_room() */
     bool over, too_long;
     enum smtp_dstate dstate;
     size_t text_line; /* octets of the current DATA line so far */

@@ -49,6 +49,7 @@ struct listener {
     int64_t idle_ms, session_ms, bus_timeout_ms;
     int mailbox_shards; /* lib/shard.h: 1, or deliveries go to mailbox.K */
     uint64_t accepted, refused;
+    size_t last_message; /* octets of the last message, the engine's guess */
     /* The listening sockets and their accept loop, which pauses while the
      * process is out of descriptors (lib/net.h). */
     net_acceptor_t *acceptor;

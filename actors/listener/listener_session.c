@@ -69,6 +69,7 @@ struct session {
 
 static void session_pump(struct session *s);
 static void session_free(struct session *s);
+static void message_room(struct session *s);
 
 static void
 txn_clear(struct session *s)
@@ -303,6 +304,7 @@ on_guard_rcpt(struct session *s, const envelope_t *reply)
             txn_add(s, NULL, a, rcpt);
     }
     s->nrcpts++;
+    message_room(s);
     answer(s, envelope_code(reply), envelope_get_str(reply, ENV_KEY_ECODE),
            envelope_get_str(reply, ENV_KEY_TEXT));
 }
@@ -430,38 +432,71 @@ rfc5322_date(char *out, size_t outlen)
     strftime(out, outlen, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 }
 
-/* The message with our Received header on top (RFC 5321 4.4): from the
- * EHLO name and the client's address, by us, with the protocol keyword of
- * RFC 3848, the session's trace id as the id, the TLS parameters as a
- * comment, "for" only with one recipient (so that Bcc recipients stay
- * hidden), and the date. */
-static value_t *
-message_with_received(struct session *s, const char *data, size_t len)
+/* Our Received header (RFC 5321 4.4), into b: from the EHLO name and the
+ * client's address, by us, with the protocol keyword of RFC 3848, the
+ * session's trace id as the id, the TLS parameters as a comment, "for"
+ * only with one recipient (so that Bcc recipients stay hidden), and the
+ * date (of a fixed length: the room kept for the header stays right). */
+static void
+received_header(struct session *s, buf_t *b)
 {
-    buf_t b = BUF_INIT;
     char date[64];
     const char *helo = smtp_server_helo(s->smtp);
     const tls_conn_t *tls = conn_tls(s->conn);
-    void *bytes;
 
     rfc5322_date(date, sizeof(date));
-    buf_printf(&b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
+    buf_printf(b, "Received: from %s ([%s])\r\n\tby %s (Samotop) with %s "
                "id %s", helo ? helo : "unknown", s->ip, s->l->hostname,
                smtp_server_with(s->smtp), s->trace);
     if (tls != NULL)
-        buf_printf(&b, "\r\n\t(version=%s cipher=%s bits=%d)",
+        buf_printf(b, "\r\n\t(version=%s cipher=%s bits=%d)",
                    tls_conn_version(tls), tls_conn_cipher(tls),
                    tls_conn_bits(tls));
     if (s->nrcpts == 1 && s->ntargets >= 1)
-        buf_printf(&b, "\r\n\tfor <%s>", s->targets[0].rcpt);
-    buf_printf(&b, ";\r\n\t%s\r\n", date);
-    /* The header, then the message, in one buffer of the final size that
-     * the value takes as it is: the message is copied once, and not into
-     * a buffer grown to the next power of two (512 KiB for 256). */
-    bytes = xmalloc(b.len + len);
-    memcpy(bytes, b.data, b.len);
-    if (len > 0)
-        memcpy((char *)bytes + b.len, data, len);
+        buf_printf(b, "\r\n\tfor <%s>", s->targets[0].rcpt);
+    buf_printf(b, ";\r\n\t%s\r\n", date);
+}
+
+/* Once the recipients are known (after each RCPT): the engine keeps room
+ * for our Received header in front of the message it reads, and sizes
+ * its buffer for the last message this listener received when MAIL gave
+ * no SIZE= (a guess: wrong, the buffer only grows as it would have). */
+static void
+message_room(struct session *s)
+{
+    buf_t b = BUF_INIT;
+
+    received_header(s, &b);
+    smtp_server_message_room(s->smtp, b.len, s->l->last_message);
+    buf_free(&b);
+}
+
+/* The message with our Received header on top, as one value: the header
+ * goes into the room the engine kept in front of the message, whose buffer
+ * the value takes as it is, so the message is not copied. Should the
+ * header have come out another length, header and message are copied into
+ * a buffer of the final size. */
+static value_t *
+message_with_received(struct session *s, const struct smtp_event *ev)
+{
+    buf_t b = BUF_INIT;
+    size_t len = ev->message.len, got;
+    void *bytes;
+
+    received_header(s, &b);
+    s->l->last_message = len;
+    bytes = smtp_server_message_take(s->smtp, &got);
+    if (bytes != NULL && got == b.len + len) {
+        memcpy(bytes, b.data, b.len);
+    } else {
+        void *taken = bytes; /* ev->message.data points in */
+
+        bytes = xmalloc(b.len + len);
+        memcpy(bytes, b.data, b.len);
+        if (len > 0)
+            memcpy((char *)bytes + b.len, ev->message.data, len);
+        free(taken);
+    }
     len += b.len;
     buf_free(&b);
     return value_new_bin_take(&bytes, len);
@@ -577,7 +612,7 @@ out:
 static void
 on_message(struct session *s, const struct smtp_event *ev)
 {
-    bool queue = s->role->kind != ROLE_MTA || s->nremote > 0;
+    bool queue = s->role->kind != ROLE_MTA || s->nremote > 0, eight_bit;
     envelope_t *env;
     value_t *body, *rcpts, *msg;
 
@@ -588,7 +623,10 @@ on_message(struct session *s, const struct smtp_event *ev)
     env = request(s, queue ? "queue.submit" : "mailbox.deliver");
     body = envelope_body(env);
     value_set_str(body, ENV_KEY_MAIL_FROM, s->mail_from ? s->mail_from : "");
-    msg = message_with_received(s, ev->message.data, ev->message.len);
+    /* Before the engine's buffer is taken (message.data points in). */
+    eight_bit = queue && (s->eight_bit ||
+                          has_8bit(ev->message.data, ev->message.len));
+    msg = message_with_received(s, ev);
     value_set_take(body, ENV_KEY_MESSAGE, &msg);
     rcpts = value_new_array();
     for (int i = 0; i < s->ntargets; i++) {
@@ -616,9 +654,7 @@ on_message(struct session *s, const struct smtp_event *ev)
         value_set_str(body, ENV_KEY_RET,
                       s->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
     if (queue) {
-        value_set_bool(body, ENV_KEY_EIGHT_BIT,
-                       s->eight_bit ||
-                           has_8bit(ev->message.data, ev->message.len));
+        value_set_bool(body, ENV_KEY_EIGHT_BIT, eight_bit);
         value_set_bool(body, ENV_KEY_SMTPUTF8, s->smtputf8);
         value_set_str(body, ENV_KEY_CLIENT_IP, s->ip);
         if (s->user)

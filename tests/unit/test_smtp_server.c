@@ -1084,6 +1084,106 @@ START_TEST(test_data_size_hint)
 }
 END_TEST
 
+/* Feeds in to a session with head room (smtp_server_message_room()),
+ * answering every decision with its 2xx; the message's buffer is taken
+ * (into *taken, *len octets) and must hold the head room, then the very
+ * octets message.data pointed at. */
+static void
+room_feed(smtp_server_t *srv, const char *in, size_t head, char **taken,
+          size_t *len, buf_t *out)
+{
+    size_t pos = 0, n = strlen(in), olen;
+    const struct smtp_event *ev;
+    const char *o;
+
+    while (pos < n) {
+        size_t took = smtp_server_input(srv, in + pos, n - pos);
+
+        pos += took;
+        while ((ev = smtp_server_next(srv))->type != SMTP_EV_NONE) {
+            if (ev->type == SMTP_EV_MESSAGE) {
+                const char *data = ev->message.data;
+                size_t dlen = ev->message.len;
+
+                *taken = smtp_server_message_take(srv, len);
+                ck_assert_ptr_nonnull(*taken);
+                ck_assert_uint_eq(*len, head + dlen);
+                ck_assert_ptr_eq(data, *taken + head); /* not copied */
+                smtp_server_reply(srv, 250, "2.0.0", "OK");
+            } else if (ev->type == SMTP_EV_CONNECT) {
+                smtp_server_reply(srv, 220, NULL, "ESMTP test");
+            } else if (ev->type == SMTP_EV_MAIL || ev->type == SMTP_EV_RCPT) {
+                smtp_server_reply(srv, 250, NULL, NULL);
+            }
+        }
+        o = smtp_server_output(srv, &olen);
+        buf_add(out, o, olen);
+        smtp_server_output_done(srv, olen);
+        ck_assert_msg(took > 0 || pos == n, "engine stalls at %zu", pos);
+    }
+}
+
+/* Room for the caller's header in front of the message: the body is
+ * unstuffed after it, message.data and len leave it out, the buffer is
+ * handed over whole, and max_message counts the message alone. */
+START_TEST(test_message_room)
+{
+    struct smtp_server_opts o = opts_for(O_MTA); /* max_message 4096 */
+    char *line = repeat('r', 98), *taken = NULL;
+    buf_t in = BUF_INIT, out = BUF_INIT;
+    smtp_server_t *srv = smtp_server_new(&o);
+    size_t len = 0;
+
+    smtp_server_message_room(srv, 10, 0);
+    room_feed(srv, TXN "DATA\r\nhello\r\n..x\r\n.\r\n", 10, &taken, &len,
+              &out);
+    ck_assert_uint_eq(len, 10 + 11);
+    ck_assert_int_eq(memcmp(taken + 10, "hello\r\n.x\r\n", 11), 0);
+    free(taken);
+    taken = NULL;
+
+    /* 4000 octets and 100 of room: under the limit of 4096. */
+    smtp_server_message_room(srv, 100, 0);
+    buf_adds(&in, MAILOK RCPTOK "DATA\r\n");
+    for (int i = 0; i < 40; i++)
+        buf_printf(&in, "%s\r\n", line);
+    buf_adds(&in, ".\r\n");
+    room_feed(srv, in.data, 100, &taken, &len, &out);
+    ck_assert_uint_eq(len, 4100);
+    ck_assert_int_eq(memcmp(taken + 100, line, 98), 0);
+    free(taken);
+    taken = NULL;
+
+    /* BDAT: the chunks after the room. */
+    smtp_server_message_room(srv, 7, 0);
+    room_feed(srv, MAILOK RCPTOK "BDAT 5\r\nabcdeBDAT 3 LAST\r\nfgh", 7,
+              &taken, &len, &out);
+    ck_assert_uint_eq(len, 15);
+    ck_assert_int_eq(memcmp(taken + 7, "abcdefgh", 8), 0);
+    free(taken);
+    ck_assert_msg(strstr(out.data, "552") == NULL, "refused: %s", out.data);
+    smtp_server_destroy(&srv);
+
+    /* The caller's guess sizes the buffer once when MAIL has no SIZE=. */
+    o.max_message = 1 << 20;
+    srv = smtp_server_new(&o);
+    smtp_server_message_room(srv, 0, 200000);
+    buf_reset(&in);
+    buf_adds(&in, TXN "DATA\r\n");
+    for (int i = 0; i < 50; i++)
+        buf_printf(&in, "%s\r\n", line);
+    taken = NULL;
+    room_feed(srv, in.data, 0, &taken, &len, &out);
+    ck_assert_ptr_null(taken);
+    ck_assert_uint_ge(srv->msg_cap, 200000);
+    ck_assert_uint_lt(srv->msg_cap, 210000);
+    smtp_server_destroy(&srv);
+    buf_free(&in);
+    buf_free(&out);
+    free(line);
+}
+END_TEST
+
 /* What EHLO offers (RFC 5321 4.1.1.1 and each extension's RFC). */
 static const struct ehlo_row {
     const char *label;
@@ -1893,6 +1993,7 @@ smtp_server_suite(void)
     tcase_add_test(tc, test_starttls_late_bytes);
     tcase_add_loop_test(tc, test_data_model, 0, 10);
     tcase_add_test(tc, test_data_size_hint);
+    tcase_add_test(tc, test_message_room);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");
