@@ -609,26 +609,43 @@ box_renew(maildir_t *md, const struct maildir_rcpt *r, struct box **b_p,
 
 /* Files. */
 
-/* Writes the parts of m to fd; 0 or a negative errno. */
+/* Writes the parts of m to fd, in one writev() when the file takes them
+ * whole (the head lines and the message: one call, not one a part); 0 or
+ * a negative errno. */
 static int
 write_parts(int fd, const struct msg *m, const char **op)
 {
-    for (int i = 0; i < m->nparts; i++) {
-        const char *p = m->parts[i].iov_base;
-        size_t left = m->parts[i].iov_len;
+    struct iovec iov[8];
+    int i = 0;
 
-        while (left > 0) {
-            ssize_t w = write(fd, p, left);
+    while (i < m->nparts) {
+        int n = 0;
+        ssize_t w;
 
+        while (n < (int)(sizeof(iov) / sizeof(iov[0])) && i + n < m->nparts) {
+            iov[n] = m->parts[i + n];
+            n++;
+        }
+        for (int k = 0; n > 0;) {
+            w = writev(fd, iov + k, n);
             if (w < 0 && errno == EINTR)
                 continue;
             if (w < 0) {
                 *op = "write tmp";
                 return -errno;
             }
-            p += w;
-            left -= (size_t)w;
+            /* A short write: on from where it stopped. */
+            while (n > 0 && (size_t)w >= iov[k].iov_len) {
+                w -= (ssize_t)iov[k].iov_len;
+                k++;
+                n--;
+            }
+            if (n > 0) {
+                iov[k].iov_base = (char *)iov[k].iov_base + w;
+                iov[k].iov_len -= (size_t)w;
+            }
         }
+        i += (int)(sizeof(iov) / sizeof(iov[0]));
     }
     return 0;
 }
