@@ -1260,12 +1260,18 @@ mstore_status(mstore_t *ms, const char *name, struct imap_status_values *v)
         v->messages = (uint32_t)f->ix.n;
         v->uidnext = f->ix.uidnext;
         v->uidvalidity = f->ix.uidvalidity;
-        for (size_t i = 0; i < f->ix.n; i++) {
-            if (f->ix.e[i].in_new)
-                v->recent++;
-            if (!(f->ix.e[i].flags & MSTORE_F_SEEN))
-                v->unseen++;
+        /* Counted once per change of the index: a client polling STATUS
+         * of a big folder that did not change costs a few stat calls. */
+        if (f->counts_gen != f->gen + 1) {
+            f->n_unseen = f->n_in_new = 0;
+            for (size_t i = 0; i < f->ix.n; i++) {
+                f->n_in_new += f->ix.e[i].in_new;
+                f->n_unseen += !(f->ix.e[i].flags & MSTORE_F_SEEN);
+            }
+            f->counts_gen = f->gen + 1;
         }
+        v->recent = f->n_in_new;
+        v->unseen = f->n_unseen;
     }
     mstore_folder_put(ms, &f);
     return rc;

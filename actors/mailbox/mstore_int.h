@@ -92,6 +92,9 @@ struct mfolder {
     uint64_t gen;        /* bumped whenever ix changes */
     uint64_t new_gen;    /* gen + 1 when has_new was found */
     bool has_new;        /* some entry is in_new */
+    /* STATUS's counts of ix, valid while counts_gen is gen + 1. */
+    uint64_t counts_gen;
+    uint32_t n_unseen, n_in_new;
     /* The messages as a view numbers them at gen, shared by the views
      * that have nothing of their own (mstore_view.c); NULL or stale (its
      * gen older) until a SELECT needs it. */

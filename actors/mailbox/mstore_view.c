@@ -691,7 +691,8 @@ set_flags(mstore_view_t *v, const uint32_t *seqs, size_t n,
         goto out;
     known = mfolder_cur_known(f);
     sys |= sys_in;
-    view_own(v); /* its flags are written below */
+    if (n > 0)
+        view_own(v); /* its flags are written below */
     for (size_t i = 0; i < n; i++) {
         struct mstore_msg *vm = &v->m[seqs[i] - 1];
         struct mentry *e;

@@ -678,6 +678,52 @@ START_TEST(test_shared_view_expunge)
 }
 END_TEST
 
+/* STATUS counts kept per change of the index: each change shows in the
+ * next STATUS (RFC 3501 6.3.10). */
+START_TEST(test_status_counts_follow_changes)
+{
+    struct fx f;
+    mstore_t *ms2;
+    mstore_view_t *v;
+    struct imap_status_values st;
+    const uint32_t *exp;
+    size_t nexp;
+
+    fx_init(&f);
+    for (int i = 0; i < 3; i++)
+        deliver(&f, NULL, "Subject: x\r\n\r\nx\r\n");
+    ms2 = open_store(&f);
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.messages == 3 && st.recent == 3 && st.unseen == 3,
+                  "new: messages %u recent %u unseen %u", st.messages,
+                  st.recent, st.unseen);
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.recent == 3 && st.unseen == 3,
+                  "again: recent %u unseen %u", st.recent, st.unseen);
+    v = select_ok(f.ms, "INBOX", false); /* claims all three */
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.recent == 0 && st.unseen == 3,
+                  "claimed: recent %u unseen %u", st.recent, st.unseen);
+    store_ok(v, 1, IMAP_STORE_ADD, "\\Seen");
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.unseen == 2, "after STORE: unseen %u", st.unseen);
+    store_ok(v, 2, IMAP_STORE_ADD, "\\Deleted");
+    ck_assert_int_eq(mstore_expunge(v, NULL, &exp, &nexp), 0);
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.messages == 2 && st.unseen == 1,
+                  "after EXPUNGE: messages %u unseen %u", st.messages,
+                  st.unseen);
+    deliver(&f, NULL, "Subject: y\r\n\r\ny\r\n");
+    ck_assert_int_eq(mstore_status(ms2, "INBOX", &st), 0);
+    ck_assert_msg(st.messages == 3 && st.recent == 1 && st.unseen == 2,
+                  "after delivery: messages %u recent %u unseen %u",
+                  st.messages, st.recent, st.unseen);
+    mstore_view_destroy(&v);
+    mstore_destroy(&ms2);
+    fx_done(&f);
+}
+END_TEST
+
 /* Behind the store's back: a Maildir tool deletes or renames files. */
 
 START_TEST(test_deleted_behind)
@@ -2238,6 +2284,7 @@ mstore_suite(void)
     tcase_add_test(tc, test_shared_view_delivery);
     tcase_add_test(tc, test_shared_view_flags);
     tcase_add_test(tc, test_shared_view_expunge);
+    tcase_add_test(tc, test_status_counts_follow_changes);
     tcase_add_test(tc, test_deleted_behind);
     tcase_add_test(tc, test_renamed_behind);
     tcase_add_test(tc, test_flags_round_trip);
