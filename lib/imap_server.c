@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/imap_parse.h"
@@ -172,55 +173,7 @@ decide(imap_server_t *srv, enum imap_event_type type)
     srv->dec_ready = true;
 }
 
-/* SASL PLAIN (RFC 4616) for AUTHENTICATE. */
-
-static int
-b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Decodes base64 (padding required) into out (room for len/4*3); returns
- * the length, or -1 when it is not base64. */
-static long
-b64_decode(const char *s, size_t len, unsigned char *out)
-{
-    size_t o = 0, pad = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    if (len % 4 != 0)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        int v;
-
-        if (s[i] == '=') {
-            if (i < len - 2)
-                return -1;
-            pad++;
-            continue;
-        }
-        if (pad > 0 || (v = b64val((unsigned char)s[i])) < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits & 0xff);
-        }
-    }
-    return (long)o;
-}
+/* SASL PLAIN (RFC 4616) for AUTHENTICATE; its base64 is lib/base64.h. */
 
 /*
  * A PLAIN response (base64 of authzid NUL authcid NUL passwd): into
@@ -229,8 +182,8 @@ b64_decode(const char *s, size_t len, unsigned char *out)
 static void
 sasl_plain(imap_server_t *srv, const char *b64, size_t len)
 {
-    unsigned char *d = xmalloc(len / 4 * 3 + 1);
-    long n = b64_decode(b64, len, d);
+    unsigned char *d = xmalloc(len / 4 * 3 + 2);
+    long n = base64_decode(b64, len, d, len / 4 * 3 + 2, BASE64_PADDED);
     const unsigned char *nul1, *nul2;
 
     if (n < 0) {
@@ -259,7 +212,7 @@ sasl_plain(imap_server_t *srv, const char *b64, size_t len)
     srv->dec.login.pass = srv->pass;
     decide(srv, IMAP_EV_LOGIN);
 out:
-    explicit_bzero(d, len / 4 * 3 + 1);
+    explicit_bzero(d, len / 4 * 3 + 2);
     free(d);
     if (srv->pending == IMAP_EV_NONE)
         reset_command(srv, true);

@@ -577,6 +577,13 @@ static const struct script {
      "+ \r\na BAD Invalid base64\r\n",
      "CONNECT",
      NULL},
+    /* RFC 4648 3.5: "QR==" has unused bits set; only "QQ==" is "A". */
+    {"authenticate non-canonical base64",
+     O_PLAIN,
+     {"a AUTHENTICATE PLAIN QR==\r\n"},
+     "a BAD Invalid base64\r\n",
+     "CONNECT",
+     NULL},
     {"authenticate bad plain",
      O_PLAIN,
      {"a AUTHENTICATE PLAIN dXNlcgBwYXNz\r\n"},
