@@ -29,7 +29,8 @@ typedef struct bus_worker bus_worker_t;
 typedef struct bus_request bus_request_t;
 
 /* reply is borrowed for the call; err is 0 when there is a reply. text
- * says more about an error (borrowed, never NULL). */
+ * says more about an error (borrowed, never NULL). The function may send
+ * new requests, but not destroy the client it was called from. */
 typedef void bus_reply_fn(void *arg, int err, const char *text,
                           const envelope_t *reply);
 

@@ -6,6 +6,12 @@
  * handed to any broker yet (none connected: ZMQ_IMMEDIATE refuses it) is
  * kept encoded and retried every RETRY_MS until it goes or its deadline
  * passes, so a client that starts before its broker simply waits.
+ *
+ * Deadlines: the pending requests form a min-heap by deadline, with one
+ * loop timer set for the earliest. A new request re-arms it only when it
+ * is due sooner (seldom: requests mostly share a timeout), and a finished
+ * one leaves it be: when it fires with nothing due, it is set again. One
+ * loop timer per request cost an allocation and two heap updates each.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -38,7 +44,7 @@ struct pending {
     int64_t deadline_us;
     int64_t started_us; /* monotonic, for the latency histogram */
     char svc[PROTO_MAX_NAME];
-    loop_timer_t *timer;
+    size_t hidx; /* its place in the client's deadline heap */
     /* Set while the request is not yet with a broker. */
     char *service, *trace, *payload;
     size_t payload_len;
@@ -59,10 +65,106 @@ struct bus_client {
     int nspare;
     struct pending *unsent_head, *unsent_tail;
     loop_timer_t *retry_timer;
+    struct pending **dheap; /* min-heap by deadline_us */
+    size_t ndheap, capdheap;
+    loop_timer_t *deadline_timer;
+    int64_t deadline_at_us; /* what deadline_timer is set for */
     metric_t *m_latency, *m_results; /* NULL until bus_client_set_metrics */
 };
 
 static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
+
+/* The deadline heap. */
+
+static void
+dheap_set(bus_client_t *c, size_t i, struct pending *p)
+{
+    c->dheap[i] = p;
+    p->hidx = i;
+}
+
+static void
+dheap_up(bus_client_t *c, size_t i)
+{
+    struct pending *p = c->dheap[i];
+
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+
+        if (c->dheap[parent]->deadline_us <= p->deadline_us)
+            break;
+        dheap_set(c, i, c->dheap[parent]);
+        i = parent;
+    }
+    dheap_set(c, i, p);
+}
+
+static void
+dheap_down(bus_client_t *c, size_t i)
+{
+    struct pending *p = c->dheap[i];
+
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        int64_t best = p->deadline_us;
+
+        if (l < c->ndheap && c->dheap[l]->deadline_us < best)
+            m = l, best = c->dheap[l]->deadline_us;
+        if (l + 1 < c->ndheap && c->dheap[l + 1]->deadline_us < best)
+            m = l + 1;
+        if (m == i)
+            break;
+        dheap_set(c, i, c->dheap[m]);
+        i = m;
+    }
+    dheap_set(c, i, p);
+}
+
+static void
+dheap_push(bus_client_t *c, struct pending *p)
+{
+    if (c->ndheap == c->capdheap) {
+        c->capdheap = c->capdheap ? c->capdheap * 2 : 64;
+        c->dheap = xrealloc(c->dheap, sizeof(*c->dheap) * c->capdheap);
+    }
+    c->dheap[c->ndheap++] = p;
+    dheap_up(c, c->ndheap - 1);
+}
+
+static void
+dheap_remove(bus_client_t *c, struct pending *p)
+{
+    size_t i = p->hidx;
+    struct pending *last = c->dheap[--c->ndheap];
+
+    if (i == c->ndheap)
+        return;
+    dheap_set(c, i, last);
+    dheap_up(c, i);
+    dheap_down(c, last->hidx);
+}
+
+static void on_deadline(loop_t *loop, void *arg);
+
+/* Sets the deadline timer for the earliest deadline, unless it is set
+ * for that or sooner already (re-arming too late is harmless: it fires,
+ * finds nothing due, and is set again). */
+static void
+arm_deadline(bus_client_t *c)
+{
+    int64_t at, ms;
+
+    if (c->loop == NULL || c->ndheap == 0)
+        return;
+    at = c->dheap[0]->deadline_us;
+    if (c->deadline_timer != NULL && c->deadline_at_us <= at)
+        return;
+    loop_timer_cancel(c->loop, &c->deadline_timer);
+    ms = (at - clock_wall_us() + 999) / 1000;
+    c->deadline_at_us = at;
+    c->deadline_timer = loop_timer_add(c->loop, ms > 0 ? ms : 0, on_deadline,
+                                       c);
+}
 
 /* FNV-1a: ids are "<random prefix>-<counter>", so any spread will do. */
 static size_t
@@ -295,10 +397,9 @@ finish(bus_client_t *c, struct pending *p, int err, const char *text,
 {
     count_outcome(c, p, err);
     ptab_remove(c, p);
+    dheap_remove(c, p);
     if (p->payload)
         unsent_remove(c, p);
-    if (c->loop)
-        loop_timer_cancel(c->loop, &p->timer);
     p->fn(p->arg, err, text ? text : err_str(err), reply);
     pending_free(c, p);
 }
@@ -316,7 +417,9 @@ bus_client_destroy(bus_client_t **client_p)
     if (c->loop) {
         loop_zmq_del(c->loop, c->sock);
         loop_timer_cancel(c->loop, &c->retry_timer);
+        loop_timer_cancel(c->loop, &c->deadline_timer);
     }
+    free(c->dheap);
     zsock_destroy(&c->zs);
     while ((p = c->spare) != NULL) {
         c->spare = p->hnext;
@@ -380,17 +483,24 @@ flush_unsent(bus_client_t *c)
         c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
 }
 
+/* Times out every request whose deadline has passed, earliest first. */
 static void
 on_deadline(loop_t *loop, void *arg)
 {
-    struct pending *p = arg;
+    bus_client_t *c = arg;
+    int64_t now = clock_wall_us();
 
     (void)loop;
-    p->timer = NULL; /* it is firing: finish() must not cancel it */
-    finish(p->client, p, ERR_TIMEOUT,
-           p->payload ? "no broker reachable before the deadline"
-                      : "no reply before the deadline",
-           NULL);
+    c->deadline_timer = NULL; /* it is firing */
+    while (c->ndheap > 0 && c->dheap[0]->deadline_us <= now) {
+        struct pending *p = c->dheap[0];
+
+        finish(c, p, ERR_TIMEOUT,
+               p->payload ? "no broker reachable before the deadline"
+                          : "no reply before the deadline",
+               NULL);
+    }
+    arm_deadline(c);
 }
 
 /* to names the service, or NULL for the one of the request's type. */
@@ -446,11 +556,8 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
         if (c->loop && c->retry_timer == NULL)
             c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
     }
-    if (c->loop) {
-        int64_t left_ms = (p->deadline_us - clock_wall_us() + 999) / 1000;
-
-        p->timer = loop_timer_add(c->loop, left_ms, on_deadline, p);
-    }
+    dheap_push(c, p);
+    arm_deadline(c);
     envelope_destroy(&req);
     *err = 0;
     return p;

@@ -516,6 +516,48 @@ START_TEST(test_deadline_is_an_error)
 }
 END_TEST
 
+/* Requests sent on the loop with no broker to take them time out each at
+ * its own deadline, whatever order they were sent in: the client keeps one
+ * timer for the earliest and must set it sooner for a sooner request. */
+START_TEST(test_deadlines_on_the_loop)
+{
+    static const int timeout_ms[3] = {600, 200, 400};
+    struct ports p;
+    loop_t *loop = loop_new();
+    bus_client_t *c;
+    struct outcome o[3];
+    int64_t t0;
+
+    memset(o, 0, sizeof(o));
+    ports_init(&p, 18210); /* nothing listens there */
+    c = client(loop, p.clients);
+    t0 = test_now_ms();
+    for (int i = 0; i < 3; i++) {
+        envelope_t *req = envelope_new("slow.x", NULL, timeout_ms[i]);
+
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_outcome, &o[i]), 0);
+    }
+    run_until(loop, o, 3, 3000);
+    for (int i = 0; i < 3; i++) {
+        int64_t took = o[i].at_ms - t0;
+
+        ck_assert_msg(o[i].done && o[i].err == ERR_TIMEOUT,
+                      "request %d: done %d err %s", i, o[i].done,
+                      err_name(o[i].err));
+        ck_assert_msg(took >= timeout_ms[i] - 20 && took < timeout_ms[i] + 400,
+                      "request %d (%d ms): timed out after %lld ms", i,
+                      timeout_ms[i], (long long)took);
+    }
+    ck_assert_msg(o[1].at_ms <= o[2].at_ms && o[2].at_ms <= o[0].at_ms,
+                  "deadlines out of order: %lld %lld %lld",
+                  (long long)(o[0].at_ms - t0), (long long)(o[1].at_ms - t0),
+                  (long long)(o[2].at_ms - t0));
+    ck_assert_int_eq((int)bus_client_pending(c), 0);
+    bus_client_destroy(&c);
+    loop_destroy(&loop);
+}
+END_TEST
+
 START_TEST(test_failover_between_brokers)
 {
     struct ports p1, p2;
@@ -605,6 +647,7 @@ bus_suite(void)
     tcase_add_test(tc, test_trace_masks_secrets);
     tcase_add_test(tc, test_no_worker_is_an_error);
     tcase_add_test(tc, test_deadline_is_an_error);
+    tcase_add_test(tc, test_deadlines_on_the_loop);
     tcase_add_test(tc, test_failover_between_brokers);
     tcase_add_test(tc, test_bad_envelope_gets_error);
     suite_add_tcase(s, tc);
