@@ -3,7 +3,7 @@
  *
  * Children are started with PR_SET_PDEATHSIG, so a test that fails half way
  * (Check forks each test) never leaves a broker or an actor behind. The
- * Redis helpers (testlib_redis.c) fail the running Check test, with a
+ * rig helpers (testlib_rig.c) fail the running Check test, with a
  * message, when Redis is not there or refuses a command.
  */
 #ifndef SAMOTOP_TESTLIB_H
@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "bus/bus.h"
 #include "bus/store.h"
 
 /* Path of a built executable: $SAMOTOP_BIN/name, in a static buffer. */
@@ -48,6 +49,12 @@ store_t *test_redis_connect(int port, int wait_ms);
 store_reply_t *test_redis_cmd(store_t *s, ...);
 store_reply_t *test_redis_cmdv(store_t *s, va_list ap);
 long long test_redis_int(store_t *s, ...);
+
+/* Sends type (a ping, e.g. "mailbox.ping") over c, to the service to or
+ * to any worker of its kind when to is NULL, until one answers or ms
+ * pass. Returns the milliseconds it took, or -1. */
+int64_t test_wait_ping(bus_client_t *c, const char *type, const char *to,
+                       int ms);
 
 /* Removes the folder dir and all below it, without following symlinks. */
 void test_rm_tree(const char *dir);

@@ -1,7 +1,8 @@
 /*
- * testlib_redis.c - the private redis-server and the scratch folders of the
- * actor tests (testlib.h). Failures end the running Check test with a
- * message, as the tests' own asserts do.
+ * testlib_rig.c - what the actor tests' rigs share (testlib.h): a private
+ * redis-server and commands to it, a wait for an actor on the bus, and
+ * scratch folders. Failures end the running Check test with a message, as
+ * the tests' own asserts do.
  */
 #include <ftw.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 
 #include <check.h>
 
+#include "envelope.h"
 #include "lib/config.h"
 #include "testlib.h"
 
@@ -137,4 +139,23 @@ test_rm_tree(const char *dir)
 {
     if (dir && *dir)
         nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int64_t
+test_wait_ping(bus_client_t *c, const char *type, const char *to, int ms)
+{
+    int64_t t0 = test_now_ms();
+
+    while (test_now_ms() - t0 < ms) {
+        envelope_t *req = envelope_new(type, NULL, 200), *reply = NULL;
+        char why[256];
+        int rc = to ? bus_client_call_to(c, to, &req, &reply, why, sizeof(why))
+                    : bus_client_call(c, &req, &reply, why, sizeof(why));
+
+        envelope_destroy(&reply);
+        if (rc == 0)
+            return test_now_ms() - t0;
+        usleep(20000);
+    }
+    return -1;
 }

@@ -47,24 +47,6 @@ struct rig {
  * rig.log, and rig_stop() leaves the folder for the test to remove. */
 static const char *mailbox_log;
 
-static int64_t
-wait_ping(bus_client_t *c, int ms)
-{
-    int64_t t0 = test_now_ms();
-
-    while (test_now_ms() - t0 < ms) {
-        envelope_t *req = envelope_new("mailbox.ping", NULL, 200), *reply;
-        char why[256];
-        int rc = bus_client_call(c, &req, &reply, why, sizeof(why));
-
-        envelope_destroy(&reply);
-        if (rc == 0)
-            return test_now_ms() - t0;
-        usleep(20000);
-    }
-    return -1;
-}
-
 static void
 rig_start(struct rig *r, int base)
 {
@@ -123,15 +105,8 @@ rig_start(struct rig *r, int base)
     }
     r->c = bus_client_new(NULL, r->clients, 16 << 20, why, sizeof(why));
     ck_assert_msg(r->c != NULL, "bus_client_new: %s", why);
-    ck_assert_msg(wait_ping(r->c, 10000) >= 0, "the mailbox never answered");
-}
-
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
+    ck_assert_msg(test_wait_ping(r->c, "mailbox.ping", NULL, 10000) >= 0,
+                  "the mailbox never answered");
 }
 
 static void
@@ -145,7 +120,7 @@ rig_stop(struct rig *r)
                   "samotop-mailbox did not stop cleanly: status %d", status);
     test_stop(r->broker, SIGTERM, 2000);
     if (mailbox_log == NULL)
-        nftw(r->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_rm_tree(r->base);
 }
 
 /* A recipient of a request: the mailbox, and a folder or NULL. */
@@ -547,7 +522,7 @@ START_TEST(test_bad_request)
                   b->label);
     envelope_destroy(&reply);
     /* The actor lived through it. */
-    ck_assert_int_ge(wait_ping(r.c, 2000), 0);
+    ck_assert_int_ge(test_wait_ping(r.c, "mailbox.ping", NULL, 2000), 0);
     rig_stop(&r);
 }
 END_TEST
@@ -571,7 +546,7 @@ START_TEST(test_schema_refused)
     rc = bus_client_call(r.c, &req, &reply, why, sizeof(why));
     ck_assert_msg(rc == ERR_PROTO, "got %s (%s)", err_name(rc), why);
     ck_assert_ptr_null(reply);
-    ck_assert_int_ge(wait_ping(r.c, 2000), 0);
+    ck_assert_int_ge(test_wait_ping(r.c, "mailbox.ping", NULL, 2000), 0);
     rig_stop(&r);
 }
 END_TEST
@@ -718,7 +693,7 @@ START_TEST(test_burst_group_commit)
                   "%ld commits for %d requests, largest %d: no group commit",
                   commits, N, max_batch);
     mailbox_log = NULL;
-    nftw(r.base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(r.base);
 }
 END_TEST
 

@@ -45,25 +45,6 @@ struct rig {
     bus_client_t *c;
 };
 
-static int64_t
-wait_ping(bus_client_t *c, int ms)
-{
-    int64_t t0 = test_now_ms();
-
-    while (test_now_ms() - t0 < ms) {
-        envelope_t *req = envelope_new("mailbox.ping", NULL, 200), *reply;
-        char why[256];
-        int rc =
-            bus_client_call_to(c, "mailbox.0", &req, &reply, why, sizeof(why));
-
-        envelope_destroy(&reply);
-        if (rc == 0)
-            return test_now_ms() - t0;
-        usleep(20000);
-    }
-    return -1;
-}
-
 /* door_port: the internal door's, or 0 for one the kernel picks (the
  * default without mailbox.imap_internal), learnt from the tickets. */
 static void
@@ -115,15 +96,8 @@ rig_start(struct rig *r, int base, int ticket_ms, int door_port)
     r->mailbox = test_spawn(mb_argv, r->envp);
     r->c = bus_client_new(NULL, r->clients, 16 << 20, why, sizeof(why));
     ck_assert_msg(r->c != NULL, "bus_client_new: %s", why);
-    ck_assert_msg(wait_ping(r->c, 10000) >= 0, "the mailbox never answered");
-}
-
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
+    ck_assert_msg(test_wait_ping(r->c, "mailbox.ping", "mailbox.0", 10000) >= 0,
+                  "the mailbox never answered");
 }
 
 static void
@@ -136,7 +110,7 @@ rig_stop(struct rig *r)
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                   "samotop-mailbox did not stop cleanly: status %d", status);
     test_stop(r->broker, SIGTERM, 2000);
-    nftw(r->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(r->base);
 }
 
 /* The n-th account (from 0) that shard k of 2 owns, into out. */
