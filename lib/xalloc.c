@@ -1,8 +1,5 @@
 #include <stdarg.h>
 #include <stdio.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,13 +82,4 @@ xasprintf(const char *fmt, ...)
     if (n < 0)
         oom(0);
     return s;
-}
-
-void
-xalloc_keep_message_buffers(void)
-{
-#ifdef __GLIBC__
-    mallopt(M_MMAP_THRESHOLD, 4 << 20);
-    mallopt(M_TRIM_THRESHOLD, 32 << 20);
-#endif
 }

@@ -117,8 +117,6 @@ listener_fini(actor_t *a)
 int
 main(int argc, char **argv)
 {
-    /* A buffer the size of the message, for every message. */
-    xalloc_keep_message_buffers();
     return actor_main(argc, argv, &(struct actor_desc){
         .name = "listener", .handlers = listener_handlers,
         .init = listener_init, .fini = listener_fini});

@@ -6,7 +6,6 @@
  * type this actor takes.
  */
 #include "actor.h"
-#include "lib/xalloc.h"
 
 #include "mailbox.h"
 #include "mailbox_metrics.h"
@@ -28,8 +27,6 @@ mailbox_main_init(actor_t *a)
 int
 main(int argc, char **argv)
 {
-    /* A buffer the size of the message, for every message. */
-    xalloc_keep_message_buffers();
     return actor_main(argc, argv, &(struct actor_desc){
         .name = "mailbox", .handlers = mailbox_handlers,
         .init = mailbox_main_init, .fini = mailbox_fini});
