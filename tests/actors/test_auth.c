@@ -1125,7 +1125,10 @@ START_TEST(test_busy)
             busy++;
         }
     }
-    ck_assert_msg(ok >= 3 && busy >= 1, "%d verified, %d busy", ok, busy);
+    /* The queue's two places are all that is sure: the thread takes the
+     * first job only once it wakes, which on a loaded machine can be
+     * after the others were refused. */
+    ck_assert_msg(ok >= 2 && busy >= 1, "%d verified, %d busy", ok, busy);
     bus_client_destroy(&c);
     bus_client_destroy(&sync);
     loop_destroy(&loop);
