@@ -36,9 +36,16 @@ smtp_mail_clear(smtp_server_t *srv)
     }
 }
 
+/* A size MAIL declared or the caller guessed is taken up front only up
+ * to this; past it the buffer doubles as the octets come. A client that
+ * declares SIZE=50000000 and sends nothing, in every session, or one big
+ * message that makes the caller guess big for all sessions after it,
+ * would otherwise reserve that much per session. */
+#define MSG_HINT_MAX (4u << 20)
+
 /* Makes the buffer hold at least need octets: the size MAIL declared or
- * the caller's guess, with a little room, else doubling (never past the
- * limit plus the head room). */
+ * the caller's guess (at most MSG_HINT_MAX), with a little room, else
+ * doubling (never past the limit plus the head room). */
 static void
 msg_grow(smtp_server_t *srv, size_t need)
 {
@@ -48,6 +55,8 @@ msg_grow(smtp_server_t *srv, size_t need)
     hint = srv->msg_hint > 0 ? srv->msg_hint : srv->guess;
     if (hint > 0) {
         hint += hint / 64 + 1024;
+        if (hint > MSG_HINT_MAX)
+            hint = MSG_HINT_MAX;
         if (hint > srv->max_message)
             hint = srv->max_message;
         hint += srv->msg_head;
@@ -75,8 +84,9 @@ msg_start(smtp_server_t *srv)
 /* Appends to the message unless it is already over max_message: then it
  * is only marked, and read to its end without being kept (RFC 1870 6.3).
  * Growing, it goes straight to the size MAIL declared (SIZE=, bounded by
- * max_message) or else to the caller's guess (msg_grow()), so a message
- * that keeps its word is never copied to a larger buffer. */
+ * max_message and MSG_HINT_MAX) or else to the caller's guess
+ * (msg_grow()), so a message that keeps its word is never copied to a
+ * larger buffer unless it is over MSG_HINT_MAX. */
 static void
 msg_add(smtp_server_t *srv, const char *p, size_t n)
 {
