@@ -29,6 +29,7 @@ struct slot {
     loop_zmq_fn *zfn;
     void *zsock;
     void *arg;
+    bool dirty; /* ZeroMQ: may have input run_zmq() has not read yet */
 };
 
 struct loop_timer {
@@ -205,6 +206,7 @@ loop_zmq_add(loop_t *loop, void *zsocket, loop_zmq_fn *fn, void *arg)
     loop->slots[fd].zfn = fn;
     loop->slots[fd].zsock = zsocket;
     loop->slots[fd].arg = arg;
+    loop->slots[fd].dirty = true;
     loop->zfds = xrealloc(loop->zfds, sizeof(int) * (size_t)(loop->nzfds + 1));
     loop->zfds[loop->nzfds++] = fd;
     return 0;
@@ -371,36 +373,60 @@ run_signals(loop_t *loop)
 }
 
 /* Reads every ZeroMQ socket until empty, ZMQ_BATCH messages at a time per
- * socket, pass after pass until a whole pass reads nothing: a callback that
- * sends on socket A can consume A's ZMQ_FD signal while A has input, so a
- * socket passed earlier in the pass must be tried again. Returns true when
- * input is left after ZMQ_PASSES passes (the wait then does not block). */
+ * socket, and returns true when input may be left after ZMQ_PASSES passes
+ * (the wait then does not block).
+ *
+ * Why not just wait on ZMQ_FD after one read each: a callback that sends on
+ * socket A makes libzmq process A's pending commands, which consumes A's
+ * ZMQ_FD signal (edge) even while A has input, so epoll would not wake for
+ * it. A socket is therefore read again until empty whenever some callback
+ * may have sent on it since it last returned empty: it is "dirty". Every
+ * socket starts each call dirty (timers and fd handlers, run outside this
+ * function, may have sent on any); reading one until empty cleans it, and
+ * each callback that handled a message dirties every other socket. A
+ * socket's own sends need no re-read: the batch reads it again after each
+ * callback, so its last, empty read came after them. One socket alone (a
+ * client, a worker) thus costs one empty read per wake-up, not two. */
 #define ZMQ_PASSES 8
 
 static bool
 run_zmq(loop_t *loop)
 {
-    for (int pass = 0; pass < ZMQ_PASSES; pass++) {
-        bool any = false;
+    bool left = true;
 
+    for (int i = 0; i < loop->nzfds; i++)
+        loop->slots[loop->zfds[i]].dirty = true;
+    for (int pass = 0; pass < ZMQ_PASSES && left && !loop->stop; pass++) {
         for (int i = 0; i < loop->nzfds && !loop->stop; i++) {
             int fd = loop->zfds[i];
             uint32_t gen = loop->slots[fd].gen;
+            int n = 0;
 
-            for (int n = 0; n < ZMQ_BATCH; n++) {
+            if (!loop->slots[fd].dirty)
+                continue;
+            loop->slots[fd].dirty = false;
+            for (; n < ZMQ_BATCH; n++) {
+                /* Looked up again: a callback may grow the slot table. */
                 struct slot *s = &loop->slots[fd];
 
                 if (s->kind != SLOT_ZMQ || s->gen != gen || loop->stop)
                     break;
                 if (s->zfn(loop, s->zsock, s->arg) <= 0)
                     break;
-                any = true;
             }
+            if (n == 0)
+                continue;
+            for (int j = 0; j < loop->nzfds; j++)
+                if (loop->zfds[j] != fd)
+                    loop->slots[loop->zfds[j]].dirty = true;
+            if (n == ZMQ_BATCH)
+                loop->slots[fd].dirty = true; /* not read until empty */
         }
-        if (!any || loop->stop)
-            return false;
+        left = false;
+        for (int i = 0; i < loop->nzfds; i++)
+            left = left || loop->slots[loop->zfds[i]].dirty;
     }
-    return true;
+    return left && !loop->stop;
 }
 
 int

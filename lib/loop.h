@@ -24,10 +24,10 @@ enum { LOOP_READ = 1, LOOP_WRITE = 2, LOOP_ERROR = 4 };
 typedef void loop_fd_fn(loop_t *loop, int fd, int events, void *arg);
 /* Called when a ZeroMQ socket may have input: reads at most one message
  * (without blocking) and returns 1, or 0 when none was waiting. The loop
- * calls it again until it returns 0 (a batch at most), and goes over all
- * its sockets again until none has input: a callback that sends on one
- * socket can swallow the input signal of another, so only reading until
- * empty is safe before the loop sleeps. */
+ * calls it again until it returns 0 (a batch at most), and reads a socket
+ * again, until empty, whenever another socket's callback handled a message
+ * since: a callback that sends on one socket can swallow the input signal
+ * of another, so only reading until empty is safe before the loop sleeps. */
 typedef int loop_zmq_fn(loop_t *loop, void *zsocket, void *arg);
 typedef void loop_timer_fn(loop_t *loop, void *arg);
 typedef void loop_signal_fn(loop_t *loop, int signo, void *arg);
