@@ -10,6 +10,7 @@
 #define SAMOTOP_TESTLIB_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -56,7 +57,23 @@ long long test_redis_int(store_t *s, ...);
 int64_t test_wait_ping(bus_client_t *c, const char *type, const char *to,
                        int ms);
 
-/* Removes the folder dir and all below it, without following symlinks. */
-void test_rm_tree(const char *dir);
+/* Removes the folder dir and all below it, without following symlinks.
+ * Returns nftw()'s result (0: all of it went); "" or NULL is nothing. */
+int test_rm_tree(const char *dir);
+
+/* Stops *pid with SIGTERM (SIGKILL after ms) and sets it to 0; fails the
+ * test unless it exited with status 0 (a crash, or a leak under ASan).
+ * Nothing when *pid is 0. */
+void test_stop_clean(pid_t *pid, const char *name, int ms);
+
+/* Moves this process (Check forks each test) into a mount namespace of its
+ * own (a user namespace too when not root), so that what it mounts is
+ * never seen by the host. Call it before opening what the test reads: an
+ * fd opened earlier keeps resolving names in the old namespace. False when
+ * not allowed here. */
+bool test_private_mounts(void);
+
+/* Mounts a tmpfs of size ("64k") on dir, or fails the test. */
+void test_mount_tmpfs(const char *dir, const char *size);
 
 #endif

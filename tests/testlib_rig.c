@@ -1,14 +1,19 @@
 /*
- * testlib_rig.c - what the actor tests' rigs share (testlib.h): a private
- * redis-server and commands to it, a wait for an actor on the bus, and
- * scratch folders. Failures end the running Check test with a message, as
- * the tests' own asserts do.
+ * testlib_rig.c - what the tests' rigs share (testlib.h): a private
+ * redis-server and commands to it, a wait for an actor on the bus, a
+ * clean stop, scratch folders and tmpfs mounts in a private namespace. Failures
+ * end the running Check test with a message, as the tests' own asserts do.
  */
+#include <errno.h>
 #include <ftw.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -134,11 +139,66 @@ rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
     return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
-void
+int
 test_rm_tree(const char *dir)
 {
-    if (dir && *dir)
-        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (dir == NULL || *dir == '\0')
+        return 0;
+    return nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+bool
+test_private_mounts(void)
+{
+    if (unshare(CLONE_NEWNS) != 0) {
+        uid_t uid = getuid();
+        gid_t gid = getgid();
+        char map[64];
+        FILE *m;
+
+        if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+            return false;
+        if ((m = fopen("/proc/self/setgroups", "w")) != NULL) {
+            fputs("deny", m);
+            fclose(m);
+        }
+        snprintf(map, sizeof(map), "0 %d 1", (int)uid);
+        if ((m = fopen("/proc/self/uid_map", "w")) == NULL)
+            return false;
+        fputs(map, m);
+        fclose(m);
+        snprintf(map, sizeof(map), "0 %d 1", (int)gid);
+        if ((m = fopen("/proc/self/gid_map", "w")) == NULL)
+            return false;
+        fputs(map, m);
+        fclose(m);
+    }
+    /* Private first: otherwise a shared "/" would carry the mount out. */
+    return mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
+}
+
+void
+test_mount_tmpfs(const char *dir, const char *size)
+{
+    char opts[64];
+
+    snprintf(opts, sizeof(opts), "size=%s,mode=0700", size);
+    ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, opts) == 0,
+                  "mount tmpfs on %s: %s", dir, strerror(errno));
+}
+
+void
+test_stop_clean(pid_t *pid, const char *name, int ms)
+{
+    int status;
+
+    if (*pid <= 0)
+        return;
+    status = test_stop(*pid, SIGTERM, ms);
+    *pid = 0;
+    /* One that crashed, or leaked under ASan, fails the run. */
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "%s ended with status 0x%x", name, status);
 }
 
 int64_t

@@ -436,15 +436,10 @@ world_start(int base, ...)
 static void
 world_stop(void)
 {
-    int status;
+    char name[256];
 
-    if (W.auth > 0) {
-        status = test_stop(W.auth, SIGTERM, 5000);
-        /* An actor that crashed or leaked under ASan must fail the run. */
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                      "samotop-auth ended with status 0x%x (log: %s)", status,
-                      W.log);
-    }
+    snprintf(name, sizeof(name), "samotop-auth (log: %s)", W.log);
+    test_stop_clean(&W.auth, name, 5000);
     if (W.bus > 0)
         test_stop(W.bus, SIGTERM, 5000);
     if (W.redis > 0)
@@ -1236,7 +1231,6 @@ START_TEST(test_stop_while_working)
     struct outcome o[N];
     bus_client_t *c, *sync;
     char why[256];
-    int status;
 
     world_start(19125, "SAMOTOP_AUTH_THREADS=1",
                 "SAMOTOP_AUTH_FAIL_DELAY_MS=3000",
@@ -1260,10 +1254,7 @@ START_TEST(test_stop_while_working)
     }
     run_until(loop, NULL, 0, 50);
     ck_assert_int_eq(o[0].done, 0);
-    status = test_stop(W.auth, SIGTERM, 5000);
-    W.auth = 0;
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotop-auth ended with status 0x%x", status);
+    test_stop_clean(&W.auth, "samotop-auth", 5000);
     run_until(loop, o, N, 5000);
     for (int i = 0; i < N; i++) {
         ck_assert_msg(o[i].done, "request %d never came back", i);

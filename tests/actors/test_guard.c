@@ -648,14 +648,7 @@ world_start(int base, const char *extra1, const char *extra2)
 static void
 world_stop(void)
 {
-    int status;
-
-    if (W.guard > 0) {
-        status = test_stop(W.guard, SIGTERM, 5000);
-        /* A guard that crashed or leaked under ASan must fail the run. */
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                      "samotop-guard ended with status 0x%x", status);
-    }
+    test_stop_clean(&W.guard, "samotop-guard", 5000);
     if (W.bus > 0)
         test_stop(W.bus, SIGTERM, 5000);
     if (W.redis > 0)
@@ -1365,10 +1358,7 @@ pair_start(struct pair *p, int base, const char *extra)
 static void
 pair_stop(struct pair *p)
 {
-    int status = test_stop(p->guard, SIGTERM, 5000);
-
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "second samotop-guard ended with status 0x%x", status);
+    test_stop_clean(&p->guard, "second samotop-guard", 5000);
     test_stop(p->bus, SIGTERM, 5000);
 }
 
@@ -1510,7 +1500,6 @@ START_TEST(test_stop_while_waiting)
     bus_client_t *c, *sync;
     envelope_t *req;
     char why[256];
-    int status;
 
     world_start(18740, NULL, NULL);
     sync = world_client();
@@ -1526,10 +1515,7 @@ START_TEST(test_stop_while_waiting)
     ck_assert_int_eq(bus_client_send_take(c, &req, on_outcome, &o), 0);
     run_for(loop, NULL, 300); /* the guard has it, waiting on Redis */
     ck_assert_int_eq(o.done, 0);
-    status = test_stop(W.guard, SIGTERM, 5000);
-    W.guard = 0;
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotop-guard ended with status 0x%x", status);
+    test_stop_clean(&W.guard, "samotop-guard", 5000);
     run_for(loop, &o, 4000);
     ck_assert_int_eq(o.done, 1);
     ck_assert_msg(o.err != 0 || o.code == 451, "got err %d code %d", o.err,

@@ -14,7 +14,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -112,12 +111,8 @@ rig_start(struct rig *r, int base)
 static void
 rig_stop(struct rig *r)
 {
-    int status;
-
     bus_client_destroy(&r->c);
-    status = test_stop(r->mailbox, SIGTERM, 5000);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotop-mailbox did not stop cleanly: status %d", status);
+    test_stop_clean(&r->mailbox, "samotop-mailbox", 5000);
     test_stop(r->broker, SIGTERM, 2000);
     if (mailbox_log == NULL)
         test_rm_tree(r->base);

@@ -13,7 +13,6 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -103,12 +102,8 @@ rig_start(struct rig *r, int base, int ticket_ms, int door_port)
 static void
 rig_stop(struct rig *r)
 {
-    int status;
-
     bus_client_destroy(&r->c);
-    status = test_stop(r->mailbox, SIGTERM, 5000);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "samotop-mailbox did not stop cleanly: status %d", status);
+    test_stop_clean(&r->mailbox, "samotop-mailbox", 5000);
     test_stop(r->broker, SIGTERM, 2000);
     test_rm_tree(r->base);
 }

@@ -16,7 +16,6 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -658,27 +657,13 @@ world_start_n(int base, const char *const *extra, int nqueues)
         queue_start(i);
 }
 
-/* Stops a process; one that crashed or leaked under ASan fails the run. */
-static void
-stop_clean(pid_t *pid, const char *name)
-{
-    int status;
-
-    if (*pid <= 0)
-        return;
-    status = test_stop(*pid, SIGTERM, 8000);
-    *pid = 0;
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "%s ended with status 0x%x", name, status);
-}
-
 static void
 world_stop(void)
 {
-    stop_clean(&W.queue[0], "samotop-queue");
-    stop_clean(&W.queue[1], "samotop-queue (second)");
-    stop_clean(&W.relay, "test_relay_worker");
-    stop_clean(&W.mailbox, "samotop-mailbox");
+    test_stop_clean(&W.queue[0], "samotop-queue", 8000);
+    test_stop_clean(&W.queue[1], "samotop-queue (second)", 8000);
+    test_stop_clean(&W.relay, "test_relay_worker", 8000);
+    test_stop_clean(&W.mailbox, "samotop-mailbox", 8000);
     if (W.bus > 0)
         test_stop(W.bus, SIGTERM, 5000);
     if (W.redis > 0)
@@ -1408,7 +1393,7 @@ START_TEST(test_lease_takeover)
     while (relay_count("stuck@lease.test") < 1 && test_now_ms() < until)
         usleep(20000);
     ck_assert_int_eq(relay_count("stuck@lease.test"), 1);
-    stop_clean(&W.queue[1], "samotop-queue stopped while waiting");
+    test_stop_clean(&W.queue[1], "samotop-queue stopped while waiting", 8000);
     ck_assert(!queue_gone(id));
     bus_client_destroy(&c);
     world_stop();

@@ -17,7 +17,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -416,14 +415,7 @@ world_start(int base, const struct sink *sinks, int nsinks, bool dns,
 static void
 world_stop(void)
 {
-    int status;
-
-    if (W.relay > 0) {
-        status = test_stop(W.relay, SIGTERM, 5000);
-        /* A relay that crashed or leaked under ASan fails the run. */
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                      "samotop-relay ended with status 0x%x", status);
-    }
+    test_stop_clean(&W.relay, "samotop-relay", 5000);
     for (int i = 0; i < W.nsinks; i++)
         test_stop(W.sinks[i], SIGTERM, 2000);
     if (W.postfix > 0)

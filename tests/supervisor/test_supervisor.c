@@ -14,7 +14,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -32,6 +31,7 @@
 #include <hiredis/hiredis.h>
 
 #include "lib/clock.h"
+#include "tests/testlib.h"
 
 #define PORT_LOW 16000
 #define PORT_HIGH 16999
@@ -325,16 +325,6 @@ env_ports(struct sd *sd, int base)
 static struct sd the_sd;
 static bool the_sd_passed;
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 /* Runs when the test process exits, passed or failed (a failed check
  * exits at once): copies the log of samotopd and its children into the
  * test's output, where ctest keeps it and tests/run looks for sanitizer
@@ -350,7 +340,7 @@ sd_at_exit(void)
             sd->log);
     free(log);
     if (the_sd_passed && getenv("SAMOTOP_TEST_KEEP") == NULL)
-        nftw(sd->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_rm_tree(sd->dir);
     else
         fprintf(stderr, "test_supervisor: kept %s\n", sd->dir);
     for (int i = 0; i < sd->nenv; i++)

@@ -10,7 +10,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +27,7 @@
 #include "lib/loop.h"
 #include "lib/net.h"
 #include "lib/tls.h"
+#include "tests/testlib.h"
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
 
@@ -217,14 +217,6 @@ struct tfx {
     tls_ctx_t *server, *client;
 };
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 static void
 tfx_init(struct tfx *f)
 {
@@ -249,7 +241,7 @@ tfx_done(struct tfx *f)
 {
     tls_ctx_destroy(&f->server);
     tls_ctx_destroy(&f->client);
-    nftw(f->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(f->base);
 }
 
 /* Drives both sides of the handshake until each is done. */

@@ -14,8 +14,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -28,6 +26,7 @@
 #include <check.h>
 
 #include "actors/mailbox/maildir.h"
+#include "tests/testlib.h"
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
 
@@ -53,20 +52,12 @@ fx_init(struct fx *f)
     ck_assert_msg(f->md != NULL, "maildir_new: %s", why);
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 static void
 fx_done(struct fx *f)
 {
     maildir_destroy(&f->md);
     ck_assert_msg(f->md == NULL, "maildir_destroy left the pointer set");
-    nftw(f->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(f->base);
 }
 
 static struct maildir_rcpt
@@ -205,50 +196,6 @@ test_message(char *buf, size_t cap)
     for (int i = 0; i < 256 && n < cap; i++)
         buf[n++] = (char)i;
     return n;
-}
-
-/* Moves this test process (CK_FORK) into a mount namespace of its own,
- * so that a tmpfs mounted there is never seen by the host. It must come
- * before the store is opened: an fd opened earlier keeps resolving names
- * in the old namespace. Returns false when that is not allowed here. */
-static bool
-private_mounts(void)
-{
-    if (unshare(CLONE_NEWNS) != 0) {
-        uid_t uid = getuid();
-        gid_t gid = getgid();
-        char map[64];
-        FILE *m;
-
-        if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
-            return false;
-        if ((m = fopen("/proc/self/setgroups", "w")) != NULL) {
-            fputs("deny", m);
-            fclose(m);
-        }
-        snprintf(map, sizeof(map), "0 %d 1", (int)uid);
-        if ((m = fopen("/proc/self/uid_map", "w")) == NULL)
-            return false;
-        fputs(map, m);
-        fclose(m);
-        snprintf(map, sizeof(map), "0 %d 1", (int)gid);
-        if ((m = fopen("/proc/self/gid_map", "w")) == NULL)
-            return false;
-        fputs(map, m);
-        fclose(m);
-    }
-    /* Private first: otherwise a shared "/" would carry the mount out. */
-    return mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
-}
-
-static void
-mount_tmpfs(const char *dir, const char *size)
-{
-    char opts[64];
-
-    snprintf(opts, sizeof(opts), "size=%s,mode=0700", size);
-    ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, opts) == 0,
-                  "mount tmpfs on %s: %s", dir, strerror(errno));
 }
 
 /* Names. */
@@ -748,7 +695,7 @@ START_TEST(test_no_space)
     char *msg = malloc(len);
     struct fx f;
 
-    if (!private_mounts()) {
+    if (!test_private_mounts()) {
         fprintf(stderr, "test_no_space: skipped: cannot mount a tmpfs\n");
         free(msg);
         return;
@@ -757,7 +704,7 @@ START_TEST(test_no_space)
     memset(msg, 'x', len);
     ck_assert_int_eq(mkdir(at(&f, "example.test"), 0700), 0);
     ck_assert_int_eq(mkdir(at(&f, "example.test/full"), 0700), 0);
-    mount_tmpfs(at(&f, "example.test/full"), "64k");
+    test_mount_tmpfs(at(&f, "example.test/full"), "64k");
     ck_assert_int_eq(deliver(&f, msg, len, r, 3), 2);
     want_code("no space", &r[0], 250, "2.0.0");
     want_code("no space", &r[1], 452, "4.2.2");
@@ -785,7 +732,7 @@ START_TEST(test_cross_device_copy)
     struct stat sa, sb, sc;
     struct fx f;
 
-    if (!private_mounts()) {
+    if (!test_private_mounts()) {
         fprintf(stderr, "test_cross_device_copy: skipped: cannot mount a "
                         "tmpfs\n");
         return;
@@ -793,7 +740,7 @@ START_TEST(test_cross_device_copy)
     fx_init(&f);
     ck_assert_int_eq(mkdir(at(&f, "example.test"), 0700), 0);
     ck_assert_int_eq(mkdir(at(&f, "example.test/other"), 0700), 0);
-    mount_tmpfs(at(&f, "example.test/other"), "1m");
+    test_mount_tmpfs(at(&f, "example.test/other"), "1m");
     ck_assert_int_eq(deliver(&f, msg, len, r, 3), 3);
     for (int i = 0; i < 3; i++)
         want_code("cross", &r[i], 250, "2.0.0");
@@ -993,7 +940,7 @@ START_TEST(test_batch_no_space)
         {&part, 1, r0, 2, 0}, {&part, 1, r1, 1, 0}, {&part, 1, r2, 3, 0}};
     struct fx f;
 
-    if (!private_mounts()) {
+    if (!test_private_mounts()) {
         fprintf(stderr, "test_batch_no_space: skipped: cannot mount a "
                         "tmpfs\n");
         free(msg);
@@ -1004,8 +951,8 @@ START_TEST(test_batch_no_space)
     ck_assert_int_eq(mkdir(at(&f, "example.test"), 0700), 0);
     ck_assert_int_eq(mkdir(at(&f, "example.test/full"), 0700), 0);
     ck_assert_int_eq(mkdir(at(&f, "example.test/other"), 0700), 0);
-    mount_tmpfs(at(&f, "example.test/full"), "64k");
-    mount_tmpfs(at(&f, "example.test/other"), "1m");
+    test_mount_tmpfs(at(&f, "example.test/full"), "64k");
+    test_mount_tmpfs(at(&f, "example.test/other"), "1m");
     ck_assert_int_eq(maildir_deliver_batch(f.md, mm, 3), 4);
     want_code("batch no space", &r0[0], 250, "2.0.0");
     want_code("batch no space", &r0[1], 452, "4.2.2");
@@ -1056,7 +1003,7 @@ START_TEST(test_cache_removed)
     ck_assert_int_eq(deliver(&f, "one\r\n", 5, r, 2), 2);
     ck_assert_int_eq(maildir_cache_size(f.md), 2);
     snprintf(path, sizeof(path), "%s", at(&f, "%s", w->path));
-    ck_assert_int_eq(nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    ck_assert_int_eq(test_rm_tree(path), 0);
     ck_assert_int_eq(deliver(&f, "two\r\n", 5, r, 2), 2);
     want_code(w->label, &r[0], 250, "2.0.0");
     want_code(w->label, &r[1], 250, "2.0.0");
@@ -1144,7 +1091,7 @@ START_TEST(test_new_store)
     md = maildir_new(path, NULL, why, sizeof(why));
     ck_assert_msg(md == NULL, "a file as the mail root was taken");
     ck_assert_msg(strstr(why, "mail") != NULL, "reason \"%s\"", why);
-    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(base);
 }
 END_TEST
 

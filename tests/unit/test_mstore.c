@@ -13,12 +13,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -31,6 +29,7 @@
 
 #include "actors/mailbox/maildir.h"
 #include "actors/mailbox/mstore.h"
+#include "tests/testlib.h"
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
 #define ACCT "alice@example.test"
@@ -67,14 +66,6 @@ fx_init(struct fx *f)
     f->ms = open_store(f);
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 static void
 fx_done(struct fx *f)
 {
@@ -82,7 +73,7 @@ fx_done(struct fx *f)
     mstore_destroy(&f->ms);
     ck_assert_msg(f->ms == NULL, "mstore_destroy left the pointer set");
     maildir_destroy(&f->md);
-    nftw(f->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(f->base);
 }
 
 /* Delivers a small message into the folder (NULL: INBOX). */
@@ -1052,50 +1043,16 @@ START_TEST(test_descriptors)
 }
 END_TEST
 
-/* Moves this test process (CK_FORK) into a mount namespace of its own,
- * as test_maildir.c does, so that a tmpfs mounted there is never seen by
- * the host; before the store is opened. False when not allowed here. */
-static bool
-private_mounts(void)
-{
-    if (unshare(CLONE_NEWNS) != 0) {
-        uid_t uid = getuid();
-        gid_t gid = getgid();
-        char map[64];
-        FILE *m;
-
-        if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
-            return false;
-        if ((m = fopen("/proc/self/setgroups", "w")) != NULL) {
-            fputs("deny", m);
-            fclose(m);
-        }
-        snprintf(map, sizeof(map), "0 %d 1", (int)uid);
-        if ((m = fopen("/proc/self/uid_map", "w")) == NULL)
-            return false;
-        fputs(map, m);
-        fclose(m);
-        snprintf(map, sizeof(map), "0 %d 1", (int)gid);
-        if ((m = fopen("/proc/self/gid_map", "w")) == NULL)
-            return false;
-        fputs(map, m);
-        fclose(m);
-    }
-    return mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0;
-}
-
 /* A folder whose directory is a tmpfs of size (made, mounted, then made
  * a Maildir by CREATE, which finds it there). */
 static void
 tmpfs_folder(struct fx *f, const char *name, const char *size)
 {
-    char dir[512], opts[64];
+    char dir[512];
 
     snprintf(dir, sizeof(dir), "%s/.%s", f->acct, name);
     ck_assert_msg(mkdir(dir, 0700) == 0, "mkdir %s", dir);
-    snprintf(opts, sizeof(opts), "size=%s,mode=0700", size);
-    ck_assert_msg(mount("tmpfs", dir, "tmpfs", 0, opts) == 0,
-                  "mount tmpfs on %s: %s", dir, strerror(errno));
+    test_mount_tmpfs(dir, size);
     want_fail("create on the mount", f->ms, mstore_create(f->ms, name),
               "ALREADYEXISTS");
 }
@@ -1112,7 +1069,7 @@ START_TEST(test_copy_cross_device)
     struct mstore_map a, b;
     char dir[512];
 
-    if (!private_mounts()) {
+    if (!test_private_mounts()) {
         fprintf(stderr, "test_copy_cross_device: skipped: cannot mount a "
                         "tmpfs\n");
         return;
@@ -1176,7 +1133,7 @@ START_TEST(test_append_no_space)
     size_t len = 256 * 1024;
     char *msg, dir[512];
 
-    if (!private_mounts()) {
+    if (!test_private_mounts()) {
         fprintf(stderr, "test_append_no_space: skipped: cannot mount a "
                         "tmpfs\n");
         return;

@@ -10,7 +10,6 @@
  */
 #include <errno.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include <check.h>
 
 #include "lib/tls.h"
+#include "tests/testlib.h"
 
 #define NROWS(t) (sizeof(t) / sizeof((t)[0]))
 
@@ -39,18 +39,10 @@ fx_init(struct fx *f)
     snprintf(f->key, sizeof(f->key), "%s/key.pem", f->dir);
 }
 
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 static void
 fx_done(struct fx *f)
 {
-    nftw(f->base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(f->base);
 }
 
 /* Whether cert and key load as a server context (the key matches). */
