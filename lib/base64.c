@@ -8,8 +8,8 @@
 static const char alphabet[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-static int
-digit(unsigned char c)
+int
+base64_digit(unsigned char c, char last)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -19,7 +19,7 @@ digit(unsigned char c)
         return c - '0' + 52;
     if (c == '+')
         return 62;
-    if (c == '/')
+    if (c == (unsigned char)last)
         return 63;
     return -1;
 }
@@ -83,7 +83,7 @@ base64_decode(const char *in, size_t n, void *out_v, size_t max,
         return -1; /* six bits cannot end a byte */
     }
     for (size_t i = 0; i < n - pad; i++) {
-        int v = digit((unsigned char)in[i]);
+        int v = base64_digit((unsigned char)in[i], '/');
 
         if (v < 0)
             return -1;

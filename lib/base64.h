@@ -22,6 +22,11 @@ enum base64_form {
     BASE64_UNPADDED, /* no "=", the last group 2 or 3 characters (3.2) */
 };
 
+/* The value (0-63) of c in the base64 alphabet whose 64th character is
+ * last: '/' for RFC 4648's, ',' for IMAP's modified base64 of mailbox
+ * names (RFC 3501 5.1.3). -1 when c is not in it. */
+int base64_digit(unsigned char c, char last);
+
 /* The characters base64_encode() writes for n bytes, without the NUL. */
 size_t base64_encoded_len(size_t n, enum base64_form form);
 

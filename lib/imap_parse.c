@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "lib/base64.h"
 #include "lib/err.h"
 #include "lib/imap_parse.h"
 #include "lib/imap_parse_int.h"
@@ -320,22 +321,6 @@ nstring(imap_parse_t *p, const char **out)
 
 /* Modified UTF-7 (RFC 3501 5.1.3). */
 
-static int
-mb64_val(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == ',')
-        return 63;
-    return -1;
-}
-
 bool
 imap_parse_mutf7_valid(const char *s, bool wildcards)
 {
@@ -356,7 +341,7 @@ imap_parse_mutf7_valid(const char *s, bool wildcards)
         }
         /* A shift: modified base64 of UTF-16BE, ended by "-". */
         for (; *s && *s != '-'; s++) {
-            int v = mb64_val((unsigned char)*s);
+            int v = base64_digit((unsigned char)*s, ',');
 
             if (v < 0)
                 return false;

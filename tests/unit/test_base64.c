@@ -62,8 +62,8 @@ START_TEST(test_decode_table)
 {
     const struct b64_row *row = &b64_rows[_i];
     unsigned char out[64];
-    long n = base64_decode(row->in, strlen(row->in), out, sizeof(out),
-                           row->form);
+    long n =
+        base64_decode(row->in, strlen(row->in), out, sizeof(out), row->form);
 
     ck_assert_msg(n == row->want, "%s: got %ld, want %ld", row->label, n,
                   row->want);
@@ -126,6 +126,23 @@ START_TEST(test_decode_small_buffer)
 }
 END_TEST
 
+/* The digit table, with its 64th character chosen: '/' (RFC 4648) or
+ * ',' (IMAP's modified base64, RFC 3501 5.1.3). */
+START_TEST(test_digit)
+{
+    ck_assert_int_eq(base64_digit('A', '/'), 0);
+    ck_assert_int_eq(base64_digit('z', '/'), 51);
+    ck_assert_int_eq(base64_digit('9', ','), 61);
+    ck_assert_int_eq(base64_digit('+', ','), 62);
+    ck_assert_int_eq(base64_digit('/', '/'), 63);
+    ck_assert_int_eq(base64_digit(',', ','), 63);
+    ck_assert_int_eq(base64_digit('/', ','), -1);
+    ck_assert_int_eq(base64_digit(',', '/'), -1);
+    ck_assert_int_eq(base64_digit('=', '/'), -1);
+    ck_assert_int_eq(base64_digit('\0', '/'), -1);
+}
+END_TEST
+
 static Suite *
 base64_suite(void)
 {
@@ -135,6 +152,7 @@ base64_suite(void)
     tcase_add_loop_test(tc, test_decode_table, 0, NROWS(b64_rows));
     tcase_add_test(tc, test_encode_round_trip);
     tcase_add_test(tc, test_decode_small_buffer);
+    tcase_add_test(tc, test_digit);
     suite_add_tcase(s, tc);
     return s;
 }
