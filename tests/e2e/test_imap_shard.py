@@ -38,25 +38,8 @@ DOMAIN = "ishard.test"
 TRIES = 50
 
 
-def fnv1a64(s):
-    h = 14695981039346656037
-    for c in s.lower().encode():
-        h = ((h ^ c) * 1099511628211) & (2**64 - 1)
-    return h
-
-
-def jump(key, n):
-    """Lamping and Veach's Jump Consistent Hash, as lib/shard.c has it."""
-    b, j = -1, 0
-    while j < n:
-        b = j
-        key = (key * 2862933555777941757 + 1) & (2**64 - 1)
-        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
-    return b
-
-
 def shard_of(addr):
-    return jump(fnv1a64(addr), SHARDS)
+    return st.shard_of(addr, SHARDS)
 
 
 def pick_accounts():

@@ -29,7 +29,6 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import postfix_peer  # noqa: E402
 import samotop_test as st  # noqa: E402
-from test_shard import fnv1a64, jump  # noqa: E402
 
 BASE = 20150
 LMTP = ("127.0.0.1", BASE + 15)
@@ -374,7 +373,7 @@ class ShardedDoor(unittest.TestCase):
             "new", "*")))
 
     def test_copies_go_to_their_shard(self):
-        shards = {jump(fnv1a64(u), 2) for u in self.users}
+        shards = {st.shard_of(u, 2) for u in self.users}
         self.assertEqual(shards, {0, 1})  # the test means something
         for n in range(4):  # new connections: either process may take one
             msg = message("sharded %d" % n)
