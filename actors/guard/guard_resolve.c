@@ -82,7 +82,8 @@ struct prefetch {
 struct guard_resolve {
     int flags;
     char *trace;
-    char *postmaster; /* guard.postmaster, or NULL */
+    char *postmaster; /* guard.postmaster when it parses, or NULL */
+    char *pm_key;     /* its node key */
     char *rcpt;
     bool finished;
     enum guard_query_kind asked;
@@ -411,18 +412,8 @@ on_domain(guard_resolve_t *r, struct frame *f, const struct dom *d,
 static bool
 postmaster_fallback(guard_resolve_t *r, struct frame *f)
 {
-    struct guard_addr pa;
-    char *key;
-    bool same;
-
     if (r->postmaster == NULL || strcasecmp(f->local, "postmaster") != 0 ||
-        (r->flags & GUARD_NO_CATCHALL) ||
-        guard_addr_parse(r->postmaster, &pa) != 0)
-        return false;
-    key = make_key(pa.local, pa.domain);
-    same = strcmp(key, f->key) == 0;
-    free(key);
-    if (same)
+        (r->flags & GUARD_NO_CATCHALL) || strcmp(r->pm_key, f->key) == 0)
         return false;
     f->targets = xcalloc(1, sizeof(*f->targets));
     f->targets[0] = xstrdup(r->postmaster);
@@ -484,11 +475,14 @@ guard_resolve_new(const char *address, int flags, const char *postmaster,
                   const char *trace)
 {
     guard_resolve_t *r = xcalloc(1, sizeof(*r));
-    struct guard_addr a;
+    struct guard_addr a, pm;
 
     r->flags = flags;
     r->trace = trace ? xstrdup(trace) : NULL;
-    r->postmaster = postmaster && *postmaster ? xstrdup(postmaster) : NULL;
+    if (postmaster && *postmaster && guard_addr_parse(postmaster, &pm) == 0) {
+        r->postmaster = xstrdup(postmaster);
+        r->pm_key = make_key(pm.local, pm.domain);
+    }
     if (strcasecmp(address, "postmaster") == 0 ||
         strcasecmp(address, "<postmaster>") == 0) {
         /* "<Postmaster>" with no domain (RFC 5321 4.1.1.3), which the
@@ -496,12 +490,11 @@ guard_resolve_new(const char *address, int flags, const char *postmaster,
          * a domain, and it MUST be taken (4.5.1). It stands for
          * guard.postmaster, which is resolved as an alias target is. */
         r->rcpt = xstrdup("postmaster");
-        if (r->postmaster == NULL || (flags & GUARD_NO_CATCHALL) ||
-            guard_addr_parse(r->postmaster, &a) != 0) {
+        if (r->postmaster == NULL || (flags & GUARD_NO_CATCHALL)) {
             set_verdict(r, 550, "5.1.1", "no postmaster address set");
             return r;
         }
-        push(r, &a, 1);
+        push(r, &pm, 1);
         return r;
     }
     if (guard_addr_parse(address, &a) != 0) {
@@ -547,6 +540,7 @@ guard_resolve_destroy(guard_resolve_t **r_p)
     free(r->rcpt);
     free(r->trace);
     free(r->postmaster);
+    free(r->pm_key);
     free(r);
     *r_p = NULL;
 }
