@@ -46,6 +46,11 @@ struct sigh {
     void *arg;
 };
 
+struct flusher {
+    loop_flush_fn *fn; /* NULL once removed, until the list is compacted */
+    void *arg;
+};
+
 struct loop {
     int ep;
     bool stop;
@@ -61,6 +66,9 @@ struct loop {
     sigset_t sigmask;
     struct sigh sigs[16];
     int nsigs;
+    struct flusher *flushers;
+    int nflushers, capflushers;
+    bool flushing; /* inside run_flush(): removal only marks */
 };
 
 loop_t *
@@ -94,6 +102,7 @@ loop_destroy(loop_t **loop_p)
     free(loop->heap);
     free(loop->slots);
     free(loop->zfds);
+    free(loop->flushers);
     free(loop);
     *loop_p = NULL;
 }
@@ -430,6 +439,64 @@ run_zmq(loop_t *loop)
 }
 
 int
+loop_flush_add(loop_t *loop, loop_flush_fn *fn, void *arg)
+{
+    if (loop->nflushers == loop->capflushers) {
+        loop->capflushers = loop->capflushers ? loop->capflushers * 2 : 4;
+        loop->flushers = xrealloc(loop->flushers, sizeof(*loop->flushers) *
+                                                      (size_t)loop->capflushers);
+    }
+    loop->flushers[loop->nflushers++] = (struct flusher){fn, arg};
+    return 0;
+}
+
+/* Drops the removed entries; never while run_flush() walks the list. */
+static void
+flushers_compact(loop_t *loop)
+{
+    int k = 0;
+
+    for (int i = 0; i < loop->nflushers; i++)
+        if (loop->flushers[i].fn != NULL)
+            loop->flushers[k++] = loop->flushers[i];
+    loop->nflushers = k;
+}
+
+void
+loop_flush_del(loop_t *loop, loop_flush_fn *fn, void *arg)
+{
+    for (int i = 0; i < loop->nflushers; i++)
+        if (loop->flushers[i].fn == fn && loop->flushers[i].arg == arg) {
+            loop->flushers[i].fn = NULL;
+            break;
+        }
+    if (!loop->flushing)
+        flushers_compact(loop);
+}
+
+/* Calls every flusher once; true when one of them sent something. */
+static bool
+run_flush(loop_t *loop)
+{
+    bool sent = false;
+
+    loop->flushing = true;
+    for (int i = 0; i < loop->nflushers && !loop->stop; i++) {
+        struct flusher *f = &loop->flushers[i];
+
+        if (f->fn != NULL && f->fn(loop, f->arg) > 0)
+            sent = true;
+    }
+    loop->flushing = false;
+    flushers_compact(loop);
+    return sent;
+}
+
+/* Flushes sent, then the sockets read again brought more to send: how many
+ * times over before the loop waits (without blocking) anyway. */
+#define FLUSH_PASSES 4
+
+int
 loop_run(loop_t *loop)
 {
     struct epoll_event evs[MAX_EVENTS];
@@ -444,6 +511,14 @@ loop_run(loop_t *loop)
             break;
         if (run_zmq(loop))
             timeout = 0;
+        for (int k = 0; !loop->stop && run_flush(loop); k++) {
+            if (k == FLUSH_PASSES) {
+                timeout = 0; /* not read since that flush: come back */
+                break;
+            }
+            if (run_zmq(loop))
+                timeout = 0;
+        }
         if (loop->stop)
             break;
         if (timeout != 0 && loop->nheap > 0) {

@@ -56,6 +56,19 @@ void loop_timer_cancel(loop_t *loop, loop_timer_t **timer_p);
  * Returns 0 or ERR_SYS. */
 int loop_signal_add(loop_t *loop, int signo, loop_signal_fn *fn, void *arg);
 
+/* Called when the loop is about to wait, after every ZeroMQ socket has
+ * been read until empty: a caller sends here what it gathered during the
+ * turn (the bus sends a turn's requests, or replies, as one batch).
+ * Returns 1 when it sent on a ZeroMQ socket, else 0; the loop then reads
+ * the sockets again before it waits, since a send can take a socket's
+ * input signal (see loop_zmq_fn). */
+typedef int loop_flush_fn(loop_t *loop, void *arg);
+
+/* Adds fn(arg) to the calls made before each wait; removes it again. Safe
+ * from inside a callback, a flush one included. Returns 0. */
+int loop_flush_add(loop_t *loop, loop_flush_fn *fn, void *arg);
+void loop_flush_del(loop_t *loop, loop_flush_fn *fn, void *arg);
+
 /* Runs until loop_stop(). Returns 0, or ERR_SYS when epoll fails. */
 int loop_run(loop_t *loop);
 
