@@ -40,6 +40,8 @@ struct worker {
     struct inflight *held; /* requests in hand */
     int nheld, capheld;
     int64_t last_heard;
+    struct batch out; /* requests for it from the message being handled */
+    bool dirty;       /* out has records: listed in the broker's dirty */
 };
 
 /* A request waiting for a worker: its frames, moved in. */
@@ -59,6 +61,17 @@ struct service {
     int qlen;
 };
 
+/* Answers for one client from the message being handled. */
+struct client_out {
+    unsigned char id[255];
+    size_t id_len;
+    struct batch out;
+};
+
+/* Clients one message's answers are gathered for, at most: a worker's
+ * batch mostly answers one client, or a few. */
+#define CLIENT_OUTS 8
+
 struct broker {
     loop_t *loop;
     struct broker_opts o;
@@ -70,6 +83,15 @@ struct broker {
     int trace_fd;       /* its ZMQ_FD, watched as a plain fd; or -1 */
     loop_timer_t *hb_timer;
     uint64_t routed;
+    /* While a batch is handled, what it leads to is gathered here, per
+     * peer, and sent when it is done (flush_outputs): a batch in, a batch
+     * out to each worker and client it concerns. */
+    bool batching;
+    struct worker **dirty;
+    int ndirty, capdirty;
+    struct client_out couts[CLIENT_OUTS];
+    int ncouts;
+    struct worker *last; /* the batch's previous request went to it */
     metric_t *m_routed, *m_refused, *m_workers, *m_queued; /* or NULL */
 };
 
@@ -140,6 +162,7 @@ worker_free(void **item_p)
         return;
     free(w->held);
     free(w->id);
+    batch_free(&w->out);
     free(w);
     *item_p = NULL;
 }
@@ -221,6 +244,9 @@ broker_destroy(broker_t **broker_p)
     zsock_destroy(&b->front_zs);
     zsock_destroy(&b->back_zs);
     zsock_destroy(&b->trace_zs);
+    for (int i = 0; i < CLIENT_OUTS; i++)
+        batch_free(&b->couts[i].out);
+    free(b->dirty);
     free(b);
     *broker_p = NULL;
 }
@@ -245,14 +271,13 @@ send_to_client_err(broker_t *b, const void *client, size_t client_len,
  * may carry them (auth.verify's password): secrets never reach the trace
  * feed. An envelope that does not decode is not published at all. */
 static int
-masked_copy(zmq_msg_t *out, zmq_msg_t *env)
+masked_copy(zmq_msg_t *out, const void *env, size_t envlen)
 {
     envelope_t *e = NULL;
     char why[128], *buf;
     size_t len;
 
-    if (envelope_decode(zmq_msg_data(env), zmq_msg_size(env), SIZE_MAX, &e,
-                        why, sizeof(why)) != 0)
+    if (envelope_decode(env, envlen, SIZE_MAX, &e, why, sizeof(why)) != 0)
         return -1;
     envelope_mask_secrets(e);
     envelope_encode(e, &buf, &len);
@@ -263,19 +288,25 @@ masked_copy(zmq_msg_t *out, zmq_msg_t *env)
     return 0;
 }
 
+/* The envelope is env (envlen bytes), which is envmsg's when it came as
+ * a frame of its own, or NULL when it came in a batch. */
 static void
-publish(broker_t *b, const char *trace, const char *service, zmq_msg_t *env)
+publish(broker_t *b, const char *trace, const char *service, const void *env,
+        size_t envlen, zmq_msg_t *envmsg)
 {
     zmq_msg_t e;
 
     if (b->subscribers <= 0)
         return;
     if (envelope_service_has_secrets(service)) {
-        if (masked_copy(&e, env) != 0)
+        if (masked_copy(&e, env, envlen) != 0)
             return;
-    } else {
+    } else if (envmsg != NULL) {
         zmq_msg_init(&e);
-        zmq_msg_copy(&e, env); /* shares the bytes: no copy of the body */
+        zmq_msg_copy(&e, envmsg); /* shares the bytes: no copy of the body */
+    } else {
+        zmq_msg_init_size(&e, envlen);
+        memcpy(zmq_msg_data(&e), env, envlen);
     }
     if (zmq_send(b->trace, trace, strlen(trace),
                  ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
@@ -313,11 +344,91 @@ pick_worker(struct service *s)
     return best;
 }
 
-/* Hands a request to w; client and env are moved (closed) whatever
- * happens. */
+/* Sends what the message just handled gathered for each worker and
+ * client. A send that fails is dropped, as a lone message's would be:
+ * the callers' deadlines cover it. */
 static void
-dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, const char *reqid,
-         const char *trace, zmq_msg_t *env)
+flush_outputs(broker_t *b)
+{
+    for (int i = 0; i < b->ndirty; i++) {
+        struct worker *w = b->dirty[i];
+
+        if (batch_send(b->back, w->id, w->id_len, PROTO_WORKER, &w->out))
+            batch_reset(&w->out);
+        w->dirty = false;
+    }
+    b->ndirty = 0;
+    for (int i = 0; i < b->ncouts; i++) {
+        struct client_out *o = &b->couts[i];
+
+        if (batch_send(b->front, o->id, o->id_len, PROTO_CLIENT, &o->out))
+            batch_reset(&o->out);
+    }
+    b->ncouts = 0;
+    b->last = NULL;
+}
+
+/* Adds a request for w to its batch (b->batching is set). */
+static void
+worker_out_add(broker_t *b, struct worker *w, const char *const *fields,
+               const void *env, size_t envlen)
+{
+    if (!batch_add(&w->out, 5, fields, NULL, env, envlen)) {
+        /* Full: this one starts the next. */
+        if (batch_send(b->back, w->id, w->id_len, PROTO_WORKER, &w->out))
+            batch_reset(&w->out);
+        batch_add(&w->out, 5, fields, NULL, env, envlen);
+    }
+    if (!w->dirty) {
+        if (b->ndirty == b->capdirty) {
+            b->capdirty = b->capdirty ? b->capdirty * 2 : 8;
+            b->dirty = xrealloc(b->dirty,
+                                sizeof(*b->dirty) * (size_t)b->capdirty);
+        }
+        b->dirty[b->ndirty++] = w;
+        w->dirty = true;
+    }
+}
+
+/* Adds an answer for the client whose identity is id (b->batching is
+ * set): n fields, and env unless envlen is 0. */
+static void
+client_out_add(broker_t *b, const void *id, size_t id_len, int n,
+               const char *const *fields, const void *env, size_t envlen)
+{
+    struct client_out *o = NULL;
+
+    for (int i = 0; i < b->ncouts && o == NULL; i++)
+        if (b->couts[i].id_len == id_len &&
+            memcmp(b->couts[i].id, id, id_len) == 0)
+            o = &b->couts[i];
+    if (o == NULL) {
+        if (b->ncouts == CLIENT_OUTS) { /* many clients: send what is here */
+            bool batching = b->batching;
+
+            flush_outputs(b);
+            b->batching = batching;
+        }
+        o = &b->couts[b->ncouts++];
+        memcpy(o->id, id, id_len);
+        o->id_len = id_len;
+    }
+    if (!batch_add(&o->out, n, fields, NULL, env, envlen)) {
+        if (batch_send(b->front, o->id, o->id_len, PROTO_CLIENT, &o->out))
+            batch_reset(&o->out);
+        batch_add(&o->out, n, fields, NULL, env, envlen);
+    }
+}
+
+/* Hands a request to w: the client's identity (client, client_len) and
+ * the envelope (env, envlen), which is envmsg's when it came as a frame of
+ * its own (sent on without a copy; the caller closes it), or NULL when it
+ * came in a batch. While a batch is handled, a small request joins w's
+ * batch; otherwise it goes at once. */
+static void
+dispatch(broker_t *b, struct worker *w, const void *client, size_t client_len,
+         const char *reqid, const char *trace, const void *env, size_t envlen,
+         zmq_msg_t *envmsg)
 {
     char hex[2 * 255 + 1], hdr[HDR_MAX];
     const char *fields[5] = {PROTO_WORKER, PROTO_REQ, hex, reqid, trace};
@@ -329,19 +440,25 @@ dispatch(broker_t *b, struct worker *w, zmq_msg_t *client, const char *reqid,
         w->held = xrealloc(w->held, sizeof(*w->held) * (size_t)w->capheld);
     }
     h = &w->held[w->nheld++];
-    h->client_len = (unsigned char)zmq_msg_size(client);
-    memcpy(h->client, zmq_msg_data(client), h->client_len);
+    h->client_len = (unsigned char)client_len;
+    memcpy(h->client, client, h->client_len);
     h->reqid_len = (unsigned char)strlen(reqid);
     memcpy(h->reqid, reqid, (size_t)h->reqid_len + 1);
-    publish(b, trace, w->svc->name, env);
+    publish(b, trace, w->svc->name, env, envlen, envmsg);
     b->routed++;
     metrics_inc(b->m_routed, METRICS_L(w->svc->name));
-    hex_encode(zmq_msg_data(client), zmq_msg_size(client), hex);
-    zmq_msg_close(client);
+    hex_encode(client, client_len, hex);
+    if (b->batching && envlen <= BATCH_ENV_MAX) {
+        worker_out_add(b, w, fields, env, envlen);
+        return;
+    }
     hl = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
     zmq_send(b->back, w->id, w->id_len, ZMQ_SNDMORE);
     zmq_send(b->back, hdr, hl, ZMQ_SNDMORE);
-    zmq_msg_send(env, b->back, 0);
+    if (envmsg != NULL)
+        zmq_msg_send(envmsg, b->back, 0);
+    else
+        zmq_send(b->back, env, envlen, 0);
 }
 
 /* Gives queued requests of s to workers with room. */
@@ -357,60 +474,74 @@ drain_queue(broker_t *b, struct service *s)
         if (s->qhead == NULL)
             s->qtail = NULL;
         s->qlen--;
-        dispatch(b, w, &q->client, q->reqid, q->trace, &q->env);
+        dispatch(b, w, zmq_msg_data(&q->client), zmq_msg_size(&q->client),
+                 q->reqid, q->trace, zmq_msg_data(&q->env),
+                 zmq_msg_size(&q->env), &q->env);
+        zmq_msg_close(&q->client);
+        zmq_msg_close(&q->env);
         free(q->reqid);
         free(q->trace);
         free(q);
     }
 }
 
-/* Client side: the ROUTER's identity frame, the header C2 | service |
- * reqid | trace, and the envelope. */
-static int
-broker_on_front(loop_t *loop, void *zsocket, void *arg)
+/* One request from a client: h is C2 | service | reqid | trace, and the
+ * envelope env (envlen bytes) is envmsg's when it came as a frame of its
+ * own (moved into the queue or sent on; the caller closes it), or NULL
+ * when it came in a batch. The client's identity is idmsg's bytes. */
+static void
+front_one(broker_t *b, zmq_msg_t *idmsg, const struct hdr *h,
+          const void *env, size_t envlen, zmq_msg_t *envmsg)
 {
-    broker_t *b = arg;
-    zmq_msg_t f[FRAMES_MAX];
-    struct hdr h;
+    const void *id = zmq_msg_data(idmsg);
+    size_t id_len = zmq_msg_size(idmsg);
     struct service *s;
     struct worker *w;
-    int n = frames_recv(zsocket, f, FRAMES_MAX);
 
-    (void)loop;
-    if (n <= 0)
-        return 0;
-    if (n != 3 || hdr_parse(&f[1], &h) != 4 || !hdr_is(&h, 0, PROTO_CLIENT) ||
-        h.len[1] == 0 || h.len[1] >= PROTO_MAX_NAME || h.len[2] == 0 ||
-        h.len[2] > 128 || h.len[3] == 0 || h.len[3] > 128) {
-        log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
-        goto out;
+    if (h->n != 4 || !hdr_is(h, 0, PROTO_CLIENT) || h->len[1] == 0 ||
+        h->len[1] >= PROTO_MAX_NAME || h->len[2] == 0 || h->len[2] > 128 ||
+        h->len[3] == 0 || h->len[3] > 128 || envlen == 0) {
+        log_warn(NULL, "broker_bad_client_frame", "fields=%d", h->n);
+        return;
     }
-    s = zhashx_lookup(b->services, h.f[1]);
+    s = zhashx_lookup(b->services, h->f[1]);
     if (s == NULL || s->nworkers == 0) {
         char text[128];
 
-        snprintf(text, sizeof(text), "no worker for service %s", h.f[1]);
+        snprintf(text, sizeof(text), "no worker for service %s", h->f[1]);
         /* Not by service: a client may name any. */
         metrics_inc(b->m_refused, METRICS_L("noworker"));
-        send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
-                           h.f[2], ERR_NOWORKER, text);
-        goto out;
+        send_to_client_err(b, id, id_len, h->f[2], ERR_NOWORKER, text);
+        return;
     }
-    if (s->qhead == NULL && (w = pick_worker(s)) != NULL) {
-        dispatch(b, w, &f[0], h.f[2], h.f[3], &f[2]);
+    /* Within a batch, a request joins the previous one's worker while its
+     * batch there is not full (and it has room): one batch in, few out.
+     * Between batches, the least loaded worker is chosen as ever. */
+    w = b->last;
+    if (!b->batching || w == NULL || w->svc != s || w->nheld >= w->capacity ||
+        w->out.n == 0 || w->out.n >= BATCH_SEND_RECORDS)
+        w = s->qhead == NULL ? pick_worker(s) : NULL;
+    if (w != NULL) {
+        b->last = w;
+        dispatch(b, w, id, id_len, h->f[2], h->f[3], env, envlen, envmsg);
     } else if (s->qlen >= QUEUE_MAX) {
         metrics_inc(b->m_refused, METRICS_L("queue_full"));
-        send_to_client_err(b, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]),
-                           h.f[2], ERR_NOWORKER, "service queue full");
+        send_to_client_err(b, id, id_len, h->f[2], ERR_NOWORKER,
+                           "service queue full");
     } else {
         struct waiting *q = xcalloc(1, sizeof(*q));
 
         zmq_msg_init(&q->client);
-        zmq_msg_init(&q->env);
-        zmq_msg_move(&q->client, &f[0]);
-        zmq_msg_move(&q->env, &f[2]);
-        q->reqid = xstrdup(h.f[2]);
-        q->trace = xstrdup(h.f[3]);
+        zmq_msg_copy(&q->client, idmsg);
+        if (envmsg != NULL) {
+            zmq_msg_init(&q->env);
+            zmq_msg_move(&q->env, envmsg);
+        } else {
+            zmq_msg_init_size(&q->env, envlen);
+            memcpy(zmq_msg_data(&q->env), env, envlen);
+        }
+        q->reqid = xstrdup(h->f[2]);
+        q->trace = xstrdup(h->f[3]);
         q->since = clock_mono_ms();
         if (s->qtail)
             s->qtail->next = q;
@@ -419,7 +550,43 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
         s->qtail = q;
         s->qlen++;
     }
-out:
+}
+
+/* Client side: the ROUTER's identity frame, then the header C2 | service
+ * | reqid | trace and the envelope, or C2 | BATCH and a batch of such
+ * records. */
+static int
+broker_on_front(loop_t *loop, void *zsocket, void *arg)
+{
+    broker_t *b = arg;
+    zmq_msg_t f[FRAMES_MAX];
+    struct hdr h;
+    int n = frames_recv(zsocket, f, FRAMES_MAX);
+
+    (void)loop;
+    if (n <= 0)
+        return 0;
+    if (n != 3 || hdr_parse(&f[1], &h) < 2) {
+        log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
+    } else if (h.n == 2 && hdr_is(&h, 0, PROTO_CLIENT) &&
+               hdr_is(&h, 1, PROTO_BATCH)) {
+        const void *data = zmq_msg_data(&f[2]), *env;
+        size_t len = zmq_msg_size(&f[2]), pos = 0, envlen;
+        int count = 0, rc;
+        struct hdr r;
+
+        b->batching = true;
+        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
+                                &envlen)) > 0)
+            front_one(b, &f[0], &r, env, envlen, NULL);
+        if (rc < 0)
+            log_warn(NULL, "broker_bad_client_batch", "records=%d", count);
+        b->batching = false;
+        flush_outputs(b);
+    } else {
+        front_one(b, &f[0], &h, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]),
+                  &f[2]);
+    }
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
     return 1;
 }
@@ -459,6 +626,11 @@ worker_drop(broker_t *b, struct worker *w, const char *why)
         send_to_client_err(b, w->held[i].client, w->held[i].client_len,
                            w->held[i].reqid, ERR_WORKER_LOST,
                            "worker died with the request");
+    for (int i = 0; i < b->ndirty; i++) /* not while a batch is handled */
+        if (b->dirty[i] == w)
+            b->dirty[i] = b->dirty[--b->ndirty];
+    if (b->last == w)
+        b->last = NULL;
     service_remove_worker(w->svc, w);
     zhashx_delete(b->workers, w->key);
 }
@@ -529,18 +701,68 @@ worker_release(struct worker *w, const char *reqid, size_t len)
     return false;
 }
 
+/* One answer from worker w (NULL: one we do not know): h is W2 | REP |
+ * client | reqid | trace with the envelope env (envlen bytes, envmsg's
+ * when it came as a frame of its own, else NULL), or W2 | ERR | client |
+ * reqid | error name | text with none. Returns false when h is neither. */
+static bool
+back_answer(broker_t *b, struct worker *w, const struct hdr *h,
+            const void *env, size_t envlen, zmq_msg_t *envmsg)
+{
+    unsigned char client[255];
+    int clen = -1;
+
+    if ((hdr_is(h, 1, PROTO_REP) && h->n == 5 && envlen > 0) ||
+        (hdr_is(h, 1, PROTO_ERR) && h->n == 6 && envlen == 0))
+        clen = hex_decode(h->f[2], h->len[2], client, sizeof(client));
+    if (clen <= 0)
+        return false;
+    if (w)
+        worker_release(w, h->f[3], h->len[3]);
+    if (hdr_is(h, 1, PROTO_REP)) {
+        /* W2 REP client reqid trace + env -> C2 REP reqid + env */
+        const char *fields[3] = {PROTO_CLIENT, PROTO_REP, h->f[3]};
+        char hdr[HDR_MAX];
+        size_t hl;
+
+        publish(b, h->f[4], w ? w->svc->name : "-", env, envlen, envmsg);
+        if (b->batching && envlen <= BATCH_ENV_MAX) {
+            client_out_add(b, client, (size_t)clen, 3, fields, env, envlen);
+        } else {
+            hl = hdr_build(hdr, sizeof(hdr), 3, fields, NULL);
+            zmq_send(b->front, client, (size_t)clen, ZMQ_SNDMORE);
+            zmq_send(b->front, hdr, hl, ZMQ_SNDMORE);
+            if (envmsg != NULL)
+                zmq_msg_send(envmsg, b->front, 0);
+            else
+                zmq_send(b->front, env, envlen, 0);
+        }
+    } else if (b->batching) {
+        /* W2 ERR client reqid name text -> C2 ERR reqid name text */
+        const char *fields[5] = {PROTO_CLIENT, PROTO_ERR, h->f[3], h->f[4],
+                                 h->f[5]};
+
+        client_out_add(b, client, (size_t)clen, 5, fields, NULL, 0);
+    } else {
+        send_to_client_err(b, client, (size_t)clen, h->f[3],
+                           err_from_name(h->f[4]), h->f[5]);
+    }
+    if (w)
+        drain_queue(b, w->svc);
+    return true;
+}
+
 /* Worker side: the ROUTER identity, the header W2 | command | ..., and
- * for REP the envelope. */
+ * for REP the envelope; or W2 | BATCH and a batch of REP and ERR records. */
 static int
 broker_on_back(loop_t *loop, void *zsocket, void *arg)
 {
     broker_t *b = arg;
     zmq_msg_t f[FRAMES_MAX];
-    unsigned char client[255];
     char key[2 * 256 + 1];
     struct hdr h;
     struct worker *w;
-    int n = frames_recv(zsocket, f, FRAMES_MAX), clen = -1;
+    int n = frames_recv(zsocket, f, FRAMES_MAX);
 
     if (n <= 0)
         return 0;
@@ -555,9 +777,6 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
         worker_ready(b, &f[0], &h, key);
         goto out;
     }
-    if ((hdr_is(&h, 1, PROTO_REP) && h.n == 5 && n == 3) ||
-        (hdr_is(&h, 1, PROTO_ERR) && h.n == 6 && n == 2))
-        clen = hex_decode(h.f[2], h.len[2], client, sizeof(client));
     if (w == NULL) {
         /* A worker of a broker that is no more: have it register here.
          * An answer it sends is still passed on. */
@@ -567,28 +786,27 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
     } else {
         w->last_heard = loop_now_ms(loop); /* this iteration's time */
     }
-    if (hdr_is(&h, 1, PROTO_REP) && clen > 0) {
-        /* W2 REP client reqid trace + env -> C2 REP reqid + env */
-        const char *fields[3] = {PROTO_CLIENT, PROTO_REP, h.f[3]};
-        char hdr[HDR_MAX];
-        size_t hl = hdr_build(hdr, sizeof(hdr), 3, fields, NULL);
+    if (hdr_is(&h, 1, PROTO_BATCH) && h.n == 2 && n == 3) {
+        const void *data = zmq_msg_data(&f[2]), *env;
+        size_t len = zmq_msg_size(&f[2]), pos = 0, envlen;
+        int count = 0, rc;
+        struct hdr r;
 
-        if (w)
-            worker_release(w, h.f[3], h.len[3]);
-        publish(b, h.f[4], w ? w->svc->name : "-", &f[2]);
-        zmq_send(b->front, client, (size_t)clen, ZMQ_SNDMORE);
-        zmq_send(b->front, hdr, hl, ZMQ_SNDMORE);
-        zmq_msg_send(&f[2], b->front, 0);
-        if (w)
-            drain_queue(b, w->svc);
-    } else if (hdr_is(&h, 1, PROTO_ERR) && clen > 0) {
-        /* W2 ERR client reqid name text -> C2 ERR reqid name text */
-        if (w)
-            worker_release(w, h.f[3], h.len[3]);
-        send_to_client_err(b, client, (size_t)clen, h.f[3],
-                           err_from_name(h.f[4]), h.f[5]);
-        if (w)
-            drain_queue(b, w->svc);
+        b->batching = true;
+        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
+                                &envlen)) > 0)
+            if (!hdr_is(&r, 0, PROTO_WORKER) ||
+                !back_answer(b, w, &r, env, envlen, NULL))
+                log_warn(NULL, "broker_bad_worker_frame", "record=%d",
+                         count);
+        if (rc < 0)
+            log_warn(NULL, "broker_bad_worker_batch", "records=%d", count);
+        b->batching = false;
+        flush_outputs(b);
+    } else if (back_answer(b, w, &h, n == 3 ? zmq_msg_data(&f[2]) : NULL,
+                           n == 3 ? zmq_msg_size(&f[2]) : 0,
+                           n == 3 ? &f[2] : NULL)) {
+        ; /* passed on */
     } else if (hdr_is(&h, 1, PROTO_BYE) && w) {
         worker_drop(b, w, "said goodbye");
     } else if (!hdr_is(&h, 1, PROTO_HB) && !hdr_is(&h, 1, PROTO_BYE)) {

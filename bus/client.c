@@ -69,10 +69,13 @@ struct bus_client {
     size_t ndheap, capdheap;
     loop_timer_t *deadline_timer;
     int64_t deadline_at_us; /* what deadline_timer is set for */
+    struct batch out; /* this turn's requests, sent before the loop waits */
+    bool went; /* a request went alone this turn: the next ones batch */
     metric_t *m_latency, *m_results; /* NULL until bus_client_set_metrics */
 };
 
 static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
+static int client_flush(loop_t *loop, void *arg);
 
 /* The deadline heap. */
 
@@ -299,6 +302,8 @@ bus_client_new(loop_t *loop, const char *endpoints, size_t max_envelope,
         list = NULL;
         goto fail;
     }
+    if (loop)
+        loop_flush_add(loop, client_flush, c);
     return c;
 fail:
     free(list);
@@ -415,11 +420,13 @@ bus_client_destroy(bus_client_t **client_p)
     while ((p = ptab_any(c)) != NULL)
         finish(c, p, ERR_CLOSED, "client closed", NULL);
     if (c->loop) {
+        loop_flush_del(c->loop, client_flush, c);
         loop_zmq_del(c->loop, c->sock);
         loop_timer_cancel(c->loop, &c->retry_timer);
         loop_timer_cancel(c->loop, &c->deadline_timer);
     }
     free(c->dheap);
+    batch_free(&c->out);
     zsock_destroy(&c->zs);
     while ((p = c->spare) != NULL) {
         c->spare = p->hnext;
@@ -483,6 +490,53 @@ flush_unsent(bus_client_t *c)
         c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
 }
 
+/* Keeps p, which could not go to a broker yet, for flush_unsent(). */
+static void
+queue_unsent(bus_client_t *c, struct pending *p, const char *service,
+             const char *trace, const void *payload, size_t len)
+{
+    p->service = xstrdup(service);
+    p->trace = xstrdup(trace);
+    p->payload = xmemdup(payload, len);
+    p->payload_len = len;
+    if (c->unsent_tail)
+        c->unsent_tail->next_unsent = p;
+    else
+        c->unsent_head = p;
+    c->unsent_tail = p;
+    if (c->loop && c->retry_timer == NULL)
+        c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
+}
+
+/* Sends the requests gathered in this turn: as one batch (frames.h), or
+ * as a message of its own when there is one. When no broker takes it,
+ * each request waits as unsent, in order. */
+static int
+client_flush(loop_t *loop, void *arg)
+{
+    bus_client_t *c = arg;
+    struct hdr h;
+    const void *env;
+    size_t pos = 0, envlen;
+    int count = 0;
+
+    (void)loop;
+    c->went = false; /* the turn ends */
+    if (c->out.n == 0)
+        return 0;
+    if (batch_send(c->sock, NULL, 0, PROTO_CLIENT, &c->out) == 0)
+        return 1;
+    while (batch_next(c->out.buf, c->out.len, &pos, &count, &h, &env,
+                      &envlen) > 0) {
+        struct pending *p = ptab_find(c, h.f[2]); /* ours: well formed */
+
+        if (p != NULL && p->payload == NULL)
+            queue_unsent(c, p, h.f[1], h.f[3], env, envlen);
+    }
+    batch_reset(&c->out);
+    return 1;
+}
+
 /* Times out every request whose deadline has passed, earliest first. */
 static void
 on_deadline(loop_t *loop, void *arg)
@@ -510,9 +564,11 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
 {
     envelope_t *req = *req_p;
     char service[PROTO_MAX_NAME];
+    const char *fields[4] = {PROTO_CLIENT};
     struct pending *p;
     const char *payload;
     size_t len, idlen;
+    bool batched;
     int bad;
 
     *req_p = NULL;
@@ -541,21 +597,30 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
     if (c->m_results) /* the latency histogram's start; a clock read */
         p->started_us = clock_mono_us();
     ptab_insert(c, p);
-    if (c->unsent_head != NULL ||
-        send_request(c, service, p->id, envelope_trace(req), payload, len) !=
-            0) {
-        p->service = xstrdup(service);
-        p->trace = xstrdup(envelope_trace(req));
-        p->payload = xmemdup(payload, len); /* the scratch is borrowed */
-        p->payload_len = len;
-        if (c->unsent_tail)
-            c->unsent_tail->next_unsent = p;
-        else
-            c->unsent_head = p;
-        c->unsent_tail = p;
-        if (c->loop && c->retry_timer == NULL)
-            c->retry_timer = loop_timer_add(c->loop, RETRY_MS, on_retry, c);
+    fields[1] = service;
+    fields[2] = p->id;
+    fields[3] = envelope_trace(req);
+    /* A turn's first request goes at once: alone in its turn, it would
+     * only wait, and the loop would read its socket again after sending.
+     * The turn's next small ones wait for its end, to go as one batch
+     * (client_flush). A big one goes now, alone, not copied into a batch. */
+    batched = false;
+    if (!c->went && c->out.n == 0 && c->unsent_head == NULL) {
+        c->went = true;
+    } else if (c->unsent_head == NULL && c->loop != NULL &&
+               len <= BATCH_ENV_MAX) {
+        batched = batch_add(&c->out, 4, fields, NULL, payload, len);
+        if (!batched) { /* full: send it, and start another */
+            client_flush(c->loop, c);
+            batched = c->unsent_head == NULL &&
+                      batch_add(&c->out, 4, fields, NULL, payload, len);
+        }
     }
+    /* The scratch is borrowed: queue_unsent() copies it. */
+    if (!batched && (c->unsent_head != NULL ||
+                     send_request(c, service, p->id, fields[3], payload,
+                                  len) != 0))
+        queue_unsent(c, p, service, fields[3], payload, len);
     dheap_push(c, p);
     arm_deadline(c);
     envelope_destroy(&req);
@@ -584,6 +649,42 @@ bus_client_send_to_take(bus_client_t *c, const char *service,
     return err;
 }
 
+/* One answer from the broker: C2 | REP | reqid + env (envlen > 0), or
+ * C2 | ERR | reqid | error name | text; alone or as a batch's record. */
+static void
+client_take(bus_client_t *c, const struct hdr *h, const void *env,
+            size_t envlen)
+{
+    char why[256];
+    struct pending *p;
+    envelope_t *reply = NULL;
+    int rc;
+
+    if (h->n < 3 || !hdr_is(h, 0, PROTO_CLIENT)) {
+        log_warn(NULL, "bus_client_bad_frame", "fields=%d", h->n);
+        return;
+    }
+    p = ptab_find(c, h->f[2]);
+    if (p == NULL)
+        return; /* late reply to a request that already timed out */
+    if (hdr_is(h, 1, PROTO_REP) && h->n == 3 && envlen > 0) {
+        rc = envelope_decode(env, envlen, c->max_envelope, &reply, why,
+                             sizeof(why));
+        if (rc != 0) {
+            log_warn(NULL, "bus_client_bad_reply", "req=%s err=%s why=%s",
+                     h->f[2], err_name(rc), log_q(why));
+            finish(c, p, ERR_PROTO, why, NULL);
+        } else {
+            finish(c, p, 0, "ok", reply);
+        }
+    } else if (hdr_is(h, 1, PROTO_ERR) && h->n == 5 && envlen == 0) {
+        finish(c, p, err_from_name(h->f[3]), h->f[4], NULL);
+    } else {
+        log_warn(NULL, "bus_client_bad_frame", "req=%s", h->f[2]);
+    }
+    envelope_destroy(&reply);
+}
+
 /* Reads and dispatches one message from the broker. Returns 1 when a
  * message was handled, 0 when none was waiting, or an error. */
 static int
@@ -591,37 +692,28 @@ client_read_one(bus_client_t *c)
 {
     zmq_msg_t f[FRAMES_MAX];
     struct hdr h;
-    char why[256];
-    struct pending *p;
-    envelope_t *reply = NULL;
-    int n = frames_recv(c->sock, f, FRAMES_MAX), rc;
+    int n = frames_recv(c->sock, f, FRAMES_MAX);
 
     if (n <= 0)
         return n;
-    if (n > 2 || hdr_parse(&f[0], &h) < 3 || !hdr_is(&h, 0, PROTO_CLIENT)) {
+    if (n > 2 || hdr_parse(&f[0], &h) < 2) {
         log_warn(NULL, "bus_client_bad_frame", "frames=%d", n);
-        goto out;
-    }
-    p = ptab_find(c, h.f[2]);
-    if (p == NULL)
-        goto out; /* late reply to a request that already timed out */
-    if (hdr_is(&h, 1, PROTO_REP) && n == 2) {
-        rc = envelope_decode(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]),
-                             c->max_envelope, &reply, why, sizeof(why));
-        if (rc != 0) {
-            log_warn(NULL, "bus_client_bad_reply", "req=%s err=%s why=%s",
-                     h.f[2], err_name(rc), log_q(why));
-            finish(c, p, ERR_PROTO, why, NULL);
-        } else {
-            finish(c, p, 0, "ok", reply);
-        }
-    } else if (hdr_is(&h, 1, PROTO_ERR) && h.n == 5) {
-        finish(c, p, err_from_name(h.f[3]), h.f[4], NULL);
+    } else if (hdr_is(&h, 0, PROTO_CLIENT) && hdr_is(&h, 1, PROTO_BATCH) &&
+               h.n == 2 && n == 2) {
+        const void *data = zmq_msg_data(&f[1]), *env;
+        size_t len = zmq_msg_size(&f[1]), pos = 0, envlen;
+        int count = 0, rc;
+        struct hdr r;
+
+        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
+                                &envlen)) > 0)
+            client_take(c, &r, env, envlen);
+        if (rc < 0)
+            log_warn(NULL, "bus_client_bad_batch", "records=%d", count);
     } else {
-        log_warn(NULL, "bus_client_bad_frame", "req=%s", h.f[2]);
+        client_take(c, &h, n == 2 ? zmq_msg_data(&f[1]) : NULL,
+                    n == 2 ? zmq_msg_size(&f[1]) : 0);
     }
-out:
-    envelope_destroy(&reply);
     frames_close(f, n < FRAMES_MAX ? n : FRAMES_MAX);
     return 1;
 }
@@ -675,6 +767,7 @@ bus_client_call_to(bus_client_t *c, const char *service, envelope_t **req_p,
         return err;
     }
     snprintf(id, sizeof(id), "%s", p->id);
+    client_flush(c->loop, c); /* not waiting for the loop's turn to end */
     while (!r.done) {
         int64_t left = (p->deadline_us - clock_wall_us()) / 1000;
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
@@ -697,6 +790,7 @@ bus_client_call_to(bus_client_t *c, const char *service, envelope_t **req_p,
         }
         while (!r.done && client_read_one(c) > 0)
             ;
+        client_flush(c->loop, c); /* what the replies' callbacks asked */
         /* Replies to other requests may have finished p's neighbours; p
          * itself is alive until r.done. */
         p = r.done ? NULL : ptab_find(c, id);

@@ -21,6 +21,14 @@
  *   W2 | REQ | client id (hex) | reqid | trace  + envelope
  *   W2 | HB
  *   W2 | BYE            (also: "I do not know you, register again")
+ * Batches (frames.h: one frame of records, each a header and an envelope):
+ *   client to broker:  C2 | BATCH  + records  C2 | service | reqid | trace
+ *   broker to worker:  W2 | BATCH  + records  W2 | REQ | ...
+ *   worker to broker:  W2 | BATCH  + records  W2 | REP | ...  or  W2 | ERR | ...
+ *   broker to client:  C2 | BATCH  + records  C2 | REP | ...  or  C2 | ERR | ...
+ * A record is exactly the message it stands for; control messages (READY,
+ * HB, BYE) always go alone. Every side takes both forms, so a peer that
+ * never batches is understood.
  * Trace feed (XPUB, bus.trace), every envelope routed, three frames:
  *   trace | service | envelope
  * The trace id travels as its own frame so that the broker never decodes
@@ -37,6 +45,7 @@
 #define PROTO_REP "REP"
 #define PROTO_ERR "ERR"
 #define PROTO_BYE "BYE"
+#define PROTO_BATCH "BATCH"
 
 /* Longest service name and request id the broker accepts. */
 #define PROTO_MAX_NAME 64

@@ -32,6 +32,8 @@ struct link {
     unsigned gen; /* bumped at every reconnect */
     int64_t last_heard;
     bool heard; /* the broker spoke since we last registered */
+    struct batch out; /* this turn's replies, sent before the loop waits */
+    bool went;        /* a reply went alone this turn: the next ones batch */
 };
 
 struct bus_worker {
@@ -58,6 +60,7 @@ struct bus_request {
 };
 
 static int worker_on_readable(loop_t *loop, void *zsocket, void *arg);
+static int worker_flush(loop_t *loop, void *arg);
 static void on_heartbeat(loop_t *loop, void *arg);
 
 static void
@@ -126,6 +129,7 @@ link_close(bus_worker_t *w, struct link *l)
 {
     if (l->zs == NULL)
         return;
+    batch_reset(&l->out); /* replies for a broker that is gone */
     loop_zmq_del(w->loop, l->sock);
     zsock_destroy(&l->zs);
     l->sock = NULL;
@@ -163,6 +167,7 @@ bus_worker_new(loop_t *loop, const struct bus_worker_opts *opts,
         }
     }
     config_list_free(&eps, n);
+    loop_flush_add(loop, worker_flush, w);
     w->hb_timer = loop_timer_add(loop, w->o.heartbeat_ms, on_heartbeat, w);
     return w;
 fail:
@@ -178,9 +183,12 @@ bus_worker_destroy(bus_worker_t **worker_p)
 
     if (w == NULL)
         return;
+    worker_flush(w->loop, w); /* answers given: they still go */
+    loop_flush_del(w->loop, worker_flush, w);
     for (int i = 0; i < w->nlinks; i++) {
         link_signal(&w->links[i], PROTO_BYE);
         link_close(w, &w->links[i]);
+        batch_free(&w->links[i].out);
         free(w->links[i].endpoint);
     }
     loop_timer_cancel(w->loop, &w->hb_timer);
@@ -226,18 +234,41 @@ send_err(struct link *l, const char *client, const char *reqid, int err,
     link_hdr(l, 6, fields);
 }
 
-/* W2 | REQ | client | reqid | trace  + the envelope in env. */
+/* Sends each link's replies of this turn: one batch, or a message of
+ * its own when there is one (frames.h). */
+static int
+worker_flush(loop_t *loop, void *arg)
+{
+    bus_worker_t *w = arg;
+    int sent = 0;
+
+    (void)loop;
+    for (int i = 0; i < w->nlinks; i++) {
+        struct link *l = &w->links[i];
+
+        l->went = false; /* the turn ends */
+        if (l->out.n == 0)
+            continue;
+        if (l->sock == NULL ||
+            batch_send(l->sock, NULL, 0, PROTO_WORKER, &l->out) != 0)
+            batch_reset(&l->out); /* as a lone reply would be: lost */
+        sent = 1;
+    }
+    return sent;
+}
+
+/* W2 | REQ | client | reqid | trace  + the envelope (data, len). */
 static void
 take_request(bus_worker_t *w, struct link *l, const struct hdr *h,
-             zmq_msg_t *envf)
+             const void *data, size_t len)
 {
     char why[256];
     envelope_t *env = NULL;
     bus_request_t *req;
     int rc;
 
-    rc = envelope_decode(zmq_msg_data(envf), zmq_msg_size(envf),
-                         w->o.max_envelope, &env, why, sizeof(why));
+    rc = envelope_decode(data, len, w->o.max_envelope, &env, why,
+                         sizeof(why));
     if (rc != 0) {
         log_warn(NULL, "bus_bad_request", "service=%s err=%s why=%s",
                  w->service, err_name(rc), log_q(why));
@@ -287,7 +318,28 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
         log_warn(NULL, "bus_bad_frame", "endpoint=%s frames=%d", l->endpoint,
                  n);
     } else if (hdr_is(&h, 1, PROTO_REQ) && h.n == 5 && n == 2) {
-        take_request(w, l, &h, &f[1]);
+        take_request(w, l, &h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]));
+    } else if (hdr_is(&h, 1, PROTO_BATCH) && h.n == 2 && n == 2) {
+        const void *data = zmq_msg_data(&f[1]), *env;
+        size_t len = zmq_msg_size(&f[1]), pos = 0, envlen;
+        unsigned gen = l->gen;
+        int count = 0, rc;
+        struct hdr r;
+
+        /* A handler may make the link reconnect (l->gen moves on): the
+         * rest of the batch came by the old one, whose broker is gone. */
+        while (l->gen == gen && (rc = batch_next(data, len, &pos, &count, &r,
+                                                 &env, &envlen)) > 0) {
+            if (hdr_is(&r, 0, PROTO_WORKER) && hdr_is(&r, 1, PROTO_REQ) &&
+                r.n == 5 && envlen > 0)
+                take_request(w, l, &r, env, envlen);
+            else
+                log_warn(NULL, "bus_bad_frame", "endpoint=%s record=%d",
+                         l->endpoint, count);
+        }
+        if (l->gen == gen && rc < 0)
+            log_warn(NULL, "bus_bad_batch", "endpoint=%s records=%d",
+                     l->endpoint, count);
     } else if (hdr_is(&h, 1, PROTO_BYE)) {
         /* The broker does not know us: it restarted. */
         log_info(NULL, "bus_register_again", "endpoint=%s", l->endpoint);
@@ -358,11 +410,29 @@ bus_worker_reply_take(bus_worker_t *w, bus_request_t **req_p,
         size_t lens[2];
 
         envelope_encode_scratch(*reply_p, &payload, &len);
-        parts[0] = hdr;
-        lens[0] = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
-        parts[1] = payload;
-        lens[1] = len;
-        rc = frames_send(l->sock, 2, parts, lens);
+        /* As the client does: a turn's first reply goes at once, the
+         * turn's next small ones as one batch at its end (worker_flush),
+         * and a big one goes now. */
+        bool batched = false;
+
+        if (!l->went && l->out.n == 0)
+            l->went = true;
+        else
+            batched = len <= BATCH_ENV_MAX &&
+                      batch_add(&l->out, 5, fields, NULL, payload, len);
+
+        if (!batched && len <= BATCH_ENV_MAX) { /* full: send, start again */
+            worker_flush(w->loop, w);
+            batched = batch_add(&l->out, 5, fields, NULL, payload, len);
+        }
+        rc = 0;
+        if (!batched) {
+            parts[0] = hdr;
+            lens[0] = hdr_build(hdr, sizeof(hdr), 5, fields, NULL);
+            parts[1] = payload;
+            lens[1] = len;
+            rc = frames_send(l->sock, 2, parts, lens);
+        }
     }
     req->answered = true;
     envelope_destroy(reply_p);
