@@ -1,7 +1,9 @@
 /*
  * test_loop.c - the event loop (lib/loop.h): timers in order and cancelled,
  * fd readiness through pipes, ZeroMQ sockets that must not lose a message
- * (ZMQ_FD is edge-like), signals through signalfd, and loop_stop().
+ * (ZMQ_FD is edge-like), flushers (called once a turn before the wait,
+ * removable from inside one, and a send from one never left unread),
+ * signals through signalfd, and loop_stop().
  *
  * Every run is bounded by a watchdog timer that stops the loop and fails
  * the test, so a lost wake-up shows as a failure and not as a hang.
@@ -830,6 +832,346 @@ START_TEST(test_stop_from_fd)
 }
 END_TEST
 
+/* Flushers. */
+
+struct flush_count {
+    int calls;
+    int ret;          /* what the flusher returns */
+    bool seen[16];    /* ticks the flusher was called at */
+    int *tick;        /* the timer's tick count, when one drives the turns */
+    struct zctx *z;   /* a receiver whose count the first call records */
+    int got_at_first; /* its count at the first call, or -1 */
+};
+
+static int
+on_flush_count(loop_t *loop, void *arg)
+{
+    struct flush_count *f = arg;
+
+    (void)loop;
+    if (f->calls++ == 0 && f->z != NULL)
+        f->got_at_first = f->z->got;
+    if (f->tick != NULL && *f->tick >= 0 && *f->tick < (int)NROWS(f->seen))
+        f->seen[*f->tick] = true;
+    return f->ret;
+}
+
+struct ticker {
+    int tick;
+    int stop_at; /* loop_stop() at this tick */
+    int64_t ms;
+};
+
+static void
+on_tick(loop_t *loop, void *arg)
+{
+    struct ticker *t = arg;
+
+    if (++t->tick == t->stop_at)
+        loop_stop(loop);
+    else
+        loop_timer_add(loop, t->ms, on_tick, t);
+}
+
+/* A flusher runs once in every turn, after the turn's timers and after the
+ * ZeroMQ sockets were read until empty, before the loop waits. */
+START_TEST(test_flush_each_turn)
+{
+    loop_t *loop = loop_new();
+    struct zpair z;
+    struct zctx c = {.loop = loop, .want = -1};
+    struct ticker t = {.stop_at = 7, .ms = 5};
+    struct flush_count f = {.tick = &t.tick, .z = &c, .got_at_first = -1};
+
+    zpair_open(&z, "inproc://loop-test-flush-turn");
+    ck_assert_int_eq(loop_zmq_add(loop, z.rx, on_zmq_rx, &c), 0);
+    for (int i = 0; i < 50; i++)
+        zsend(z.tx, c.sent++);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_count, &f), 0);
+    loop_timer_add(loop, t.ms, on_tick, &t);
+    run_bounded("flush each turn", loop, 5000);
+    ck_assert_msg(f.got_at_first == 50, "flush each turn: the first flush "
+                  "saw %d of the 50 waiting messages read", f.got_at_first);
+    for (int i = 0; i < t.stop_at; i++)
+        ck_assert_msg(f.seen[i], "flush each turn: no flush after tick %d",
+                      i);
+    /* One per turn: seven turns and a few spurious wake-ups, not a spin. */
+    ck_assert_msg(f.calls >= t.stop_at && f.calls <= 4 * t.stop_at,
+                  "flush each turn: %d calls for %d ticks", f.calls,
+                  t.stop_at);
+    /* Removed, it is not called again. */
+    loop_flush_del(loop, on_flush_count, &f);
+    f.calls = 0;
+    t.tick = 0;
+    t.stop_at = 3;
+    loop_timer_add(loop, t.ms, on_tick, &t);
+    run_bounded("flush removed", loop, 5000);
+    ck_assert_msg(f.calls == 0, "flush removed: called %d times", f.calls);
+    loop_zmq_del(loop, z.rx);
+    zpair_close(&z);
+    loop_destroy(&loop);
+}
+END_TEST
+
+/* A flusher sends to a socket the same loop watches, then takes that
+ * socket's input signal the way a send or a ZMQ_EVENTS on it does: ZMQ_FD
+ * goes quiet with a message waiting. Only the read the loop makes after a
+ * flusher returned 1 finds it; returning 0 (the control) leaves it unread
+ * until something else wakes the loop. */
+struct swallow {
+    void *tx, *rx;
+    int calls;
+    int ret;
+};
+
+static int
+on_flush_swallow(loop_t *loop, void *arg)
+{
+    struct swallow *s = arg;
+    int events = 0;
+    size_t elen = sizeof(events);
+
+    (void)loop;
+    if (s->calls++ > 0)
+        return 0;
+    zsend(s->tx, 0);
+    ck_assert_int_eq(zmq_getsockopt(s->rx, ZMQ_EVENTS, &events, &elen), 0);
+    ck_assert_msg(events & ZMQ_POLLIN, "swallow: the message is not there");
+    return s->ret;
+}
+
+static const struct swallow_row {
+    const char *label;
+    int ret;
+} swallow_rows[] = {
+    {"flusher says it sent", 1},
+    {"flusher says it did not (control)", 0},
+};
+
+START_TEST(test_flush_swallowed_signal)
+{
+    const struct swallow_row *r = &swallow_rows[_i];
+    loop_t *loop = loop_new();
+    struct zpair z;
+    struct zctx c = {.loop = loop, .want = 1};
+    struct swallow s = {.ret = r->ret};
+    char name[64];
+
+    snprintf(name, sizeof(name), "inproc://loop-test-swallow-%d", _i);
+    zpair_open(&z, name);
+    s.tx = z.tx;
+    s.rx = z.rx;
+    ck_assert_int_eq(loop_zmq_add(loop, z.rx, on_zmq_rx, &c), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_swallow, &s), 0);
+    if (r->ret == 1) {
+        run_bounded(r->label, loop, 3000); /* under Check's 4 s default */
+        ck_assert_msg(c.got == 1, "%s: got %d messages, want 1", r->label,
+                      c.got);
+    } else {
+        /* The loop sleeps with the message unread until this timer. */
+        loop_timer_add(loop, 200, on_stop, NULL);
+        run_bounded(r->label, loop, 3000);
+        ck_assert_msg(c.got == 0, "%s: the message was read (%d): the "
+                      "swallowed signal this test relies on did not "
+                      "happen", r->label, c.got);
+    }
+    loop_flush_del(loop, on_flush_swallow, &s);
+    loop_zmq_del(loop, z.rx);
+    zpair_close(&z);
+    loop_destroy(&loop);
+}
+END_TEST
+
+/* Ping-pong between the two ends of one PAIR, both watched by one loop,
+ * every message sent from a flusher: what the handlers receive is answered
+ * at the next flush, from both sockets in one call. A lost wake-up stalls
+ * the exchange and the watchdog fails the test. */
+#define PP_TOKENS 4
+#define PP_WANT 4000
+
+struct pingpong {
+    loop_t *loop;
+    void *sock[2];
+    int pending[2]; /* replies to send from each end */
+    int got;
+    int flushes_sent; /* flush calls that sent */
+};
+
+struct pp_end {
+    struct pingpong *pp;
+    int i;
+};
+
+static int
+on_pp_recv(loop_t *loop, void *sock, void *arg)
+{
+    struct pp_end *e = arg;
+    int seq;
+
+    if (zmq_recv(sock, &seq, sizeof(seq), ZMQ_DONTWAIT) != sizeof(seq))
+        return 0;
+    e->pp->pending[e->i]++;
+    if (++e->pp->got == PP_WANT)
+        loop_stop(loop);
+    return 1;
+}
+
+static int
+on_pp_flush(loop_t *loop, void *arg)
+{
+    struct pingpong *pp = arg;
+    bool sent = false;
+
+    (void)loop;
+    for (int i = 1; i >= 0; i--)
+        for (; pp->pending[i] > 0; pp->pending[i]--) {
+            zsend(pp->sock[i], pp->got);
+            sent = true;
+        }
+    pp->flushes_sent += sent;
+    return sent;
+}
+
+START_TEST(test_flush_pingpong)
+{
+    loop_t *loop = loop_new();
+    struct zpair z;
+    struct pingpong pp = {.loop = loop};
+    struct pp_end ends[2] = {{&pp, 0}, {&pp, 1}};
+
+    zpair_open(&z, "inproc://loop-test-flush-pingpong");
+    pp.sock[0] = z.tx;
+    pp.sock[1] = z.rx;
+    ck_assert_int_eq(loop_zmq_add(loop, z.tx, on_pp_recv, &ends[0]), 0);
+    ck_assert_int_eq(loop_zmq_add(loop, z.rx, on_pp_recv, &ends[1]), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_pp_flush, &pp), 0);
+    pp.pending[0] = PP_TOKENS / 2; /* tokens start from both ends */
+    pp.pending[1] = PP_TOKENS - PP_TOKENS / 2;
+    run_bounded("flush ping-pong", loop, 20000);
+    ck_assert_msg(pp.got == PP_WANT, "flush ping-pong: %d messages, want %d",
+                  pp.got, PP_WANT);
+    ck_assert_msg(pp.flushes_sent > 0 && pp.flushes_sent <= PP_WANT,
+                  "flush ping-pong: %d flushes sent", pp.flushes_sent);
+    loop_zmq_del(loop, z.tx);
+    loop_zmq_del(loop, z.rx);
+    zpair_close(&z);
+    loop_destroy(&loop);
+}
+END_TEST
+
+/* Flushers removing themselves and others, and adding new ones (which
+ * grows the list while it is walked), from inside a flush. The ASan build
+ * checks the memory; the counts check who is called. */
+struct flush_del {
+    loop_t *loop;
+    struct flush_count *a, *c, *d, *e;
+    int calls;
+};
+
+static int on_flush_b(loop_t *loop, void *arg);
+
+static int
+on_flush_d(loop_t *loop, void *arg)
+{
+    struct flush_del *x = arg;
+
+    /* On its second call, D removes A, which was already called in this
+     * pass. */
+    if (++x->d->calls == 2) {
+        loop_flush_del(loop, on_flush_count, x->a);
+        x->a->ret = x->a->calls; /* A's count when removed */
+    }
+    return 0;
+}
+
+static int
+on_flush_b(loop_t *loop, void *arg)
+{
+    struct flush_del *x = arg;
+
+    x->calls++;
+    loop_flush_del(loop, on_flush_b, x);        /* itself */
+    loop_flush_del(loop, on_flush_count, x->c); /* C, after it in the list */
+    loop_flush_del(loop, on_flush_b, x);        /* again: no-op */
+    loop_flush_del(loop, on_flush_count, NULL); /* never added: no-op */
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_d, x), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_count, x->e), 0);
+    return 0;
+}
+
+START_TEST(test_flush_del_in_callback)
+{
+    loop_t *loop = loop_new();
+    struct flush_count a = {0}, c = {0}, d = {0}, e = {0};
+    struct flush_del x = {.loop = loop, .a = &a, .c = &c, .d = &d, .e = &e};
+    struct ticker t = {.stop_at = 6, .ms = 3};
+
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_count, &a), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_b, &x), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_count, &c), 0);
+    loop_timer_add(loop, t.ms, on_tick, &t);
+    run_bounded("flush del", loop, 5000);
+    ck_assert_msg(x.calls == 1, "flush del: B called %d times, want 1",
+                  x.calls);
+    ck_assert_msg(c.calls == 0, "flush del: C, removed before its turn, "
+                  "called %d times", c.calls);
+    ck_assert_msg(a.calls >= 2 && a.calls == a.ret,
+                  "flush del: A called %d times, %d when removed", a.calls,
+                  a.ret);
+    ck_assert_msg(d.calls >= t.stop_at - 1 && e.calls >= t.stop_at - 1,
+                  "flush del: added ones called %d and %d times", d.calls,
+                  e.calls);
+    /* Removed outside a flush, D stops; E goes on. */
+    loop_flush_del(loop, on_flush_d, &x);
+    d.calls = 0;
+    e.calls = 0;
+    t.tick = 0;
+    t.stop_at = 3;
+    loop_timer_add(loop, t.ms, on_tick, &t);
+    run_bounded("flush del, again", loop, 5000);
+    ck_assert_msg(d.calls == 0 && e.calls >= 2 && x.calls == 1 &&
+                      c.calls == 0,
+                  "flush del, again: D %d, E %d, B %d, C %d calls", d.calls,
+                  e.calls, x.calls, c.calls);
+    loop_destroy(&loop); /* with E still added: freed with the loop */
+}
+END_TEST
+
+/* A flusher that always says it sent keeps the loop from sleeping, but
+ * neither timers nor ZeroMQ input wait on it. */
+static void
+on_send_one(loop_t *loop, void *arg)
+{
+    (void)loop;
+    zsend(arg, 0);
+}
+
+START_TEST(test_flush_busy_no_starve)
+{
+    loop_t *loop = loop_new();
+    struct zpair z;
+    struct zctx c = {.loop = loop, .want = 1};
+    struct flush_count f = {.ret = 1};
+    int64_t start = clock_mono_ms(), took;
+
+    zpair_open(&z, "inproc://loop-test-flush-busy");
+    ck_assert_int_eq(loop_zmq_add(loop, z.rx, on_zmq_rx, &c), 0);
+    ck_assert_int_eq(loop_flush_add(loop, on_flush_count, &f), 0);
+    loop_timer_add(loop, 30, on_send_one, z.tx);
+    run_bounded("busy flusher", loop, 5000);
+    took = clock_mono_ms() - start;
+    ck_assert_msg(c.got == 1, "busy flusher: got %d messages", c.got);
+    ck_assert_msg(took >= 25 && took < 2000, "busy flusher: the timer of "
+                  "30 ms fired after %lld ms", (long long)took);
+    /* It spun, calling the flusher many times over, several per turn. */
+    ck_assert_msg(f.calls > 10, "busy flusher: %d calls", f.calls);
+    loop_flush_del(loop, on_flush_count, &f);
+    loop_zmq_del(loop, z.rx);
+    zpair_close(&z);
+    loop_destroy(&loop);
+}
+END_TEST
+
 static Suite *
 loop_suite(void)
 {
@@ -856,6 +1198,15 @@ loop_suite(void)
     tc = tcase_create("zmq");
     tcase_add_loop_test(tc, test_zmq_no_loss, 0, NROWS(zmq_rows));
     tcase_add_test(tc, test_zmq_del);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("flush");
+    tcase_add_test(tc, test_flush_each_turn);
+    tcase_add_loop_test(tc, test_flush_swallowed_signal, 0,
+                        NROWS(swallow_rows));
+    tcase_add_test(tc, test_flush_pingpong);
+    tcase_add_test(tc, test_flush_del_in_callback);
+    tcase_add_test(tc, test_flush_busy_no_starve);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("signals");
