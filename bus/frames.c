@@ -184,6 +184,8 @@ batch_add(struct batch *b, int n, const char *const *fields,
 {
     size_t hl = 0, need;
 
+    if (n < 1 || n > HDR_FIELDS) /* the reader would refuse the batch */
+        return false;
     for (int i = 0; i < n; i++)
         hl += (lens ? lens[i] : strlen(fields[i])) + (i > 0);
     if (hl > HDR_MAX || envlen > BATCH_ENV_MAX)
