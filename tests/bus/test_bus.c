@@ -13,12 +13,13 @@
 #include <czmq.h>
 
 #include "bus.h"
+#include "frames.h"
 #include "proto.h"
 #include "lib/clock.h"
 #include "lib/err.h"
 #include "tests/testlib.h"
 
-/* Ports 18100-18199 belong to this suite; each test takes a block of ten. */
+/* Ports 18050-18199 belong to this suite; each test takes a block of ten. */
 struct ports {
     int base;
     char clients[64], workers[64], trace[64];
@@ -632,6 +633,363 @@ START_TEST(test_bad_envelope_gets_error)
 }
 END_TEST
 
+/* Batches (bus/frames.h). */
+
+#define TURN_REQS 300
+#define BIG_EVERY 37 /* every 37th request is too big to be batched */
+
+struct echo_outcome {
+    struct outcome o;
+    char id[160];
+    char *echo; /* what was sent */
+    char *got;  /* what came back */
+};
+
+static void
+on_echo(void *arg, int err, const char *text, const envelope_t *reply)
+{
+    struct echo_outcome *e = arg;
+
+    on_outcome(&e->o, err, text, reply);
+    if (reply && envelope_get_str(reply, ENV_KEY_ECHO))
+        e->got = strdup(envelope_get_str(reply, ENV_KEY_ECHO));
+}
+
+/* A turn's requests go as batches and their replies come back as batches:
+ * 300 requests sent before the loop runs, to two workers, each gets its
+ * own reply with its own echo, small and big (over BATCH_ENV_MAX, which go
+ * alone) alike, and both workers take a share. */
+START_TEST(test_batched_turn)
+{
+    struct ports p;
+    loop_t *loop = loop_new();
+    bus_client_t *c, *sync;
+    struct echo_outcome *e = calloc(TURN_REQS, sizeof(*e));
+    pid_t broker, a, b;
+    int na = 0, nb = 0, big = 0;
+
+    ports_init(&p, 18050);
+    broker = start_broker(&p);
+    a = start_worker(p.workers, "work", "A", 0);
+    b = start_worker(p.workers, "work", "B", 0);
+    sync = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(sync, "work.x", 5000), 0);
+    usleep(300000); /* both registered */
+    c = client(loop, p.clients);
+    loop_timer_add(loop, 100, on_quit, NULL); /* connected: not unsent */
+    loop_run(loop);
+    for (int i = 0; i < TURN_REQS; i++) {
+        envelope_t *req = envelope_new("work.x", NULL, 5000);
+        size_t n = i % BIG_EVERY == 0 ? BATCH_ENV_MAX + 4096 : 8 + i % 50;
+
+        e[i].echo = malloc(n + 1);
+        for (size_t k = 0; k < n; k++)
+            e[i].echo[k] = (char)('a' + (i + k) % 26);
+        e[i].echo[n] = '\0';
+        big += n > BATCH_ENV_MAX;
+        value_set_str(envelope_body(req), ENV_KEY_ECHO, e[i].echo);
+        snprintf(e[i].id, sizeof(e[i].id), "%s", envelope_id(req));
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_echo, &e[i]), 0);
+    }
+    ck_assert_int_eq((int)bus_client_pending(c), TURN_REQS);
+    {
+        int64_t until = test_now_ms() + 10000;
+        int done = 0;
+
+        while (done < TURN_REQS && test_now_ms() < until) {
+            loop_timer_add(loop, 10, on_quit, NULL);
+            loop_run(loop);
+            done = 0;
+            for (int i = 0; i < TURN_REQS; i++)
+                done += e[i].o.done;
+        }
+        ck_assert_msg(done == TURN_REQS, "%d of %d requests answered", done,
+                      TURN_REQS);
+    }
+    for (int i = 0; i < TURN_REQS; i++) {
+        ck_assert_msg(e[i].o.err == 0, "request %d: %s", i,
+                      err_name(e[i].o.err));
+        ck_assert_msg(e[i].got != NULL && strcmp(e[i].got, e[i].echo) == 0,
+                      "request %d (%zu bytes): its echo did not come back",
+                      i, strlen(e[i].echo));
+        na += strcmp(e[i].o.worker, "A") == 0;
+        nb += strcmp(e[i].o.worker, "B") == 0;
+        free(e[i].echo);
+        free(e[i].got);
+    }
+    ck_assert_int_gt(big, 5);
+    ck_assert_int_eq(na + nb, TURN_REQS);
+    ck_assert_msg(na >= TURN_REQS / 5 && nb >= TURN_REQS / 5,
+                  "uneven share: A=%d B=%d", na, nb);
+    ck_assert_int_eq((int)bus_client_pending(c), 0);
+    free(e);
+    bus_client_destroy(&c);
+    bus_client_destroy(&sync);
+    loop_destroy(&loop);
+    test_stop(a, SIGTERM, 2000);
+    test_stop(b, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+/* Receives one message on raw within ms; its frames in f (at most 4), the
+ * count returned (0 on timeout). */
+static int
+raw_recv(void *raw, zmq_msg_t *f, int ms)
+{
+    zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
+
+    if (zmq_poll(&item, 1, ms) != 1)
+        return 0;
+    return frames_recv(raw, f, 4);
+}
+
+/* Adds a reply to the request record h + env to the raw worker's batch
+ * rep, sending the batch when it is full. */
+static void
+raw_answer(void *raw, struct batch *rep, const struct hdr *h, const void *env,
+           size_t envlen)
+{
+    const char *fields[5] = {PROTO_WORKER, PROTO_REP, h->f[2], h->f[3],
+                             h->f[4]};
+    envelope_t *req = NULL, *reply;
+    char why[128];
+    const char *payload;
+    size_t len;
+
+    ck_assert(hdr_is(h, 1, PROTO_REQ) && h->n == 5);
+    ck_assert_int_eq(envelope_decode(env, envlen, 1 << 20, &req, why,
+                                     sizeof(why)),
+                     0);
+    reply = envelope_new_reply(req, 250, "2.0.0", "raw");
+    value_set_str(envelope_body(reply), "worker", "raw");
+    envelope_encode_scratch(reply, &payload, &len);
+    if (!batch_add(rep, 5, fields, NULL, payload, len)) {
+        ck_assert_int_eq(batch_send(raw, NULL, 0, PROTO_WORKER, rep), 0);
+        ck_assert(batch_add(rep, 5, fields, NULL, payload, len));
+    }
+    envelope_destroy(&req);
+    envelope_destroy(&reply);
+}
+
+/* The protocol as a worker sees it: a hand-made worker (a raw DEALER)
+ * gets a turn's 20 requests as the turn's first alone and the rest in
+ * batches of at most BATCH_SEND_RECORDS records, answers them with
+ * batches of its own, and the client gets every reply. A malformed batch
+ * from it is logged and dropped, and the broker carries on. */
+START_TEST(test_batches_on_the_wire)
+{
+    enum { N = 20 };
+    struct ports p;
+    loop_t *loop = loop_new();
+    bus_client_t *c;
+    struct outcome o[N];
+    void *raw;
+    zsock_t *rawz;
+    struct batch rep = {0};
+    pid_t broker;
+    int records = 0, messages = 0, batches = 0;
+    int64_t until;
+
+    memset(o, 0, sizeof(o));
+    ports_init(&p, 18060);
+    broker = start_broker(&p);
+    rawz = zsock_new_dealer(p.workers);
+    ck_assert_ptr_nonnull(rawz);
+    raw = zsock_resolve(rawz);
+    {
+        static const char ready[] = PROTO_WORKER "\0" PROTO_READY
+                                    "\0raw\0" "100"; /* not \0100 */
+        static const char bh[] = PROTO_WORKER "\0" PROTO_BATCH;
+        static const unsigned char junk[] = {0, 0, 0, 200, 'W', '2'};
+
+        ck_assert_int_eq(zmq_send(raw, ready, sizeof(ready) - 1, 0),
+                         (int)sizeof(ready) - 1);
+        /* A batch that is not one (a length past its end): dropped with a
+         * log line. */
+        zmq_send(raw, bh, sizeof(bh) - 1, ZMQ_SNDMORE);
+        zmq_send(raw, junk, sizeof(junk), 0);
+    }
+    /* The broker (heartbeats of 100 ms, liveness 4) drops a worker silent
+     * for 400 ms: this one answers each heartbeat below. */
+    usleep(100000); /* registered */
+    c = client(loop, p.clients);
+    /* Connected first: with no broker yet, requests wait as unsent and go
+     * one by one (ZMQ_IMMEDIATE). */
+    loop_timer_add(loop, 100, on_quit, NULL);
+    loop_run(loop);
+    for (int i = 0; i < N; i++) {
+        envelope_t *req = envelope_new("raw.x", NULL, 5000);
+
+        ck_assert_int_eq(bus_client_send_take(c, &req, on_outcome, &o[i]), 0);
+    }
+    /* One turn: the requests go, and the loop waits (for nothing). */
+    loop_timer_add(loop, 50, on_quit, NULL);
+    loop_run(loop);
+    until = test_now_ms() + 5000;
+    while (records < N && test_now_ms() < until) {
+        zmq_msg_t f[4];
+        struct hdr h;
+        int n = raw_recv(raw, f, 3000);
+
+        ck_assert_msg(n > 0, "message %d: none (%d records so far)",
+                      messages, records);
+        ck_assert_int_ge(hdr_parse(&f[0], &h), 2);
+        ck_assert(hdr_is(&h, 0, PROTO_WORKER));
+        if (hdr_is(&h, 1, PROTO_HB) && n == 1) { /* answered, to stay */
+            static const char hb[] = PROTO_WORKER "\0" PROTO_HB;
+
+            zmq_send(raw, hb, sizeof(hb) - 1, 0);
+            frames_close(f, n);
+            continue;
+        }
+        ck_assert_msg(n == 2, "message %d: %d frames, %s", messages, n,
+                      h.f[1]);
+        if (hdr_is(&h, 1, PROTO_BATCH)) {
+            size_t pos = 0, envlen;
+            int count = 0, rc;
+            const void *env;
+            struct hdr r;
+
+            while ((rc = batch_next(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]),
+                                    &pos, &count, &r, &env, &envlen)) > 0)
+                raw_answer(raw, &rep, &r, env, envlen);
+            ck_assert_int_eq(rc, 0);
+            ck_assert_int_ge(count, 2);
+            ck_assert_int_le(count, BATCH_SEND_RECORDS);
+            records += count;
+            batches++;
+        } else {
+            ck_assert_msg(messages == 0, "a lone request after the first");
+            raw_answer(raw, &rep, &h, zmq_msg_data(&f[1]),
+                       zmq_msg_size(&f[1]));
+            records++;
+        }
+        messages++;
+        frames_close(f, n);
+    }
+    ck_assert_int_eq(records, N);
+    ck_assert_int_ge(batches, 2); /* 19 records: at least two batches */
+    ck_assert_int_eq(batch_send(raw, NULL, 0, PROTO_WORKER, &rep), 0);
+    run_until(loop, o, N, 5000);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(o[i].done && o[i].err == 0, "request %d: done %d err %s",
+                      i, o[i].done, err_name(o[i].err));
+        ck_assert_str_eq(o[i].worker, "raw");
+    }
+    batch_free(&rep);
+    bus_client_destroy(&c);
+    loop_destroy(&loop);
+    zsock_destroy(&rawz);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
+/* Counts one answer of test_bad_batch_from_client. */
+static void
+count_answer(const struct hdr *h, int *rep, int *err, int *cut, int *other)
+{
+    if (hdr_is(h, 1, PROTO_REP) && hdr_is(h, 2, "good1"))
+        (*rep)++;
+    else if (hdr_is(h, 1, PROTO_ERR) && hdr_is(h, 2, "bad1") &&
+             hdr_is(h, 3, "PROTO"))
+        (*err)++;
+    else if (hdr_is(h, 1, PROTO_REP) && hdr_is(h, 2, "cut1"))
+        (*cut)++;
+    else
+        (*other)++;
+}
+
+/* A client's batch by hand: a good guard.ping, a record whose envelope is
+ * not msgpack, and one that names no service. The good one is answered,
+ * the bad envelope gets ERR PROTO from the guard (the broker never decodes
+ * envelopes), the one without service is dropped. A batch cut short in
+ * its second record: its first is handled, the rest dropped. The broker
+ * and the guard carry on. */
+START_TEST(test_bad_batch_from_client)
+{
+    struct ports p;
+    bus_client_t *c;
+    zsock_t *rawz;
+    void *raw;
+    struct batch b = {0};
+    envelope_t *ping = envelope_new("guard.ping", NULL, 3000);
+    const char *payload;
+    size_t len;
+    pid_t broker, guard;
+    int got_rep = 0, got_err = 0, got_cut = 0, got_other = 0;
+    int64_t until;
+
+    ports_init(&p, 18070);
+    broker = start_broker(&p);
+    guard = start_guard(&p);
+    c = client(NULL, p.clients);
+    ck_assert_int_ge(wait_ok(c, "guard.ping", 5000), 0);
+    rawz = zsock_new_dealer(p.clients);
+    raw = zsock_resolve(rawz);
+    {
+        const char *good[4] = {PROTO_CLIENT, "guard", "good1", "t1"};
+        const char *bad[4] = {PROTO_CLIENT, "guard", "bad1", "t1"};
+        const char *nosvc[4] = {PROTO_CLIENT, "", "nosvc1", "t1"};
+
+        envelope_encode_scratch(ping, &payload, &len);
+        ck_assert(batch_add(&b, 4, good, NULL, payload, len));
+        ck_assert(batch_add(&b, 4, bad, NULL, "\xc1garbage", 8));
+        ck_assert(batch_add(&b, 4, nosvc, NULL, payload, len));
+    }
+    ck_assert_int_eq(batch_send(raw, NULL, 0, PROTO_CLIENT, &b), 0);
+    /* A batch cut short: its second record's envelope length runs past
+     * the end. */
+    {
+        static const char bh[] = PROTO_CLIENT "\0" PROTO_BATCH;
+        const char *cut[4] = {PROTO_CLIENT, "guard", "cut1", "t2"};
+        const char *lost[4] = {PROTO_CLIENT, "guard", "lost1", "t2"};
+
+        ck_assert(batch_add(&b, 4, cut, NULL, payload, len));
+        ck_assert(batch_add(&b, 4, lost, NULL, payload, len));
+        zmq_send(raw, bh, sizeof(bh) - 1, ZMQ_SNDMORE);
+        zmq_send(raw, b.buf, b.len - 3, 0);
+    }
+    /* Until all three answers are in, and a moment more for any other. */
+    until = test_now_ms() + 3000;
+    while (test_now_ms() < until) {
+        zmq_msg_t f[4];
+        int n = raw_recv(raw, f, 500);
+        struct hdr h;
+
+        if (n == 0)
+            continue;
+        ck_assert_int_ge(hdr_parse(&f[0], &h), 2);
+        if (hdr_is(&h, 1, PROTO_BATCH)) {
+            size_t pos = 0, envlen;
+            int count = 0;
+            const void *env;
+            struct hdr r;
+
+            while (batch_next(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &pos,
+                              &count, &r, &env, &envlen) > 0)
+                count_answer(&r, &got_rep, &got_err, &got_cut, &got_other);
+        } else {
+            count_answer(&h, &got_rep, &got_err, &got_cut, &got_other);
+        }
+        frames_close(f, n);
+        if (got_rep + got_err + got_cut == 3 && until > test_now_ms() + 300)
+            until = test_now_ms() + 300;
+    }
+    ck_assert_int_eq(got_rep, 1);
+    ck_assert_int_eq(got_err, 1);
+    ck_assert_int_eq(got_cut, 1);
+    ck_assert_int_eq(got_other, 0);
+    ck_assert_int_eq(call(c, "guard.ping", 2000, NULL), 0);
+    batch_free(&b);
+    envelope_destroy(&ping);
+    zsock_destroy(&rawz);
+    bus_client_destroy(&c);
+    test_stop(guard, SIGTERM, 2000);
+    test_stop(broker, SIGTERM, 2000);
+}
+END_TEST
+
 static Suite *
 bus_suite(void)
 {
@@ -650,6 +1008,9 @@ bus_suite(void)
     tcase_add_test(tc, test_deadlines_on_the_loop);
     tcase_add_test(tc, test_failover_between_brokers);
     tcase_add_test(tc, test_bad_envelope_gets_error);
+    tcase_add_test(tc, test_batched_turn);
+    tcase_add_test(tc, test_batches_on_the_wire);
+    tcase_add_test(tc, test_bad_batch_from_client);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,8 @@
 /*
  * test_worker.c - a bus worker for the bus tests: answers every request of
- * its service after --delay-ms, with a body naming itself, so that tests can
- * hold a request in a worker and kill it there.
+ * its service after --delay-ms, with a body naming itself (and the
+ * request's "echo" string, when it has one), so that tests can hold a
+ * request in a worker and kill it there, and check what came back.
  *
  *   test-bus-worker --endpoints EP[,EP] --service NAME --name ID
  *                   [--delay-ms N] [--heartbeat-ms N]
@@ -30,9 +31,12 @@ static long delay_ms;
 static void
 answer(bus_request_t **req_p)
 {
-    envelope_t *reply =
-        envelope_new_reply(bus_request_envelope(*req_p), 250, "2.0.0", "done");
+    const envelope_t *req = bus_request_envelope(*req_p);
+    envelope_t *reply = envelope_new_reply(req, 250, "2.0.0", "done");
+    const char *echo = envelope_get_str(req, ENV_KEY_ECHO);
 
+    if (echo != NULL)
+        value_set_str(envelope_body(reply), ENV_KEY_ECHO, echo);
     value_set_str(envelope_body(reply), "worker", name);
     value_set_int(envelope_body(reply), "pid", getpid());
     bus_worker_reply_take(worker, req_p, &reply);
