@@ -68,6 +68,10 @@ struct client_out {
     struct batch out;
 };
 
+/* How far ahead of the least loaded worker the previous request's may get
+ * while a batch is handed out (front_one). */
+#define STICK_AHEAD (BATCH_SEND_RECORDS / 2)
+
 /* Clients one message's answers are gathered for, at most: a worker's
  * batch mostly answers one client, or a few. */
 #define CLIENT_OUTS 8
@@ -514,13 +518,15 @@ front_one(broker_t *b, zmq_msg_t *idmsg, const struct hdr *h,
         send_to_client_err(b, id, id_len, h->f[2], ERR_NOWORKER, text);
         return;
     }
-    /* Within a batch, a request joins the previous one's worker while its
-     * batch there is not full (and it has room): one batch in, few out.
-     * Between batches, the least loaded worker is chosen as ever. */
-    w = b->last;
-    if (!b->batching || w == NULL || w->svc != s || w->nheld >= w->capacity ||
-        w->out.n == 0 || w->out.n >= BATCH_SEND_RECORDS)
-        w = s->qhead == NULL ? pick_worker(s) : NULL;
+    /* The least loaded worker takes it; but within a batch, the previous
+     * request's worker takes it while that one is at most STICK_AHEAD
+     * requests ahead of the least loaded (and has room): fewer, bigger
+     * batches to workers, and the spread off by no more than that. */
+    w = s->qhead == NULL ? pick_worker(s) : NULL;
+    if (w != NULL && b->batching && b->last != NULL && b->last != w &&
+        b->last->svc == s && b->last->nheld < b->last->capacity &&
+        b->last->nheld <= w->nheld + STICK_AHEAD)
+        w = b->last;
     if (w != NULL) {
         b->last = w;
         dispatch(b, w, id, id_len, h->f[2], h->f[3], env, envlen, envmsg);
