@@ -8,6 +8,13 @@
  * that are up: fail-over). The worker registers with every broker in its
  * list, heartbeats each, and registers again when a broker restarts.
  *
+ * Batches (frames.h): the first request of a loop turn goes at once;
+ * the turn's next small ones (envelopes up to 16 KiB) wait for the end of
+ * the turn (a loop flusher) and go as batches of up to 16, which the
+ * broker hands on as batches too. A worker sends its replies the same way.
+ * Nothing waits beyond the turn in which it was sent, and a big envelope
+ * always goes at once, alone.
+ *
  * A request is sent to the service named by its type up to the first dot
  * ("guard.rcpt" goes to "guard"). Each request sent gets exactly one
  * callback: with the reply, or with an error (ERR_TIMEOUT at the deadline,
@@ -100,7 +107,8 @@ const envelope_t *bus_request_envelope(const bus_request_t *req);
 
 /* Sends *reply_p as the answer to *req_p; takes and frees both, whatever
  * the outcome. Returns 0, or ERR_CLOSED when the broker link that brought
- * the request is gone (the reply is dropped). */
+ * the request is gone (the reply is dropped). A small reply may wait for
+ * the end of the loop's turn, to go in a batch. */
 int bus_worker_reply_take(bus_worker_t *worker, bus_request_t **req_p,
                           envelope_t **reply_p);
 
