@@ -15,36 +15,28 @@
 #include "lib/smtp_server_int.h"
 #include "lib/xalloc.h"
 
-/* Whether s is canonical padded base64 (RFC 4648 4 and 3.5). */
+/* Decodes s, which must be canonical padded base64 (RFC 4648 4 and 3.5).
+ * Returns false when it is not. Else true, with *out (when out is not
+ * NULL) a new string of the bytes, or NULL when they hold a NUL; with out
+ * NULL the bytes are only checked, and wiped. */
 static bool
-b64_valid(const char *s)
-{
-    size_t n = strlen(s);
-    unsigned char *d = xmalloc(n / 4 * 3 + 2);
-    long k = base64_decode(s, n, d, n / 4 * 3 + 2, BASE64_PADDED);
-
-    if (k > 0)
-        explicit_bzero(d, (size_t)k);
-    free(d);
-    return k >= 0;
-}
-
-/* Decodes valid base64 into a new string; NULL when it holds a NUL. */
-static char *
-b64_decode(const char *s)
+b64_decode(const char *s, char **out)
 {
     size_t n = strlen(s);
     char *d = xmalloc(n / 4 * 3 + 2);
     long k = base64_decode(s, n, d, n / 4 * 3 + 1, BASE64_PADDED);
 
-    if (k < 0 || memchr(d, '\0', (size_t)k) != NULL) {
-        if (k > 0)
-            explicit_bzero(d, (size_t)k);
-        free(d);
-        return NULL;
+    if (k >= 0 && out != NULL && memchr(d, '\0', (size_t)k) == NULL) {
+        d[k] = '\0';
+        *out = d;
+        return true;
     }
-    d[k] = '\0';
-    return d;
+    if (out != NULL)
+        *out = NULL;
+    if (k > 0)
+        explicit_bzero(d, (size_t)k);
+    free(d);
+    return k >= 0;
 }
 
 static bool
@@ -107,8 +99,7 @@ auth_event(smtp_server_t *srv)
     for (int i = 0; i < srv->nresp; i++)
         ev->auth.resp[i] = srv->resp[i];
     if (srv->mech == MECH_LOGIN) {
-        srv->user = b64_decode(srv->resp[0]);
-        srv->pass = b64_decode(srv->resp[1]);
+        /* Decoded as they came (smtp_auth_response); NULL held a NUL. */
         if (srv->user == NULL || srv->pass == NULL) {
             smtp_auth_clear(srv);
             srv->st = ST_CMD;
@@ -135,7 +126,11 @@ smtp_auth_response(smtp_server_t *srv, const char *resp)
         smtp_server_refuse(srv, 501, "5.7.0", "Authentication cancelled");
         return;
     }
-    if (!b64_valid(resp)) {
+    /* LOGIN's two responses are the user name and password themselves:
+     * decoded here, once. */
+    if (!b64_decode(resp, srv->mech != MECH_LOGIN ? NULL
+                          : srv->nresp == 0   ? &srv->user
+                                              : &srv->pass)) {
         smtp_auth_clear(srv);
         srv->st = ST_CMD;
         smtp_server_refuse(srv, 501, "5.5.2", "Invalid base64 data");
