@@ -496,12 +496,18 @@ imap_cmd_run(struct isess *s, const struct imap_cmd *c)
             return;
         }
         rc = mstore_delete(s->ms, c->mailbox);
-        if (rc == 0)
+        if (rc == 0) {
             quota_account(s);
+            /* Deliveries must not follow the folder's directories. */
+            maildir_forget(s->im->mb->store, s->user);
+        }
         simple(s, rc);
         return;
     case IMAP_CMD_RENAME:
-        simple(s, mstore_rename(s->ms, c->rename.from, c->rename.to));
+        rc = mstore_rename(s->ms, c->rename.from, c->rename.to);
+        if (rc == 0) /* as for DELETE: the old name is made afresh */
+            maildir_forget(s->im->mb->store, s->user);
+        simple(s, rc);
         return;
     case IMAP_CMD_SUBSCRIBE:
     case IMAP_CMD_UNSUBSCRIBE:

@@ -521,6 +521,26 @@ cache_trim(maildir_t *md, size_t keep)
     }
 }
 
+void
+maildir_forget(maildir_t *md, const char *mailbox)
+{
+    size_t n = strlen(mailbox) + 1; /* the key's NUL included */
+    struct box *b = md->head;
+
+    while (b != NULL) {
+        struct box *next = b->next;
+
+        if (b->keylen >= n && memcmp(b->key, mailbox, n) == 0) {
+            lru_unlink(md, b);
+            md->nboxes--;
+            b->stale = true;
+            if (b->pins == 0)
+                box_free(b);
+        }
+        b = next;
+    }
+}
+
 /* r's box, pinned, from the cache or opened (and made) now. Returns NULL
  * with a positive errno in *err and the failed step in *op. */
 static struct box *
@@ -586,9 +606,10 @@ box_put(maildir_t *md, struct box **b_p)
  * go of it and opens r's box afresh (made again) into *b_p. Returns 0, or
  * a negative errno with *b_p NULL.
  *
- * XXX: a mailbox directory renamed while cached goes on receiving its mail
- * under the new name until it falls out of the cache. Nothing in Samotop
- * renames one; an admin tool that does must stop the mailbox actors first.
+ * A folder renamed or deleted over IMAP is taken off the cache then
+ * (maildir_forget()). A mailbox directory renamed by hand while cached
+ * goes on receiving its mail under the new name until it falls out of the
+ * cache: an admin tool that does that must stop the mailbox actors first.
  */
 static int
 box_renew(maildir_t *md, const struct maildir_rcpt *r, struct box **b_p,

@@ -108,6 +108,13 @@ void maildir_set_cache_max(maildir_t *md, size_t max);
 /* Mailboxes whose directories are open now. */
 size_t maildir_cache_size(const maildir_t *md);
 
+/* Takes every open folder of mailbox (INBOX included) off the cache, so
+ * that the next delivery opens its directories again by name: IMAP RENAME
+ * and DELETE move them, and an open descriptor would follow the move (mail
+ * for ".Spam" landing in the folder renamed from it). One in use by a
+ * delivery under way is closed when that lets it go. */
+void maildir_forget(maildir_t *md, const char *mailbox);
+
 /* Whether name (len bytes) is a mailbox name the store accepts: lower-case
  * ASCII local@domain, one "@", a local part of dot-atom characters with no
  * leading, trailing or double dot, a domain of LDH labels, within the

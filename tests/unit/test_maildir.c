@@ -505,6 +505,50 @@ START_TEST(test_folder_delivery)
 }
 END_TEST
 
+/* A folder renamed (IMAP RENAME moves its directory) while its
+ * directories are open: without maildir_forget() the next delivery
+ * follows the open descriptors into the new name; after it, the old name
+ * is made afresh and gets the mail. Only that mailbox's boxes go. */
+START_TEST(test_forget_after_rename)
+{
+    struct maildir_rcpt r[3] = {
+        rcpt("alice@example.test", ".Spam"),
+        rcpt("alice@example.test", NULL),
+        rcpt("bob@example.test", ".Spam"),
+    };
+    char from[600], to[600];
+    struct fx f;
+
+    fx_init(&f);
+    ck_assert_int_eq(deliver(&f, "one\r\n", 5, r, 3), 3);
+    ck_assert_int_eq((int)maildir_cache_size(f.md), 3);
+    snprintf(from, sizeof(from), "%s", at(&f, "example.test/alice/.Spam"));
+    snprintf(to, sizeof(to), "%s", at(&f, "example.test/alice/.Junk"));
+    ck_assert_int_eq(rename(from, to), 0);
+    /* Not forgotten: the open descriptors follow the move. */
+    r[0] = rcpt("alice@example.test", ".Spam");
+    ck_assert_int_eq(deliver(&f, "two\r\n", 5, r, 1), 1);
+    want_code("followed", &r[0], 250, "2.0.0");
+    want_entries("followed", at(&f, "example.test/alice/.Junk/new"), 2);
+    ck_assert_int_eq(access(from, F_OK), -1);
+    /* Forgotten: made again under its name. */
+    maildir_forget(f.md, "alice@example.tes"); /* a prefix: no one's */
+    ck_assert_int_eq((int)maildir_cache_size(f.md), 3);
+    maildir_forget(f.md, "alice@example.test");
+    ck_assert_int_eq((int)maildir_cache_size(f.md), 1);
+    for (int i = 0; i < 3; i++)
+        r[i] = rcpt(r[i].mailbox, r[i].folder);
+    ck_assert_int_eq(deliver(&f, "three\r\n", 7, r, 3), 3);
+    for (int i = 0; i < 3; i++)
+        want_code("forgotten", &r[i], 250, "2.0.0");
+    want_only("forgotten", at(&f, "example.test/alice/.Spam/new"), r[0].file);
+    want_entries("forgotten", at(&f, "example.test/alice/.Junk/new"), 2);
+    want_entries("forgotten", at(&f, "example.test/alice/new"), 2);
+    want_entries("forgotten", at(&f, "example.test/bob/.Spam/new"), 2);
+    fx_done(&f);
+}
+END_TEST
+
 /* Each bad name beside a good one: refused, and nothing is made for it,
  * inside the mail root or out of it. */
 static const struct bad_row {
@@ -1117,6 +1161,7 @@ maildir_suite(void)
     tcase_add_test(tc, test_link_shared);
     tcase_add_test(tc, test_second_delivery);
     tcase_add_test(tc, test_folder_delivery);
+    tcase_add_test(tc, test_forget_after_rename);
     tcase_add_loop_test(tc, test_bad_name_refused, 0, NROWS(bad_rows));
     tcase_add_loop_test(tc, test_symlink_not_followed, 0, NROWS(link_rows));
     tcase_add_loop_test(tc, test_broken_mailbox, 0, NROWS(broken_rows));
