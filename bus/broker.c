@@ -558,6 +558,43 @@ front_one(broker_t *b, zmq_msg_t *idmsg, const struct hdr *h,
     }
 }
 
+/* Handles one record of a batch; false when it is not one this side
+ * takes. */
+typedef bool batch_record_fn(broker_t *b, void *arg, const struct hdr *h,
+                             const void *env, size_t envlen);
+
+/* Handles each record of the batch in frame with fn, gathering what they
+ * lead to per worker and client, and then sends that (flush_outputs()).
+ * side names the socket for the log. */
+static void
+handle_batch(broker_t *b, zmq_msg_t *frame, batch_record_fn *fn, void *arg,
+             const char *side)
+{
+    const void *data = zmq_msg_data(frame), *env;
+    size_t len = zmq_msg_size(frame), pos = 0, envlen;
+    int count = 0, rc;
+    struct hdr r;
+
+    b->batching = true;
+    while ((rc = batch_next(data, len, &pos, &count, &r, &env, &envlen)) > 0)
+        if (!fn(b, arg, &r, env, envlen))
+            log_warn(NULL, "broker_bad_record", "side=%s record=%d", side,
+                     count);
+    if (rc < 0)
+        log_warn(NULL, "broker_bad_batch", "side=%s records=%d", side, count);
+    b->batching = false;
+    flush_outputs(b);
+}
+
+/* A client's record: arg is its identity frame. */
+static bool
+front_record(broker_t *b, void *arg, const struct hdr *h, const void *env,
+             size_t envlen)
+{
+    front_one(b, arg, h, env, envlen, NULL);
+    return true; /* front_one() logs what it refuses */
+}
+
 /* Client side: the ROUTER's identity frame, then the header C2 | service
  * | reqid | trace and the envelope, or C2 | BATCH and a batch of such
  * records. */
@@ -576,19 +613,7 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
         log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
     } else if (h.n == 2 && hdr_is(&h, 0, PROTO_CLIENT) &&
                hdr_is(&h, 1, PROTO_BATCH)) {
-        const void *data = zmq_msg_data(&f[2]), *env;
-        size_t len = zmq_msg_size(&f[2]), pos = 0, envlen;
-        int count = 0, rc;
-        struct hdr r;
-
-        b->batching = true;
-        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
-                                &envlen)) > 0)
-            front_one(b, &f[0], &r, env, envlen, NULL);
-        if (rc < 0)
-            log_warn(NULL, "broker_bad_client_batch", "records=%d", count);
-        b->batching = false;
-        flush_outputs(b);
+        handle_batch(b, &f[2], front_record, &f[0], "clients");
     } else {
         front_one(b, &f[0], &h, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]),
                   &f[2]);
@@ -758,6 +783,15 @@ back_answer(broker_t *b, struct worker *w, const struct hdr *h,
     return true;
 }
 
+/* A worker's record: arg is the worker (NULL: one we do not know). */
+static bool
+back_record(broker_t *b, void *arg, const struct hdr *h, const void *env,
+            size_t envlen)
+{
+    return hdr_is(h, 0, PROTO_WORKER) &&
+           back_answer(b, arg, h, env, envlen, NULL);
+}
+
 /* Worker side: the ROUTER identity, the header W2 | command | ..., and
  * for REP the envelope; or W2 | BATCH and a batch of REP and ERR records. */
 static int
@@ -793,22 +827,7 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
         w->last_heard = loop_now_ms(loop); /* this iteration's time */
     }
     if (hdr_is(&h, 1, PROTO_BATCH) && h.n == 2 && n == 3) {
-        const void *data = zmq_msg_data(&f[2]), *env;
-        size_t len = zmq_msg_size(&f[2]), pos = 0, envlen;
-        int count = 0, rc;
-        struct hdr r;
-
-        b->batching = true;
-        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
-                                &envlen)) > 0)
-            if (!hdr_is(&r, 0, PROTO_WORKER) ||
-                !back_answer(b, w, &r, env, envlen, NULL))
-                log_warn(NULL, "broker_bad_worker_frame", "record=%d",
-                         count);
-        if (rc < 0)
-            log_warn(NULL, "broker_bad_worker_batch", "records=%d", count);
-        b->batching = false;
-        flush_outputs(b);
+        handle_batch(b, &f[2], back_record, w, "workers");
     } else if (back_answer(b, w, &h, n == 3 ? zmq_msg_data(&f[2]) : NULL,
                            n == 3 ? zmq_msg_size(&f[2]) : 0,
                            n == 3 ? &f[2] : NULL)) {
