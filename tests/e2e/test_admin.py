@@ -391,6 +391,19 @@ class Users(AdminTest):
         self.refused(1, "nope.test is not a local domain", "user", "del",
                      "a@nope.test")
 
+    def test_del_keeps_usage(self):
+        # The mail stays in the store, so its count stays too: the address
+        # added again is not under its quota by what is already there.
+        self.domain("del-q.test")
+        self.user("a@del-q.test")
+        self.redis("HSET", "samotop:{del-q.test}:usage", "a", "5000")
+        self.ok("user", "del", "a@del-q.test")
+        self.assertEqual(self.redis("HGET", "samotop:{del-q.test}:usage",
+                                    "a"), "5000")
+        self.user("a@del-q.test")
+        r = self.ok("user", "show", "a@del-q.test")
+        self.assertIn("used: 5000", r.stdout)
+
     def test_disable_enable_and_list(self):
         self.domain("list-u.test")
         self.domain("list-v.test")

@@ -55,7 +55,11 @@ static const struct admin_sub user_subs[] = {
     {"passwd", "ADDRESS", 1, 1, 0, "Sets a new password.\n" PW_FROM,
      user_passwd},
     {"del", "ADDRESS", 1, 1, 0,
-     "Deletes the account. Its mail stays in the mailbox store.", user_del},
+     "Deletes the account. Its mail stays in the mailbox store, and so\n"
+     "does the count of the bytes it takes: the address added again\n"
+     "finds both. (After removing its Maildir by hand, run quota-recount\n"
+     "once the address is added again.)",
+     user_del},
     {"list", "[DOMAIN]", 0, 1, 0,
      "Lists the accounts of DOMAIN, or of every domain, one a line:\n"
      "  ADDRESS [disabled] [quota=BYTES] [used=BYTES]\n"
@@ -229,21 +233,22 @@ user_passwd(struct admin_cmd *cmd)
     return set_password(cmd, ADMIN_ACCOUNT);
 }
 
+/* The usage count is kept: the mail it counts stays in the store, and an
+ * account added again under the address would otherwise start from 0
+ * with that mail there, under its quota by as much. */
 static int
 del_try(const struct admin_cmd *cmd, admin_db_t *db, const struct admin_addr *a)
 {
-    char kusers[STORE_KEY_MAX], kuser[STORE_KEY_MAX], kusage[STORE_KEY_MAX];
+    char kusers[STORE_KEY_MAX], kuser[STORE_KEY_MAX];
     int rc = watch_check(cmd, db, a, ADMIN_ACCOUNT);
 
     if (rc != 0)
         return rc;
     store_key_users(kusers, a->domain);
     store_key_user(kuser, a->domain, a->local);
-    store_key_usage(kusage, a->domain);
     if (admin_db_multi(db) != 0 ||
         admin_db_queue(db, "DEL", kuser, NULL) != 0 ||
-        admin_db_queue(db, "SREM", kusers, a->local, NULL) != 0 ||
-        admin_db_queue(db, "HDEL", kusage, a->local, NULL) != 0)
+        admin_db_queue(db, "SREM", kusers, a->local, NULL) != 0)
         return -1;
     return admin_db_exec(db, NULL);
 }
