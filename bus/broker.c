@@ -407,12 +407,8 @@ client_out_add(broker_t *b, const void *id, size_t id_len, int n,
             memcmp(b->couts[i].id, id, id_len) == 0)
             o = &b->couts[i];
     if (o == NULL) {
-        if (b->ncouts == CLIENT_OUTS) { /* many clients: send what is here */
-            bool batching = b->batching;
-
+        if (b->ncouts == CLIENT_OUTS) /* many clients: send what is here */
             flush_outputs(b);
-            b->batching = batching;
-        }
         o = &b->couts[b->ncouts++];
         memcpy(o->id, id, id_len);
         o->id_len = id_len;
