@@ -191,7 +191,8 @@ batch_add(struct batch *b, int n, const char *const *fields,
     if (hl > HDR_MAX || envlen > BATCH_ENV_MAX)
         return false;
     need = 8 + hl + envlen;
-    if (b->n > 0 && (b->n >= BATCH_SEND_RECORDS || b->len + need > BATCH_BYTES))
+    if (b->n > 0 &&
+        (b->n >= BATCH_SEND_RECORDS || b->len + need > BATCH_BYTES))
         return false;
     if (b->len + need > b->cap) {
         b->cap = b->cap ? b->cap : 4096;
