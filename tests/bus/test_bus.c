@@ -117,6 +117,21 @@ wait_ok(bus_client_t *c, const char *type, int ms)
     return -1;
 }
 
+/* Calls type until the broker answers that no worker has its service (the
+ * client is connected), for at most ms; false when it never does. */
+static bool
+wait_noworker(bus_client_t *c, const char *type, int ms)
+{
+    int64_t t0 = test_now_ms();
+
+    while (test_now_ms() - t0 < ms) {
+        if (call(c, type, 500, NULL) == ERR_NOWORKER)
+            return true;
+        usleep(20000);
+    }
+    return false;
+}
+
 START_TEST(test_request_reply)
 {
     struct ports p;
@@ -676,8 +691,7 @@ START_TEST(test_batched_turn)
     ck_assert_int_ge(wait_ok(sync, "work.x", 5000), 0);
     usleep(300000); /* both registered */
     c = client(loop, p.clients);
-    loop_timer_add(loop, 100, on_quit, NULL); /* connected: not unsent */
-    loop_run(loop);
+    ck_assert_int_ge(wait_ok(c, "work.x", 5000), 0); /* connected */
     for (int i = 0; i < TURN_REQS; i++) {
         envelope_t *req = envelope_new("work.x", NULL, 5000);
         size_t n = i % BIG_EVERY == 0 ? BATCH_ENV_MAX + 4096 : 8 + i % 50;
@@ -794,6 +808,11 @@ START_TEST(test_batches_on_the_wire)
     memset(o, 0, sizeof(o));
     ports_init(&p, 18060);
     broker = start_broker(&p);
+    c = client(loop, p.clients);
+    /* Connected first: with no broker yet, requests wait as unsent and go
+     * one by one (ZMQ_IMMEDIATE). The broker's "no worker" proves it. */
+    ck_assert_msg(wait_noworker(c, "raw.x", 10000),
+                  "the broker never said it has no raw worker");
     rawz = zsock_new_dealer(p.workers);
     ck_assert_ptr_nonnull(rawz);
     raw = zsock_resolve(rawz);
@@ -810,14 +829,20 @@ START_TEST(test_batches_on_the_wire)
         zmq_send(raw, bh, sizeof(bh) - 1, ZMQ_SNDMORE);
         zmq_send(raw, junk, sizeof(junk), 0);
     }
-    /* The broker (heartbeats of 100 ms, liveness 4) drops a worker silent
-     * for 400 ms: this one answers each heartbeat below. */
-    usleep(100000); /* registered */
-    c = client(loop, p.clients);
-    /* Connected first: with no broker yet, requests wait as unsent and go
-     * one by one (ZMQ_IMMEDIATE). */
-    loop_timer_add(loop, 100, on_quit, NULL);
-    loop_run(loop);
+    /* Registered once the broker's heartbeats come (every 100 ms; it
+     * drops a worker silent for 400 ms, so this one answers each). */
+    {
+        zmq_msg_t f[4];
+        struct hdr h;
+        int n = raw_recv(raw, f, 5000);
+        static const char hb[] = PROTO_WORKER "\0" PROTO_HB;
+
+        ck_assert_msg(n == 1 && hdr_parse(&f[0], &h) == 2 &&
+                          hdr_is(&h, 1, PROTO_HB),
+                      "no heartbeat for the raw worker (%d frames)", n);
+        frames_close(f, n);
+        zmq_send(raw, hb, sizeof(hb) - 1, 0);
+    }
     for (int i = 0; i < N; i++) {
         envelope_t *req = envelope_new("raw.x", NULL, 5000);
 
