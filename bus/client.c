@@ -7,9 +7,9 @@
  * kept encoded and retried every RETRY_MS until it goes or its deadline
  * passes, so a client that starts before its broker simply waits.
  *
- * Deadlines: the pending requests form a min-heap by deadline, with one
- * loop timer set for the earliest. A new request re-arms it only when it
- * is due sooner (seldom: requests mostly share a timeout), and a finished
+ * Deadlines: the pending requests form a min-heap by deadline (lib/heap.h),
+ * with one loop timer set for the earliest. A new request re-arms it only
+ * when it is due sooner (seldom: requests mostly share a timeout), and a finished
  * one leaves it be: when it fires with nothing due, it is set again. One
  * loop timer per request cost an allocation and two heap updates each.
  */
@@ -23,6 +23,7 @@
 #include "frames.h"
 #include "lib/clock.h"
 #include "lib/err.h"
+#include "lib/heap.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/xalloc.h"
@@ -41,10 +42,9 @@ struct pending {
     struct pending *hnext; /* the next in its bucket of the table */
     bus_reply_fn *fn;
     void *arg;
-    int64_t deadline_us;
+    struct heap_node dl; /* key: its deadline, wall-clock µs */
     int64_t started_us; /* monotonic, for the latency histogram */
     char svc[PROTO_MAX_NAME];
-    size_t hidx; /* its place in the client's deadline heap */
     /* Set while the request is not yet with a broker. */
     char *service, *trace, *payload;
     size_t payload_len;
@@ -65,8 +65,7 @@ struct bus_client {
     int nspare;
     struct pending *unsent_head, *unsent_tail;
     loop_timer_t *retry_timer;
-    struct pending **dheap; /* min-heap by deadline_us */
-    size_t ndheap, capdheap;
+    struct heap deadlines; /* of struct pending, by dl */
     loop_timer_t *deadline_timer;
     int64_t deadline_at_us; /* what deadline_timer is set for */
     struct batch out; /* this turn's requests, sent before the loop waits */
@@ -76,76 +75,6 @@ struct bus_client {
 
 static int client_on_readable(loop_t *loop, void *zsocket, void *arg);
 static int client_flush(loop_t *loop, void *arg);
-
-/* The deadline heap. */
-
-static void
-dheap_set(bus_client_t *c, size_t i, struct pending *p)
-{
-    c->dheap[i] = p;
-    p->hidx = i;
-}
-
-static void
-dheap_up(bus_client_t *c, size_t i)
-{
-    struct pending *p = c->dheap[i];
-
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-
-        if (c->dheap[parent]->deadline_us <= p->deadline_us)
-            break;
-        dheap_set(c, i, c->dheap[parent]);
-        i = parent;
-    }
-    dheap_set(c, i, p);
-}
-
-static void
-dheap_down(bus_client_t *c, size_t i)
-{
-    struct pending *p = c->dheap[i];
-
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        int64_t best = p->deadline_us;
-
-        if (l < c->ndheap && c->dheap[l]->deadline_us < best)
-            m = l, best = c->dheap[l]->deadline_us;
-        if (l + 1 < c->ndheap && c->dheap[l + 1]->deadline_us < best)
-            m = l + 1;
-        if (m == i)
-            break;
-        dheap_set(c, i, c->dheap[m]);
-        i = m;
-    }
-    dheap_set(c, i, p);
-}
-
-static void
-dheap_push(bus_client_t *c, struct pending *p)
-{
-    if (c->ndheap == c->capdheap) {
-        c->capdheap = c->capdheap ? c->capdheap * 2 : 64;
-        c->dheap = xrealloc(c->dheap, sizeof(*c->dheap) * c->capdheap);
-    }
-    c->dheap[c->ndheap++] = p;
-    dheap_up(c, c->ndheap - 1);
-}
-
-static void
-dheap_remove(bus_client_t *c, struct pending *p)
-{
-    size_t i = p->hidx;
-    struct pending *last = c->dheap[--c->ndheap];
-
-    if (i == c->ndheap)
-        return;
-    dheap_set(c, i, last);
-    dheap_up(c, i);
-    dheap_down(c, last->hidx);
-}
 
 static void on_deadline(loop_t *loop, void *arg);
 
@@ -157,9 +86,9 @@ arm_deadline(bus_client_t *c)
 {
     int64_t at, ms;
 
-    if (c->loop == NULL || c->ndheap == 0)
+    if (c->loop == NULL || c->deadlines.n == 0)
         return;
-    at = c->dheap[0]->deadline_us;
+    at = heap_top(&c->deadlines)->key;
     if (c->deadline_timer != NULL && c->deadline_at_us <= at)
         return;
     loop_timer_cancel(c->loop, &c->deadline_timer);
@@ -402,7 +331,7 @@ finish(bus_client_t *c, struct pending *p, int err, const char *text,
 {
     count_outcome(c, p, err);
     ptab_remove(c, p);
-    dheap_remove(c, p);
+    heap_remove(&c->deadlines, &p->dl);
     if (p->payload)
         unsent_remove(c, p);
     p->fn(p->arg, err, text ? text : err_str(err), reply);
@@ -425,7 +354,7 @@ bus_client_destroy(bus_client_t **client_p)
         loop_timer_cancel(c->loop, &c->retry_timer);
         loop_timer_cancel(c->loop, &c->deadline_timer);
     }
-    free(c->dheap);
+    heap_free(&c->deadlines);
     batch_free(&c->out);
     zsock_destroy(&c->zs);
     while ((p = c->spare) != NULL) {
@@ -543,11 +472,13 @@ on_deadline(loop_t *loop, void *arg)
 {
     bus_client_t *c = arg;
     int64_t now = clock_wall_us();
+    struct heap_node *top;
 
     (void)loop;
     c->deadline_timer = NULL; /* it is firing */
-    while (c->ndheap > 0 && c->dheap[0]->deadline_us <= now) {
-        struct pending *p = c->dheap[0];
+
+    while ((top = heap_top(&c->deadlines)) != NULL && top->key <= now) {
+        struct pending *p = heap_entry(top, struct pending, dl);
 
         finish(c, p, ERR_TIMEOUT,
                p->payload ? "no broker reachable before the deadline"
@@ -592,7 +523,7 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
     memcpy(p->id, envelope_id(req), idlen + 1);
     p->fn = fn;
     p->arg = arg;
-    p->deadline_us = envelope_deadline(req);
+    p->dl.key = envelope_deadline(req);
     memcpy(p->svc, service, strlen(service) + 1); /* bounded above */
     if (c->m_results) /* the latency histogram's start; a clock read */
         p->started_us = clock_mono_us();
@@ -621,7 +552,7 @@ pending_start(bus_client_t *c, const char *to, envelope_t **req_p,
                      send_request(c, service, p->id, fields[3], payload,
                                   len) != 0))
         queue_unsent(c, p, service, fields[3], payload, len);
-    dheap_push(c, p);
+    heap_push(&c->deadlines, &p->dl);
     arm_deadline(c);
     envelope_destroy(&req);
     *err = 0;
@@ -769,7 +700,7 @@ bus_client_call_to(bus_client_t *c, const char *service, envelope_t **req_p,
     snprintf(id, sizeof(id), "%s", p->id);
     client_flush(c->loop, c); /* not waiting for the loop's turn to end */
     while (!r.done) {
-        int64_t left = (p->deadline_us - clock_wall_us()) / 1000;
+        int64_t left = (p->dl.key - clock_wall_us()) / 1000;
         zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
 
         if (left <= 0) {

@@ -11,6 +11,7 @@
 
 #include "clock.h"
 #include "err.h"
+#include "heap.h"
 #include "loop.h"
 #include "xalloc.h"
 
@@ -33,9 +34,7 @@ struct slot {
 };
 
 struct loop_timer {
-    int64_t when;
-    uint64_t seq;
-    size_t idx;
+    struct heap_node node; /* key: when it is due, monotonic ms */
     loop_timer_fn *fn;
     void *arg;
 };
@@ -59,8 +58,7 @@ struct loop {
     int nslots;
     int *zfds; /* fds of the ZeroMQ watchers, for the pre-wait check */
     int nzfds;
-    loop_timer_t **heap;
-    size_t nheap, capheap;
+    struct heap timers; /* of loop_timer_t, by (due, order added) */
     uint64_t seq;
     int sigfd;
     sigset_t sigmask;
@@ -97,9 +95,9 @@ loop_destroy(loop_t **loop_p)
     close(loop->ep);
     if (loop->sigfd >= 0)
         close(loop->sigfd);
-    for (size_t i = 0; i < loop->nheap; i++)
-        free(loop->heap[i]);
-    free(loop->heap);
+    for (size_t i = 0; i < loop->timers.n; i++)
+        free(heap_entry(loop->timers.v[i], loop_timer_t, node));
+    heap_free(&loop->timers);
     free(loop->slots);
     free(loop->zfds);
     free(loop->flushers);
@@ -236,89 +234,17 @@ loop_zmq_del(loop_t *loop, void *zsocket)
     }
 }
 
-/* Timers: a binary min-heap ordered by (when, seq). */
-
-static bool
-timer_less(const loop_timer_t *a, const loop_timer_t *b)
-{
-    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
-}
-
-static void
-heap_set(loop_t *loop, size_t i, loop_timer_t *t)
-{
-    loop->heap[i] = t;
-    t->idx = i;
-}
-
-static void
-heap_up(loop_t *loop, size_t i)
-{
-    loop_timer_t *t = loop->heap[i];
-
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-
-        if (!timer_less(t, loop->heap[parent]))
-            break;
-        heap_set(loop, i, loop->heap[parent]);
-        i = parent;
-    }
-    heap_set(loop, i, t);
-}
-
-static void
-heap_down(loop_t *loop, size_t i)
-{
-    loop_timer_t *t = loop->heap[i];
-
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        loop_timer_t *best = t;
-
-        if (l < loop->nheap && timer_less(loop->heap[l], best)) {
-            m = l;
-            best = loop->heap[l];
-        }
-        if (r < loop->nheap && timer_less(loop->heap[r], best))
-            m = r;
-        if (m == i)
-            break;
-        heap_set(loop, i, loop->heap[m]);
-        i = m;
-    }
-    heap_set(loop, i, t);
-}
-
-static void
-heap_remove(loop_t *loop, loop_timer_t *t)
-{
-    size_t i = t->idx;
-    loop_timer_t *last = loop->heap[--loop->nheap];
-
-    if (i == loop->nheap)
-        return;
-    heap_set(loop, i, last);
-    heap_up(loop, i);
-    heap_down(loop, last->idx);
-}
-
 loop_timer_t *
 loop_timer_add(loop_t *loop, int64_t ms, loop_timer_fn *fn, void *arg)
 {
     loop_timer_t *t = xcalloc(1, sizeof(*t));
 
-    t->when = clock_mono_ms() + (ms > 0 ? ms : 0);
-    t->seq = loop->seq++;
+    /* Equal times fire in the order they were set. */
+    t->node.key = clock_mono_ms() + (ms > 0 ? ms : 0);
+    t->node.seq = loop->seq++;
     t->fn = fn;
     t->arg = arg;
-    if (loop->nheap == loop->capheap) {
-        loop->capheap = loop->capheap ? loop->capheap * 2 : 64;
-        loop->heap = xrealloc(loop->heap, sizeof(*loop->heap) * loop->capheap);
-    }
-    loop->heap[loop->nheap] = t;
-    t->idx = loop->nheap++;
-    heap_up(loop, t->idx);
+    heap_push(&loop->timers, &t->node);
     return t;
 }
 
@@ -329,7 +255,7 @@ loop_timer_cancel(loop_t *loop, loop_timer_t **timer_p)
 
     if (t == NULL)
         return;
-    heap_remove(loop, t);
+    heap_remove(&loop->timers, &t->node);
     free(t);
     *timer_p = NULL;
 }
@@ -337,12 +263,14 @@ loop_timer_cancel(loop_t *loop, loop_timer_t **timer_p)
 static void
 run_timers(loop_t *loop)
 {
-    while (loop->nheap > 0 && !loop->stop) {
-        loop_timer_t *t = loop->heap[0];
+    struct heap_node *top;
 
-        if (t->when > loop->now)
+    while ((top = heap_top(&loop->timers)) != NULL && !loop->stop) {
+        loop_timer_t *t = heap_entry(top, loop_timer_t, node);
+
+        if (top->key > loop->now)
             break;
-        heap_remove(loop, t);
+        heap_remove(&loop->timers, top);
         t->fn(loop, t->arg);
         free(t);
     }
@@ -521,8 +449,8 @@ loop_run(loop_t *loop)
         }
         if (loop->stop)
             break;
-        if (timeout != 0 && loop->nheap > 0) {
-            int64_t d = loop->heap[0]->when - clock_mono_ms();
+        if (timeout != 0 && loop->timers.n > 0) {
+            int64_t d = heap_top(&loop->timers)->key - clock_mono_ms();
 
             timeout = d <= 0 ? 0 : d > 60000 ? 60000 : (int)d;
         }
