@@ -304,7 +304,11 @@ on_guard_rcpt(struct session *s, const envelope_t *reply)
             txn_add(s, NULL, a, rcpt);
     }
     s->nrcpts++;
-    message_room(s);
+    /* The header's length changes only from one recipient ("for <...>")
+     * to more than one (received_header()): no need to build it again for
+     * the third recipient and on. */
+    if (s->nrcpts <= 2)
+        message_room(s);
     answer(s, envelope_code(reply), envelope_get_str(reply, ENV_KEY_ECODE),
            envelope_get_str(reply, ENV_KEY_TEXT));
 }
