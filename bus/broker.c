@@ -554,41 +554,38 @@ front_one(broker_t *b, zmq_msg_t *idmsg, const struct hdr *h,
     }
 }
 
-/* Handles one record of a batch; false when it is not one this side
- * takes. */
-typedef bool batch_record_fn(broker_t *b, void *arg, const struct hdr *h,
-                             const void *env, size_t envlen);
+/* A batch's record and where it came from: the client's identity frame,
+ * or the worker (NULL: one we do not know). */
+struct batch_from {
+    broker_t *b;
+    zmq_msg_t *client;
+    struct worker *worker;
+};
 
 /* Handles each record of the batch in frame with fn, gathering what they
  * lead to per worker and client, and then sends that (flush_outputs()).
  * side names the socket for the log. */
 static void
-handle_batch(broker_t *b, zmq_msg_t *frame, batch_record_fn *fn, void *arg,
+handle_batch(struct batch_from *from, zmq_msg_t *frame, batch_record_fn *fn,
              const char *side)
 {
-    const void *data = zmq_msg_data(frame), *env;
-    size_t len = zmq_msg_size(frame), pos = 0, envlen;
-    int count = 0, rc;
-    struct hdr r;
+    broker_t *b = from->b;
+    int count;
 
     b->batching = true;
-    while ((rc = batch_next(data, len, &pos, &count, &r, &env, &envlen)) > 0)
-        if (!fn(b, arg, &r, env, envlen))
-            log_warn(NULL, "broker_bad_record", "side=%s record=%d", side,
-                     count);
-    if (rc < 0)
+    if (batch_each(frame, fn, from, &count) != 0)
         log_warn(NULL, "broker_bad_batch", "side=%s records=%d", side, count);
     b->batching = false;
     flush_outputs(b);
 }
 
-/* A client's record: arg is its identity frame. */
-static bool
-front_record(broker_t *b, void *arg, const struct hdr *h, const void *env,
-             size_t envlen)
+/* A client's record; front_one() logs what it refuses. */
+static void
+front_record(void *arg, const struct hdr *h, const void *env, size_t envlen)
 {
-    front_one(b, arg, h, env, envlen, NULL);
-    return true; /* front_one() logs what it refuses */
+    struct batch_from *from = arg;
+
+    front_one(from->b, from->client, h, env, envlen, NULL);
 }
 
 /* Client side: the ROUTER's identity frame, then the header C2 | service
@@ -609,7 +606,9 @@ broker_on_front(loop_t *loop, void *zsocket, void *arg)
         log_warn(NULL, "broker_bad_client_frame", "frames=%d", n);
     } else if (h.n == 2 && hdr_is(&h, 0, PROTO_CLIENT) &&
                hdr_is(&h, 1, PROTO_BATCH)) {
-        handle_batch(b, &f[2], front_record, &f[0], "clients");
+        struct batch_from from = {b, &f[0], NULL};
+
+        handle_batch(&from, &f[2], front_record, "clients");
     } else {
         front_one(b, &f[0], &h, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]),
                   &f[2]);
@@ -779,13 +778,15 @@ back_answer(broker_t *b, struct worker *w, const struct hdr *h,
     return true;
 }
 
-/* A worker's record: arg is the worker (NULL: one we do not know). */
-static bool
-back_record(broker_t *b, void *arg, const struct hdr *h, const void *env,
-            size_t envlen)
+/* A worker's record: W2 | REP or W2 | ERR. */
+static void
+back_record(void *arg, const struct hdr *h, const void *env, size_t envlen)
 {
-    return hdr_is(h, 0, PROTO_WORKER) &&
-           back_answer(b, arg, h, env, envlen, NULL);
+    struct batch_from *from = arg;
+
+    if (!hdr_is(h, 0, PROTO_WORKER) ||
+        !back_answer(from->b, from->worker, h, env, envlen, NULL))
+        log_warn(NULL, "broker_bad_record", "side=workers fields=%d", h->n);
 }
 
 /* Worker side: the ROUTER identity, the header W2 | command | ..., and
@@ -823,7 +824,9 @@ broker_on_back(loop_t *loop, void *zsocket, void *arg)
         w->last_heard = loop_now_ms(loop); /* this iteration's time */
     }
     if (hdr_is(&h, 1, PROTO_BATCH) && h.n == 2 && n == 3) {
-        handle_batch(b, &f[2], back_record, w, "workers");
+        struct batch_from from = {b, NULL, w};
+
+        handle_batch(&from, &f[2], back_record, "workers");
     } else if (back_answer(b, w, &h, n == 3 ? zmq_msg_data(&f[2]) : NULL,
                            n == 3 ? zmq_msg_size(&f[2]) : 0,
                            n == 3 ? &f[2] : NULL)) {

@@ -616,6 +616,13 @@ client_take(bus_client_t *c, const struct hdr *h, const void *env,
     envelope_destroy(&reply);
 }
 
+/* client_take() for a batch's record. */
+static void
+client_record(void *c, const struct hdr *h, const void *env, size_t envlen)
+{
+    client_take(c, h, env, envlen);
+}
+
 /* Reads and dispatches one message from the broker. Returns 1 when a
  * message was handled, 0 when none was waiting, or an error. */
 static int
@@ -631,15 +638,9 @@ client_read_one(bus_client_t *c)
         log_warn(NULL, "bus_client_bad_frame", "frames=%d", n);
     } else if (hdr_is(&h, 0, PROTO_CLIENT) && hdr_is(&h, 1, PROTO_BATCH) &&
                h.n == 2 && n == 2) {
-        const void *data = zmq_msg_data(&f[1]), *env;
-        size_t len = zmq_msg_size(&f[1]), pos = 0, envlen;
-        int count = 0, rc;
-        struct hdr r;
+        int count;
 
-        while ((rc = batch_next(data, len, &pos, &count, &r, &env,
-                                &envlen)) > 0)
-            client_take(c, &r, env, envlen);
-        if (rc < 0)
+        if (batch_each(&f[1], client_record, c, &count) != 0)
             log_warn(NULL, "bus_client_bad_batch", "records=%d", count);
     } else {
         client_take(c, &h, n == 2 ? zmq_msg_data(&f[1]) : NULL,

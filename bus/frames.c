@@ -255,6 +255,20 @@ batch_next(const void *data, size_t len, size_t *pos, int *count,
 }
 
 int
+batch_each(zmq_msg_t *frame, batch_record_fn *fn, void *arg, int *records)
+{
+    const void *data = zmq_msg_data(frame), *env;
+    size_t len = zmq_msg_size(frame), pos = 0, envlen;
+    struct hdr h;
+    int rc;
+
+    *records = 0;
+    while ((rc = batch_next(data, len, &pos, records, &h, &env, &envlen)) > 0)
+        fn(arg, &h, env, envlen);
+    return rc;
+}
+
+int
 batch_send(void *sock, const void *id, size_t idlen, const char *proto,
            struct batch *b)
 {

@@ -126,6 +126,16 @@ void batch_free(struct batch *b);
 int batch_next(const void *data, size_t len, size_t *pos, int *count,
                struct hdr *h, const void **env, size_t *envlen);
 
+/* Called with each record of a batch, in order (batch_each()). */
+typedef void batch_record_fn(void *arg, const struct hdr *h, const void *env,
+                             size_t envlen);
+
+/* Gives each record of the batch frame to fn. Returns 0 when the whole
+ * frame was records, or -1 when it is malformed after the *records that
+ * fn was given (the rest is dropped). */
+int batch_each(zmq_msg_t *frame, batch_record_fn *fn, void *arg,
+               int *records);
+
 /* Sends b to sock, with the routing identity id (idlen bytes; NULL for a
  * DEALER) first, and empties it. One record goes as a message of its own
  * (its header frame and its envelope frame, if any); more go as a batch

@@ -301,6 +301,20 @@ take_request(bus_worker_t *w, struct link *l, const struct hdr *h,
     w->fn(w->arg, &req);
 }
 
+/* A batch's record, from the broker of link arg: W2 | REQ | ... */
+static void
+worker_record(void *arg, const struct hdr *h, const void *env, size_t envlen)
+{
+    struct link *l = arg;
+
+    if (hdr_is(h, 0, PROTO_WORKER) && hdr_is(h, 1, PROTO_REQ) && h->n == 5 &&
+        envlen > 0)
+        take_request(l->worker, l, h, env, envlen);
+    else
+        log_warn(NULL, "bus_bad_frame", "endpoint=%s fields=%d", l->endpoint,
+                 h->n);
+}
+
 static int
 worker_on_readable(loop_t *loop, void *zsocket, void *arg)
 {
@@ -320,24 +334,9 @@ worker_on_readable(loop_t *loop, void *zsocket, void *arg)
     } else if (hdr_is(&h, 1, PROTO_REQ) && h.n == 5 && n == 2) {
         take_request(w, l, &h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]));
     } else if (hdr_is(&h, 1, PROTO_BATCH) && h.n == 2 && n == 2) {
-        const void *data = zmq_msg_data(&f[1]), *env;
-        size_t len = zmq_msg_size(&f[1]), pos = 0, envlen;
-        unsigned gen = l->gen;
-        int count = 0, rc;
-        struct hdr r;
+        int count;
 
-        /* A handler may make the link reconnect (l->gen moves on): the
-         * rest of the batch came by the old one, whose broker is gone. */
-        while (l->gen == gen && (rc = batch_next(data, len, &pos, &count, &r,
-                                                 &env, &envlen)) > 0) {
-            if (hdr_is(&r, 0, PROTO_WORKER) && hdr_is(&r, 1, PROTO_REQ) &&
-                r.n == 5 && envlen > 0)
-                take_request(w, l, &r, env, envlen);
-            else
-                log_warn(NULL, "bus_bad_frame", "endpoint=%s record=%d",
-                         l->endpoint, count);
-        }
-        if (l->gen == gen && rc < 0)
+        if (batch_each(&f[1], worker_record, l, &count) != 0)
             log_warn(NULL, "bus_bad_batch", "endpoint=%s records=%d",
                      l->endpoint, count);
     } else if (hdr_is(&h, 1, PROTO_BYE)) {
